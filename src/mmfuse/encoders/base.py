@@ -1,0 +1,97 @@
+"""The one interface every encoder implements, and what it returns.
+
+An encoder owns its preprocessing (tokenizer or image preprocessing), so the data pipeline never
+needs to know which model it feeds, and the feature cache can key entries on
+``cache_identity()``: the model's weights and its preprocessing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import nn
+
+
+@dataclass
+class EncoderOutput:
+    """What an encoder returns for a batch.
+
+    Attributes:
+        pooled: ``(B, D)`` one vector per example.
+        sequence: ``(B, N, D)`` token states (text) or grid/patch features (image), or ``None`` when the
+            encoder has none.
+        mask: ``(B, N)`` bool, ``True`` where ``sequence`` holds a real token/region (padding is ``False``).
+    """
+
+    pooled: torch.Tensor
+    sequence: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+
+    def to(self, device: torch.device | str) -> EncoderOutput:
+        return EncoderOutput(
+            pooled=self.pooled.to(device),
+            sequence=None if self.sequence is None else self.sequence.to(device),
+            mask=None if self.mask is None else self.mask.to(device),
+        )
+
+    def index(self, idx: torch.Tensor | slice) -> EncoderOutput:
+        """Rows ``idx`` of every field (for splitting a batch)."""
+        return EncoderOutput(
+            pooled=self.pooled[idx],
+            sequence=None if self.sequence is None else self.sequence[idx],
+            mask=None if self.mask is None else self.mask[idx],
+        )
+
+
+class Encoder(nn.Module):
+    """Common part of text and image encoders.
+
+    Subclasses set ``name`` (the registry/hub name they were built from), ``dim`` (size of ``pooled`` and of
+    each ``sequence`` vector) and implement ``forward``, ``freeze`` and ``cache_identity``.
+    """
+
+    name: str
+    dim: int
+
+    def freeze(self, trainable_top_k: int = 0) -> None:
+        """Freezes all weights, or all but the top ``trainable_top_k`` layers/blocks."""
+        raise NotImplementedError
+
+    @property
+    def is_frozen(self) -> bool:
+        """True when no parameter of the encoder is trainable (its outputs can then be cached)."""
+        return not any(p.requires_grad for p in self.parameters())
+
+    def cache_identity(self) -> dict[str, Any]:
+        """JSON-able description of everything that changes the outputs: weights and preprocessing.
+
+        Two encoders with the same identity give the same outputs for the same input; the feature cache hashes it.
+        """
+        raise NotImplementedError
+
+
+class TextEncoder(Encoder):
+    """Text encoder: ``tokenize`` turns strings into model inputs, ``forward`` into :class:`EncoderOutput`."""
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """Tokenizes a batch (padding, truncation to the encoder's max length); returns tensors."""
+        raise NotImplementedError
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> EncoderOutput:  # type: ignore[override]
+        raise NotImplementedError
+
+
+class ImageEncoder(Encoder):
+    """Image encoder: ``preprocess`` turns one RGB PIL image into a ``(3, H, W)`` float tensor.
+
+    ``preprocess`` must be picklable and cheap to call in DataLoader worker processes.
+    """
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, pixel_values: torch.Tensor) -> EncoderOutput:  # type: ignore[override]
+        raise NotImplementedError
