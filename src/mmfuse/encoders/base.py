@@ -83,6 +83,20 @@ class TextEncoder(Encoder):
     def forward(self, inputs: dict[str, torch.Tensor]) -> EncoderOutput:  # type: ignore[override]
         raise NotImplementedError
 
+    # Joint (early-fusion) encoding: a head may run the text transformer over text tokens joined with other
+    # embeddings (image regions). Encoders that can do this set ``supports_joint_encoding = True``.
+    supports_joint_encoding: bool = False
+
+    def embed_tokens(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``(B, T, D)``: the model's own input embeddings for the tokens, exactly what it feeds its first layer
+        (word + position + token-type embeddings, LayerNorm, dropout)."""
+        raise NotImplementedError(f"{type(self).__name__} does not support joint encoding")
+
+    def encode_embeddings(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Runs only the transformer layers over ``embeds`` ``(B, L, D)`` with ``mask`` ``(B, L)`` bool (True =
+        attend); adds no embeddings of its own. Returns the last hidden states ``(B, L, D)``."""
+        raise NotImplementedError(f"{type(self).__name__} does not support joint encoding")
+
 
 class ImageEncoder(Encoder):
     """Image encoder: ``preprocess`` turns one RGB PIL image into a ``(3, H, W)`` float tensor.
