@@ -6,15 +6,30 @@ A head is a complete model: it is built from already-built encoders (``text_enco
 
 A batch carries either raw encoder inputs (token ids, pixels) or features a frozen encoder produced earlier
 (the feature cache); :func:`encode_text` / :func:`encode_image` use whichever is present.
+
+Every head class declares what it reads, for the engine and the feature cache:
+
+- ``uses_text``: a :data:`TextUse`, or ``None`` for a head that reads no text;
+- ``uses_image``: an :data:`ImageUse`, or ``None`` for a head that reads no image.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Literal
 
 import torch
 
 from mmfuse.encoders.base import EncoderOutput, ImageEncoder, TextEncoder
+
+TextUse = Literal["pooled", "sequence", "tokens"] | None
+"""What a head reads of the text: the ``pooled`` vector; the per-token ``sequence`` (and pooled, mask);
+``tokens``: it runs the text transformer itself on the raw token inputs, so its text features cannot be cached
+(nor the text encoder's outputs precomputed); ``None``: no text (its text encoder is ``None``, never run)."""
+
+ImageUse = Literal["pooled", "grid"] | None
+"""What a head reads of the image: the ``pooled`` vector; the region/patch ``grid`` (``sequence`` and ``mask``,
+and pooled); ``None``: no image (its image encoder is ``None``, never run)."""
 
 
 @dataclass

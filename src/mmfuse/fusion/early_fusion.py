@@ -1,0 +1,138 @@
+"""``early_fusion``: MMBT-style (Kiela et al., 2019) — image regions become extra tokens of the text transformer.
+
+One joint sequence, ``L = T + K``::
+
+    position:  0      1 … T−1 (padding masked)      T … T+K−1
+    token:     [CLS]  text … [SEP] [PAD] …          img_1 … img_K
+
+- Text tokens get the text model's own input embeddings (``text_encoder.embed_tokens``: word, position and
+  token-type embeddings, LayerNorm) plus a learned text-modality embedding (initialised to 0, so the pretrained
+  text path starts unchanged). They are not embedded a second time: the joint sequence goes straight to the
+  transformer layers (``text_encoder.encode_embeddings``), which add nothing of their own.
+- Image regions are projected to the text model's hidden size and get their own learned position embeddings
+  and an image-modality embedding, then a LayerNorm to the scale of the text embeddings.
+- One joint attention mask: text padding and invalid (or absent) image regions are masked out.
+- Index 0 stays [CLS]; the classifier reads its final state.
+
+A grid larger than ``num_image_tokens`` regions is pooled to that many (averaging runs of consecutive regions),
+which bounds the cost of a large grid and sizes the image position embeddings.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmfuse.encoders.base import ImageEncoder, TextEncoder
+from mmfuse.fusion._layers import (
+    check_classes,
+    check_dropout,
+    check_hidden,
+    check_positive,
+    mlp_classifier,
+    require_encoder,
+    sequence_dim,
+)
+from mmfuse.fusion.base import FusionInputs, FusionOutput, ImageUse, TextUse, encode_image
+from mmfuse.fusion.registry import FUSION_HEADS
+
+
+def pool_regions(grid: torch.Tensor, mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Averages ``grid`` ``(B, N, D)`` into ``k`` runs of consecutive regions, over valid regions only.
+
+    Returns the pooled grid ``(B, k, D)`` and its mask ``(B, k)`` (a run is valid if any of its regions is).
+    A grid with ``N <= k`` regions is returned as is.
+    """
+    if grid.shape[1] <= k:
+        return grid, mask
+    m = mask.to(grid.dtype).unsqueeze(1)  # (B, 1, N)
+    summed = F.adaptive_avg_pool1d(grid.transpose(1, 2) * m, k)  # (B, D, k): mean of masked values per run
+    share = F.adaptive_avg_pool1d(m, k)  # (B, 1, k): share of valid regions per run
+    pooled = (summed / share.clamp_min(1e-6)).transpose(1, 2)
+    return pooled, share.squeeze(1) > 0
+
+
+@FUSION_HEADS.register("early_fusion")
+class EarlyFusionHead(nn.Module):
+    """Image regions as tokens of the text transformer, classified from the joint [CLS] state.
+
+    Args:
+        text_encoder: built text encoder with ``supports_joint_encoding`` (owned as a submodule; its transformer
+            runs over the joint sequence, so its text features are never cached).
+        image_encoder: built image encoder with a region/patch grid (owned as a submodule).
+        num_classes: number of logits ``C``.
+        num_image_tokens: at most this many image tokens ``K``; larger grids are pooled to ``K`` regions.
+        hidden: width of the classifier's hidden layer; 0 for a single linear layer (as in MMBT).
+        dropout: dropout on the image tokens and in the classifier.
+    """
+
+    uses_text: ClassVar[TextUse] = "tokens"
+    uses_image: ClassVar[ImageUse] = "grid"
+
+    def __init__(
+        self,
+        *,
+        text_encoder: TextEncoder,
+        image_encoder: ImageEncoder,
+        num_classes: int,
+        num_image_tokens: int = 16,
+        hidden: int = 256,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        check_classes(num_classes)
+        check_positive("num_image_tokens", num_image_tokens)
+        check_hidden(hidden)
+        check_dropout(dropout)
+        self.text_encoder = require_encoder("early_fusion", "text", text_encoder)
+        self.image_encoder = require_encoder("early_fusion", "image", image_encoder)
+        if not getattr(text_encoder, "supports_joint_encoding", False):
+            raise ValueError(
+                f"early_fusion runs the text transformer over text and image tokens together, but "
+                f"{type(text_encoder).__name__} does not support joint encoding; use a transformer text encoder "
+                f"(e.g. BERT / MiniLM) or another head"
+            )
+        self.num_image_tokens = num_image_tokens
+        width = sequence_dim(text_encoder)  # the transformer's hidden size
+        self.image_proj = nn.Linear(sequence_dim(image_encoder), width)
+        self.image_pos = nn.Parameter(torch.randn(num_image_tokens, width) * 0.02)  # one per image token slot
+        self.image_type = nn.Parameter(torch.randn(width) * 0.02)
+        self.text_type = nn.Parameter(torch.zeros(width))
+        self.image_norm = nn.LayerNorm(width)
+        self.image_dropout = nn.Dropout(dropout)
+        self.classifier = mlp_classifier(width, num_classes, hidden, dropout)
+
+    def forward(self, inputs: FusionInputs) -> FusionOutput:
+        """Returns ``logits`` ``(B, C)`` and ``fused`` ``(B, H)``, the joint [CLS] state (H: text hidden size)."""
+        if inputs.text_inputs is None:
+            raise ValueError(
+                "early_fusion runs the text transformer itself and needs raw text_inputs (token ids); "
+                "cached text_features cannot stand in for them"
+            )
+        image = encode_image(self.image_encoder, inputs)
+        if image.sequence is None:
+            raise ValueError(
+                "early_fusion needs an image region/patch grid, but the image encoder returned none; "
+                "use an encoder with a grid, or a pooled head (concat, align, cross)"
+            )
+        regions = image.sequence  # (B, N, d_reg)
+        b, n = regions.shape[:2]
+        region_mask = image.mask if image.mask is not None else regions.new_ones(b, n, dtype=torch.bool)
+        if inputs.image_present is not None:  # an absent image gives no tokens at all; text keeps rows non-empty
+            region_mask = region_mask & inputs.image_present[:, None]
+        regions, region_mask = pool_regions(regions, region_mask, self.num_image_tokens)  # (B, K, d_reg), K <= cap
+        k = regions.shape[1]
+
+        text_embeds = self.text_encoder.embed_tokens(inputs.text_inputs) + self.text_type  # (B, T, H), [CLS] at 0
+        image_embeds = self.image_proj(regions) + self.image_pos[:k] + self.image_type  # (B, K, H)
+        image_embeds = self.image_dropout(self.image_norm(image_embeds))
+        text_mask = inputs.text_inputs["attention_mask"].bool()  # (B, T)
+
+        joint = torch.cat([text_embeds, image_embeds.to(text_embeds.dtype)], dim=1)  # (B, T + K, H)
+        joint_mask = torch.cat([text_mask, region_mask], dim=1)
+        states = self.text_encoder.encode_embeddings(joint, joint_mask)  # (B, T + K, H)
+        fused = states[:, 0]  # [CLS]
+        return FusionOutput(logits=self.classifier(fused), fused=fused)
