@@ -23,7 +23,6 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mmfuse.encoders.base import ImageEncoder, TextEncoder
@@ -41,18 +40,23 @@ from mmfuse.fusion.registry import FUSION_HEADS
 
 
 def pool_regions(grid: torch.Tensor, mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Averages ``grid`` ``(B, N, D)`` into ``k`` runs of consecutive regions, over valid regions only.
+    """Averages ``grid`` ``(B, N, D)`` over ``k`` runs of consecutive regions (the bins of adaptive average
+    pooling), counting valid regions only.
 
     Returns the pooled grid ``(B, k, D)`` and its mask ``(B, k)`` (a run is valid if any of its regions is).
-    A grid with ``N <= k`` regions is returned as is.
+    A grid with ``N <= k`` regions is returned as is. Written as a matrix product, so it exports to ONNX.
     """
-    if grid.shape[1] <= k:
+    n = grid.shape[1]
+    if n <= k:
         return grid, mask
-    m = mask.to(grid.dtype).unsqueeze(1)  # (B, 1, N)
-    summed = F.adaptive_avg_pool1d(grid.transpose(1, 2) * m, k)  # (B, D, k): mean of masked values per run
-    share = F.adaptive_avg_pool1d(m, k)  # (B, 1, k): share of valid regions per run
-    pooled = (summed / share.clamp_min(1e-6)).transpose(1, 2)
-    return pooled, share.squeeze(1) > 0
+    region = torch.arange(n, device=grid.device)
+    run = torch.arange(k, device=grid.device)
+    start, end = (run * n) // k, ((run + 1) * n + k - 1) // k  # run i covers regions [start_i, end_i)
+    bins = ((region >= start[:, None]) & (region < end[:, None])).to(grid.dtype)  # (k, N)
+    m = mask.to(grid.dtype).unsqueeze(-1)  # (B, N, 1)
+    count = bins @ m  # (B, k, 1): valid regions per run
+    pooled = (bins @ (grid * m)) / count.clamp_min(1.0)
+    return pooled, count.squeeze(-1) > 0
 
 
 @FUSION_HEADS.register("early_fusion")
