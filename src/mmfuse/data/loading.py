@@ -1,0 +1,477 @@
+"""From a :class:`~mmfuse.data.config.DataConfig` to checked splits of examples, with a report of every defect.
+
+Everything that can be wrong with a row or an image is found here, at load time, and handled by the config's
+policies (``on_bad_row``, ``on_missing_image``): the training loop never meets a row or an image it cannot use.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from mmfuse.data._paths import OutsideRootError, resolve_path
+from mmfuse.data.config import DataConfig
+from mmfuse.data.example import Example
+from mmfuse.data.images import (
+    ImageError,
+    ImageInfo,
+    ImageNotFoundError,
+    ImageOutsideRootError,
+    check_image,
+)
+from mmfuse.data.readers import BadRowError, MissingColumnError, RawFile, read_file
+from mmfuse.data.report import Problem, SplitReport
+from mmfuse.data.text import decode_text
+
+SPLIT_NAMES = ("train", "val", "test")
+_BAD_ROW_FIX = "fix the row, or set on_bad_row: skip to drop such rows (they are counted and listed)"
+_IMAGE_FIX = "fix the file, or set on_missing_image: skip (drop the example) or blank (zero image, flagged)"
+
+
+class UnusableDataError(ValueError):
+    """The data loaded, but a split cannot be used (no examples, one class only in train, unseen labels...)."""
+
+
+@dataclass
+class Split:
+    """One split: its examples and what loading it found.
+
+    Attributes:
+        name: ``train``, ``val`` or ``test`` (or the file stem for :func:`load_examples`).
+        examples: the usable examples, in file order.
+        report: counts and defects.
+    """
+
+    name: str
+    examples: list[Example]
+    report: SplitReport
+
+    @property
+    def labels(self) -> list[str | None]:
+        return [e.label for e in self.examples]
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+
+class _RowError(Exception):
+    """Internal: why one row cannot become an example (turned into a BadRowError or a skipped-row entry)."""
+
+
+@dataclass
+class _Candidate:
+    where: str
+    example: Example
+    image_error: ImageError | None = None
+    image_info: ImageInfo | None = None
+
+
+def load_splits(cfg: DataConfig, *, strict: bool = True) -> dict[str, Split]:
+    """Loads the splits the config names, carving val/test off the train file when they have no file.
+
+    Args:
+        cfg: the data config.
+        strict: raise :class:`UnusableDataError` when a split is unusable; ``False`` returns the splits anyway,
+            with the reasons in each ``report.fatal`` (what ``mmfuse data check`` shows).
+
+    Returns:
+        Splits by name, among ``train``, ``val``, ``test``, in that order.
+
+    Raises:
+        FileNotFoundError: the root or a split file does not exist.
+        BadRowError: a bad row with ``on_bad_row: error`` (:class:`MissingColumnError` for a missing column,
+            whatever the policy).
+        ImageError: a missing or unreadable image with ``on_missing_image: error``.
+        UnusableDataError: with ``strict``, a split that cannot be used.
+    """
+    splits: dict[str, Split] = {}
+    for name in SPLIT_NAMES:
+        file = getattr(cfg, name)
+        if file is not None:
+            splits[name] = load_examples(file, cfg, name=name)
+    if "train" in splits:
+        _carve(splits, cfg)
+    _cross_check(splits)
+    splits = {n: splits[n] for n in SPLIT_NAMES if n in splits}
+    fatal = [f"{n}: {reason}" for n, s in splits.items() for reason in s.report.fatal]
+    if strict and fatal:
+        raise UnusableDataError(
+            "the data cannot be used as configured:\n  " + "\n  ".join(fatal) + "\n(`mmfuse data check` shows details)"
+        )
+    return splits
+
+
+def load_examples(path: str | Path, cfg: DataConfig, *, labeled: bool | None = None, name: str | None = None) -> Split:
+    """Loads one split file (e.g. new data for ``predict``) with the config's columns, templates and policies.
+
+    Args:
+        path: the split file; a relative path resolves against ``cfg.root`` (or the working directory when it is
+            not there).
+        cfg: the data config.
+        labeled: ``True`` requires labels, ``False`` ignores them, ``None`` reads them when the file has the label
+            column.
+        name: split name for the report; defaults to the file stem.
+
+    Raises:
+        FileNotFoundError: no such file or root.
+        BadRowError, ImageError: as :func:`load_splits`.
+    """
+    root = _root(cfg)
+    file = _split_file(Path(path), root)
+    raw = read_file(file, cfg.format, delimiter=cfg.delimiter, fallback_encodings=cfg.fallback_encodings)
+    labeled = _is_labeled(raw, cfg, labeled)
+    _require_columns(raw, cfg, labeled)
+    report = SplitReport(
+        name=name or file.stem,
+        source=_display(file, root),
+        labeled=labeled,
+        rows=len(raw.rows),
+        file_encoding=raw.encoding,
+    )
+    candidates = _read_rows(raw, cfg, root, labeled, report)
+    _check_images(candidates, cfg)
+    examples = _apply_image_policy(candidates, cfg, report, file, root)
+    report.count_examples(examples)
+    if not examples:
+        report.fatal.append(
+            f"no usable examples ({report.rows} rows, {len(report.bad_rows)} bad, "
+            f"{len(report.skipped_images)} without a usable image)"
+        )
+    return Split(name=report.name, examples=examples, report=report)
+
+
+def _root(cfg: DataConfig) -> Path:
+    root = cfg.resolved_root()
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"dataset root {str(cfg.root)!r} not found (resolved to {str(root)!r}); set root to the dataset folder"
+        )
+    return root
+
+
+def _split_file(path: Path, root: Path) -> Path:
+    if path.is_absolute():
+        return path
+    in_root = root / path
+    if in_root.exists() or not path.exists():
+        return in_root
+    return path.resolve()
+
+
+def _display(path: Path, root: Path) -> str:
+    """``path`` relative to the root when it is inside, else as given."""
+    if not path.is_absolute():
+        return str(path)
+    try:
+        return str(path.resolve().relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def _is_labeled(raw: RawFile, cfg: DataConfig, labeled: bool | None) -> bool:
+    column = cfg.columns.label
+    if labeled is None:
+        return column is not None and column in raw.fields
+    if labeled and column is None:
+        raise ValueError("labels were required but columns.label is not set; set it to the label column's name")
+    return labeled
+
+
+def _require_columns(raw: RawFile, cfg: DataConfig, labeled: bool) -> None:
+    """A configured column that no row has is a config error, whatever ``on_bad_row`` says."""
+    if not raw.has_header and not raw.fields:
+        return  # no readable row at all: every row is reported as bad instead
+    wanted = {"id": cfg.columns.id, "image": cfg.columns.image, "label": cfg.columns.label if labeled else None}
+    if cfg.text_file is None:
+        wanted["text"] = cfg.columns.text
+    for role, column in wanted.items():
+        if column is not None and column not in raw.fields:
+            where = "header (line 1)" if raw.has_header else "every row"
+            present = ", ".join(map(repr, raw.fields))
+            raise MissingColumnError(
+                raw.path,
+                where,
+                f"column {column!r} (columns.{role}) not found; columns present: {present}",
+                f"set columns.{role} to one of them" + (", or null" if role in ("id", "label") else ""),
+            )
+
+
+def _read_rows(raw: RawFile, cfg: DataConfig, root: Path, labeled: bool, report: SplitReport) -> list[_Candidate]:
+    seen: dict[str, str] = {}
+    candidates: list[_Candidate] = []
+    for index, row in enumerate(raw.rows):
+        example_id: str | None = None
+        try:
+            if row.error is not None:
+                raise _RowError(row.error)
+            assert row.values is not None
+            example_id = _id(row.values, index, cfg)
+            if example_id in seen:
+                report.duplicate_ids.append(
+                    Problem(row.where, example_id, f"duplicate id (first at {seen[example_id]}); dropped")
+                )
+                continue
+            candidate = _row_to_candidate(row.values, row.where, example_id, cfg, root, labeled, report)
+        except _RowError as e:
+            if cfg.on_bad_row == "error":
+                raise BadRowError(raw.path, row.where, str(e), _BAD_ROW_FIX) from None
+            report.bad_rows.append(Problem(row.where, example_id, str(e)))
+            continue
+        seen[example_id] = row.where
+        candidates.append(candidate)
+    return candidates
+
+
+def _row_to_candidate(
+    values: Mapping[str, Any],
+    where: str,
+    example_id: str,
+    cfg: DataConfig,
+    root: Path,
+    labeled: bool,
+    report: SplitReport,
+) -> _Candidate:
+    raw_image = _image_value(values, cfg)
+    label = _label(values, cfg) if labeled else None
+    text = _text(values, where, example_id, raw_image, cfg, root, report)
+    image: Path | None = None
+    error: ImageError | None = None
+    relative = _image_relative(example_id, raw_image, cfg)
+    if relative is None:
+        error = ImageNotFoundError("", "the row names no image")
+    else:
+        try:
+            image = resolve_path(relative, root, allow_outside_root=cfg.allow_outside_root, what="image")
+        except OutsideRootError as e:
+            error = ImageOutsideRootError(relative, "outside the dataset root", str(e))
+    if "\ufffd" in text:
+        report.replacement_chars.append(Problem(where, example_id, "U+FFFD in text (mangled upstream)"))
+    return _Candidate(where, Example(id=example_id, text=text, image=image, label=label), error)
+
+
+def _field(values: Mapping[str, Any], column: str, role: str) -> Any:
+    if column not in values:
+        raise _RowError(
+            f"missing field {column!r} (columns.{role}); fields in this row: {', '.join(map(repr, values))}"
+        )
+    return values[column]
+
+
+def _scalar(value: Any, role: str) -> str | None:
+    """A JSON/CSV scalar as a stripped string; ``None`` for null or empty."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise _RowError(f"{role} is a boolean ({value}); expected a string or a number")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, (str, int, float)):
+        return str(value).strip() or None
+    raise _RowError(f"{role} is a {type(value).__name__} ({str(value)[:60]!r}); expected a string or a number")
+
+
+def _id(values: Mapping[str, Any], index: int, cfg: DataConfig) -> str:
+    if cfg.columns.id is None:
+        return str(index)
+    value = _scalar(_field(values, cfg.columns.id, "id"), "id")
+    if value is None:
+        raise _RowError(f"empty id in field {cfg.columns.id!r}")
+    return value
+
+
+def _image_value(values: Mapping[str, Any], cfg: DataConfig) -> str | None:
+    if cfg.columns.image is None:
+        return None
+    return _scalar(_field(values, cfg.columns.image, "image"), "image")
+
+
+def _image_relative(example_id: str, raw_image: str | None, cfg: DataConfig) -> str | None:
+    if cfg.image_template is None:
+        return raw_image
+    if raw_image is None and "{image}" in cfg.image_template:
+        return None
+    return cfg.image_template.format(id=example_id, image=raw_image or "")
+
+
+def _label(values: Mapping[str, Any], cfg: DataConfig) -> str:
+    assert cfg.columns.label is not None
+    value = _field(values, cfg.columns.label, "label")
+    if isinstance(value, list):  # some datasets store [label, annotator agreement, ...]
+        if not value:
+            raise _RowError(f"label field {cfg.columns.label!r} is an empty list")
+        value = value[0]
+    label = _scalar(value, "label")
+    if label is None:
+        raise _RowError(f"empty label in field {cfg.columns.label!r}")
+    if cfg.label_map is not None:
+        if label not in cfg.label_map:
+            known = ", ".join(map(repr, cfg.label_map))
+            raise _RowError(f"label {label!r} is not in label_map (raw values it maps: {known}); add it there")
+        label = cfg.label_map[label]
+    return label
+
+
+def _text(
+    values: Mapping[str, Any],
+    where: str,
+    example_id: str,
+    raw_image: str | None,
+    cfg: DataConfig,
+    root: Path,
+    report: SplitReport,
+) -> str:
+    if cfg.text_file is None:
+        assert cfg.columns.text is not None
+        value = _field(values, cfg.columns.text, "text")
+        if value is None:
+            return ""
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise _RowError(f"text is a {type(value).__name__} ({str(value)[:60]!r}); expected a string")
+        return str(value).strip()
+    relative = cfg.text_file.format(id=example_id, image=raw_image or "")
+    try:
+        path = resolve_path(relative, root, allow_outside_root=cfg.allow_outside_root, what="text file")
+        data = path.read_bytes()
+    except OutsideRootError as e:
+        raise _RowError(str(e)) from None
+    except FileNotFoundError:
+        raise _RowError(f"text file {relative!r} not found") from None
+    except OSError as e:
+        raise _RowError(f"cannot read text file {relative!r} ({e.strerror or e})") from None
+    text, encoding = decode_text(data, cfg.fallback_encodings)
+    if encoding is not None:
+        report.fallback_texts.append(Problem(where, example_id, encoding, path=relative))
+    return text.strip()
+
+
+def _check_images(candidates: list[_Candidate], cfg: DataConfig) -> None:
+    """Fills ``image_error`` / ``image_info``; full decodes run in threads (Pillow releases the GIL to decode)."""
+    todo = [c for c in candidates if c.image_error is None and c.example.image is not None]
+
+    def check(candidate: _Candidate) -> None:
+        path = candidate.example.image
+        assert path is not None
+        try:
+            if cfg.verify_images:
+                candidate.image_info = check_image(path, max_pixels=cfg.max_image_pixels)
+            elif not path.is_file():
+                raise ImageNotFoundError(path, "file not found")
+        except ImageError as e:
+            candidate.image_error = e
+
+    workers = min(8, os.cpu_count() or 1)
+    if len(todo) < 16 or workers == 1:
+        for c in todo:
+            check(c)
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(check, todo))
+
+
+def _apply_image_policy(
+    candidates: list[_Candidate], cfg: DataConfig, report: SplitReport, file: Path, root: Path
+) -> list[Example]:
+    extensions = Image.registered_extensions()
+    examples: list[Example] = []
+    for c in candidates:
+        error, example = c.image_error, c.example
+        if error is None:
+            info, path = c.image_info, example.image
+            if info is not None and path is not None:
+                expected = extensions.get(path.suffix.lower())
+                if expected is not None and info.format is not None and expected != info.format:
+                    reason = f"{info.format} content in a {path.suffix} file"
+                    report.extension_mismatches.append(Problem(c.where, example.id, reason, _display(path, root)))
+            examples.append(example)
+            continue
+        shown = _display(error.path, root) if str(error.path) not in ("", ".") else None
+        problem = Problem(c.where, example.id, error.reason, path=shown)
+        if cfg.on_missing_image == "error":
+            where = f"id {example.id}, {c.where} of {str(file)!r}"
+            raise type(error)(shown or "(none)", f"{error.reason} ({where})", _IMAGE_FIX)
+        if cfg.on_missing_image == "skip":
+            report.skipped_images.append(problem)
+        else:
+            report.blank_images.append(problem)
+            examples.append(replace(example, image=None))
+    return examples
+
+
+def _carve(splits: dict[str, Split], cfg: DataConfig) -> None:
+    """Moves ``split.val`` / ``split.test`` of the train file to val / test when those have no file."""
+    train = splits["train"]
+    fractions = {n: getattr(cfg.split, n) for n in ("test", "val") if getattr(cfg, n) is None}
+    fractions = {n: f for n, f in fractions.items() if f > 0}
+    n = len(train.examples)
+    if not fractions or n == 0:
+        return
+    sizes = {k: max(1, round(f * n)) for k, f in fractions.items()}
+    if sum(sizes.values()) >= n:
+        train.report.fatal.append(f"only {n} examples: too few to carve {sizes} off for {', '.join(sizes)}")
+        return
+    stratify = train.report.labeled and cfg.split.stratify
+    labels = [e.label for e in train.examples]
+    remaining = list(range(n))
+    for name, size in sizes.items():
+        remaining, taken, how = _split_off(remaining, size, labels if stratify else None, cfg.split.seed)
+        examples = [train.examples[i] for i in sorted(taken)]
+        source = f"{train.report.source} ({fractions[name]:g} carved off, seed {cfg.split.seed}, {how})"
+        report = SplitReport(name=name, source=source, labeled=train.report.labeled, rows=len(examples))
+        report.notes.append("defects met while reading the file are listed under train")
+        report.count_examples(examples)
+        splits[name] = Split(name=name, examples=examples, report=report)
+        train.report.notes.append(f"{len(examples)} examples carved off for {name} ({how}, seed {cfg.split.seed})")
+    train.examples = [train.examples[i] for i in sorted(remaining)]
+    train.report.count_examples(train.examples)
+
+
+def _split_off(
+    indices: list[int], size: int, labels: list[str | None] | None, seed: int
+) -> tuple[list[int], list[int], str]:
+    """(kept, taken, how) with ``size`` indices taken, stratified by label when possible."""
+    from sklearn.model_selection import train_test_split  # scikit-learn takes a second to import; only needed here
+
+    split: Callable[..., list[list[int]]] = train_test_split
+    if labels is not None:
+        try:
+            kept, taken = split(indices, test_size=size, random_state=seed, stratify=[labels[i] for i in indices])
+            return kept, taken, "stratified"
+        except ValueError as e:  # a class with one member, or fewer taken than there are classes
+            kept, taken = split(indices, test_size=size, random_state=seed)
+            return kept, taken, f"not stratified: {e}"
+    kept, taken = split(indices, test_size=size, random_state=seed)
+    return kept, taken, "random"
+
+
+def _cross_check(splits: dict[str, Split]) -> None:
+    """Problems that only show across splits: what train must have, leaks, labels the model cannot know."""
+    train = splits.get("train")
+    if train is not None and train.examples:
+        if not train.report.labeled:
+            train.report.fatal.append("train has no labels (check columns.label)")
+        elif len(train.report.label_counts) < 2:
+            only = ", ".join(train.report.label_counts)
+            train.report.fatal.append(f"train has one class only ({only}); a classifier needs at least two")
+    for name, split in splits.items():
+        if name == "train" or train is None:
+            continue
+        if not split.report.labeled:
+            split.report.notes.append("unlabeled: it can be predicted on, not scored")
+        train_ids = {e.id for e in train.examples}
+        shared = [e.id for e in split.examples if e.id in train_ids]
+        if shared:
+            split.report.notes.append(
+                f"{len(shared)} ids also in train (possible leak, or ids not unique across files): {shared[:5]}"
+            )
+        unseen = sorted(set(split.report.label_counts) - set(train.report.label_counts))
+        if unseen and train.report.labeled:
+            split.report.fatal.append(
+                f"labels not in train: {unseen} (train has {sorted(train.report.label_counts)}); "
+                "map them with label_map or fix the files"
+            )

@@ -1,0 +1,180 @@
+"""Reading split files into raw rows (field name -> value) with their location in the file.
+
+JSONL (one object a line; a ``.json`` file holding one array of objects is read too) and CSV/TSV with any
+delimiter and quoted fields. The ``csv`` module is used rather than pandas because a broken row must be reported
+with its line number and skipped on its own, not abort the whole file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mmfuse.data.text import decode_text
+
+JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
+CSV_SUFFIXES = (".csv", ".tsv", ".txt")
+_SNIFF_DELIMITERS = ",;\t|"
+
+
+class BadRowError(ValueError):
+    """A row that cannot become an example; the message names the file, the row and what is wrong."""
+
+    def __init__(self, path: Path | str, where: str, reason: str, fix: str = "") -> None:
+        self.path = Path(path)
+        self.where = where
+        self.reason = reason
+        super().__init__(f"{str(path)!r}, {where}: {reason}" + (f"; {fix}" if fix else ""))
+
+
+class MissingColumnError(BadRowError):
+    """A configured column (or JSON field) that the file does not have at all; lists the ones it has."""
+
+
+@dataclass
+class RawRow:
+    """One row as read: ``values`` by field name, or ``error`` when the row itself is broken."""
+
+    where: str
+    values: dict[str, Any] | None = None
+    error: str | None = None
+
+
+@dataclass
+class RawFile:
+    """All rows of one file, the fields it has, and the encoding it needed when not UTF-8."""
+
+    path: Path
+    rows: list[RawRow] = field(default_factory=list)
+    fields: list[str] = field(default_factory=list)
+    encoding: str | None = None
+    has_header: bool = False
+
+
+def detect_format(path: Path, fmt: str) -> str:
+    """``jsonl`` or ``csv``: ``fmt`` itself unless it is ``auto``, else by suffix.
+
+    Raises:
+        ValueError: ``auto`` and a suffix that says neither.
+    """
+    if fmt != "auto":
+        return fmt
+    suffix = path.suffix.lower()
+    if suffix in JSONL_SUFFIXES:
+        return "jsonl"
+    if suffix in CSV_SUFFIXES:
+        return "csv"
+    raise ValueError(
+        f"cannot tell the format of {str(path)!r} from its suffix {suffix!r} (jsonl: {', '.join(JSONL_SUFFIXES)};"
+        f" csv: {', '.join(CSV_SUFFIXES)}); set format: jsonl or format: csv"
+    )
+
+
+def read_file(path: Path, fmt: str, *, delimiter: str | None = None, fallback_encodings: Sequence[str] = ()) -> RawFile:
+    """Reads every row of ``path`` (``fmt`` is ``jsonl``, ``csv`` or ``auto``).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: unknown format; a CSV file with no header.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"split file {str(path)!r} not found; check root and the split file names")
+    text, encoding = decode_text(path.read_bytes(), fallback_encodings)
+    raw = _read_jsonl(path, text) if detect_format(path, fmt) == "jsonl" else _read_csv(path, text, delimiter)
+    raw.encoding = encoding
+    return raw
+
+
+def _read_jsonl(path: Path, text: str) -> RawFile:
+    raw = RawFile(path=path)
+    stripped = text.lstrip()
+    if stripped.startswith("["):  # a JSON array of objects (.json), rather than JSON lines
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as e:
+            raw.rows.append(RawRow(where=f"line {e.lineno}", error=f"broken JSON array ({e.msg})"))
+            return raw
+        rows = ((f"item {i + 1}", item) for i, item in enumerate(items))
+        raw.rows = [_json_row(where, item) for where, item in rows]
+    else:
+        raw.rows = list(_jsonl_rows(text))
+    seen: dict[str, None] = {}
+    for row in raw.rows:
+        seen.update(dict.fromkeys(row.values or {}))
+    raw.fields = list(seen)
+    return raw
+
+
+def _jsonl_rows(text: str) -> Iterator[RawRow]:
+    # Split on "\n" only: str.splitlines() would also split on U+2028 and friends, which JSON strings may hold raw.
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as e:
+            yield RawRow(where=f"line {lineno}", error=f"broken JSON ({e.msg} at column {e.colno}): {line[:80]!r}")
+            continue
+        yield _json_row(f"line {lineno}", item)
+
+
+def _json_row(where: str, item: Any) -> RawRow:
+    if not isinstance(item, dict):
+        return RawRow(where=where, error=f"not a JSON object but {type(item).__name__}: {str(item)[:80]!r}")
+    return RawRow(where=where, values=item)
+
+
+def _read_csv(path: Path, text: str, delimiter: str | None) -> RawFile:
+    if delimiter is None:
+        delimiter = "\t" if path.suffix.lower() == ".tsv" else _sniff_delimiter(text)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    raw = RawFile(path=path, has_header=True)
+    header: list[str] | None = None
+    last_line = 0
+    index = 0
+    while True:
+        start = last_line + 1
+        try:
+            cells = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:
+            raw.rows.append(RawRow(where=f"line {start}", error=f"malformed CSV ({e})"))
+            last_line = reader.line_num
+            continue
+        last_line = reader.line_num
+        if not cells or all(not c.strip() for c in cells):
+            continue
+        if header is None:
+            header = [c.strip() for c in cells]
+            continue
+        index += 1
+        where = f"row {index} (line {start})"
+        if len(cells) != len(header):
+            raw.rows.append(
+                RawRow(
+                    where=where,
+                    error=f"has {len(cells)} fields but the header has {len(header)} "
+                    f"(check the delimiter {delimiter!r} and the quoting)",
+                )
+            )
+            continue
+        raw.rows.append(RawRow(where=where, values=dict(zip(header, cells, strict=True))))
+    if header is None:
+        raise ValueError(f"CSV file {str(path)!r} is empty: it needs a header row naming the columns")
+    raw.fields = header
+    return raw
+
+
+def _sniff_delimiter(text: str) -> str:
+    sample = "\n".join(text.split("\n", 20)[:20])
+    try:
+        return csv.Sniffer().sniff(sample, delimiters=_SNIFF_DELIMITERS).delimiter
+    except csv.Error:
+        return ","
