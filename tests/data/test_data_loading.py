@@ -162,6 +162,25 @@ def test_tsv_and_wrong_field_count(tmp_path: Path, write_image: Callable) -> Non
     assert [e.id for e in split.examples] == ["1", "3"]
 
 
+def test_malformed_csv_quoting_is_a_bad_row(tmp_path: Path, write_image: Callable) -> None:
+    write_image(tmp_path / "x.png")
+    lines = [
+        "id,text,image,label",
+        "1,ok,x.png,0",
+        '2,"bad"quote,x.png,1',
+        "3,fine,x.png,1",
+        '4,"never closed,x.png,0',
+        "5,x,x.png,1",
+    ]
+    (tmp_path / "data.csv").write_text("\n".join(lines) + "\n")
+    cfg = DataConfig(root=tmp_path, train="data.csv", on_bad_row="skip")
+    split = load_examples("data.csv", cfg)
+    assert [e.id for e in split.examples] == ["1", "3"]
+    first, second = split.report.bad_rows
+    assert first.where == "row 2 (line 3)" and "malformed CSV" in first.reason
+    assert second.where == "row 4 (line 5)" and "never closed, so lines 5-6 are lost" in second.reason
+
+
 def test_missing_csv_column_lists_existing_ones_even_with_skip(tmp_path: Path) -> None:
     (tmp_path / "data.csv").write_text("image_name,sentence,label\na.png,hi,0\n")
     cfg = DataConfig(root=tmp_path, train="data.csv", columns={"id": None, "image": "image_name"}, on_bad_row="skip")

@@ -145,7 +145,13 @@ def _read_csv(path: Path, text: str, delimiter: str | None) -> RawFile:
         except StopIteration:
             break
         except csv.Error as e:
-            raw.rows.append(RawRow(where=f"line {start}", error=f"malformed CSV ({e})"))
+            index += 1
+            reason = f"malformed CSV ({e})"
+            if "unexpected end of data" in str(e):
+                reason += (
+                    f": a quote opened at line {start} is never closed, so lines {start}-{reader.line_num} are lost"
+                )
+            raw.rows.append(RawRow(where=f"row {index} (line {start})", error=reason))
             last_line = reader.line_num
             continue
         last_line = reader.line_num
