@@ -17,10 +17,11 @@ app = typer.Typer(
 
 
 def _attach() -> None:
-    from mmfuse.cli import data, run
+    from mmfuse.cli import cache, data, report, run, serve, sweep
 
     app.add_typer(data.app, name="data")
-    run.register(app)
+    for module in (run, cache, sweep, report, serve):
+        module.register(app)
 
 
 _attach()
