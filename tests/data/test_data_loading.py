@@ -132,6 +132,27 @@ def test_duplicate_ids_keep_the_first(tmp_path: Path, write_image: Callable, wri
     assert "first at line 1" in split.report.duplicate_ids[0].reason
 
 
+def test_same_image_twice_and_conflicting_labels(tiny_dataset: Callable, write_jsonl: Callable) -> None:
+    root = tiny_dataset(n=3)
+    rows = [
+        {"id": "v1", "text": "text a 0", "img": "img/a1.png", "label": "a"},  # byte-identical to a0.png (same colour)
+        {"id": "v2", "text": "same", "img": "img/b0.png", "label": "b"},
+        {"id": "v3", "text": "same", "img": "img/b0.png", "label": "a"},
+    ]
+    write_jsonl(root / "dev.jsonl", rows)
+    splits = load_splits(DataConfig(root=root, train="train.jsonl", val="dev.jsonl", columns={"image": "img"}))
+    train_same = {p.id: p.reason for p in splits["train"].report.same_images}
+    assert train_same == {
+        "a1": "same image as id a0",
+        "a2": "same image as id a0",
+        "b1": "same image as id b0",
+        "b2": "same image as id b0",
+    }
+    (conflict,) = splits["val"].report.same_images
+    assert conflict.id == "v3" and "same text, but labeled 'a' vs 'b' (conflicting labels)" in conflict.reason
+    assert any("3 examples have the same image file as an example of train" in n for n in splits["val"].report.notes)
+
+
 # --- CSV ----------------------------------------------------------------------------------------------------------
 
 

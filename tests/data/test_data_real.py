@@ -5,7 +5,9 @@ Known defects (found by inspecting the files, asserted here so a loader change c
   data; the negative class is spelled `Non-offensiv`; 3 sentences hold U+FFFD (text mangled upstream);
   images come as RGB, RGBA and palette PNGs and JPEGs.
 - MVSA-Single: 576 of the `data/{id}.txt` files are GBK-encoded, not UTF-8 (the split files' `text` field holds
-  mojibake for them, which is why the preset reads the .txt files).
+  mojibake for them, which is why the preset reads the .txt files); 11 images of val/test are byte-identical to
+  images of an earlier split (the same tweet posted twice: a leak); 4 images repeat within train; val holds one
+  tweet twice with conflicting labels (ids 2106 positive, 202 negative).
 """
 
 from __future__ import annotations
@@ -76,6 +78,11 @@ def test_mvsa_loads_with_original_text_and_counts_fallbacks(mvsa: dict) -> None:
     assert by_id["2905"].text == "all I need of bliss http:/…"  # GBK ellipsis; the split file has mojibake "¡\xad"
     assert not any("\ufffd" in e.text for e in by_id.values())
     assert mvsa["train"].report.label_counts == {"positive": 851, "negative": 422, "neutral": 282}
+    (conflict,) = mvsa["val"].report.same_images  # the same tweet twice, labeled positive and negative
+    assert conflict.id == "202" and "conflicting labels" in conflict.reason and "2106" in conflict.reason
+    assert len(mvsa["train"].report.same_images) == 4
+    leaks = [n for s in mvsa.values() for n in s.report.notes if "same image file as an example of" in n]
+    assert [int(n.split()[0]) for n in leaks] == [3, 4, 4]  # val~train, test~train, test~val
     for split in mvsa.values():
         report = split.report
         assert report.usable and not report.skipped_images and not report.bad_rows and not report.duplicate_ids

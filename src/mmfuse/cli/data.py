@@ -197,6 +197,7 @@ _OVERVIEW_ROWS: list[tuple[str, Any]] = [
     ("labels", _labels),
     ("bad rows", lambda s: str(len(s.report.bad_rows))),
     ("duplicate ids", lambda s: str(len(s.report.duplicate_ids))),
+    ("same image twice", lambda s: str(len(s.report.same_images))),
     ("images skipped", lambda s: str(len(s.report.skipped_images))),
     ("images blank", lambda s: str(len(s.report.blank_images))),
     ("ext. mismatch", lambda s: str(len(s.report.extension_mismatches))),

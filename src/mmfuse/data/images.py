@@ -6,6 +6,7 @@ loader can apply its missing-image policy and the dataset can stand a blank in f
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 import warnings
@@ -51,11 +52,13 @@ class ImageOutsideRootError(ImageError, OutsideRootError):
 
 @dataclass(frozen=True)
 class ImageInfo:
-    """What :func:`check_image` found: the format detected from the content, the size on disk and the mode."""
+    """What :func:`check_image` found: the format detected from the content, the size on disk, the mode, and a
+    hash of the file's bytes (to find the same image under two names)."""
 
     format: str | None
     size: tuple[int, int]
     mode: str
+    digest: str = ""
 
 
 def open_image(
@@ -83,7 +86,7 @@ def open_image(
         ImageDecodeError: empty, not an image, truncated or corrupt.
     """
     path = _check_root(Path(path), root, allow_outside_root)
-    image, _ = _decode(path, max_pixels=max_pixels, draft=False)
+    image, _ = _decode(_read(path), path, max_pixels=max_pixels, draft=False)
     return _to_rgb(image, path)
 
 
@@ -97,8 +100,10 @@ def check_image(path: Path | str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Im
         ImageError: as :func:`open_image` (without the root check, which the loader does itself).
     """
     path = Path(path)
-    image, size = _decode(path, max_pixels=max_pixels, draft=True)
-    info = ImageInfo(format=image.format, size=size, mode=image.mode)
+    data = _read(path)
+    image, size = _decode(data, path, max_pixels=max_pixels, draft=True)
+    digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+    info = ImageInfo(format=image.format, size=size, mode=image.mode, digest=digest)
     _to_rgb(image, path)
     return info
 
@@ -112,16 +117,19 @@ def _check_root(path: Path, root: Path | None, allow_outside_root: bool) -> Path
         raise ImageOutsideRootError(path, "outside the dataset root", str(e)) from None
 
 
-def _decode(path: Path, *, max_pixels: int, draft: bool) -> tuple[Image.Image, tuple[int, int]]:
-    """The fully decoded image and its size on disk (JPEG draft mode may decode it smaller)."""
+def _read(path: Path) -> bytes:
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         raise ImageNotFoundError(path, "file not found") from None
     except IsADirectoryError:
         raise ImageNotFoundError(path, "is a directory, not an image file") from None
     except OSError as e:
         raise ImageDecodeError(path, f"cannot read file ({e.strerror or e})") from None
+
+
+def _decode(data: bytes, path: Path, *, max_pixels: int, draft: bool) -> tuple[Image.Image, tuple[int, int]]:
+    """The fully decoded image and its size on disk (JPEG draft mode may decode it smaller)."""
     if not data:
         raise ImageDecodeError(path, "empty file (0 bytes)")
     with warnings.catch_warnings():

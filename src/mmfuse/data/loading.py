@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +46,14 @@ class Split:
         name: ``train``, ``val`` or ``test`` (or the file stem for :func:`load_examples`).
         examples: the usable examples, in file order.
         report: counts and defects.
+        image_digests: example id -> hash of its image file's bytes (when images were verified), to find the same
+            image under two ids, within and across splits.
     """
 
     name: str
     examples: list[Example]
     report: SplitReport
+    image_digests: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def labels(self) -> list[str | None]:
@@ -137,13 +140,15 @@ def load_examples(path: str | Path, cfg: DataConfig, *, labeled: bool | None = N
     candidates = _read_rows(raw, cfg, root, labeled, report)
     _check_images(candidates, cfg)
     examples = _apply_image_policy(candidates, cfg, report, file, root)
+    digests = {c.example.id: c.image_info.digest for c in candidates if c.image_info is not None}
+    _same_images(candidates, digests, report)
     report.count_examples(examples)
     if not examples:
         report.fatal.append(
             f"no usable examples ({report.rows} rows, {len(report.bad_rows)} bad, "
             f"{len(report.skipped_images)} without a usable image)"
         )
-    return Split(name=report.name, examples=examples, report=report)
+    return Split(name=report.name, examples=examples, report=report, image_digests=digests)
 
 
 def _root(cfg: DataConfig) -> Path:
@@ -403,6 +408,25 @@ def _apply_image_policy(
     return examples
 
 
+def _same_images(candidates: list[_Candidate], digests: dict[str, str], report: SplitReport) -> None:
+    """Reports examples whose image file has the same bytes as an earlier example's (kept: memes reuse images)."""
+    first: dict[str, _Candidate] = {}
+    for c in candidates:
+        digest = digests.get(c.example.id)
+        if digest is None or c.image_error is not None:
+            continue
+        if digest not in first:
+            first[digest] = c
+            continue
+        earlier = first[digest].example
+        reason = f"same image as id {earlier.id}"
+        if earlier.text == c.example.text:
+            reason += " and same text"
+            if earlier.label != c.example.label:
+                reason += f", but labeled {c.example.label!r} vs {earlier.label!r} (conflicting labels)"
+        report.same_images.append(Problem(c.where, c.example.id, reason))
+
+
 def _carve(splits: dict[str, Split], cfg: DataConfig) -> None:
     """Moves ``split.val`` / ``split.test`` of the train file to val / test when those have no file."""
     train = splits["train"]
@@ -425,7 +449,7 @@ def _carve(splits: dict[str, Split], cfg: DataConfig) -> None:
         report = SplitReport(name=name, source=source, labeled=train.report.labeled, rows=len(examples))
         report.notes.append("defects met while reading the file are listed under train")
         report.count_examples(examples)
-        splits[name] = Split(name=name, examples=examples, report=report)
+        splits[name] = Split(name=name, examples=examples, report=report, image_digests=train.image_digests)
         train.report.notes.append(f"{len(examples)} examples carved off for {name} ({how}, seed {cfg.split.seed})")
     train.examples = [train.examples[i] for i in sorted(remaining)]
     train.report.count_examples(train.examples)
@@ -449,6 +473,22 @@ def _split_off(
     return kept, taken, "random"
 
 
+def _leaks(splits: dict[str, Split]) -> None:
+    """Notes examples of a later split whose image file (byte for byte) is in an earlier split."""
+    names = list(splits)
+    for i, name in enumerate(names):
+        split = splits[name]
+        for other in names[:i]:
+            earlier = splits[other]
+            seen = {earlier.image_digests[e.id] for e in earlier.examples if e.id in earlier.image_digests}
+            shared = [e.id for e in split.examples if split.image_digests.get(e.id) in seen]
+            if shared:
+                split.report.notes.append(
+                    f"{len(shared)} examples have the same image file as an example of {other} "
+                    f"(possible leak; often the same post twice): ids {shared[:5]}"
+                )
+
+
 def _cross_check(splits: dict[str, Split]) -> None:
     """Problems that only show across splits: what train must have, leaks, labels the model cannot know."""
     train = splits.get("train")
@@ -458,6 +498,7 @@ def _cross_check(splits: dict[str, Split]) -> None:
         elif len(train.report.label_counts) < 2:
             only = ", ".join(train.report.label_counts)
             train.report.fatal.append(f"train has one class only ({only}); a classifier needs at least two")
+    _leaks(splits)
     for name, split in splits.items():
         if name == "train" or train is None:
             continue

@@ -45,6 +45,8 @@ class SplitReport:
         examples: examples kept.
         bad_rows: rows dropped as unreadable (``on_bad_row: skip``).
         duplicate_ids: later rows with an id already seen (dropped; the first one is kept).
+        same_images: examples whose image file has the same bytes as an earlier example's (kept), with whether
+            the text is the same too and whether the labels conflict.
         skipped_images: examples dropped for a missing/unreadable image (``on_missing_image: skip``).
         blank_images: examples kept with a blank image (``on_missing_image: blank``).
         extension_mismatches: images whose content is another format than their extension says (kept).
@@ -65,6 +67,7 @@ class SplitReport:
     examples: int = 0
     bad_rows: list[Problem] = field(default_factory=list)
     duplicate_ids: list[Problem] = field(default_factory=list)
+    same_images: list[Problem] = field(default_factory=list)
     skipped_images: list[Problem] = field(default_factory=list)
     blank_images: list[Problem] = field(default_factory=list)
     extension_mismatches: list[Problem] = field(default_factory=list)
@@ -104,6 +107,7 @@ class SplitReport:
         names = (
             "bad_rows",
             "duplicate_ids",
+            "same_images",
             "skipped_images",
             "blank_images",
             "extension_mismatches",
