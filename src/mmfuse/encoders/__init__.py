@@ -1,5 +1,38 @@
-"""Text and image encoders behind one interface (:class:`~mmfuse.encoders.base.Encoder`)."""
+"""Text and image encoders behind one interface (:class:`~mmfuse.encoders.base.Encoder`).
 
-from mmfuse.encoders.base import EncoderOutput, ImageEncoder, TextEncoder
+Build them by name with :func:`build_text_encoder` / :func:`build_image_encoder`; ``minilm`` and
+``efficientnet-lite0`` work offline. Nothing here imports the training engine, the CLI or the server.
+"""
 
-__all__ = ["EncoderOutput", "ImageEncoder", "TextEncoder"]
+from mmfuse.encoders._common import EncoderLoadError
+from mmfuse.encoders.base import Encoder, EncoderOutput, ImageEncoder, TextEncoder
+from mmfuse.encoders.clip import CLIPVisionEncoder
+from mmfuse.encoders.efficientnet import EfficientNetLiteEncoder
+from mmfuse.encoders.registry import (
+    IMAGE_ENCODERS,
+    TEXT_ENCODERS,
+    EncoderSpec,
+    build_image_encoder,
+    build_text_encoder,
+    encoder_options,
+)
+from mmfuse.encoders.resnet import HFResNetEncoder
+from mmfuse.encoders.text import HFTextEncoder
+
+__all__ = [
+    "IMAGE_ENCODERS",
+    "TEXT_ENCODERS",
+    "CLIPVisionEncoder",
+    "EfficientNetLiteEncoder",
+    "Encoder",
+    "EncoderLoadError",
+    "EncoderOutput",
+    "EncoderSpec",
+    "HFResNetEncoder",
+    "HFTextEncoder",
+    "ImageEncoder",
+    "TextEncoder",
+    "build_image_encoder",
+    "build_text_encoder",
+    "encoder_options",
+]

