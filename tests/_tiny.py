@@ -58,15 +58,13 @@ def _vocab() -> list[str]:
 
 
 def tiny_bert_dir() -> Path:
-    """Folder with a tiny random ``BertModel`` (with pooler) and its ``BertTokenizerFast``."""
+    """Folder with a tiny random ``BertModel`` (with pooler) and its WordPiece ``BertTokenizer``."""
     if "bert" not in _DIRS:
-        from transformers import BertConfig, BertModel, BertTokenizerFast
+        from transformers import BertConfig, BertModel, BertTokenizer
 
         out = _root() / "tiny-bert"
-        out.mkdir()
         vocab = _vocab()
-        (out / "vocab.txt").write_text("\n".join(vocab) + "\n")
-        BertTokenizerFast(vocab_file=str(out / "vocab.txt"), do_lower_case=True).save_pretrained(out)
+        BertTokenizer(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True).save_pretrained(out)
         torch.manual_seed(0)
         config = BertConfig(
             vocab_size=len(vocab),

@@ -32,6 +32,14 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
+def _hub_offline() -> bool:
+    try:
+        from huggingface_hub.constants import is_offline_mode
+    except ImportError:  # older huggingface_hub
+        return os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
+    return bool(is_offline_mode())
+
+
 def load_pretrained(loader: Callable[..., T], source: str | Path, what: str, **kwargs: Any) -> T:
     """Calls ``loader(source, **kwargs)`` (a transformers ``from_pretrained``), turning its failures into one
     :class:`EncoderLoadError` that says how to fix them, instead of a long traceback from the hub client.
@@ -50,7 +58,7 @@ def load_pretrained(loader: Callable[..., T], source: str | Path, what: str, **k
                 f"could not load the {what} from folder {str(source)!r} ({cause}); the folder must hold a model "
                 f"saved with save_pretrained (config.json, weights, and the tokenizer or preprocessor_config.json)"
             ) from None
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
+        offline = _hub_offline()
         why = "HF_HUB_OFFLINE is set" if offline else "no internet or no such model"
         raise EncoderLoadError(
             f"could not load the {what} {str(source)!r} from the Hugging Face hub ({why}; {cause}). A hub model "

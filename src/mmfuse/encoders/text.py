@@ -207,7 +207,10 @@ class HFTextEncoder(TextEncoder):
         if self._tokenizer_hash is None:
             tok = self.tokenizer
             if hasattr(tok, "backend_tokenizer"):  # fast tokenizer: vocabulary, normaliser (lower-casing), ...
-                text = tok.backend_tokenizer.to_str()
+                data = json.loads(tok.backend_tokenizer.to_str())
+                for transient in ("truncation", "padding"):  # set by the last call; ours are fixed, listed below
+                    data.pop(transient, None)
+                text = json.dumps(data, sort_keys=True)
             else:
                 text = json.dumps(sorted(tok.get_vocab().items())) + repr(sorted(tok.init_kwargs.items()))
             self._tokenizer_hash = hashlib.sha256(f"{type(tok).__name__}|{text}".encode()).hexdigest()
