@@ -7,13 +7,16 @@ unusable (``check``), 2 a wrong argument, config or path.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
 if TYPE_CHECKING:
     from mmfuse.data import DataConfig, Split
+
+T = TypeVar("T")
 
 app = typer.Typer(help="Check, preview and generate datasets.", no_args_is_help=True)
 
@@ -117,7 +120,7 @@ def _config(source: str, preset: str | None) -> DataConfig:
     return _guard(lambda: load_data_config(path, overrides={"preset": preset} if preset else None))
 
 
-def _guard(fn: Any) -> Any:
+def _guard(fn: Callable[[], T]) -> T:
     """Runs ``fn``; a boundary error (bad config, missing file, bad row) becomes a message and exit code 2."""
     try:
         return fn()
