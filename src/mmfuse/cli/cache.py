@@ -1,9 +1,127 @@
-"""``mmfuse cache ls / clear``."""
+"""``mmfuse cache ls / clear``: what the persistent feature cache holds, and removing it.
+
+Exit codes: 0 fine, 2 a wrong argument (an encoder that is not cached, a cache folder that is a file).
+"""
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, NoReturn
+
 import typer
+
+if TYPE_CHECKING:
+    from mmfuse.cache.inventory import CachedEncoder
+
+cache_app = typer.Typer(help="Inspect and clear the feature cache of frozen encoders.", no_args_is_help=True)
+
+CacheDirOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--cache-dir",
+        help="Cache folder (default: $MMFUSE_CACHE_DIR, else $XDG_CACHE_HOME/mmfuse or ~/.cache/mmfuse).",
+        show_default=False,
+    ),
+]
 
 
 def register(app: typer.Typer) -> None:
-    """Adds this module's commands to the top-level app."""
+    """Adds ``mmfuse cache ...`` to the top-level app."""
+    app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("ls")
+def ls(
+    cache_dir: CacheDirOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the listing as JSON.")] = False,
+) -> None:
+    """List what is cached: per encoder, its inputs, sizes on disk, and the datasets that asked for them."""
+    from mmfuse.cache.inventory import list_cache
+
+    root = _root(cache_dir)
+    cached = list_cache(root)
+    if as_json:
+        payload = {"cache_dir": str(root), "encoders": [c.to_dict() for c in cached]}
+        typer.echo(json.dumps(payload, indent=2, ensure_ascii=False))
+        return
+    if not cached:
+        typer.echo(f"the feature cache at {root} is empty")
+        return
+    _print_listing(root, cached)
+
+
+@cache_app.command("clear")
+def clear(
+    cache_dir: CacheDirOpt = None,
+    encoder: Annotated[
+        str | None,
+        typer.Option("--encoder", help="Only this encoder: its name, or the start of its identity hash (see ls)."),
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Remove cached features: all of them, or one encoder's (they are recomputed when next needed)."""
+    from mmfuse.cache.inventory import clear_cache, list_cache, match_encoders
+
+    root = _root(cache_dir)
+    try:
+        targets = list_cache(root) if encoder is None else match_encoders(root, encoder)
+    except ValueError as e:
+        _fail(str(e))
+    if not targets:
+        typer.echo(f"the feature cache at {root} is empty; nothing to clear")
+        return
+    total = sum(t.bytes for t in targets)
+    what = f"{len(targets)} encoder folder(s), {_size(total)}"
+    if not yes and not typer.confirm(f"remove {what} from {root}?", default=False):
+        raise typer.Exit(code=1)
+    removed = clear_cache(root, encoder)
+    for target in removed:
+        typer.echo(f"removed {target.name} ({target.identity_sha256[:12]}, {_size(target.bytes)})")
+    typer.echo(f"cleared {what} from {root}")
+
+
+def _root(cache_dir: str | None) -> Path:
+    from mmfuse.cache.location import resolve_cache_dir
+
+    try:
+        root = resolve_cache_dir(cache_dir)
+    except ValueError as e:
+        _fail(str(e))
+    if root is None:
+        _fail("the persistent feature cache is off (cache folder 'off'); pass --cache-dir FOLDER to inspect one")
+    return root
+
+
+def _print_listing(root: Path, cached: list[CachedEncoder]) -> None:
+    """One block per encoder (plain lines: long names and paths stay readable at any terminal width)."""
+    total = _size(sum(c.bytes for c in cached))
+    typer.echo(f"feature cache {root}: {total} in {len(cached)} encoder folder(s)")
+    for c in cached:
+        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(c.last_used)) if c.last_used else "never"
+        typer.echo("")
+        typer.echo(f"{c.name}  [{c.modality}, {c.encoder_class}]  identity {c.identity_sha256[:12]}")
+        typer.echo(
+            f"  {c.entries} inputs ({c.sequence_entries} with sequence/grid), {c.shards} shard(s), "
+            f"{_size(c.bytes)}, last used {used}"
+        )
+        for d in c.datasets:
+            kind = "sequence/grid" if d["sequence"] else "pooled"
+            typer.echo(f"  dataset {d['dataset']}: {d['examples']} examples asked for ({kind})")
+        if c.unusable:
+            typer.echo(f"  {c.unusable} unusable file(s) set aside (damaged or foreign); `cache clear` removes them")
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=2)

@@ -1,0 +1,44 @@
+"""The persistent feature cache: outputs of frozen encoders computed once, stored on disk, reused by every run.
+
+::
+
+    from mmfuse.cache import FeatureCache, feature_source
+    source = feature_source()                  # FeatureCache at cache.dir / $MMFUSE_CACHE_DIR / ~/.cache/mmfuse
+    clf = MultimodalClassifier(config, source=source)
+
+Entries are keyed by the encoder's ``cache_identity()`` (weights and preprocessing) and by each input's content (the
+image file's bytes, the text), so a second run, another head, other hyperparameters or a sweep reuse them. Names
+load on first use, so ``mmfuse cache ls`` does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    "CACHE_DIR_ENV": "mmfuse.cache.location",
+    "default_cache_dir": "mmfuse.cache.location",
+    "resolve_cache_dir": "mmfuse.cache.location",
+    "CachedEncoder": "mmfuse.cache.inventory",
+    "clear_cache": "mmfuse.cache.inventory",
+    "list_cache": "mmfuse.cache.inventory",
+    "CorruptShardError": "mmfuse.cache.shards",
+    "CacheStats": "mmfuse.cache.source",
+    "FeatureCache": "mmfuse.cache.source",
+    "feature_source": "mmfuse.cache.source",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mmfuse.cache' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

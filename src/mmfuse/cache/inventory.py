@@ -1,0 +1,195 @@
+"""What the feature cache holds (``mmfuse cache ls``) and removing it (``mmfuse cache clear``).
+
+Reads only headers and small JSON files: no torch import, so the CLI answers at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mmfuse.cache.location import features_dir
+from mmfuse.cache.shards import SUFFIX, TMP_PREFIX, CorruptShardError, is_shard_file, read_header
+
+IDENTITY_FILE = "identity.json"
+USAGE_DIR = "usage"
+
+
+@dataclass
+class CachedEncoder:
+    """One encoder identity's folder in the cache.
+
+    Attributes:
+        path: the folder (``<root>/features/<identity sha256>``).
+        identity_sha256: the folder name: SHA-256 of the encoder's canonical ``cache_identity()``.
+        name: the encoder's name (``minilm``, ``efficientnet-lite0``, a folder...).
+        encoder_class: its class.
+        modality: ``text`` or ``image``.
+        identity: the full identity (weights hash, preprocessing).
+        shards: usable shard files.
+        entries: distinct inputs cached.
+        sequence_entries: of which with their sequence/grid (the rest pooled only).
+        bytes: size of the folder on disk.
+        unusable: damaged, foreign or half-written files (set aside; removed by ``cache clear``).
+        datasets: per dataset (common image folder): ``examples`` asked for, ``sequence``, ``last_used``.
+        last_used: latest use (seconds since the epoch), or ``None``.
+    """
+
+    path: Path
+    identity_sha256: str
+    name: str = "?"
+    encoder_class: str = "?"
+    modality: str = "?"
+    identity: dict[str, Any] = field(default_factory=dict)
+    shards: int = 0
+    entries: int = 0
+    sequence_entries: int = 0
+    bytes: int = 0
+    unusable: int = 0
+    datasets: list[dict[str, Any]] = field(default_factory=list)
+    last_used: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        out["path"] = str(self.path)
+        return out
+
+
+def list_cache(root: Path) -> list[CachedEncoder]:
+    """Every encoder folder under ``root/features``, largest first."""
+    base = features_dir(Path(root))
+    if not base.is_dir():
+        return []
+    found = [describe_folder(p) for p in sorted(base.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+    return sorted(found, key=lambda c: c.bytes, reverse=True)
+
+
+def describe_folder(path: Path) -> CachedEncoder:
+    """Summary of one encoder folder (headers and JSON files only)."""
+    info = CachedEncoder(path=path, identity_sha256=path.name)
+    try:
+        meta = json.loads((path / IDENTITY_FILE).read_text(encoding="utf-8"))
+        info.name = str(meta.get("name", "?"))
+        info.encoder_class = str(meta.get("class", "?"))
+        info.modality = str(meta.get("modality", "?"))
+        info.identity = dict(meta.get("identity") or {})
+    except (OSError, ValueError, AttributeError, TypeError):
+        pass
+    keys: set[str] = set()
+    seq_keys: set[str] = set()
+    for file in _files(path):
+        info.bytes += _size(file)
+        if not is_shard_file(file):
+            info.unusable += file.name.endswith((".corrupt", SUFFIX))
+            continue
+        try:
+            header = read_header(file)
+        except (CorruptShardError, OSError):
+            info.unusable += 1
+            continue
+        info.shards += 1
+        keys.update(header.keys)
+        if header.sequence:
+            seq_keys.update(header.keys)
+    info.entries, info.sequence_entries = len(keys), len(seq_keys)
+    info.datasets = _datasets(path / USAGE_DIR)
+    info.last_used = max((d["last_used"] for d in info.datasets), default=None)
+    return info
+
+
+def _files(path: Path) -> list[Path]:
+    return [p for p in path.rglob("*") if p.is_file()]
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _datasets(usage: Path) -> list[dict[str, Any]]:
+    """Usage records merged per dataset: examples of its largest request per split size, latest use."""
+    merged: dict[str, dict[str, Any]] = {}
+    for file in sorted(usage.glob("*.json")) if usage.is_dir() else []:
+        try:
+            record = json.loads(file.read_text(encoding="utf-8"))
+            name, n = str(record["dataset"]), int(record["examples"])
+            used, seq = float(record["last_used"]), bool(record["sequence"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        entry = merged.setdefault(name, {"dataset": name, "requests": 0, "examples": 0, "sequence": False})
+        entry["requests"] += 1
+        entry["examples"] += n
+        entry["sequence"] = entry["sequence"] or seq
+        entry["last_used"] = max(entry.get("last_used", 0.0), used)
+    return sorted(merged.values(), key=lambda d: d["last_used"], reverse=True)
+
+
+def match_encoders(root: Path, which: str) -> list[CachedEncoder]:
+    """The cached encoders that ``which`` names: an encoder name (``minilm``), or a prefix (>= 6 hex digits) of an
+    identity hash.
+
+    Raises:
+        ValueError: nothing matches (the message lists what is cached).
+    """
+    cached = list_cache(root)
+    which = which.strip()
+    hits = [c for c in cached if c.name == which]
+    if not hits and len(which) >= 6:
+        hits = [c for c in cached if c.identity_sha256.startswith(which.lower())]
+    if not hits:
+        known = ", ".join(f"{c.name} ({c.identity_sha256[:12]})" for c in cached) or "nothing is cached"
+        raise ValueError(
+            f"no cached encoder {which!r} in {str(features_dir(root))!r}; cached: {known}. Pass an encoder name or "
+            "the start of an identity hash as shown by `mmfuse cache ls`"
+        )
+    return hits
+
+
+def clear_cache(root: Path, encoder: str | None = None) -> list[CachedEncoder]:
+    """Removes every encoder folder (``encoder=None``) or those ``encoder`` names (see :func:`match_encoders`).
+
+    A folder is first renamed out of the way (atomic), then deleted, so a run reading the cache meanwhile sees
+    either all of it or none of it and recomputes what it lacks.
+
+    Returns:
+        What was removed.
+
+    Raises:
+        ValueError: ``encoder`` names nothing cached.
+    """
+    root = Path(root)
+    targets = list_cache(root) if encoder is None else match_encoders(root, encoder)
+    for target in targets:
+        trash = target.path.with_name(f".trash-{uuid.uuid4().hex[:8]}-{target.path.name}")
+        try:
+            os.replace(target.path, trash)
+        except OSError:
+            trash = target.path
+        shutil.rmtree(trash, ignore_errors=True)
+    base = features_dir(root)
+    if encoder is None and base.is_dir():  # leftovers of interrupted clears
+        for leftover in base.glob(".trash-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+    return targets
+
+
+def stale_temporaries(folder: Path, older_than_s: float) -> list[Path]:
+    """Half-written files (``.tmp-*``) in ``folder`` older than ``older_than_s`` (left by killed writers)."""
+    import time
+
+    now = time.time()
+    out = []
+    for p in folder.glob(f"{TMP_PREFIX}*"):
+        try:
+            if now - p.stat().st_mtime > older_than_s:
+                out.append(p)
+        except OSError:
+            continue
+    return out

@@ -1,0 +1,567 @@
+"""The persistent feature cache as a :class:`~mmfuse.engine.features.FeatureSource`.
+
+:class:`FeatureCache` answers ``get(encoder, examples, need_sequence=...)`` in three steps, each cheaper than the next:
+
+1. an in-process memo of whole tables (a sweep's second model in the same process pays nothing);
+2. the folder of the encoder's identity under ``<root>/features/``: shards of entries keyed by each input's content,
+   read back and checked (identity, CRC-32), gathered into the requested row order;
+3. only the inputs found nowhere are encoded, with :func:`~mmfuse.engine.features.compute_features` (images decoded
+   in DataLoader workers, batched forward under ``torch.inference_mode``), and written as new shards, one per
+   ``shard_examples`` inputs, so an interrupted encoding keeps what it finished.
+
+A pooled-only entry cannot serve a sequence request; a sequence entry serves both. Encoders with trainable weights
+are never cached: their features are computed and returned, nothing is stored.
+
+Folder layout::
+
+    <root>/features/<sha256 of the identity>/
+        identity.json                 the encoder's identity (and name, class, modality), for people and `cache ls`
+        <ns>-<pid>-<rand>.safetensors  shards (see mmfuse.cache.shards)
+        usage/<request>.json          which datasets asked for features (for `cache ls`)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmfuse.cache.inventory import IDENTITY_FILE, USAGE_DIR, stale_temporaries
+from mmfuse.cache.keys import ContentHasher, canonical_identity, identity_hash, request_key
+from mmfuse.cache.location import features_dir, resolve_cache_dir
+from mmfuse.cache.shards import (
+    CorruptShardError,
+    ShardHeader,
+    check_offsets,
+    is_shard_file,
+    load_shard,
+    read_header,
+    read_tensors,
+    write_shard,
+)
+from mmfuse.data.example import Example
+from mmfuse.encoders.base import Encoder, TextEncoder
+from mmfuse.engine.features import FeatureSource, FeatureTable, compute_features, default_store
+
+logger = logging.getLogger("mmfuse.cache")
+
+_STALE_TMP_S = 24 * 3600  # a half-written shard this old belongs to a writer that was killed
+
+
+@dataclass
+class CacheStats:
+    """What a :class:`FeatureCache` did, for logs and benchmarks.
+
+    Attributes:
+        memo_hits: requests answered from the in-process memo.
+        requests: requests that went to disk (and maybe to the encoder).
+        loaded: inputs read from shards.
+        computed: inputs encoded (and written).
+        uncached: requests for encoders with trainable weights (computed, never stored).
+        corrupt: shards found damaged or foreign (ignored; their entries recomputed).
+        seconds: time spent inside ``get`` (hashing, reading, encoding, writing).
+        encode_seconds: of which encoding.
+    """
+
+    memo_hits: int = 0
+    requests: int = 0
+    loaded: int = 0
+    computed: int = 0
+    uncached: int = 0
+    corrupt: int = 0
+    seconds: float = 0.0
+    encode_seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _Folder:
+    """One encoder identity's folder, with the headers of its shards read so far."""
+
+    path: Path
+    identity: str
+    headers: dict[str, tuple[tuple[int, int], ShardHeader]] = field(default_factory=dict)
+    bad: set[tuple[str, int, int]] = field(default_factory=set)
+
+
+class FeatureCache:
+    """Features of frozen encoders, stored on disk under ``root`` and reused by every later run.
+
+    Args:
+        root: the cache folder (see :func:`~mmfuse.cache.location.resolve_cache_dir`); created on first write.
+        shard_examples: inputs per shard file (an EfficientNet-Lite0 grid is 250 KB per image, so 512 images make
+            a 128 MB shard).
+        max_tables: whole tables kept in the in-process memo (least recently used first out).
+        encode_workers: DataLoader workers that decode images while the encoder runs, used when the caller asks
+            for none (``num_workers=0``); ``None``: two, or one on a one-core machine.
+
+    Raises:
+        ValueError: ``root`` is a file, or a bad ``shard_examples`` / ``max_tables``.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        shard_examples: int = 512,
+        max_tables: int = 16,
+        encode_workers: int | None = None,
+    ) -> None:
+        resolved = resolve_cache_dir(root)
+        if resolved is None:
+            raise ValueError(f"FeatureCache needs a folder, got {str(root)!r}; use default_store() for no cache")
+        if shard_examples < 1 or max_tables < 1:
+            raise ValueError(f"shard_examples and max_tables must be >= 1, got {shard_examples} and {max_tables}")
+        self.root = resolved
+        self.shard_examples = shard_examples
+        self.max_tables = max_tables
+        self.encode_workers = min(2, os.cpu_count() or 1) if encode_workers is None else encode_workers
+        self.stats = CacheStats()
+        self._hasher = ContentHasher()
+        self._memo: OrderedDict[str, FeatureTable] = OrderedDict()
+        self._folders: dict[str, _Folder] = {}
+        self._lock = threading.Lock()
+        self._write_failed = False
+
+    # FeatureStore-compatible counters (engine logs read these, see mmfuse.engine.features.describe)
+    @property
+    def hits(self) -> int:
+        return self.stats.memo_hits
+
+    @property
+    def misses(self) -> int:
+        return self.stats.requests
+
+    def __repr__(self) -> str:
+        return f"FeatureCache(root={str(self.root)!r}, memo={len(self._memo)} tables)"
+
+    # ----------------------------------------------------------------------------------------------- FeatureSource
+
+    def get(
+        self,
+        encoder: Encoder,
+        examples: Sequence[Example],
+        *,
+        need_sequence: bool,
+        device: torch.device | str = "cpu",
+        batch_size: int = 64,
+        num_workers: int = 0,
+        progress: Callable[[int], None] | None = None,
+    ) -> FeatureTable:
+        """Features of ``encoder`` for ``examples`` (row ``i`` = example ``i``); see the module docstring.
+
+        Args:
+            encoder: a text or image encoder; only a fully frozen one is cached.
+            examples: the examples, in table row order.
+            need_sequence: the token sequence / region grid too, not only the pooled vector.
+            device: where to run the encoder for the inputs that are not cached.
+            batch_size: inputs per encoder batch.
+            num_workers: DataLoader workers that decode images (0: this cache's ``encode_workers``).
+            progress: called with a number of examples done, until they add up to ``len(examples)``.
+        """
+        start = time.perf_counter()
+        try:
+            with self._lock:
+                return self._get(encoder, list(examples), need_sequence, device, batch_size, num_workers, progress)
+        finally:
+            self.stats.seconds += time.perf_counter() - start
+
+    def _get(
+        self,
+        encoder: Encoder,
+        examples: list[Example],
+        need_sequence: bool,
+        device: torch.device | str,
+        batch_size: int,
+        num_workers: int,
+        progress: Callable[[int], None] | None,
+    ) -> FeatureTable:
+        if not examples:
+            raise ValueError("no examples to compute features for; pass at least one example")
+        workers = num_workers or self.encode_workers
+        if not encoder.is_frozen:  # fine-tuned weights change as they train: their outputs are never stored
+            self.stats.uncached += 1
+            return self._encode(encoder, examples, need_sequence, device, batch_size, workers, progress)
+        modality = "text" if isinstance(encoder, TextEncoder) else "image"
+        identity = canonical_identity(encoder.cache_identity())
+        ident_hex = identity_hash(identity)
+        keys = self._hasher.keys(examples, modality=modality)
+        request = request_key(ident_hex, keys)
+        memo = self._memo.get(request)
+        if memo is not None and (memo.has_sequence or not need_sequence):
+            self._memo.move_to_end(request)
+            self.stats.memo_hits += 1
+            if progress is not None:
+                progress(len(examples))
+            return memo if need_sequence else memo.pooled_only()
+        self.stats.requests += 1
+        folder = self._folder(ident_hex, identity, encoder, modality)
+        table = self._resolve(folder, encoder, examples, keys, need_sequence, device, batch_size, workers, progress)
+        self._memo[request] = table
+        self._memo.move_to_end(request)
+        while len(self._memo) > self.max_tables:
+            self._memo.popitem(last=False)
+        self._record_use(folder, request, examples, keys, need_sequence)
+        return table
+
+    def clear_memo(self) -> None:
+        """Forgets the in-process tables (the files stay)."""
+        self._memo.clear()
+
+    # ----------------------------------------------------------------------------------------------- resolution
+
+    def _resolve(self, folder: _Folder, encoder: Encoder, examples: list[Example], keys: list[str], *args: Any):
+        for _ in range(3):
+            try:
+                return self._resolve_once(folder, encoder, examples, keys, *args)
+            except CorruptShardError as e:  # a shard failed its checksum mid-way: set it aside and start over
+                self._discard(folder, e.path, e)
+        return self._resolve_once(folder, encoder, examples, keys, *args)
+
+    def _resolve_once(
+        self,
+        folder: _Folder,
+        encoder: Encoder,
+        examples: list[Example],
+        keys: list[str],
+        need_sequence: bool,
+        device: torch.device | str,
+        batch_size: int,
+        workers: int,
+        progress: Callable[[int], None] | None,
+    ) -> FeatureTable:
+        first: dict[str, int] = {}  # key -> first example with it
+        for i, key in enumerate(keys):
+            first.setdefault(key, i)
+        parts: list[_Part] = []
+        where: dict[str, tuple[int, int]] = {}  # key -> (part, row)
+        self._locate(folder, set(first), need_sequence, parts, where)
+        loaded = sum(1 for k in keys if k in where)
+        if progress is not None and loaded:
+            progress(loaded)
+        missing = [k for k in first if k not in where]
+        for start in range(0, len(missing), self.shard_examples):
+            chunk = missing[start : start + self.shard_examples]
+            table = self._encode(
+                encoder, [examples[first[k]] for k in chunk], need_sequence, device, batch_size, workers, progress
+            )
+            self._write(folder, table, chunk)
+            parts.append(_Part(table))
+            where.update((k, (len(parts) - 1, j)) for j, k in enumerate(chunk))
+        duplicates = len(keys) - loaded - len(missing)
+        if progress is not None and duplicates:
+            progress(duplicates)
+        table = assemble(parts, [where[k] for k in keys], need_sequence=need_sequence)
+        self.stats.loaded += len(first) - len(missing)
+        self.stats.computed += len(missing)
+        return table
+
+    def _locate(
+        self,
+        folder: _Folder,
+        wanted: set[str],
+        need_sequence: bool,
+        parts: list[_Part],
+        where: dict[str, tuple[int, int]],
+    ) -> None:
+        """Finds the shards that hold ``wanted`` keys (newest first) and opens them as parts (small tensors read
+        and checked now, sequences when the table is assembled)."""
+        headers = [h for h in self._scan(folder) if h.sequence or not need_sequence]
+        for header in sorted(headers, key=lambda h: h.created, reverse=True):
+            rows = [(k, j) for j, k in enumerate(header.keys) if k in wanted and k not in where]
+            if not rows:
+                continue
+            try:
+                part = _Part.open(header, need_sequence=need_sequence)
+            except FileNotFoundError:
+                folder.headers.pop(header.path.name, None)  # removed meanwhile (cache clear): recompute
+                continue
+            except CorruptShardError as e:
+                self._discard(folder, header.path, e)
+                continue
+            parts.append(part)
+            where.update((k, (len(parts) - 1, j)) for k, j in rows)
+            if len(where) == len(wanted):
+                return
+
+    def _scan(self, folder: _Folder) -> list[ShardHeader]:
+        """Headers of the folder's usable shards (each file's header read once per process, checked for identity)."""
+        try:
+            entries = list(os.scandir(folder.path))
+        except FileNotFoundError:
+            entries = []
+        seen: set[str] = set()
+        out = []
+        for entry in entries:
+            path = Path(entry.path)
+            if not is_shard_file(path):
+                continue
+            try:
+                st = entry.stat()
+            except FileNotFoundError:
+                continue
+            stamp = (st.st_size, st.st_mtime_ns)
+            seen.add(entry.name)
+            known = folder.headers.get(entry.name)
+            if known is not None and known[0] == stamp:
+                out.append(known[1])
+                continue
+            if (entry.name, *stamp) in folder.bad:
+                continue
+            try:
+                header = read_header(path)
+                if header.identity != folder.identity:
+                    raise CorruptShardError(path, "it was computed by another encoder or preprocessing")
+            except FileNotFoundError:
+                continue
+            except CorruptShardError as e:
+                folder.bad.add((entry.name, *stamp))
+                self._discard(folder, path, e)
+                continue
+            folder.headers[entry.name] = (stamp, header)
+            out.append(header)
+        for name in set(folder.headers) - seen:
+            del folder.headers[name]
+        return out
+
+    def _discard(self, folder: _Folder, path: Path, error: CorruptShardError) -> None:
+        """Moves a damaged or foreign shard out of the way (renamed ``*.corrupt``, ignored by readers)."""
+        self.stats.corrupt += 1
+        folder.headers.pop(path.name, None)
+        logger.warning("%s", error)
+        with contextlib.suppress(OSError):  # read-only cache or gone already: it stays ignored in this process
+            os.replace(path, path.with_name(path.name + ".corrupt"))
+
+    # ----------------------------------------------------------------------------------------------- encoding, writing
+
+    def _encode(
+        self,
+        encoder: Encoder,
+        examples: list[Example],
+        need_sequence: bool,
+        device: torch.device | str,
+        batch_size: int,
+        workers: int,
+        progress: Callable[[int], None] | None,
+    ) -> FeatureTable:
+        start = time.perf_counter()
+        # The DataLoader inside draws its base seed from the global RNG: fork it, so that training after a cold
+        # cache draws the same weights and dropout as training after a warm one.
+        try:
+            with torch.random.fork_rng(devices=[]):
+                return compute_features(
+                    encoder,
+                    examples,
+                    need_sequence=need_sequence,
+                    device=device,
+                    batch_size=batch_size,
+                    num_workers=0 if isinstance(encoder, TextEncoder) else workers,
+                    progress=progress,
+                )
+        finally:
+            self.stats.encode_seconds += time.perf_counter() - start
+
+    def _write(self, folder: _Folder, table: FeatureTable, keys: list[str]) -> None:
+        modality = "image" if table.present is not None else "text"
+        try:
+            header = write_shard(folder.path, table, keys, identity=folder.identity, modality=modality)
+        except OSError as e:
+            if not self._write_failed:
+                logger.warning(
+                    "cannot write to the feature cache %s (%s); features are kept in this process only. Free "
+                    "space, or set cache.dir / MMFUSE_CACHE_DIR to a writable folder",
+                    folder.path,
+                    e,
+                )
+            self._write_failed = True
+            return
+        st = header.path.stat()
+        folder.headers[header.path.name] = ((st.st_size, st.st_mtime_ns), header)
+
+    def _folder(self, ident_hex: str, identity: str, encoder: Encoder, modality: str) -> _Folder:
+        folder = self._folders.get(ident_hex)
+        if folder is not None:
+            return folder
+        folder = _Folder(features_dir(self.root) / ident_hex, identity)
+        self._folders[ident_hex] = folder
+        if folder.path.is_dir():
+            for tmp in stale_temporaries(folder.path, _STALE_TMP_S):
+                tmp.unlink(missing_ok=True)
+        info_path = folder.path / IDENTITY_FILE
+        try:
+            stored = json.loads(info_path.read_text(encoding="utf-8"))
+            if canonical_identity(stored.get("identity")) == identity:
+                return folder
+            logger.warning("feature cache %s: identity.json describes another encoder; rewriting it", folder.path)
+        except (OSError, ValueError, AttributeError):
+            pass
+        info = {
+            "identity": json.loads(identity),
+            "identity_sha256": ident_hex,
+            "name": getattr(encoder, "name", type(encoder).__name__),
+            "class": type(encoder).__name__,
+            "modality": modality,
+            "created": time.time(),
+        }
+        _write_json(info_path, info)
+        return folder
+
+    def _record_use(
+        self, folder: _Folder, request: str, examples: list[Example], keys: list[str], need_sequence: bool
+    ) -> None:
+        """Notes which dataset asked for features (shown by ``mmfuse cache ls``); best effort."""
+        path = folder.path / USAGE_DIR / f"{request[:16]}.json"
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            need_sequence = need_sequence or bool(json.loads(path.read_text(encoding="utf-8")).get("sequence"))
+        record = {
+            "dataset": dataset_label(examples),
+            "examples": len(examples),
+            "inputs": len(set(keys)),
+            "sequence": need_sequence,
+            "last_used": time.time(),
+        }
+        _write_json(path, record)
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Writes JSON atomically (temporary file + ``os.replace``); a read-only cache is not an error."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
+        tmp.write_text(json.dumps(payload, indent=1, ensure_ascii=False), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as e:
+        logger.debug("cannot write %s: %s", path, e)
+
+
+def dataset_label(examples: Sequence[Example]) -> str:
+    """A short name of where the examples come from: the common folder of their images."""
+    parents = {os.fspath(e.image.parent) for e in examples if e.image is not None}
+    if not parents:
+        return "(texts only)"
+    try:
+        return os.path.commonpath(sorted(parents))
+    except ValueError:  # different drives
+        return sorted(parents)[0]
+
+
+class _Part:
+    """A source of rows for :func:`assemble`: a computed table in memory, or a shard whose small tensors (pooled,
+    present, offsets) are read at once and whose sequences are read only while being copied out."""
+
+    def __init__(self, table: FeatureTable, header: ShardHeader | None = None) -> None:
+        self.table = table
+        self.header = header
+
+    @classmethod
+    def open(cls, header: ShardHeader, *, need_sequence: bool) -> _Part:
+        small = load_shard(header, need_sequence=False)
+        if need_sequence:
+            if not header.sequence:
+                raise ValueError(f"shard {str(header.path)!r} holds pooled vectors only; it cannot serve sequences")
+            small.offsets = read_tensors(header, ["offsets"])["offsets"]
+            check_offsets(header, small.offsets, header.shapes["values"][0])
+        return cls(small, header)
+
+    @property
+    def pooled(self) -> torch.Tensor:
+        return self.table.pooled
+
+    @property
+    def present(self) -> torch.Tensor | None:
+        return self.table.present
+
+    @property
+    def offsets(self) -> torch.Tensor:
+        assert self.table.offsets is not None, "a pooled-only part cannot serve a sequence request"
+        return self.table.offsets
+
+    def sequences(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(values, valid)``; a shard's are read now (and checked) and dropped by the caller after use."""
+        if self.header is None:
+            assert self.table.values is not None and self.table.valid is not None
+            return self.table.values, self.table.valid
+        tensors = read_tensors(self.header, ["values", "valid"])
+        return tensors["values"], tensors["valid"]
+
+
+def assemble(parts: Sequence[_Part], sources: Sequence[tuple[int, int]], *, need_sequence: bool) -> FeatureTable:
+    """A new table whose row ``i`` is row ``sources[i][1]`` of ``parts[sources[i][0]]`` (always a copy).
+
+    The output is allocated once and filled part by part, so reading a cached table costs its own size plus one
+    shard. Sequences are gathered with vectorised index arithmetic (no per-example Python loop over tensors).
+    """
+    n = len(sources)
+    assert n > 0 and parts, "nothing to assemble"
+    part_of = torch.tensor([p for p, _ in sources], dtype=torch.long)
+    row_of = torch.tensor([r for _, r in sources], dtype=torch.long)
+    pooled = torch.empty(n, parts[0].pooled.shape[1], dtype=torch.float32)
+    with_present = parts[0].present is not None
+    present = torch.empty(n, dtype=torch.bool) if with_present else None
+    selections = []
+    for p, part in enumerate(parts):
+        sel = (part_of == p).nonzero().squeeze(1)
+        if not len(sel):
+            continue
+        rows = row_of[sel]
+        pooled[sel] = part.pooled[rows]
+        if present is not None:
+            assert part.present is not None
+            present[sel] = part.present[rows]
+        selections.append((part, sel, rows))
+    if not need_sequence:
+        return FeatureTable(pooled=pooled, present=present)
+    lengths = torch.empty(n, dtype=torch.long)
+    for part, sel, rows in selections:
+        lengths[sel] = part.offsets[rows + 1] - part.offsets[rows]
+    offsets = torch.zeros(n + 1, dtype=torch.long)
+    offsets[1:] = torch.cumsum(lengths, 0)
+    values: torch.Tensor | None = None
+    valid = torch.empty(int(offsets[-1]), dtype=torch.bool)
+    for part, sel, rows in selections:
+        part_values, part_valid = part.sequences()
+        if values is None:
+            values = torch.empty(int(offsets[-1]), part_values.shape[1], dtype=torch.float32)
+        counts = lengths[sel]
+        total = int(counts.sum())
+        # position of each packed row within its example: 0..len-1, for every selected example in turn
+        within = torch.arange(total) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        src = torch.repeat_interleave(part.offsets[rows], counts) + within
+        dst = torch.repeat_interleave(offsets[sel], counts) + within
+        values[dst] = part_values[src]
+        valid[dst] = part_valid[src]
+        del part_values, part_valid
+    return FeatureTable(pooled=pooled, values=values, valid=valid, offsets=offsets, present=present)
+
+
+_SHARED: dict[Path, FeatureCache] = {}
+
+
+def feature_source(cache_dir: str | os.PathLike[str] | None = None) -> FeatureSource:
+    """The feature source the engine should use: this process's :class:`FeatureCache` for the resolved cache folder
+    (one per folder, so every model trained in the process shares its memo), or the in-process memo
+    (:func:`~mmfuse.engine.features.default_store`) when the persistent cache is off.
+
+    Args:
+        cache_dir: config ``cache.dir`` / ``--cache-dir``; ``None`` uses ``MMFUSE_CACHE_DIR`` or the default folder.
+    """
+    root = resolve_cache_dir(cache_dir)
+    if root is None:
+        return default_store()
+    key = root.resolve() if root.exists() else root.absolute()
+    if key not in _SHARED:
+        _SHARED[key] = FeatureCache(key)
+    return _SHARED[key]

@@ -1,0 +1,62 @@
+"""Training from cached features gives the results of encoding on the fly (same config, same seed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from _tiny import tiny_bert_dir, tiny_resnet_dir
+from mmfuse.cache import FeatureCache
+from mmfuse.config import config_from
+from mmfuse.engine.classifier import MultimodalClassifier
+
+
+def _fit(
+    tmp_path: Path, splits: dict, head: str, params: dict[str, Any], *, enabled: bool, source: FeatureCache, name: str
+) -> tuple[np.ndarray, np.ndarray]:
+    cfg = config_from(
+        head=head,
+        text_encoder=str(tiny_bert_dir()),
+        image_encoder=str(tiny_resnet_dir()),
+        epochs=2,
+        batch_size=8,
+        **{
+            "model.head.params": params,
+            "cache.enabled": enabled,
+            "train.device": "cpu",
+            "train.seed": 0,
+            "run.out_dir": str(tmp_path / "runs"),
+            "run.name": name,
+            "run.quiet": True,
+        },
+    )
+    clf = MultimodalClassifier(cfg, source=source).fit(splits["train"], splits["val"])
+    losses = np.array([[r["train_loss"], r["val"]["loss"]] for r in clf.history])
+    return losses, clf.predict_proba(splits["test"])
+
+
+@pytest.mark.parametrize(
+    ("head", "params"),
+    [("concat", {"hidden": 32}), ("cross_attention", {"dim": 32, "num_heads": 2, "hidden": 32})],
+    ids=["pooled", "sequence+grid"],
+)
+def test_cached_training_matches_encoding_every_batch(
+    tmp_path: Path, synth_splits: dict, head: str, params: dict[str, Any]
+) -> None:
+    cold_source, warm_source, raw_source = (FeatureCache(tmp_path / "cache", encode_workers=0) for _ in range(3))
+    cold = _fit(tmp_path, synth_splits, head, params, enabled=True, source=cold_source, name="cold")
+    warm = _fit(tmp_path, synth_splits, head, params, enabled=True, source=warm_source, name="warm")
+    raw = _fit(tmp_path, synth_splits, head, params, enabled=False, source=raw_source, name="raw")
+
+    assert cold_source.stats.computed > 0
+    assert warm_source.stats.computed == 0 and warm_source.stats.loaded > 0  # read back from disk, no encoder run
+    assert raw_source.stats.requests == raw_source.stats.memo_hits == 0  # encoders ran inside the model
+    # cold and warm read the same stored float32 features: identical training
+    np.testing.assert_array_equal(cold[0], warm[0])
+    np.testing.assert_array_equal(cold[1], warm[1])
+    # on the fly: the same features up to float rounding (other batch compositions and padding)
+    np.testing.assert_allclose(raw[0], cold[0], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(raw[1], cold[1], rtol=0, atol=1e-5)
