@@ -1,9 +1,138 @@
-"""``mmfuse train / evaluate / predict / demo``."""
+"""``mmfuse train / evaluate / predict / demo``: parse the arguments, call the library, show the result."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 import typer
+from rich.console import Console
+
+_console = Console()
+_errors_console = Console(stderr=True)
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Bad configs, files or checkpoints end the command with their message (exit 2); a diverged run with 1."""
+    from mmfuse.engine.trainer import NonFiniteLossError
+
+    try:
+        yield
+    except NonFiniteLossError as e:
+        _errors_console.print(f"[red]error:[/red] {e}", highlight=False)
+        raise typer.Exit(1) from None
+    except (ValueError, FileNotFoundError) as e:
+        _errors_console.print(f"[red]error:[/red] {e}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def train(
+    config: Path | None = typer.Argument(None, help="YAML config (optional with --resume: the run's own config)."),
+    overrides: list[str] | None = typer.Argument(None, help="key=value overrides, e.g. optim.lr=1e-4 head.name=concat"),
+    set_: list[str] | None = typer.Option(None, "--set", "-s", help="key=value override (repeatable)."),
+    resume: Path | None = typer.Option(None, "--resume", help="continue this run folder from its last checkpoint"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars or per-epoch lines"),
+) -> None:
+    """Train a model; writes a run folder (config, label map, metrics.jsonl, checkpoints, train.log, summary)."""
+    from mmfuse.engine.classifier import MultimodalClassifier
+    from mmfuse.engine.tables import summary_view
+
+    items = [*(set_ or []), *(overrides or [])]
+    if config is not None and "=" in str(config) and not config.exists():
+        items, config = [str(config), *items], None  # `mmfuse train --resume RUN key=value`
+    if quiet:
+        items.append("run.quiet=true")
+    with _user_errors():
+        if resume is not None:
+            clf = MultimodalClassifier.resume(resume, items, config)
+        elif config is None:
+            raise ValueError("pass a CONFIG file (see examples/*.yaml), or --resume RUN to continue a run")
+        else:
+            clf = MultimodalClassifier(config, overrides=items).fit()
+    _console.print(summary_view(clf.summary))
+
+
+def evaluate(
+    run: Path = typer.Argument(..., help="run folder (or checkpoint folder)"),
+    split: str = typer.Option("test", "--split", help="split of the run's data: train, val or test"),
+    data: Path | None = typer.Option(None, "--data", help="another data config (YAML) or a labeled JSONL/CSV file"),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best or last"),
+    json_out: Path | None = typer.Option(None, "--json", help="also write the full results as JSON here"),
+) -> None:
+    """Metrics table, per-class report and confusion matrix, beside the majority-class and random baselines."""
+    import json
+
+    from mmfuse.engine.classifier import MultimodalClassifier
+    from mmfuse.engine.data_io import split_examples
+    from mmfuse.engine.tables import evaluation_view
+
+    with _user_errors():
+        clf = MultimodalClassifier.load(run, checkpoint=checkpoint)
+        examples = split_examples(split, clf.config.data, data)
+        result = clf.evaluate(examples, name=split if data is None else str(data))
+    _console.print(evaluation_view(result))
+    if json_out is not None:
+        json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
+
+def predict(
+    run: Path = typer.Argument(..., help="run folder (or checkpoint folder)"),
+    data: Path = typer.Argument(..., help="JSONL/CSV file (labels optional), read with the run's column mapping"),
+    out: Path = typer.Option(..., "--out", "-o", help="CSV to write"),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best or last"),
+    threshold: str = typer.Option("0.5", "--threshold", help="binary: 0.5, tuned (on validation), or a number"),
+) -> None:
+    """Write predictions: id,proba,label for binary tasks (Hateful Memes format), else one proba column per class."""
+    from mmfuse.engine.classifier import MultimodalClassifier
+
+    with _user_errors():
+        clf = MultimodalClassifier.load(run, checkpoint=checkpoint)
+        frame = clf.predictions_table(data, threshold=_threshold(threshold, clf.threshold))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(out, index=False)
+    _errors_console.print(f"wrote {len(frame)} predictions to {out}", highlight=False)
+
+
+def _threshold(text: str, tuned: float | None) -> float | None:
+    if text == "tuned":
+        if tuned is None:
+            raise ValueError("--threshold tuned: this model has no tuned threshold (binary tasks only)")
+        return tuned
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"--threshold must be 0.5, tuned, or a number in (0, 1), got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"--threshold must be in (0, 1), got {value}")
+    return None if value == 0.5 else value
+
+
+def demo(
+    out: Path = typer.Option(Path("demo-output"), "--out", help="output folder (data, runs, results)"),
+    n: int = typer.Option(600, "--n", help="number of synthetic examples"),
+    epochs: int | None = typer.Option(None, "--epochs", help="epochs per head (default 20; best epoch kept)"),
+    heads: list[str] | None = typer.Option(None, "--head", help="train only these heads (repeatable)"),
+    seed: int = typer.Option(0, "--seed"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+) -> None:
+    """Synthetic data where the label needs both modalities; every fusion head vs. the unimodal baselines."""
+    from mmfuse.engine.demo import DEMO_HEADS, run_demo
+    from mmfuse.engine.tables import frame_table
+
+    with _user_errors():
+        result = run_demo(
+            out, n=n, epochs=epochs, heads=heads or DEMO_HEADS, seed=seed, quiet=quiet,
+            say=lambda line: _errors_console.print(line, highlight=False),
+        )  # fmt: skip
+    _console.print(frame_table(result.table, f"demo: test split of {n} synthetic examples"))
+    _console.print(f"{result.seconds:.0f}s; results in {result.out}/results.md (and .csv, .json), runs in {out}/runs")
 
 
 def register(app: typer.Typer) -> None:
     """Adds the run commands to the top-level app."""
+    app.command("train")(train)
+    app.command("evaluate")(evaluate)
+    app.command("predict")(predict)
+    app.command("demo")(demo)

@@ -1,0 +1,162 @@
+"""From a validated :class:`~mmfuse.config.ModelConfig` to a model, and what the engine needs to know about it.
+
+The model is the fusion head (which owns its encoders). Besides building it, this module answers: where do the
+encoders sit inside the model, which of them are frozen, and which encoder outputs can be computed once per dataset
+(:class:`FeaturePlan`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from torch import nn
+
+from mmfuse.config import ConfigError, EncoderConfig, ModelConfig
+from mmfuse.encoders.base import Encoder
+
+MODALITIES = ("text", "image")
+
+
+@dataclass(frozen=True)
+class FeaturePlan:
+    """How the model gets each modality during training and evaluation.
+
+    Attributes:
+        text: ``raw`` (the model runs the text encoder on token ids: it is trained, or the head reads ``tokens``),
+            ``pooled`` / ``sequence`` (features of the frozen encoder, computed once), or ``None`` (no text).
+        image: ``raw`` (the model runs the image encoder on pixels), ``pooled`` / ``grid`` (precomputed), or
+            ``None`` (no image).
+    """
+
+    text: Literal["raw", "pooled", "sequence"] | None
+    image: Literal["raw", "pooled", "grid"] | None
+
+    @property
+    def needs_pixels(self) -> bool:
+        return self.image == "raw"
+
+    def precomputes(self, modality: str) -> bool:
+        return getattr(self, modality) not in (None, "raw")
+
+    def needs_sequence(self, modality: str) -> bool:
+        return getattr(self, modality) in ("sequence", "grid")
+
+
+def build_encoder(modality: str, cfg: EncoderConfig) -> Encoder:
+    """Builds and freezes one encoder as configured.
+
+    Raises:
+        ConfigError: the builder refused the name or an option (the message names ``model.<modality>_encoder``).
+        FileNotFoundError: a local encoder folder that does not exist.
+    """
+    from mmfuse.encoders import build_image_encoder, build_text_encoder
+
+    builder = build_text_encoder if modality == "text" else build_image_encoder
+    key = f"model.{modality}_encoder"
+    try:
+        encoder = builder(cfg.name, **cfg.options)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{key}.name: {e}") from e
+    except TypeError as e:  # an unexpected keyword option
+        raise ConfigError(f"{key}.options: {e}") from e
+    except ValueError as e:
+        raise ConfigError(f"{key}: {e}") from e
+    if cfg.freeze:
+        try:
+            encoder.freeze(trainable_top_k=cfg.trainable_top_k)
+        except ValueError as e:
+            raise ConfigError(f"{key}.trainable_top_k: {e}") from e
+    else:
+        encoder.requires_grad_(True)
+    return encoder
+
+
+def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
+    """Builds the encoders the head reads (only those) and the head around them.
+
+    Raises:
+        ConfigError: a bad encoder name/option or head parameter value (naming its key path).
+        FileNotFoundError: a local encoder folder that does not exist.
+    """
+    from mmfuse.fusion import FUSION_HEADS, build_head
+
+    cls = FUSION_HEADS.get(cfg.head.name)
+    encoders: dict[str, Encoder | None] = {"text": None, "image": None}
+    for modality, uses in (("text", cls.uses_text), ("image", cls.uses_image)):
+        spec = getattr(cfg, f"{modality}_encoder")
+        if uses is not None and spec is not None:
+            encoders[modality] = build_encoder(modality, spec)
+    try:
+        return build_head(
+            cfg.head.name,
+            text_encoder=encoders["text"],  # type: ignore[arg-type]
+            image_encoder=encoders["image"],  # type: ignore[arg-type]
+            num_classes=num_classes,
+            **cfg.head.params,
+        )
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"model.head ({cfg.head.name}): {e}") from e
+
+
+def encoders_of(model: nn.Module) -> dict[str, tuple[str, Encoder]]:
+    """``modality -> (state-dict prefix, encoder)`` for each encoder the model owns."""
+    found: dict[str, tuple[str, Encoder]] = {}
+    for modality in MODALITIES:
+        encoder = getattr(model, f"{modality}_encoder", None)
+        if encoder is None:
+            continue
+        for name, module in model.named_modules():
+            if module is encoder:
+                found[modality] = (f"{name}." if name else "", encoder)
+                break
+    return found
+
+
+def plan_features(model: nn.Module, *, precompute: bool = True) -> FeaturePlan:
+    """Which encoder outputs can be computed once: those of fully frozen encoders whose pooled, sequence or grid
+    output the head reads (never ``tokens``, never a fine-tuned encoder)."""
+    encoders = encoders_of(model)
+    uses = {"text": getattr(model, "uses_text", None), "image": getattr(model, "uses_image", None)}
+    plan: dict[str, Any] = {}
+    for modality in MODALITIES:
+        use = uses[modality]
+        if use is None or modality not in encoders:
+            plan[modality] = None
+        elif precompute and use in ("pooled", "sequence", "grid") and encoders[modality][1].is_frozen:
+            plan[modality] = use
+        else:
+            plan[modality] = "raw"
+    return FeaturePlan(**plan)
+
+
+def set_train_mode(model: nn.Module, training: bool) -> None:
+    """``model.train(training)``, but fully frozen encoders always stay in eval mode: a frozen encoder must not
+    apply dropout or update batch-norm statistics."""
+    model.train(training)
+    if training:
+        for _, encoder in encoders_of(model).values():
+            if encoder.is_frozen:
+                encoder.eval()
+
+
+def fingerprint(identity: dict[str, Any]) -> str:
+    """A short hash of an encoder's ``cache_identity()``."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def encoder_records(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """Per encoder: name, whether it is frozen (and so left out of checkpoints), identity and its fingerprint."""
+    records = {}
+    for modality, (prefix, encoder) in encoders_of(model).items():
+        identity = encoder.cache_identity()
+        records[modality] = {
+            "name": getattr(encoder, "name", type(encoder).__name__),
+            "prefix": prefix,
+            "frozen": encoder.is_frozen,
+            "identity": identity,
+            "fingerprint": fingerprint(identity),
+        }
+    return records

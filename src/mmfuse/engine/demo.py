@@ -1,0 +1,170 @@
+"""The demo: a synthetic dataset where the label needs both modalities, every fusion head against the unimodal
+baselines, one comparison table.
+
+The data (:func:`~mmfuse.data.make_synthetic`) labels each meme with the XOR of a text concept (day/night words)
+and an image concept (bright/dark picture): text alone or image alone is at chance, a model that fuses both can
+reach ~100%. All heads use the offline encoders (MiniLM, EfficientNet-Lite0), frozen, so each encoder runs once
+per split and the features are shared by every head (only ``early_fusion`` runs MiniLM's layers itself, since it
+feeds image regions through them).
+
+Everything goes to one folder::
+
+    <out>/data/            the synthetic dataset (Hateful Memes layout)
+    <out>/runs/<head>/     one run folder per head (config, metrics, checkpoints, log)
+    <out>/results.csv      the comparison table (also results.md and results.json)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from mmfuse.config import TrainConfig, validate_config
+from mmfuse.data.config import DataConfig
+from mmfuse.data.loading import load_splits
+from mmfuse.data.synthetic import make_synthetic
+from mmfuse.engine.classifier import MultimodalClassifier
+from mmfuse.engine.run_dir import Timer
+
+FUSION_HEADS = ("concat", "cross_attention", "early_fusion", "align", "cross")
+UNIMODAL_HEADS = ("text_only", "image_only")
+DEMO_HEADS = FUSION_HEADS + UNIMODAL_HEADS
+
+DEMO_EPOCHS = 20
+"""Default epochs; each head keeps its best validation epoch."""
+
+# Per-head settings measured on the demo data. The pooled heads learn the XOR within a few epochs at lr 1e-3;
+# early_fusion trains only its image projection and classifier around frozen MiniLM layers, which needs a larger
+# learning rate to move the image tokens into the text model's space.
+HEAD_SETTINGS: dict[str, dict[str, Any]] = {
+    "early_fusion": {"optim": {"lr": 3e-3}},
+}
+
+TEXT_ENCODER = "minilm"
+IMAGE_ENCODER = "efficientnet-lite0"
+IMAGE_SIZE = 112
+"""The synthetic pictures are 112 pixels square; the encoder reads them at that size (a 4x4 grid), 4x faster than
+upscaling them to 224."""
+
+
+@dataclass
+class DemoResult:
+    """The comparison table (one row per head, then the majority-class baseline), timings and the output folder."""
+
+    table: pd.DataFrame
+    out: Path
+    seconds: float
+    feature_seconds: float
+
+
+def demo_config(head: str, data_root: Path, runs: Path, *, epochs: int, seed: int, quiet: bool) -> TrainConfig:
+    """The training config of one demo head."""
+    encoders = {
+        "text_encoder": {"name": TEXT_ENCODER},
+        "image_encoder": {"name": IMAGE_ENCODER, "options": {"image_size": IMAGE_SIZE}},
+    }
+    settings = HEAD_SETTINGS.get(head, {})
+    return validate_config(
+        {
+            "data": {"root": str(data_root), "preset": "hateful_memes"},
+            "model": {**encoders, "head": {"name": head}},
+            "optim": {"lr": 1e-3, "schedule": "cosine", "warmup_ratio": 0.05, **settings.get("optim", {})},
+            "train": {"epochs": epochs, "batch_size": 32, "seed": seed, "num_workers": 2, "device": "cpu"},
+            "run": {"out_dir": str(runs), "name": head, "quiet": quiet, "overwrite": True},
+        }
+    )
+
+
+def run_demo(
+    out: str | Path = "demo-output",
+    *,
+    n: int = 600,
+    epochs: int | None = None,
+    heads: Sequence[str] = DEMO_HEADS,
+    seed: int = 0,
+    quiet: bool = False,
+    say: Callable[[str], None] | None = None,
+) -> DemoResult:
+    """Generates the data, trains every head, writes and returns the comparison table.
+
+    Args:
+        out: the output folder (created; files of an earlier demo are replaced).
+        n: number of synthetic examples (70/15/15 train/val/test).
+        epochs: epochs per head (default :data:`DEMO_EPOCHS`).
+        heads: the heads to train (default: the five fusion heads and the two unimodal baselines).
+        seed: seed of the data and of training.
+        quiet: no progress bars or per-epoch lines.
+        say: where progress lines go (default: nowhere).
+    """
+    say = say or (lambda _: None)
+    timer, out = Timer(), Path(out)
+    data_root = make_synthetic(out / "data", n=n, seed=seed)
+    splits = load_splits(DataConfig(root=data_root, preset="hateful_memes"))
+    say(f"synthetic data in {data_root}: " + ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
+    rows, feature_seconds = [], 0.0
+    for i, head in enumerate(heads, 1):
+        cfg = demo_config(head, data_root, out / "runs", epochs=epochs or DEMO_EPOCHS, seed=seed, quiet=quiet)
+        head_timer = Timer()
+        clf = MultimodalClassifier(cfg).fit(splits["train"], splits["val"])
+        result = clf.evaluate(splits["test"], name="test")
+        rows.append(_row(head, clf, result, head_timer.seconds))
+        say(f"[{i}/{len(heads)}] {head}: test accuracy {rows[-1]['test_accuracy']:.3f} ({head_timer.seconds:.0f}s)")
+        if i == 1:
+            feature_seconds = head_timer.seconds
+    rows.append(_baseline_row(result))
+    table = pd.DataFrame(rows)
+    _write(table, out)
+    return DemoResult(table=table, out=out, seconds=timer.seconds, feature_seconds=feature_seconds)
+
+
+def _row(head: str, clf: MultimodalClassifier, result: dict[str, Any], seconds: float) -> dict[str, Any]:
+    metrics = result["metrics"]
+    return {
+        "model": head,
+        "kind": "fusion" if head in FUSION_HEADS else "unimodal",
+        "val_auroc": clf.summary.get("val", {}).get("auroc"),
+        "test_accuracy": metrics["accuracy"],
+        "test_macro_f1": metrics["macro_f1"],
+        "test_auroc": metrics["auroc"],
+        "best_epoch": clf.summary.get("best_epoch"),
+        "seconds": round(seconds, 1),
+    }
+
+
+def _baseline_row(result: dict[str, Any]) -> dict[str, Any]:
+    majority = result["baselines"]["majority"]
+    return {
+        "model": "majority class",
+        "kind": "baseline",
+        "val_auroc": None,
+        "test_accuracy": majority["accuracy"],
+        "test_macro_f1": majority["macro_f1"],
+        "test_auroc": majority["auroc"],
+        "best_epoch": None,
+        "seconds": None,
+    }
+
+
+def _write(table: pd.DataFrame, out: Path) -> None:
+    table.to_csv(out / "results.csv", index=False)
+    (out / "results.md").write_text(markdown_table(table), encoding="utf-8")
+    records = json.loads(table.to_json(orient="records"))
+    (out / "results.json").write_text(json.dumps(records, indent=2) + "\n", encoding="utf-8")
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """A DataFrame as a GitHub Markdown table (floats with 3 decimals, missing values blank)."""
+
+    def cell(value: Any) -> str:
+        if value is None or (isinstance(value, float) and pd.isna(value)):
+            return ""
+        return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,106 @@
+"""Running a model over a data loader: logits and labels (gathered across processes), and optional details."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from mmfuse.engine.batches import InputMaker
+from mmfuse.engine.build import set_train_mode
+
+
+@dataclass
+class Outputs:
+    """What a pass over a dataset gives, in dataset order.
+
+    Attributes:
+        logits: ``(N, C)``.
+        labels: ``(N,)`` class ids, ``-1`` for unlabeled examples.
+        ids: example ids (single-process runs only; empty otherwise).
+        attention: per example, its ``(Q, N)`` attention map with text padding rows removed (heads that have one).
+        image_reliance: ``(N,)`` (heads that have it).
+    """
+
+    logits: np.ndarray
+    labels: np.ndarray
+    ids: list[str] = field(default_factory=list)
+    attention: list[np.ndarray] | None = None
+    image_reliance: np.ndarray | None = None
+
+    @property
+    def proba(self) -> np.ndarray:
+        return torch.softmax(torch.from_numpy(self.logits).double(), dim=-1).numpy()
+
+
+@torch.inference_mode()
+def run_model(
+    model: nn.Module,
+    loader: DataLoader,
+    make_inputs: InputMaker,
+    *,
+    device: torch.device | str,
+    accelerator: Any = None,
+    details: bool = False,
+    bar: Any = None,
+) -> Outputs:
+    """Runs ``model`` in eval mode over ``loader``.
+
+    Args:
+        model: the (maybe accelerate-prepared) model.
+        loader: the (maybe prepared) loader, in dataset order.
+        make_inputs: turns a batch into model inputs.
+        device: where inputs go.
+        accelerator: when given, logits and labels are gathered across processes with ``gather_for_metrics``
+            (which drops the samples repeated to even out the last batch).
+        details: also collect attention maps and image reliance (single process).
+        bar: a progress bar to advance by each batch's size.
+    """
+    set_train_mode(model, False)
+    logits, labels, ids, attention, reliance = [], [], [], [], []
+    for batch in loader:
+        inputs = make_inputs(batch, device)
+        out = model(inputs)
+        batch_logits, batch_labels = out.logits.float(), batch["labels"].to(out.logits.device)
+        if accelerator is not None:
+            batch_logits, batch_labels = accelerator.gather_for_metrics((batch_logits, batch_labels))
+        else:
+            ids.extend(batch["ids"])
+        logits.append(batch_logits.cpu())
+        labels.append(batch_labels.cpu())
+        if details:
+            attention.extend(_attention_rows(out.attention, inputs))
+            if out.image_reliance is not None:
+                reliance.append(out.image_reliance.float().cpu())
+        if bar is not None:
+            bar.update(len(batch["ids"]))
+    return Outputs(
+        logits=torch.cat(logits).numpy() if logits else np.zeros((0, 0)),
+        labels=torch.cat(labels).numpy() if labels else np.zeros(0, dtype=np.int64),
+        ids=ids,
+        attention=attention if details and attention else None,
+        image_reliance=torch.cat(reliance).numpy() if reliance else None,
+    )
+
+
+def _attention_rows(attention: torch.Tensor | None, inputs: Any) -> list[np.ndarray]:
+    """Each example's ``(Q, N)`` attention, without the rows of text padding when Q is the text length."""
+    if attention is None:
+        return []
+    att = attention.float().cpu()
+    mask = None
+    if inputs.text_inputs is not None and "attention_mask" in inputs.text_inputs:
+        mask = inputs.text_inputs["attention_mask"].bool().cpu()
+    elif inputs.text_features is not None and inputs.text_features.mask is not None:
+        mask = inputs.text_features.mask.cpu()
+    rows = []
+    for i in range(att.shape[0]):
+        a = att[i]
+        if mask is not None and mask.shape[1] == a.shape[0]:
+            a = a[mask[i]]
+        rows.append(a.numpy())
+    return rows

@@ -1,0 +1,146 @@
+"""Classification metrics (scikit-learn), baselines computed the same way, and the binary decision threshold.
+
+Every function takes integer labels ``y`` ``(N,)`` and class probabilities ``proba`` ``(N, C)`` in the label map's
+class order. For binary tasks the positive class is class 1 (the second in the label map: ``"1"`` of ``0/1``
+labels, ``offensive`` of ``non-offensive/offensive``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from sklearn.dummy import DummyClassifier
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_curve,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
+
+HIGHER_IS_BETTER = {"accuracy": True, "macro_f1": True, "weighted_f1": True, "auroc": True, "loss": False}
+"""Metrics a run can select on, and their direction."""
+
+
+def selection_metric(name: str, num_classes: int) -> str:
+    """Resolves ``auto``: AUROC for binary tasks (threshold-free), macro-F1 otherwise."""
+    if name == "auto":
+        return "auroc" if num_classes == 2 else "macro_f1"
+    return name
+
+
+def is_better(name: str, value: float | None, best: float | None) -> bool:
+    """Whether ``value`` of metric ``name`` improves on ``best`` (a missing value never does)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False
+    if best is None:
+        return True
+    return value > best if HIGHER_IS_BETTER[name] else value < best
+
+
+def predict_labels(proba: np.ndarray, threshold: float | None = None) -> np.ndarray:
+    """Class ids: argmax, or for binary tasks with a ``threshold``, ``1`` where ``P(class 1) >= threshold``."""
+    if threshold is not None and proba.shape[1] == 2:
+        return (proba[:, 1] >= threshold).astype(np.int64)
+    return proba.argmax(axis=1)
+
+
+def auroc(y: np.ndarray, proba: np.ndarray) -> float | None:
+    """Binary AUROC of class 1, or one-vs-rest macro AUROC over the classes present in ``y``.
+
+    ``None`` when it is undefined (fewer than two classes in ``y``).
+    """
+    present = np.unique(y)
+    if len(present) < 2:
+        return None
+    if proba.shape[1] == 2:
+        return float(roc_auc_score(y, proba[:, 1]))
+    if len(present) == proba.shape[1]:
+        return float(roc_auc_score(y, proba, multi_class="ovr", average="macro"))
+    # some classes absent from y: average one-vs-rest over the present ones
+    return float(np.mean([roc_auc_score(y == c, proba[:, c]) for c in present]))
+
+
+def classification_metrics(
+    y: np.ndarray, proba: np.ndarray, classes: Sequence[str], *, threshold: float | None = None
+) -> dict[str, Any]:
+    """Accuracy, macro precision/recall/F1, weighted F1, AUROC, per-class scores and the confusion matrix.
+
+    Args:
+        y: true class ids ``(N,)``.
+        proba: ``(N, C)`` probabilities.
+        classes: class names, in id order.
+        threshold: binary decision threshold on ``P(class 1)``; ``None`` = argmax (0.5).
+    """
+    y = np.asarray(y, dtype=np.int64)
+    proba = np.asarray(proba, dtype=np.float64)
+    labels = list(range(len(classes)))
+    pred = predict_labels(proba, threshold)
+    p, r, f, s = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
+    mp, mr, mf, _ = precision_recall_fscore_support(y, pred, labels=labels, average="macro", zero_division=0)
+    return {
+        "n": len(y),
+        "accuracy": float(accuracy_score(y, pred)),
+        "macro_precision": float(mp),
+        "macro_recall": float(mr),
+        "macro_f1": float(mf),
+        "weighted_f1": float(f1_score(y, pred, labels=labels, average="weighted", zero_division=0)),
+        "auroc": auroc(y, proba),
+        "per_class": {
+            name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+            for i, name in enumerate(classes)
+        },
+        "confusion_matrix": confusion_matrix(y, pred, labels=labels).tolist(),
+    }
+
+
+def tune_threshold(y: np.ndarray, proba: np.ndarray) -> float:
+    """The decision threshold on ``P(class 1)`` that maximizes the F1 of class 1 on these (validation) examples.
+
+    F1 of the positive class is what detection tasks care about (hateful/offensive is the rarer, costlier class),
+    and unlike accuracy it does not reward predicting the majority class. Among equally good thresholds the one
+    closest to 0.5 wins. Returns 0.5 when ``y`` has a single class.
+    """
+    y = np.asarray(y)
+    if len(np.unique(y)) < 2:
+        return 0.5
+    precision, recall, thresholds = precision_recall_curve(y == 1, proba[:, 1])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.nan_to_num(2 * precision * recall / (precision + recall))[:-1]  # the last point has no threshold
+    best = np.flatnonzero(np.isclose(f1, f1.max()))
+    return float(thresholds[best[np.argmin(np.abs(thresholds[best] - 0.5))]])
+
+
+def baseline_probas(train_y: Sequence[int], n: int, num_classes: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Probabilities of the two reference predictors for ``n`` examples, fitted on the training labels.
+
+    - ``majority``: always the most frequent training class (probabilities = the training class prior, so its
+      AUROC is 0.5).
+    - ``random``: a class drawn at random with the training class prior (seeded).
+    """
+    train_y = np.asarray(train_y, dtype=np.int64)
+    x_train, x = np.zeros((len(train_y), 1)), np.zeros((n, 1))
+    out = {}
+    for name, strategy in (("majority", "prior"), ("random", "stratified")):
+        dummy = DummyClassifier(strategy=strategy, random_state=seed).fit(x_train, train_y)
+        proba = np.zeros((n, num_classes))
+        proba[:, dummy.classes_] = dummy.predict_proba(x)
+        out[name] = proba
+    return out
+
+
+def baseline_metrics(
+    train_y: Sequence[int], y: np.ndarray, classes: Sequence[str], seed: int = 0
+) -> dict[str, dict[str, Any]]:
+    """:func:`classification_metrics` of the majority-class and random baselines on labels ``y``."""
+    probas = baseline_probas(train_y, len(y), len(classes), seed)
+    return {name: classification_metrics(y, proba, classes) for name, proba in probas.items()}
+
+
+def headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The scalar metrics only (no per-class scores, no confusion matrix): one row of a table or a JSON line."""
+    return {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}

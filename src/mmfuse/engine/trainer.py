@@ -1,0 +1,463 @@
+"""The training loop: accelerate for devices and processes, checkpoints every epoch, resume, early stopping.
+
+One :class:`Trainer` trains one model on one train/val pair and writes one run folder (:mod:`mmfuse.engine.run_dir`).
+The same code runs on a CPU, one GPU, or several processes (``accelerate launch``): batches are split across
+processes (``split_batches``, so the effective batch is ``train.batch_size`` whatever the process count), metrics
+are computed on predictions gathered from every process, and only the main process writes files.
+
+Determinism: weights and dropout draw from the global RNG seeded by ``train.seed``; the data order of epoch ``e``
+comes from a generator seeded with ``seed + e`` (:class:`~mmfuse.engine.batches.EpochSampler`); the last checkpoint
+stores the RNG states, so a resumed run continues exactly where the uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, set_seed
+from torch import nn
+
+from mmfuse import __version__
+from mmfuse.config import ConfigError, TrainConfig, TrainingConfig
+from mmfuse.data.example import Example
+from mmfuse.data.labels import LabelMap
+from mmfuse.engine import checkpoint as ckpt
+from mmfuse.engine.batches import EpochSampler, InputMaker, compute_tables, make_loader
+from mmfuse.engine.build import build_model, plan_features, set_train_mode
+from mmfuse.engine.features import FeatureSource, default_store
+from mmfuse.engine.inference import Outputs, run_model
+from mmfuse.engine.metrics import classification_metrics, headline, is_better, selection_metric, tune_threshold
+from mmfuse.engine.optim import build_optimizer, build_scheduler, class_weight_tensor, current_lrs, optimizer_steps
+from mmfuse.engine.run_dir import Reporter, RunDir, Timer
+
+logger = logging.getLogger("mmfuse.engine")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the run stopped and its last good checkpoint was kept."""
+
+
+@dataclass
+class LoopState:
+    """Counters a resumed run continues from (stored in the last checkpoint)."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps done
+    best_value: float | None = None
+    best_epoch: int | None = None
+    bad_epochs: int = 0  # epochs since the last improvement
+
+
+@dataclass
+class FitResult:
+    """What :meth:`Trainer.fit` returns.
+
+    Attributes:
+        model: the trained model (unwrapped, on the training device) with the best checkpoint's weights.
+        run_dir: the run folder.
+        history: one record per epoch (as in ``metrics.jsonl``).
+        best_epoch: epoch (1-based) of the best checkpoint.
+        selection_metric: the metric that chose it.
+        threshold: binary decision threshold tuned on validation at the best epoch (``None`` otherwise).
+        status: ``completed``, ``early_stopped``.
+    """
+
+    model: nn.Module
+    run_dir: RunDir
+    history: list[dict[str, Any]]
+    best_epoch: int | None
+    selection_metric: str
+    threshold: float | None
+    status: str
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def best_record(self) -> dict[str, Any]:
+        return next((r for r in self.history if r["epoch"] == self.best_epoch), {})
+
+
+EpochCallback = Callable[[dict[str, Any]], None]
+
+
+def make_accelerator(cfg: TrainingConfig, grad_accum: int) -> Accelerator:
+    """An Accelerator for this config: CPU or GPU, mixed precision resolved, batches split across processes.
+
+    Raises:
+        ConfigError: fp16 without a GPU, or a precision other than the one this process started with.
+    """
+    cpu = cfg.device == "cpu" or not torch.cuda.is_available()
+    precision = cfg.mixed_precision
+    if precision == "auto":
+        precision = "no" if cpu else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+    if precision == "fp16" and cpu:
+        raise ConfigError("train.mixed_precision=fp16 needs a GPU; use no (or bf16) on a CPU")
+    try:
+        return Accelerator(
+            cpu=cpu,
+            mixed_precision=precision,
+            gradient_accumulation_steps=grad_accum,
+            dataloader_config=DataLoaderConfiguration(split_batches=True),
+        )
+    except ValueError as e:
+        raise ConfigError(f"train.mixed_precision={cfg.mixed_precision}: {e}") from e
+
+
+class Trainer:
+    """Trains the model a config describes on given train/val examples.
+
+    Args:
+        config: the validated config.
+        train: training examples (labeled).
+        val: validation examples (labeled): they select the best epoch, stop early, tune the threshold.
+        label_map: class names; built from the training labels when ``None``.
+        source: where features of frozen encoders come from (default: the process-wide memo).
+        callbacks: called with each epoch's record after its checkpoint is written.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        train: Sequence[Example],
+        val: Sequence[Example],
+        *,
+        label_map: LabelMap | None = None,
+        source: FeatureSource | None = None,
+        callbacks: Sequence[EpochCallback] = (),
+    ) -> None:
+        _check_examples(train, "train")
+        _check_examples(val, "val")
+        self.cfg = config
+        self.train_examples, self.val_examples = list(train), list(val)
+        self.label_map = label_map or LabelMap.from_labels(e.label for e in self.train_examples)
+        self.classes = self.label_map.classes
+        self.train_y = [self.label_map.encode(e.label) for e in self.train_examples]  # type: ignore[arg-type]
+        for e in self.val_examples:
+            self.label_map.encode(e.label)  # type: ignore[arg-type]  # unseen val labels fail now, not mid-run
+        self.source = source or default_store()
+        self.callbacks = list(callbacks)
+        self.metric = selection_metric(config.train.selection_metric, len(self.classes))
+        self.state = LoopState()
+        self.history: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------------------------------------- setup
+
+    def _setup(self, run_dir: RunDir | None) -> None:
+        cfg = self.cfg
+        self.accelerator = acc = make_accelerator(cfg.train, cfg.optim.grad_accum)
+        self.reporter = Reporter(quiet=cfg.run.quiet, main=acc.is_main_process)
+        for name, size in (("train.batch_size", cfg.train.batch_size), ("train.eval_batch_size", cfg.train.eval_batch)):
+            if size % acc.num_processes:
+                raise ConfigError(f"{name}={size} must be divisible by the {acc.num_processes} processes")
+        set_seed(cfg.train.seed)
+        if cfg.train.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        self.model = build_model(cfg.model, len(self.classes))
+        self.run = run_dir or self._create_run_dir()
+        self.plan = plan_features(self.model, precompute=cfg.cache.enabled)
+        self.loss_weight = class_weight_tensor(cfg.train.class_weights, self.train_y, self.classes)
+
+    def _create_run_dir(self) -> RunDir:
+        name = [self.cfg.run.name or f"{self.cfg.model.head.name}-{time.strftime('%Y%m%d-%H%M%S')}"]
+        if self.accelerator.num_processes > 1:
+            broadcast_object_list(name)  # every process agrees on the timestamped name
+        run_dir = RunDir(self.cfg.run.out_dir / name[0])
+        if self.accelerator.is_main_process:
+            run_dir = RunDir.create(self.cfg.run.model_copy(update={"name": name[0]}), name[0])
+        self.accelerator.wait_for_everyone()
+        return run_dir
+
+    def _data(self) -> None:
+        cfg, acc = self.cfg, self.accelerator
+        device, eval_bs = acc.device, cfg.train.eval_batch
+        makers = {}
+        for split, examples in (("train", self.train_examples), ("val", self.val_examples)):
+            bar = self.reporter.bar(len(examples) * self._precomputed_count(), f"features {split}")
+            with bar:
+                tables = compute_tables(
+                    self.model, self.plan, examples, self.source, device=device, batch_size=eval_bs,
+                    num_workers=cfg.train.num_workers, progress=bar.update,
+                )  # fmt: skip
+            makers[split] = InputMaker(self.plan, tables, getattr(self.model, "text_encoder", None))
+        self.make_train_inputs, self.make_val_inputs = makers["train"], makers["val"]
+        image_encoder = getattr(self.model, "image_encoder", None)
+        self.sampler = EpochSampler(len(self.train_examples), cfg.train.seed)
+        common = {"label_map": self.label_map, "plan": self.plan, "image_encoder": image_encoder}
+        train_loader = make_loader(
+            self.train_examples, batch_size=cfg.train.batch_size, num_workers=cfg.train.num_workers,
+            sampler=self.sampler, **common,
+        )  # fmt: skip
+        val_loader = make_loader(self.val_examples, batch_size=eval_bs, num_workers=cfg.train.num_workers, **common)
+        optimizer = build_optimizer(self.model, cfg.optim)
+        total = optimizer_steps(len(train_loader), cfg.train.epochs, cfg.optim.grad_accum)
+        scheduler = build_scheduler(optimizer, cfg.optim, total)
+        self.model.to(device)
+        self.ddp_model, self.optimizer, self.train_loader, self.val_loader, self.scheduler = acc.prepare(
+            self.model, optimizer, train_loader, val_loader, scheduler
+        )
+
+    def _precomputed_count(self) -> int:
+        return sum(self.plan.precomputes(m) for m in ("text", "image"))
+
+    # ------------------------------------------------------------------------------------------------- loop
+
+    def fit(self, *, run_dir: RunDir | None = None, resume: bool = False) -> FitResult:
+        """Trains for ``train.epochs`` epochs (or until early stopping), checkpointing every epoch.
+
+        Args:
+            run_dir: write into this existing run folder (resume); default: a new one from ``config.run``.
+            resume: continue from ``run_dir``'s last checkpoint (weights, optimizer, schedule, RNG, counters).
+
+        Raises:
+            NonFiniteLossError: the loss became NaN/inf (the last good checkpoint stays).
+            ConfigError, CheckpointError: a config or a checkpoint that does not fit.
+        """
+        timer = Timer()
+        self._setup(run_dir)
+        with self.reporter.log_to(self.run.log):
+            self._data()
+            if resume:
+                self._restore()
+            else:
+                self._write_run_files()
+            status = self._loop()
+            return self._finish(status, timer)
+
+    def _loop(self) -> str:
+        cfg = self.cfg.train
+        while self.state.epoch < cfg.epochs:
+            epoch = self.state.epoch + 1
+            train_stats = self._train_epoch(epoch)
+            val, _ = self._validate()
+            improved = is_better(self.metric, val.get(self.metric), self.state.best_value)
+            self.state.epoch = epoch
+            if improved:
+                self.state.best_value, self.state.best_epoch, self.state.bad_epochs = val[self.metric], epoch, 0
+            else:
+                self.state.bad_epochs += 1
+            record = {"epoch": epoch, **train_stats, "val": val, "best": improved}
+            self._checkpoint(record, improved)
+            self.reporter.info(_epoch_line(record, self.metric, cfg.epochs))
+            for callback in self.callbacks:
+                callback(record)
+            patience = cfg.early_stopping_patience
+            if patience is not None and self.state.bad_epochs >= patience:
+                self.reporter.info(f"early stopping: no {self.metric} improvement in {patience} epochs")
+                return "early_stopped"
+        return "completed"
+
+    def _train_epoch(self, epoch: int) -> dict[str, Any]:
+        acc, cfg = self.accelerator, self.cfg
+        set_train_mode(self.ddp_model, True)
+        self.train_loader.set_epoch(epoch)  # data order = f(seed + epoch)
+        start, loss_sum, seen = time.perf_counter(), torch.zeros((), device=acc.device), 0
+        bar = self.reporter.bar(len(self.train_examples), f"epoch {epoch}/{cfg.train.epochs}")
+        with bar:
+            for batch in self.train_loader:
+                with acc.accumulate(self.ddp_model):
+                    loss = self._loss(batch)
+                    self._check_finite(loss, epoch)
+                    acc.backward(loss)
+                    if acc.sync_gradients and cfg.optim.grad_clip:
+                        acc.clip_grad_norm_(self.ddp_model.parameters(), cfg.optim.grad_clip)
+                    self.optimizer.step()
+                    self.scheduler.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                if acc.sync_gradients:
+                    self.state.step += 1
+                n = len(batch["ids"])
+                loss_sum += loss.detach() * n
+                seen += n
+                bar.update(n * acc.num_processes)
+                bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        totals = acc.reduce(torch.stack([loss_sum, torch.tensor(float(seen), device=acc.device)]), "sum")
+        seconds = time.perf_counter() - start
+        return {
+            "train_loss": float(totals[0] / totals[1]),
+            "lr": current_lrs(self.optimizer),
+            "examples_per_s": float(totals[1]) / max(seconds, 1e-9),
+            "seconds": seconds,
+            "step": self.state.step,
+        }
+
+    def _loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        inputs = self.make_train_inputs(batch, self.accelerator.device)
+        logits = self.ddp_model(inputs).logits.float()
+        weight = None if self.loss_weight is None else self.loss_weight.to(logits.device)
+        return F.cross_entropy(
+            logits, batch["labels"].to(logits.device), weight=weight, label_smoothing=self.cfg.train.label_smoothing
+        )
+
+    def _check_finite(self, loss: torch.Tensor, epoch: int) -> None:
+        bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+        if self.accelerator.num_processes > 1:
+            bad = self.accelerator.reduce(bad, "sum")
+        if bad.item() == 0:
+            return
+        last = f"the last good checkpoint is {self.run.last}" if self.state.epoch else "no checkpoint was written yet"
+        message = (
+            f"the training loss became {loss.item()} at epoch {epoch}, optimizer step {self.state.step + 1}; "
+            f"training stopped ({last}). Try a lower optim.lr, optim.grad_clip (now {self.cfg.optim.grad_clip}), "
+            "train.mixed_precision=no, or check the data for extreme values"
+        )
+        if self.accelerator.is_main_process:
+            self.run.write_summary({**self._summary_base(), "status": "diverged", "error": message})
+        logger.error(message)
+        raise NonFiniteLossError(message)
+
+    def _validate(self) -> tuple[dict[str, Any], Outputs]:
+        out = run_model(
+            self.ddp_model, self.val_loader, self.make_val_inputs, device=self.accelerator.device,
+            accelerator=self.accelerator,
+        )  # fmt: skip
+        return validation_metrics(out, self.classes), out
+
+    # ------------------------------------------------------------------------------------------------- files
+
+    def _write_run_files(self) -> None:
+        if self.accelerator.is_main_process:
+            self.run.config.write_text(self.cfg.to_yaml(), encoding="utf-8")
+            self.label_map.save(self.run.label_map)
+            self.run.rewrite_metrics([])
+        self.reporter.info(
+            f"run folder {self.run.path}: {self.cfg.model.head.name} head, {len(self.train_examples)} train / "
+            f"{len(self.val_examples)} val examples, classes {self.classes}, "
+            f"device {self.accelerator.device} x{self.accelerator.num_processes}, features {asdict(self.plan)}"
+        )
+
+    def _meta(self, record: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "mmfuse_version": __version__,
+            "config": self.cfg.to_dict(),
+            "classes": self.classes,
+            "epoch": record["epoch"],
+            "step": self.state.step,
+            "val": record["val"],
+            "selection_metric": self.metric,
+            "threshold": record["val"].get("threshold"),
+            "train_class_counts": _class_counts(self.train_y, len(self.classes)),
+        }
+
+    def _checkpoint(self, record: dict[str, Any], improved: bool) -> None:
+        self.history.append(record)
+        if not self.accelerator.is_main_process:
+            self.accelerator.wait_for_everyone()
+            return
+        model = self.accelerator.unwrap_model(self.ddp_model)
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": ckpt.rng_state(),
+            "loop": asdict(self.state),
+        }
+        ckpt.save_checkpoint(self.run.last, model, self._meta(record), state)
+        if improved:
+            ckpt.save_checkpoint(self.run.best, model, self._meta(record))
+        self.run.append_metrics(record)
+        self.accelerator.wait_for_everyone()
+
+    def _restore(self) -> None:
+        folder = self.run.last
+        meta = ckpt.read_meta(folder)
+        ckpt.check_matches(meta, head=self.cfg.model.head.name, classes=self.classes, folder=folder)
+        ckpt.load_weights(self.accelerator.unwrap_model(self.ddp_model), folder, meta)
+        state = ckpt.load_training_state(folder)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.state = LoopState(**state["loop"])
+        self.history = [r for r in self.run.history() if r["epoch"] <= self.state.epoch]
+        if self.accelerator.is_main_process:
+            self.run.rewrite_metrics(self.history)
+            self.run.config.write_text(self.cfg.to_yaml(), encoding="utf-8")
+        ckpt.set_rng_state(state["rng"])  # last: nothing may draw from the RNG between here and the next epoch
+        self.reporter.info(f"resumed {self.run.path} after epoch {self.state.epoch} (step {self.state.step})")
+
+    def _summary_base(self) -> dict[str, Any]:
+        return {
+            "run_dir": str(self.run.path),
+            "head": self.cfg.model.head.name,
+            "classes": self.classes,
+            "epochs_run": self.state.epoch,
+            "best_epoch": self.state.best_epoch,
+            "selection_metric": self.metric,
+            "best_value": self.state.best_value,
+        }
+
+    def _finish(self, status: str, timer: Timer) -> FitResult:
+        self.accelerator.wait_for_everyone()
+        model = self.accelerator.unwrap_model(self.ddp_model)
+        best = next((r for r in self.history if r["epoch"] == self.state.best_epoch), None)
+        if best is not None and self.run.best.is_dir():
+            ckpt.load_weights(model, self.run.best, ckpt.read_meta(self.run.best))
+        set_train_mode(model, False)
+        threshold = best["val"].get("threshold") if best else None
+        if self.accelerator.is_main_process:
+            summary = {**self._summary_base(), "status": status, "threshold": threshold}
+            summary.update(val=best["val"] if best else None, seconds=timer.seconds)
+            self.run.write_summary(summary)
+        self.reporter.info(
+            f"done ({status}) in {timer.seconds:.1f}s: best epoch {self.state.best_epoch}, "
+            f"val {self.metric} {_fmt(self.state.best_value)}; checkpoints in {self.run.path / 'checkpoints'}"
+        )
+        return FitResult(
+            model,
+            self.run,
+            self.history,
+            self.state.best_epoch,
+            self.metric,
+            threshold,
+            status,
+            self.accelerator.device,
+        )
+
+
+def validation_metrics(out: Outputs, classes: Sequence[str]) -> dict[str, Any]:
+    """Headline metrics of a validation pass, its unweighted cross-entropy, and (binary) the tuned threshold."""
+    proba = out.proba
+    metrics = headline(classification_metrics(out.labels, proba, classes))
+    logits = torch.from_numpy(out.logits).double()
+    metrics["loss"] = float(F.cross_entropy(logits, torch.from_numpy(out.labels).long())) if len(logits) else math.nan
+    if len(classes) == 2:
+        threshold = tune_threshold(out.labels, proba)
+        tuned = classification_metrics(out.labels, proba, classes, threshold=threshold)
+        metrics.update(
+            threshold=threshold, accuracy_at_threshold=tuned["accuracy"], macro_f1_at_threshold=tuned["macro_f1"]
+        )
+    return metrics
+
+
+def _check_examples(examples: Sequence[Example], split: str) -> None:
+    if not examples:
+        raise ValueError(f"the {split} split has no examples; training needs labeled train and val examples")
+    unlabeled = sum(e.label is None for e in examples)
+    if unlabeled:
+        raise ValueError(
+            f"{unlabeled} of {len(examples)} {split} examples have no label; training and validation need labels "
+            "(check columns.label in the data config)"
+        )
+
+
+def _class_counts(y: Sequence[int], num_classes: int) -> list[int]:
+    counts = Counter(y)
+    return [int(counts.get(i, 0)) for i in range(num_classes)]
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _epoch_line(record: dict[str, Any], metric: str, epochs: int) -> str:
+    val = record["val"]
+    star = " *" if record["best"] else ""
+    parts = [f"epoch {record['epoch']}/{epochs}", f"loss {record['train_loss']:.4f}"]
+    parts += [f"val {k} {_fmt(val.get(k))}" for k in dict.fromkeys([metric, "accuracy", "macro_f1"])]
+    parts.append(f"{record['examples_per_s']:.0f} ex/s")
+    return "  ".join(parts) + star
