@@ -1,9 +1,106 @@
-"""``mmfuse sweep``."""
+"""``mmfuse sweep`` and ``mmfuse ensemble``: parse, call :mod:`mmfuse.sweep`, print.
+
+Exit codes: 0 fine, 2 a wrong argument, sweep file or path, 130 interrupted (run the same command to resume).
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
 
 import typer
 
 
 def register(app: typer.Typer) -> None:
     """Adds this module's commands to the top-level app."""
+    app.command("sweep")(sweep)
+    app.command("ensemble")(ensemble)
+
+
+def sweep(
+    file: Annotated[Path, typer.Argument(help="The sweep file (YAML): a base config plus grid, trials or search.")],
+    out: Annotated[Path | None, typer.Option("--out", help="Sweep folder (default: <out_dir>/<name>).")] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option("--storage", help="Optuna RDB storage URL shared by workers (default: SQLite in the folder)."),
+    ] = None,
+    n_trials: Annotated[int | None, typer.Option("--n-trials", min=1, help="Trial budget of the study.")] = None,
+    timeout: Annotated[float | None, typer.Option("--timeout", min=0, help="This worker's time budget (s).")] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="key=value override of the base config (repeatable).")
+    ] = None,
+) -> None:
+    """Run, resume or join a hyperparameter sweep; write the ranked table of its trials.
+
+    Run it again to resume (finished trials are kept); run it in several processes or (--storage) machines to share.
+    """
+    import signal
+
+    from mmfuse.sweep import load_sweep, run_sweep
+
+    spec = _guard(lambda: load_sweep(file, overrides or ()))
+    signal.signal(signal.SIGTERM, _interrupt)  # a stopped job re-queues its trial like Ctrl-C does
+    try:
+        result = _guard(lambda: run_sweep(spec, out=out, storage=storage, n_trials=n_trials, timeout=timeout,
+                                          log=_echo))  # fmt: skip
+    except KeyboardInterrupt:
+        _echo("interrupted: the running trial was queued again; run the same command to resume")
+        raise typer.Exit(code=130) from None
+    _print_table(result.table, f"{spec.name}: ranked by val {result.metric}")
+    state = "finished" if result.finished else "not finished (trials left or running elsewhere)"
+    typer.echo(f"sweep {state}; table in {result.folder / 'trials.md'} and trials.csv")
+
+
+def ensemble(
+    folder: Annotated[Path, typer.Argument(help="A sweep folder.")],
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Candidates: the best k trials on validation.")] = 5,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Picks of the greedy selection.")] = 25,
+    out: Annotated[Path | None, typer.Option("--out", help="Ensemble folder (default: <sweep>/ensemble).")] = None,
+    storage: Annotated[str | None, typer.Option("--storage", help="The sweep's storage URL, if not its own.")] = None,
+) -> None:
+    """Combine the top-k trials of a sweep (greedy selection with replacement on validation) into one predictor."""
+    import json
+
+    from mmfuse.sweep import build_ensemble
+
+    path = _guard(lambda: build_ensemble(folder, top_k=top_k, rounds=rounds, out=out, storage=storage))
+    info = json.loads((path / "ensemble.json").read_text(encoding="utf-8"))
+    metric = info["metric"]
+    members = ", ".join(f"trial {m['trial']} x{m['weight']:.2f}" for m in info["members"])
+    typer.echo(f"ensemble of {members}")
+    best = info["best_single"]
+    typer.echo(f"val {metric}: ensemble {info['val'][metric]:.4f}, best single trial {best['trial']} "
+               f"{best[f'val_{metric}']:.4f}")  # fmt: skip
+    typer.echo(f"wrote {path / 'ensemble.json'}")
+
+
+def _print_table(frame: Any, title: str, rows: int = 15) -> None:
+    from rich.console import Console
+
+    from mmfuse.engine.tables import frame_table
+
+    shown = frame.drop(columns=["run_dir", "note"], errors="ignore").head(rows)
+    Console(highlight=False).print(frame_table(shown.astype(object).where(shown.notna(), None), title))
+    if len(frame) > rows:
+        typer.echo(f"... {len(frame) - rows} more rows in trials.md")
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _echo(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def _guard(fn: Any) -> Any:
+    """Runs ``fn``; a boundary error (bad sweep file, config, path or storage) becomes a message and exit code 2."""
+    try:
+        return fn()
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=2)

@@ -1,0 +1,54 @@
+"""Hyperparameter sweeps: a base config plus a grid, a list of overrides or an Optuna search; ranked tables of the
+trials; ensembles of the best ones.
+
+Typical use::
+
+    sweep = load_sweep("examples/sweeps/mvsa_ten_experiments.yaml")
+    result = run_sweep(sweep)                      # resumable; run it in several processes to share the work
+    print(result.table)                            # ranked on validation; test metric of the selected trial only
+    folder = build_ensemble(result.folder, top_k=5)
+    Ensemble.load(folder).predict_proba(examples)
+
+Names load on first use, so ``import mmfuse.sweep`` and the CLI stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    "Ensemble": "mmfuse.sweep.ensemble",
+    "EnsembleError": "mmfuse.sweep.ensemble",
+    "build_ensemble": "mmfuse.sweep.ensemble",
+    "greedy_selection": "mmfuse.sweep.ensemble",
+    "load_predictor": "mmfuse.sweep.ensemble",
+    "PruneOnEpoch": "mmfuse.sweep.runner",
+    "SweepDir": "mmfuse.sweep.runner",
+    "SweepResult": "mmfuse.sweep.runner",
+    "load_study": "mmfuse.sweep.runner",
+    "run_sweep": "mmfuse.sweep.runner",
+    "sweep_table": "mmfuse.sweep.runner",
+    "ParamSpec": "mmfuse.sweep.spec",
+    "PrunerSpec": "mmfuse.sweep.spec",
+    "SearchSpec": "mmfuse.sweep.spec",
+    "Sweep": "mmfuse.sweep.spec",
+    "SweepError": "mmfuse.sweep.spec",
+    "SweepSpec": "mmfuse.sweep.spec",
+    "load_sweep": "mmfuse.sweep.spec",
+    "sweep_from_dict": "mmfuse.sweep.spec",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mmfuse.sweep' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return __all__
