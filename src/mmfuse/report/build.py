@@ -1,0 +1,514 @@
+"""``write_report``: one self-contained HTML page (and its PNGs) for a run, a sweep or an ensemble folder.
+
+A run's report: overview and config; a preview of the training data; learning curves; on the validation split
+(or another), metrics beside the baselines, ROC (binary) or per-class precision-recall, confusion matrix and
+calibration; a gallery of the best, worst and most uncertain examples with image, text, true and predicted label,
+probability, and for heads that have them the attention over image regions as a heatmap and the image reliance.
+A sweep's report adds the trials chart, the parameter importances and the ranked table, then the selected trial's
+run report. An ensemble's report shows its members and the evaluation of the ensemble.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmfuse.report import html as H
+from mmfuse.report import plots
+
+logger = logging.getLogger("mmfuse.report")
+
+Section = tuple[str, str, str]  # anchor, navigation title, markup
+
+TEXT_CHARS = 600
+"""Characters of an example's text shown on its card."""
+
+
+class ReportError(ValueError):
+    """A folder that a report cannot be made of; the message says what was expected."""
+
+
+@dataclass
+class Evaluation:
+    """A predictor's outputs on one labeled split.
+
+    Attributes:
+        split: the split's name.
+        examples: the examples, in order.
+        y: true class ids ``(N,)``.
+        proba: ``(N, C)`` probabilities.
+        classes: class names.
+        attention: per example ``(Q, N)`` attention over image regions (heads that have it).
+        reliance: ``(N,)`` image reliance (heads that have it).
+        threshold: binary decision threshold tuned on validation.
+    """
+
+    split: str
+    examples: list[Any]
+    y: np.ndarray
+    proba: np.ndarray
+    classes: list[str]
+    attention: list[np.ndarray] | None = None
+    reliance: np.ndarray | None = None
+    threshold: float | None = None
+
+
+def write_report(
+    target: str | Path,
+    out: str | Path | None = None,
+    *,
+    split: str = "val",
+    per_group: int = 4,
+    storage: str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Path:
+    """Writes ``report.html`` (images embedded) and its PNGs for a run, sweep or ensemble folder.
+
+    Args:
+        target: a run folder (``mmfuse train``), a sweep folder (``mmfuse sweep``) or an ensemble folder
+            (``mmfuse ensemble``).
+        out: output folder (default ``<target>/report``).
+        split: the split evaluated and shown in the gallery (``val`` by default: the test split stays unseen).
+        per_group: gallery examples per group (best, worst, most uncertain).
+        storage: a sweep's storage URL when it is not the sweep folder's own.
+        log: called with progress lines.
+
+    Returns:
+        The HTML file.
+
+    Raises:
+        ReportError: not a run, sweep or ensemble folder.
+        FileNotFoundError: ``target`` does not exist.
+    """
+    target = Path(target)
+    if not target.exists():
+        raise FileNotFoundError(f"{str(target)!r} not found; pass a run, sweep or ensemble folder")
+    out = Path(out) if out is not None else target / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    say = log or logger.info
+    kind = folder_kind(target)
+    if kind == "sweep":
+        title, subtitle, sections = _sweep_report(target, out, split, per_group, storage, say)
+    elif kind == "ensemble":
+        title, subtitle, sections = _ensemble_report(target, out, split, per_group, say)
+    else:
+        title, subtitle, sections = _run_report(target, out, split, per_group, say)
+    from mmfuse import __version__
+
+    path = out / "report.html"
+    footer = f"mmfuse {__version__} report of {target.resolve()}"
+    path.write_text(H.page(title, subtitle, sections, footer), encoding="utf-8")
+    return path
+
+
+def folder_kind(path: Path) -> str:
+    """``sweep``, ``ensemble`` or ``run``.
+
+    Raises:
+        ReportError: none of them.
+    """
+    if (path / "sweep.json").is_file():
+        return "sweep"
+    if (path / "ensemble.json").is_file():
+        return "ensemble"
+    if (path / "config.yaml").is_file() and (path / "checkpoints").is_dir():
+        return "run"
+    raise ReportError(
+        f"{str(path)!r} is neither a run folder (config.yaml and checkpoints/), a sweep folder (sweep.json) nor an "
+        "ensemble folder (ensemble.json); pass a folder that `mmfuse train`, `mmfuse sweep` or `mmfuse ensemble` wrote"
+    )
+
+
+# ------------------------------------------------------------------------------------------------------ run
+
+
+def _run_report(run: Path, out: Path, split: str, per_group: int, say: Callable[[str], None]):
+    from mmfuse.engine.classifier import MultimodalClassifier
+
+    clf = MultimodalClassifier.load(run)
+    summary = clf.summary
+    title = f"Run {run.resolve().name}"
+    status = summary.get("status", "unknown")
+    subtitle = [f"{clf.config.model.head.name} head · classes {', '.join(clf.classes)} · status {status}"]
+    return title, subtitle, run_sections(clf, run, out, split, per_group, say)
+
+
+def run_sections(clf: Any, run: Path, out: Path, split: str, per_group: int, say: Callable[[str], None],
+                 prefix: str = "") -> list[Section]:  # fmt: skip
+    """The sections of one run's report (``prefix`` names them inside a sweep report)."""
+    from mmfuse.engine.run_dir import RunDir
+
+    history = RunDir(run).history()
+    metric = clf.summary.get("selection_metric") or _metric_of(clf)
+    sections = [_overview(clf, metric, prefix)]
+    preview = _data_preview(clf.config.data, out, say)
+    if preview:
+        sections.append(_section("data", prefix + "Data", preview, "What the model was trained on."))
+    if history:
+        png = plots.save(plots.learning_curves(history, metric), out / "learning_curves.png")
+        body = H.figs([H.figure(png, "Train and validation loss; validation metrics; dashed: the kept epoch")])
+        sections.append(_section("curves", prefix + "Learning curves", body))
+    evaluation = _evaluate(clf, split, say, details=True)
+    if isinstance(evaluation, str):
+        sections.append(_section("evaluation", prefix + "Evaluation", f'<p class="note">{H.esc(evaluation)}</p>'))
+        return sections
+    evaluation.threshold = clf.threshold
+    sections += _evaluation_sections(evaluation, clf.train_class_counts, out, per_group, _crop_of(clf.model), prefix)
+    return sections
+
+
+def _section(anchor: str, title: str, body: str, lead: str = "") -> Section:
+    """A section whose anchor is unique in the page (sections of a sweep's selected trial get ``trial-``)."""
+    if title.startswith("Trial "):
+        anchor = f"trial-{anchor}"
+    return anchor, title, H.section(anchor, title, body, lead)
+
+
+def _metric_of(clf: Any) -> str:
+    from mmfuse.engine.metrics import selection_metric
+
+    return selection_metric(clf.config.train.selection_metric, len(clf.classes))
+
+
+def _overview(clf: Any, metric: str, prefix: str) -> Section:
+    cfg, summary = clf.config, clf.summary
+    val, test = summary.get("val") or {}, summary.get("test") or {}
+    tiles = [(f"val {metric} (best epoch)", val.get(metric)), ("val accuracy", val.get("accuracy"))]
+    if test:
+        tiles += [(f"test {metric}", test.get(metric)), ("test accuracy", test.get("accuracy"))]
+    tiles += [("best epoch", summary.get("best_epoch")), ("epochs run", summary.get("epochs_run")),
+              ("training seconds", summary.get("seconds"))]  # fmt: skip
+    model = cfg.model
+    rows = [
+        ("head", model.head.name),
+        ("head params", json.dumps(model.head.params) if model.head.params else "(defaults)"),
+        ("text encoder", _encoder(model.text_encoder)),
+        ("image encoder", _encoder(model.image_encoder)),
+        ("optimizer", f"{cfg.optim.name}, lr {cfg.optim.lr:g}, weight decay {cfg.optim.weight_decay:g}, "
+                      f"{cfg.optim.schedule} schedule"),
+        ("training", f"{cfg.train.epochs} epochs, batch {cfg.train.batch_size}, seed {cfg.train.seed}, "
+                     f"selection by val {metric}"),
+        ("classes", ", ".join(clf.classes)),
+        ("data", f"{cfg.data.root} ({cfg.data.preset or 'custom'})" if cfg.data else "(examples passed to fit)"),
+        ("threshold", f"{clf.threshold:.3f} (binary, tuned on validation)" if clf.threshold is not None else "argmax"),
+    ]  # fmt: skip
+    body = H.kpis(tiles) + H.table(["setting", "value"], rows, numeric=[False, False])
+    return _section("overview", prefix + "Overview", body)
+
+
+def _encoder(enc: Any) -> str:
+    if enc is None:
+        return "(none)"
+    state = (
+        "frozen" if enc.fully_frozen else ("trainable" if not enc.freeze else f"top {enc.trainable_top_k} trainable")
+    )
+    return f"{enc.name} ({state})"
+
+
+def _data_preview(data: Any, out: Path, say: Callable[[str], None]) -> str:
+    if data is None:
+        return ""
+    from mmfuse.data.loading import load_splits
+    from mmfuse.data.preview import save_preview
+
+    try:
+        splits = load_splits(data, strict=False)
+    except (ValueError, FileNotFoundError) as e:
+        return f'<p class="note">data could not be read: {H.esc(e)}</p>'
+    counts = [(name, len(s.examples), ", ".join(f"{k} {v}" for k, v in s.report.label_counts.items()))
+              for name, s in splits.items()]  # fmt: skip
+    train = splits.get("train")
+    body = H.table(["split", "examples", "labels"], counts, numeric=[False, True, False])
+    if train is not None and train.examples:
+        say("drawing the data preview")
+        png = save_preview(train.examples, out / "data_preview.png", n=8, columns=8, seed=0,
+                           title=f"train: {len(train.examples)} examples (8 at random)")  # fmt: skip
+        body += H.figs([H.figure(png, "A random sample of training examples: image as on disk, text, label")])
+    return body
+
+
+def _evaluate(predictor: Any, split: str, say: Callable[[str], None], *, details: bool) -> Evaluation | str:
+    """The predictor's outputs on ``split`` of its data, or why there are none."""
+    from mmfuse.engine.data_io import split_examples
+
+    try:
+        examples = split_examples(split, predictor.config.data).examples
+    except (ValueError, FileNotFoundError) as e:
+        return f"no evaluation: {e}"
+    labeled = [e for e in examples if e.label is not None]
+    if not labeled:
+        return f"no evaluation: the {split} split has no labels"
+    classes = list(predictor.classes)
+    unknown = sorted({e.label for e in labeled} - set(classes))
+    if unknown:
+        return f"no evaluation: the {split} split has labels the model does not know: {unknown}"
+    say(f"predicting {len(labeled)} {split} examples")
+    y = np.array([classes.index(e.label) for e in labeled])
+    if details and hasattr(predictor, "predict_details"):
+        preds = predictor.predict_details(labeled)
+        proba = np.array([[p.proba[c] for c in classes] for p in preds])
+        attention = [p.attention for p in preds] if preds and preds[0].attention is not None else None
+        reliance = (
+            np.array([p.image_reliance for p in preds]) if preds and preds[0].image_reliance is not None else None
+        )
+        return Evaluation(split, labeled, y, proba, classes, attention, reliance)
+    return Evaluation(split, labeled, y, predictor.predict_proba(labeled), classes)
+
+
+def _evaluation_sections(ev: Evaluation, train_counts: Sequence[int] | None, out: Path, per_group: int,
+                         crop: float | None, prefix: str) -> list[Section]:  # fmt: skip
+    from mmfuse.engine.metrics import baseline_metrics, classification_metrics
+
+    metrics = classification_metrics(ev.y, ev.proba, ev.classes)
+    columns = [("model", metrics)]
+    if ev.threshold is not None and len(ev.classes) == 2:
+        columns.append(
+            (f"model @ {ev.threshold:.3f}", classification_metrics(ev.y, ev.proba, ev.classes, threshold=ev.threshold))
+        )
+    if train_counts:
+        train_y = np.repeat(np.arange(len(ev.classes)), train_counts)
+        columns += [(f"{k} baseline", m) for k, m in baseline_metrics(train_y, ev.y, ev.classes).items()]
+    keys = ["accuracy", "macro_precision", "macro_recall", "macro_f1", "weighted_f1", "auroc"]
+    body = H.table(["metric", *(n for n, _ in columns)], [[k, *(m.get(k) for _, m in columns)] for k in keys])
+    per_class = [[c, r["precision"], r["recall"], r["f1"], r["support"]] for c, r in metrics["per_class"].items()]
+    body += H.table(["class", "precision", "recall", "f1", "support"], per_class)
+    if len(ev.classes) == 2:
+        curve = plots.save(plots.roc_curve_plot(ev.y, ev.proba, ev.classes, ev.threshold), out / "roc.png")
+        curve_caption = "ROC curve of the positive class"
+    else:
+        curve = plots.save(plots.pr_curves(ev.y, ev.proba, ev.classes), out / "precision_recall.png")
+        curve_caption = "Precision-recall per class, one against the rest"
+    confusion = plots.save(plots.confusion_plot(metrics["confusion_matrix"], ev.classes), out / "confusion_matrix.png")
+    fig, ece = plots.calibration_plot(ev.y, ev.proba, ev.classes)
+    calibration = plots.save(fig, out / "calibration.png")
+    body += H.figs([
+        H.figure(curve, curve_caption),
+        H.figure(confusion, "Confusion matrix (argmax): counts and share of each true class"),
+        H.figure(calibration, f"Reliability diagram; expected calibration error {ece:.3f}"),
+    ])  # fmt: skip
+    lead = f"{len(ev.y)} labeled {ev.split} examples."
+    sections = [_section("evaluation", f"{prefix}Evaluation on {ev.split}", body, lead)]
+    gallery = _gallery(ev, out, per_group, crop)
+    title = f"{prefix}Examples from {ev.split}"
+    lead = "The most confidently right, the most confidently wrong, and the least certain predictions."
+    if ev.attention:
+        lead += " Heatmap: the text's attention over image regions (mean over its tokens)."
+    sections.append(_section("gallery", title, gallery, lead))
+    return sections
+
+
+# ------------------------------------------------------------------------------------------------------ gallery
+
+
+def gallery_groups(y: np.ndarray, proba: np.ndarray, k: int) -> dict[str, list[int]]:
+    """Indices of the ``best`` (right, most confident), ``worst`` (wrong, most confident) and ``uncertain``
+    (smallest margin between the top two classes) examples, ``k`` each, no example twice."""
+    pred = proba.argmax(axis=1)
+    p_true = proba[np.arange(len(y)), y]
+    top2 = np.sort(proba, axis=1)[:, -2:] if proba.shape[1] > 1 else np.ones((len(y), 2))
+    margin = top2[:, 1] - top2[:, 0]
+    used: set[int] = set()
+    groups: dict[str, list[int]] = {}
+    order = {
+        "best": [i for i in np.argsort(-p_true, kind="stable") if pred[i] == y[i]],
+        "worst": [i for i in np.argsort(p_true, kind="stable") if pred[i] != y[i]],
+        "uncertain": list(np.argsort(margin, kind="stable")),
+    }
+    for name in ("best", "worst", "uncertain"):
+        picked = [int(i) for i in order[name] if int(i) not in used][:k]
+        used.update(picked)
+        groups[name] = picked
+    return groups
+
+
+_GROUPS = {
+    "best": ("Most confidently right", "highest probability of the true class"),
+    "worst": ("Most confidently wrong", "lowest probability of the true class among mistakes"),
+    "uncertain": ("Most uncertain", "smallest gap between the two most probable classes"),
+}
+
+
+def _gallery(ev: Evaluation, out: Path, k: int, crop: float | None) -> str:
+    from mmfuse.data.images import ImageError, open_image
+
+    parts = []
+    for name, indices in gallery_groups(ev.y, ev.proba, k).items():
+        title, how = _GROUPS[name]
+        if not indices:
+            parts.append(f'<h3>{H.esc(title)}</h3><p class="note">none</p>')
+            continue
+        cards = []
+        for rank, i in enumerate(indices, 1):
+            example = ev.examples[i]
+            image = None
+            if example.image is not None:
+                try:
+                    image = np.asarray(open_image(example.image))
+                except ImageError:
+                    image = None
+            attention = ev.attention[i] if ev.attention is not None else None
+            png = plots.save_image(plots.attention_card(image, attention, crop), out / "gallery" / f"{name}_{rank}.png")
+            cards.append(_card(ev, i, png))
+        parts.append(
+            f'<h3>{H.esc(title)} <span class="note">({H.esc(how)})</span></h3><div class="cards">{"".join(cards)}</div>'
+        )
+    return f'<div class="gallery">{"".join(parts)}</div>'
+
+
+def _card(ev: Evaluation, i: int, png: Path) -> str:
+    example = ev.examples[i]
+    pred = int(ev.proba[i].argmax())
+    right = pred == ev.y[i]
+    p_pred, p_true = float(ev.proba[i, pred]), float(ev.proba[i, ev.y[i]])
+    text = example.text if len(example.text) <= TEXT_CHARS else example.text[: TEXT_CHARS - 1] + "…"
+    chips = (f'<span class="chip">true: {H.esc(ev.classes[ev.y[i]])}</span>'
+             f'<span class="chip {"good" if right else "bad"}">predicted: {H.esc(ev.classes[pred])} '
+             f"({p_pred:.0%})</span>")  # fmt: skip
+    meta = [f"id {H.esc(example.id)}", f"P(true class) {p_true:.3f}"]
+    if ev.reliance is not None:
+        meta.append(f"image reliance {float(ev.reliance[i]):.2f}")
+    if ev.attention is not None and ev.attention[i] is not None and ev.attention[i].size:
+        weights = np.asarray(ev.attention[i], dtype=float)
+        weights = weights.mean(axis=0) if weights.ndim == 2 else weights
+        meta.append(f"attention peak {weights.max() * weights.size:.1f}× uniform")
+    return (
+        f'<div class="card"><img src="{H.data_uri(png)}" alt="image of example {H.esc(example.id)}">'
+        f'<div class="body"><p class="text" title="{H.esc(example.text)}">{H.esc(text) or "<i>(empty text)</i>"}</p>'
+        f'{chips}<div class="bar"><i style="width:{p_pred * 100:.1f}%"></i></div>'
+        f'<div class="meta">{" · ".join(meta)}</div></div></div>'
+    )
+
+
+def _crop_of(model: Any) -> float | None:
+    """How the image encoder frames an image: ``None`` the whole image (stretched), else the centre square's share
+    of the short side (1.0: a plain centre crop; ``crop_pct`` for ConvNeXt-style processors)."""
+    pre = getattr(getattr(model, "image_encoder", None), "preprocess", None)
+    if pre is None:
+        return None
+    if getattr(pre, "resize", None) == "crop":
+        return 1.0
+    proc = getattr(pre, "processor", None)
+    if proc is None:
+        return None
+    crop_pct = getattr(proc, "crop_pct", None)
+    if crop_pct:
+        return float(crop_pct)
+    return 1.0 if getattr(proc, "do_center_crop", False) else None
+
+
+# ------------------------------------------------------------------------------------------------------ sweep
+
+
+def _sweep_report(folder: Path, out: Path, split: str, per_group: int, storage: str | None, say: Callable[[str], None]):
+    from mmfuse.engine.metrics import HIGHER_IS_BETTER
+    from mmfuse.sweep.runner import SweepDir, load_study, sweep_table
+
+    sweep_dir = SweepDir.existing(folder)
+    frame, info = sweep_table(folder, storage)
+    metric, selected = info["metric"], sweep_dir.read_selected()
+    title = f"Sweep {info['name']}"
+    counts = frame["state"].value_counts().to_dict() if not frame.empty else {}
+    subtitle = [f"{info['mode']} · {len(frame)} trials ({', '.join(f'{n} {s}' for s, n in counts.items()) or 'none'}) "
+                f"· ranked by validation {metric}"]  # fmt: skip
+    tiles = [("trials complete", counts.get("complete", 0)), ("pruned", counts.get("pruned", 0))]
+    if selected:
+        tiles += [(f"selected trial {selected['trial']}: val {metric}", selected.get("val"))]
+        tiles += [(f"its test {metric} (tested once)", (selected.get("test") or {}).get(metric))]
+    body = H.kpis(tiles)
+    if selected and selected.get("overrides"):
+        shown = ", ".join(f"{k}={v}" for k, v in selected["overrides"].items())
+        body += f"<p>Selected on validation: trial {selected['trial']} with {H.esc(shown)}.</p>"
+    sections: list[Section] = [("overview", "Overview", H.section("overview", "Overview", body))]
+    done = frame[frame["state"].isin(["complete", "pruned"])]
+    if not done.empty:
+        fig = plots.trials_chart(list(done["trial"]), [None if _nan(v) else float(v) for v in done[f"val_{metric}"]],
+                                 list(done["state"]), metric, HIGHER_IS_BETTER[metric])  # fmt: skip
+        png = plots.save(fig, out / "trials.png")
+        figs = [H.figure(png, f"Validation {metric} of each trial; line: the best complete trial so far")]
+        importance = _importance(load_study(folder, storage), say)
+        if isinstance(importance, dict):
+            png = plots.save(plots.importance_plot(importance), out / "param_importance.png")
+            figs.append(H.figure(png, "How much each swept setting explains of the validation metric"))
+        note = f'<p class="note">{H.esc(importance)}</p>' if isinstance(importance, str) else ""
+        sections.append(("trials", "Trials", H.section("trials", "Trials", H.figs(figs) + note)))
+    columns = [c for c in frame.columns if c != "run_dir"]
+    highlight = [bool(selected and t == selected.get("trial")) for t in frame["trial"]]
+    rows = frame[columns].astype(object).where(frame[columns].notna(), None).values.tolist()
+    lead = f"Best first on validation {metric}; the test metric is measured for the selected trial only."
+    sections.append(
+        (
+            "table",
+            "Ranked trials",
+            H.section("table", "Ranked trials", H.table(columns, rows, highlight=highlight), lead),
+        )
+    )
+    if selected:
+        run = Path(selected["run_dir"])
+        run = run if run.is_absolute() else sweep_dir.path / run
+        if (run / "checkpoints").is_dir():
+            from mmfuse.engine.classifier import MultimodalClassifier
+
+            say(f"report of the selected trial {selected['trial']}")
+            clf = MultimodalClassifier.load(run)
+            sections += run_sections(clf, run, out, split, per_group, say, prefix=f"Trial {selected['trial']}: ")
+    return title, subtitle, sections
+
+
+def _importance(study: Any, say: Callable[[str], None]) -> dict[str, float] | str:
+    import optuna
+    from optuna.trial import TrialState
+
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    if len(complete) < 3:
+        return "parameter importance needs at least 3 complete trials"
+    say("computing parameter importances")
+    try:
+        importance = optuna.importance.get_param_importances(study)
+    except (ValueError, RuntimeError) as e:
+        return f"parameter importance unavailable: {e}"
+    if not importance:
+        return "parameter importance unavailable: no setting took more than one value"
+    return {k: float(v) for k, v in importance.items()}
+
+
+def _nan(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+# ------------------------------------------------------------------------------------------------------ ensemble
+
+
+def _ensemble_report(folder: Path, out: Path, split: str, per_group: int, say: Callable[[str], None]):
+    from mmfuse.sweep.ensemble import Ensemble
+
+    ens = Ensemble.load(folder)
+    info = ens.info
+    metric = info.get("metric", "macro_f1")
+    title = f"Ensemble of {len(ens.members)} runs"
+    subtitle = [f"greedy selection with replacement on validation {metric} · classes {', '.join(ens.classes)}"]
+    best = info.get("best_single") or {}
+    tiles = [(f"ensemble val {metric}", (info.get("val") or {}).get(metric)),
+             (f"best single (trial {best.get('trial')}) val {metric}", best.get(f"val_{metric}"))]  # fmt: skip
+    rows = [[m.get("trial"), m.get("run"), m.get("weight"), m.get(f"val_{metric}")] for m in info.get("members", [])]
+    body = H.kpis(tiles) + H.table(["trial", "run", "weight", f"val {metric} alone"], rows)
+    sections: list[Section] = [("overview", "Overview", H.section("overview", "Overview", body))]
+    evaluation = _evaluate(ens, split, say, details=False)
+    if isinstance(evaluation, str):
+        sections.append(
+            (
+                "evaluation",
+                "Evaluation",
+                H.section("evaluation", "Evaluation", f'<p class="note">{H.esc(evaluation)}</p>'),
+            )
+        )
+        return title, subtitle, sections
+    evaluation.threshold = ens.threshold
+    sections += _evaluation_sections(evaluation, ens.train_class_counts, out, per_group, None, "")
+    return title, subtitle, sections
