@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 EXTRAS ?= offline,serve,dev
 
-.PHONY: install demo test test-slow lint format clean
+.PHONY: install demo test test-fast test-slow lint format clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,10 @@ format: install
 	$(BIN)/ruff check --fix src tests benchmarks
 	$(BIN)/ruff format src tests benchmarks
 
-test: lint
+# The README's test command (and CI's): lint, the default suite, then the slow suite.
+test: test-fast test-slow
+
+test-fast: lint
 	$(BIN)/python -m pytest -m "not slow" -q
 
 test-slow: install
