@@ -8,9 +8,16 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 _console = Console()
 _errors_console = Console(stderr=True)
+
+
+def _error(error: Exception) -> None:
+    # escape: a message may quote text in brackets that rich would read as markup;
+    # soft_wrap: no line breaks inserted at the console width, so a path or key in the message stays whole in logs
+    _errors_console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
 
 
 @contextmanager
@@ -21,10 +28,10 @@ def _user_errors() -> Iterator[None]:
     try:
         yield
     except NonFiniteLossError as e:
-        _errors_console.print(f"[red]error:[/red] {e}", highlight=False)
+        _error(e)
         raise typer.Exit(1) from None
     except (ValueError, FileNotFoundError) as e:
-        _errors_console.print(f"[red]error:[/red] {e}", highlight=False)
+        _error(e)
         raise typer.Exit(2) from None
 
 
