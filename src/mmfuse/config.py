@@ -347,7 +347,8 @@ def load_config(
 ) -> TrainConfig:
     """Reads a YAML config, applies ``key=value`` overrides, and validates it.
 
-    A relative ``data.root`` resolves against the YAML file's folder.
+    A relative ``data.root`` in the YAML file resolves against the file's folder; one given as an override, against
+    the working directory.
 
     Args:
         path: the YAML file; ``None`` starts from ``base`` (or from the defaults).
@@ -363,7 +364,11 @@ def load_config(
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"override {item!r} must be key=value, e.g. optim.lr=1e-4 or model.head.name=concat")
-        set_path(data, resolve_key(key.strip()), parse_value(value))
+        parts = resolve_key(key.strip())
+        parsed = parse_value(value)
+        if parts == ("data", "root") and isinstance(parsed, str):
+            parsed = str(Path(parsed).expanduser().absolute())  # typed on the command line: relative to the cwd
+        set_path(data, parts, parsed)
     base_dir = Path(path).resolve().parent if path is not None else None
     return validate_config(data, base_dir=base_dir, source=str(path) if path is not None else None)
 

@@ -1,0 +1,447 @@
+"""ONNX export of a whole model (encoders + fusion head), checked against PyTorch with onnxruntime.
+
+The graph takes the encoders' raw inputs and returns what the server needs:
+
+- inputs: ``input_ids``, ``attention_mask`` (and ``token_type_ids`` where the text model takes them), each
+  ``(batch, sequence)`` int64; ``pixel_values`` ``(batch, 3, H, W)`` float32 (H, W fixed by the image preprocessing).
+  A head that reads no image has no ``pixel_values``; one that reads no text, no text inputs.
+- outputs: ``logits`` and ``probabilities`` ``(batch, C)``; where the head has them ``attention``
+  ``(batch, sequence, N)`` over the N image regions and ``image_reliance`` ``(batch,)``.
+
+The batch and sequence axes are dynamic. The file carries its own metadata (``metadata_props["mmfuse"]``, JSON):
+classes, the tuned threshold, the head, the model config (so the server rebuilds the same tokenizer and image
+preprocessing), and a digest of the checkpoint it came from.
+
+Exporter: ``torch.onnx.export`` with ``dynamo=True`` (PyTorch's default since 2.9: ``torch.export`` then onnxscript)
+is tried first; if it fails, the TorchScript exporter (``dynamo=False``, deprecated but ~5x faster here) is used
+instead, and the result says so. Both give outputs within 1e-6 of PyTorch for every head; ``exporter=...`` picks one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+import mmfuse
+from mmfuse.fusion.base import FusionInputs
+
+__all__ = [
+    "EXPORTERS",
+    "METADATA_KEY",
+    "ExportError",
+    "ExportResult",
+    "default_onnx_path",
+    "export_onnx",
+    "export_run",
+    "read_metadata",
+]
+
+log = logging.getLogger("mmfuse.export")
+
+Exporter = Literal["dynamo", "torchscript"]
+EXPORTERS: tuple[str, ...] = ("dynamo", "torchscript")
+METADATA_KEY = "mmfuse"
+FORMAT_VERSION = 1
+TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+OPTIONAL_OUTPUTS = ("attention", "image_reliance")
+DEFAULT_OPSET = 18
+
+
+class ExportError(RuntimeError):
+    """The model could not be exported, or the exported graph does not reproduce PyTorch's outputs."""
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_onnx` wrote and how it checked it.
+
+    Attributes:
+        path: the ``.onnx`` file.
+        exporter: the exporter that produced it (``dynamo`` or ``torchscript``).
+        inputs: graph input names, in order.
+        outputs: graph output names, in order.
+        max_abs_diff: per output, the largest difference from PyTorch on fresh inputs (another batch size and
+            text length than the export's); empty when not verified.
+        seconds: time taken by the export alone.
+        fallback_reason: why the dynamo exporter was abandoned, when it was.
+    """
+
+    path: Path
+    exporter: str
+    inputs: list[str]
+    outputs: list[str]
+    max_abs_diff: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    fallback_reason: str | None = None
+
+    @property
+    def size_bytes(self) -> int:
+        return self.path.stat().st_size
+
+
+class OnnxGraph(nn.Module):
+    """The module that is exported: named raw inputs → the head → a tuple of named outputs.
+
+    Args:
+        head: a fusion head owning its encoders.
+        outputs: the output names to return, in order (``logits``, ``probabilities``, and optional ones).
+    """
+
+    def __init__(self, head: nn.Module, outputs: Sequence[str]) -> None:
+        super().__init__()
+        self.head = head
+        self.output_names = list(outputs)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, ...]:
+        named = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        text = {k: v for k, v in named.items() if v is not None}
+        out = self.head(FusionInputs(text_inputs=text or None, pixel_values=pixel_values))
+        values = {
+            "logits": out.logits,
+            "probabilities": out.logits.softmax(dim=-1),
+            "attention": out.attention,
+            "image_reliance": out.image_reliance,
+        }
+        return tuple(values[name] for name in self.output_names)  # type: ignore[misc]
+
+
+# ----------------------------------------------------------------------------------------------- example inputs
+
+
+def example_inputs(head: nn.Module, texts: Sequence[str], images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
+    """Named inputs for ``texts`` and ``images``, made with the head's own encoders (tokenizer, preprocessing)."""
+    inputs: dict[str, torch.Tensor] = {}
+    text_encoder = getattr(head, "text_encoder", None)
+    image_encoder = getattr(head, "image_encoder", None)
+    if text_encoder is not None:
+        tokens = text_encoder.tokenize(list(texts))
+        inputs.update({k: tokens[k] for k in TEXT_INPUTS if k in tokens})
+    if image_encoder is not None:
+        inputs["pixel_values"] = torch.stack([image_encoder.preprocess(im) for im in images])
+    if not inputs:
+        raise ValueError(f"{type(head).__name__} has neither a text nor an image encoder; nothing to export")
+    return inputs
+
+
+def _random_images(n: int, seed: int) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    sizes = [(96, 64), (64, 80), (120, 120), (40, 56)]
+    return [
+        Image.fromarray(rng.integers(0, 256, (sizes[i % 4][1], sizes[i % 4][0], 3), dtype=np.uint8)) for i in range(n)
+    ]
+
+
+_TRACE_TEXTS = ["an example caption, long enough to pad the other one", "two words"]
+_CHECK_TEXTS = ["a different caption for checking", "yes", "the third and longest caption of this batch, by far"]
+
+
+# ----------------------------------------------------------------------------------------------- export
+
+
+def export_onnx(
+    head: nn.Module,
+    out: str | Path,
+    *,
+    classes: Sequence[str],
+    threshold: float | None = None,
+    head_name: str | None = None,
+    config: dict[str, Any] | None = None,
+    exporter: Exporter = "dynamo",
+    fallback: bool = True,
+    opset: int = DEFAULT_OPSET,
+    verify: bool = True,
+    atol: float = 1e-4,
+    extra_metadata: dict[str, Any] | None = None,
+) -> ExportResult:
+    """Exports ``head`` (with its encoders) to an ONNX file and checks it with onnxruntime.
+
+    Args:
+        head: a fusion head owning its encoders, in eval mode or not (exported in eval mode).
+        out: the ``.onnx`` file to write (its folder is created; written to a temporary name, then renamed).
+        classes: class names in logit order.
+        threshold: the run's tuned threshold (binary tasks).
+        head_name: the head's registered name (default: looked up from the model's class).
+        config: the run's config as a dict (``TrainConfig.to_dict()``), so a server can rebuild its preprocessing.
+        exporter: ``dynamo`` (default) or ``torchscript``.
+        fallback: when the dynamo exporter fails, try the TorchScript one.
+        opset: ONNX opset.
+        verify: run the file with onnxruntime on fresh inputs and compare every output with PyTorch.
+        atol: the largest difference ``verify`` accepts.
+        extra_metadata: more JSON-able entries for the file's metadata.
+
+    Raises:
+        ValueError: an unknown exporter, or ``out`` not ending in ``.onnx``.
+        ExportError: the export failed, or the exported graph differs from PyTorch by more than ``atol``.
+    """
+    if exporter not in EXPORTERS:
+        raise ValueError(f"exporter must be one of {list(EXPORTERS)}, got {exporter!r}")
+    out = Path(out)
+    if out.suffix.lower() != ".onnx":
+        raise ValueError(f"the output file must end in .onnx, got {str(out)!r}; e.g. --out model.onnx")
+    tmp = out.with_name(out.name + ".tmp")
+    was_training = head.training
+    head.eval()
+    try:
+        trace_inputs = example_inputs(head, _TRACE_TEXTS, _random_images(2, seed=0))
+        with torch.inference_mode():
+            probe = head(_fusion_inputs(trace_inputs))
+        outputs = ["logits", "probabilities", *(k for k in OPTIONAL_OUTPUTS if getattr(probe, k) is not None)]
+        graph = OnnxGraph(head, outputs).eval()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        used, reason = _export_with_fallback(graph, trace_inputs, outputs, tmp, exporter, fallback, opset)
+        seconds = time.perf_counter() - start
+        metadata = {
+            "format_version": FORMAT_VERSION,
+            "mmfuse_version": mmfuse.__version__,
+            "torch_version": torch.__version__,
+            "exporter": used,
+            "head": head_name or _head_name(head),
+            "classes": [str(c) for c in classes],
+            "threshold": threshold,
+            "inputs": list(trace_inputs),
+            "outputs": outputs,
+            "config": config,
+            **(extra_metadata or {}),
+        }
+        _finish(tmp, trace_inputs, metadata)
+        result = ExportResult(
+            path=out, exporter=used, inputs=list(trace_inputs), outputs=outputs, seconds=seconds,
+            fallback_reason=reason,
+        )  # fmt: skip
+        if verify:
+            result.max_abs_diff = _verify(graph, tmp, outputs, atol)
+        os.replace(tmp, out)
+        return result
+    finally:
+        head.train(was_training)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+def _fusion_inputs(named: dict[str, torch.Tensor]) -> FusionInputs:
+    text = {k: v for k, v in named.items() if k in TEXT_INPUTS}
+    return FusionInputs(text_inputs=text or None, pixel_values=named.get("pixel_values"))
+
+
+def _export_with_fallback(
+    graph: OnnxGraph,
+    inputs: dict[str, torch.Tensor],
+    outputs: list[str],
+    path: Path,
+    exporter: str,
+    fallback: bool,
+    opset: int,
+) -> tuple[str, str | None]:
+    if exporter == "torchscript":
+        _export_torchscript(graph, inputs, outputs, path, opset)
+        return "torchscript", None
+    try:
+        _export_dynamo(graph, inputs, outputs, path, opset)
+        return "dynamo", None
+    except Exception as e:
+        reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:500]
+        if not fallback:
+            raise ExportError(f"the dynamo ONNX exporter failed ({reason}); try exporter='torchscript'") from e
+        log.warning("the dynamo ONNX exporter failed (%s); falling back to the TorchScript exporter", reason)
+    try:
+        _export_torchscript(graph, inputs, outputs, path, opset)
+    except Exception as e:
+        raise ExportError(f"both ONNX exporters failed; dynamo: {reason}; torchscript: {type(e).__name__}: {e}") from e
+    return "torchscript", reason
+
+
+def _export_dynamo(graph: OnnxGraph, inputs: dict[str, torch.Tensor], outputs: list[str], path: Path, opset: int):
+    dynamic = torch.export.Dim.DYNAMIC
+    shapes = {k: ({0: dynamic} if k == "pixel_values" else {0: dynamic, 1: dynamic}) for k in inputs}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deprecation notes from deep inside torch.export
+        program = torch.onnx.export(
+            graph, (), kwargs=dict(inputs), dynamo=True, input_names=list(inputs), output_names=outputs,
+            dynamic_shapes=shapes, opset_version=opset, verbose=False, optimize=True,
+        )  # fmt: skip
+    assert program is not None
+    program.save(str(path), external_data=False)
+
+
+def _export_torchscript(graph: OnnxGraph, inputs: dict[str, torch.Tensor], outputs: list[str], path: Path, opset: int):
+    axes: dict[str, dict[int, str]] = {k: ({0: "batch"} if k == "pixel_values" else {0: "batch", 1: "sequence"})
+                                       for k in inputs}  # fmt: skip
+    axes.update({name: {0: "batch"} for name in outputs})
+    if "attention" in outputs:
+        axes["attention"] = {0: "batch", 1: "sequence"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its deprecation notice, and tracer warnings about constant shapes
+        torch.onnx.export(
+            graph, (), str(path), kwargs=dict(inputs), dynamo=False, input_names=list(inputs), output_names=outputs,
+            dynamic_axes=axes, opset_version=opset, do_constant_folding=True,
+        )  # fmt: skip
+
+
+def _finish(path: Path, inputs: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
+    """Names the dynamic axes ``batch`` / ``sequence`` (dynamo calls them s0, s1, ...) and adds the metadata."""
+    import onnx
+
+    model = onnx.load(str(path))
+    names: dict[str, str] = {}
+    for value in model.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        if value.name in TEXT_INPUTS and len(dims) >= 2:
+            names.setdefault(dims[0].dim_param, "batch")
+            names.setdefault(dims[1].dim_param, "sequence")
+        elif value.name == "pixel_values" and dims:
+            names.setdefault(dims[0].dim_param, "batch")
+    names.pop("", None)
+    for value in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in names:
+                dim.dim_param = names[dim.dim_param]
+    del model.metadata_props[:]
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(metadata, default=str)
+    model.producer_name = "mmfuse"
+    model.producer_version = mmfuse.__version__
+    onnx.save(model, str(path))
+
+
+def _verify(graph: OnnxGraph, path: Path, outputs: list[str], atol: float) -> dict[str, float]:
+    """Runs the file on inputs of another batch size and text length than the export's; compares with PyTorch."""
+    import onnxruntime as ort
+
+    inputs = example_inputs(graph.head, _CHECK_TEXTS, _random_images(3, seed=1))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(outputs, {k: v.numpy() for k, v in inputs.items()})
+    with torch.inference_mode():
+        want = graph(**inputs)
+    diffs = {}
+    for name, a, b in zip(outputs, got, want, strict=True):
+        if a.shape != tuple(b.shape):
+            raise ExportError(f"exported output {name!r} has shape {a.shape}, PyTorch gives {tuple(b.shape)}")
+        diffs[name] = float(np.abs(a - b.float().numpy()).max()) if a.size else 0.0
+    bad = {k: v for k, v in diffs.items() if not v <= atol}
+    if bad:
+        raise ExportError(f"the exported model differs from PyTorch by more than {atol}: {bad}")
+    return diffs
+
+
+def _head_name(head: nn.Module) -> str:
+    from mmfuse.fusion import FUSION_HEADS
+
+    for name in FUSION_HEADS.names():
+        if type(head) is FUSION_HEADS.get(name):
+            return name
+    return type(head).__name__
+
+
+# ----------------------------------------------------------------------------------------------- runs
+
+
+def default_onnx_path(run: str | Path, checkpoint: str = "best") -> Path:
+    """Where ``mmfuse export RUN`` writes by default: ``RUN/export/model.onnx`` (``model-<checkpoint>.onnx`` for
+    another checkpoint than ``best``)."""
+    return Path(run) / "export" / ("model.onnx" if checkpoint == "best" else f"model-{checkpoint}.onnx")
+
+
+def checkpoint_digest(run: str | Path, checkpoint: str = "best") -> str:
+    """SHA-256 of the checkpoint's weights and metadata: tells whether an export is of this checkpoint."""
+    from mmfuse.engine.checkpoint import META, WEIGHTS, resolve_checkpoint
+
+    folder = resolve_checkpoint(run, checkpoint)
+    h = hashlib.sha256()
+    for name in (META, WEIGHTS):
+        path = folder / name
+        if path.is_file():
+            with path.open("rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+    return h.hexdigest()
+
+
+def export_run(
+    run: str | Path,
+    out: str | Path | None = None,
+    *,
+    checkpoint: str = "best",
+    exporter: Exporter = "dynamo",
+    fallback: bool = True,
+    opset: int = DEFAULT_OPSET,
+    verify: bool = True,
+) -> ExportResult:
+    """Loads a run (or checkpoint) folder and exports its model: see :func:`export_onnx`.
+
+    Args:
+        run: a run folder (``runs/<name>``) or a checkpoint folder.
+        out: the ``.onnx`` file; default :func:`default_onnx_path`.
+        checkpoint: which checkpoint of a run folder (``best`` or ``last``).
+
+    Raises:
+        FileNotFoundError: no checkpoint there.
+        CheckpointError: a damaged checkpoint.
+        ExportError: the export failed or does not match PyTorch.
+    """
+    from mmfuse.engine.classifier import MultimodalClassifier
+
+    clf = MultimodalClassifier.load(run, checkpoint=checkpoint, device="cpu")
+    assert clf.model is not None
+    return export_onnx(
+        clf.model,
+        out if out is not None else default_onnx_path(run, checkpoint),
+        classes=clf.classes,
+        threshold=clf.threshold,
+        head_name=clf.config.model.head.name,
+        config=clf.config.to_dict(),
+        exporter=exporter,
+        fallback=fallback,
+        opset=opset,
+        verify=verify,
+        extra_metadata={"checkpoint": checkpoint, "checkpoint_digest": checkpoint_digest(run, checkpoint)},
+    )
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The mmfuse metadata of an exported file (without loading its weights).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not an ONNX file, or not one mmfuse exported.
+    """
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ONNX file {str(path)!r} not found; make one with `mmfuse export RUN --format onnx`")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:
+        raise ValueError(f"{str(path)!r} is not a readable ONNX file ({type(e).__name__}: {e})") from None
+    props = {p.key: p.value for p in model.metadata_props}
+    if METADATA_KEY not in props:
+        raise ValueError(
+            f"{str(path)!r} has no mmfuse metadata (classes, preprocessing); export it with "
+            "`mmfuse export RUN --format onnx`"
+        )
+    meta = json.loads(props[METADATA_KEY])
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ValueError(f"{str(path)!r} has export format {version!r}; this mmfuse reads up to {FORMAT_VERSION}")
+    return meta

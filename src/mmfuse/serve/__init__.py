@@ -1,0 +1,44 @@
+"""Serving a trained model: an HTTP API with request batching, and a web page to try it.
+
+::
+
+    from mmfuse.serve import TorchPredictor, create_app
+    app = create_app(TorchPredictor.from_run("runs/cross_attention-20250101-120000"))   # uvicorn app
+
+or ``mmfuse serve RUN``. The server is a tool apart from the library (``mmfuse.encoders`` and ``mmfuse.fusion``
+never import it) and needs the ``serve`` extra (FastAPI, uvicorn): ``pip install "mmfuse[serve]"``. Names load on
+first use, so importing this package does not import FastAPI.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    "create_app": "mmfuse.serve.app",
+    "MicroBatcher": "mmfuse.serve.batching",
+    "QueueFullError": "mmfuse.serve.batching",
+    "decode_base64": "mmfuse.serve.images",
+    "decode_image": "mmfuse.serve.images",
+    "load_predictor": "mmfuse.serve.loading",
+    "run_server": "mmfuse.serve.loading",
+    "Prediction": "mmfuse.serve.predictor",
+    "Predictor": "mmfuse.serve.predictor",
+    "TorchPredictor": "mmfuse.serve.predictor",
+    "ServeSettings": "mmfuse.serve.settings",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mmfuse.serve' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,100 @@
+"""From what ``mmfuse serve`` is given (a run folder, an ``.onnx`` file, an export folder) to a running server."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from mmfuse.serve.predictor import Predictor, TorchPredictor
+from mmfuse.serve.settings import ServeSettings
+
+__all__ = ["load_predictor", "run_server"]
+
+log = logging.getLogger("mmfuse.serve")
+
+ONNX_FILE = "model.onnx"
+
+
+def load_predictor(
+    path: str | Path, *, onnx: bool = False, checkpoint: str = "best", threads: int | None = None
+) -> Predictor:
+    """A predictor for ``path``.
+
+    - an ``.onnx`` file, or a folder holding ``model.onnx`` and no checkpoint (an export folder): onnxruntime;
+    - a run or checkpoint folder: PyTorch, or with ``onnx=True`` onnxruntime on the run's export
+      (``RUN/export/model.onnx``), made first when it is missing or of another checkpoint.
+
+    Raises:
+        FileNotFoundError: ``path`` holds neither a checkpoint nor an ONNX model.
+        ValueError: an ONNX file mmfuse did not export; a damaged checkpoint (``CheckpointError``).
+    """
+    path = Path(path)
+    if path.is_file() and path.suffix.lower() == ".onnx":
+        return _onnx(path, threads)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{str(path)!r} not found; pass a run folder (runs/<name>), a checkpoint folder or an exported .onnx file"
+        )
+    if not _has_checkpoint(path, checkpoint):
+        if path.is_dir() and (path / ONNX_FILE).is_file():
+            return _onnx(path / ONNX_FILE, threads)
+        from mmfuse.engine.checkpoint import resolve_checkpoint
+
+        resolve_checkpoint(path, checkpoint)  # raises FileNotFoundError saying what is missing
+    if not onnx:
+        return TorchPredictor.from_run(path, checkpoint=checkpoint)
+    return _onnx(_current_export(path, checkpoint), threads)
+
+
+def _has_checkpoint(path: Path, checkpoint: str) -> bool:
+    from mmfuse.engine.checkpoint import resolve_checkpoint
+
+    try:
+        resolve_checkpoint(path, checkpoint)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _onnx(path: Path, threads: int | None) -> Predictor:
+    from mmfuse.export.runtime import OnnxPredictor
+
+    return OnnxPredictor(path, threads=threads)
+
+
+def _current_export(run: Path, checkpoint: str) -> Path:
+    """The run's ONNX export of ``checkpoint``, exported now if missing or stale."""
+    from mmfuse.export.onnx_export import checkpoint_digest, default_onnx_path, export_run, read_metadata
+
+    path = default_onnx_path(run, checkpoint)
+    if path.is_file():
+        try:
+            if read_metadata(path).get("checkpoint_digest") == checkpoint_digest(run, checkpoint):
+                return path
+            log.warning("%s was exported from another checkpoint; exporting again", path)
+        except ValueError as e:
+            log.warning("%s is unusable (%s); exporting again", path, e)
+    else:
+        log.warning("no ONNX export at %s yet; exporting the %s checkpoint (takes a minute)", path, checkpoint)
+    result = export_run(run, path, checkpoint=checkpoint)
+    log.warning("exported %s with the %s exporter in %.0f s", result.path, result.exporter, result.seconds)
+    return result.path
+
+
+def run_server(
+    predictor: Predictor,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    settings: ServeSettings | None = None,
+    log_level: str = "info",
+) -> None:
+    """Serves ``predictor`` with uvicorn (one process; the model runs in one thread, requests are batched) until
+    interrupted."""
+    import uvicorn
+
+    from mmfuse.serve.app import create_app
+
+    predictor.warmup()
+    app = create_app(predictor, settings)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, workers=1, timeout_graceful_shutdown=5)
