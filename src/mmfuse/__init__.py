@@ -13,10 +13,20 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
-    "Example": "mmfuse.data.example",
+    "ConfigError": "mmfuse.config",
+    "DataConfig": "mmfuse.data.config",
     "EncoderOutput": "mmfuse.encoders.base",
+    "Example": "mmfuse.data.example",
     "FusionInputs": "mmfuse.fusion.base",
     "FusionOutput": "mmfuse.fusion.base",
+    "MultimodalClassifier": "mmfuse.engine.classifier",
+    "TrainConfig": "mmfuse.config",
+    "build_head": "mmfuse.fusion.registry",
+    "build_image_encoder": "mmfuse.encoders.registry",
+    "build_text_encoder": "mmfuse.encoders.registry",
+    "config_from": "mmfuse.config",
+    "load_config": "mmfuse.config",
+    "load_splits": "mmfuse.data.loading",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
