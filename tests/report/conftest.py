@@ -90,7 +90,8 @@ def three_class_run(three_class_root: Path, tmp_path_factory: pytest.TempPathFac
 
 @pytest.fixture(scope="session")
 def small_sweep(binary_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished 4-point grid (lr x dropout) with an ensemble of its best 3 trials in ``<sweep>/ensemble``."""
+    """A finished 4-point grid (lr x dropout) and its unimodal baselines, with an ensemble of its best 3 trials in
+    ``<sweep>/ensemble``."""
     from mmfuse.sweep import build_ensemble, run_sweep, sweep_from_dict
 
     base = config(binary_root, head="concat", epochs=2)

@@ -76,6 +76,7 @@ def test_sweep_report_has_trials_chart_importance_table_and_the_selected_run(sma
     assert page.count('<tr class="hl">') == 1  # the selected trial, highlighted in the ranked table
     assert 'id="trial-overview"' in page and 'id="trial-gallery"' in page  # its own run report, below
     assert "measured for the selected trial only" in page
+    assert "dotted: the unimodal baselines" in page and "<td>text_only</td>" in page and "<td>image_only</td>" in page
     _images(page)
     assert (out / "learning_curves.png").is_file()
 

@@ -33,7 +33,7 @@ from mmfuse.sweep import runner as runner_module
 
 @pytest.fixture(scope="module")
 def grid_sweep(base_config: dict[str, Any], tmp_path_factory: pytest.TempPathFactory):
-    """A finished 3-point grid (lr), ranked by val AUROC."""
+    """A finished 3-point grid (lr) and the two unimodal baselines, ranked by val AUROC."""
     spec = {"name": "grid", "base": copy.deepcopy(base_config), "grid": {"lr": [3e-3, 1e-3, 3e-4]}}
     lines: list[str] = []
     result = run_sweep(sweep_from_dict(spec), out=tmp_path_factory.mktemp("sweeps") / "grid", log=lines.append)
@@ -43,19 +43,26 @@ def grid_sweep(base_config: dict[str, Any], tmp_path_factory: pytest.TempPathFac
 def test_grid_runs_every_point_once_and_ranks_on_validation(grid_sweep):
     result, lines = grid_sweep
     table = result.table
-    assert result.finished and result.metric == "auroc" and sorted(result.ran) == [0, 1, 2]
-    assert list(table["state"]) == ["complete"] * 3
-    assert list(table["rank"]) == [1, 2, 3]
-    assert sorted(table["lr"]) == [3e-4, 1e-3, 3e-3]
+    assert result.finished and result.metric == "auroc" and sorted(result.ran) == [0, 1, 2, 3, 4]
+    assert list(table["state"]) == ["complete"] * 5
+    assert list(table["rank"]) == [1, 2, 3, 4, 5]
     values = list(table["val_auroc"])
     assert values == sorted(values, reverse=True)
     assert (table["epochs"] == 2).all() and (table["train_s"] > 0).all()
-    # the test metric is measured for the selected (best on validation) trial only
-    assert table["test_auroc"].notna().tolist() == [True, False, False]
+    # the unimodal baselines run first, ranked among the trials, with the base config's lr
+    baselines = table[table["baseline"] != ""]
+    assert dict(zip(baselines["baseline"], baselines["trial"], strict=True)) == {"text_only": 0, "image_only": 1}
+    assert set(baselines["lr"]) == {"(base)"}
+    trials = table[table["baseline"] == ""]
+    assert sorted(trials["lr"]) == [3e-4, 1e-3, 3e-3]
+    # the selected trial is the best sweep trial on validation, never a baseline; only it is tested
     selected = json.loads((result.folder / "selected.json").read_text())
-    assert selected["trial"] == table["trial"][0] and selected["val"] == pytest.approx(values[0])
+    best = trials.iloc[0]
+    assert selected["trial"] == best["trial"] and selected["val"] == pytest.approx(best["val_auroc"])
+    assert table.loc[table["test_auroc"].notna(), "trial"].tolist() == [best["trial"]]
     assert selected["test"]["n"] == 12 and "majority_accuracy" in selected["test"]
-    assert any(line.startswith("trial 0 started: lr=0.003") for line in lines)
+    assert "trial 0 started: unimodal baseline text_only" in lines
+    assert any(line.startswith("trial 2 started: lr=0.003") for line in lines)
 
 
 def test_tables_and_run_folders_are_written(grid_sweep):
@@ -64,13 +71,19 @@ def test_tables_and_run_folders_are_written(grid_sweep):
     csv = pd.read_csv(folder / "trials.csv")
     assert list(csv["trial"]) == list(result.table["trial"])
     md = (folder / "trials.md").read_text()
-    assert "| rank | trial | state | lr | val_auroc |" in md
+    assert "| rank | trial | state | baseline | lr | val_auroc |" in md
     assert "Selected on validation: trial" in md and "measured on the selected trial only" in md
+    line = next(x for x in md.splitlines() if x.startswith("Unimodal baselines"))
+    assert "only the head swapped; never selected): val auroc " in line
+    assert "text_only 0." in line and "image_only 0." in line
+    assert "| text_only | (base) |" in md
     info = json.loads((folder / "sweep.json").read_text())
     assert info["metric"] == "auroc" and info["mode"] == "grid" and info["storage"] == "study.db"
-    for rel in result.table["run_dir"]:
+    for rel, baseline in zip(result.table["run_dir"], result.table["baseline"], strict=True):
         run = folder / rel
         assert (run / "checkpoints" / "best").is_dir()
+        head = yaml.safe_load((run / "config.yaml").read_text())["model"]["head"]
+        assert head == {"name": baseline or "concat", "params": {"hidden": 32}}
         with np.load(run / "val_predictions.npz") as data:
             assert data["proba"].shape == (12, 2) and len(data["ids"]) == 12
 
@@ -78,9 +91,12 @@ def test_tables_and_run_folders_are_written(grid_sweep):
 def test_grid_points_are_optuna_parameters(grid_sweep):
     result, _ = grid_sweep
     study = load_study(result.folder)
-    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    trials = [t for t in complete if "mmfuse.baseline" not in t.user_attrs]
     assert sorted(t.params["lr"] for t in trials) == [3e-4, 1e-3, 3e-3]
     assert all(len(t.intermediate_values) == 2 for t in trials)  # one report per epoch
+    baselines = [t for t in complete if "mmfuse.baseline" in t.user_attrs]
+    assert len(baselines) == 2 and all(t.params == {} and not t.intermediate_values for t in baselines)
     assert study.direction == optuna.study.StudyDirection.MAXIMIZE
 
 
@@ -100,7 +116,8 @@ def test_a_changed_sweep_is_refused_in_the_same_folder(grid_sweep, base_config):
 
 
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(base_config, tmp_path, monkeypatch):
-    spec = {"name": "resume", "base": copy.deepcopy(base_config), "trials": [{"lr": 1e-3}, {"lr": 2e-3}, {"lr": 4e-3}]}
+    spec = {"name": "resume", "base": copy.deepcopy(base_config), "trials": [{"lr": 1e-3}, {"lr": 2e-3}, {"lr": 4e-3}],
+            "baselines": False}  # fmt: skip
     sweep = sweep_from_dict(spec)
     original = PruneOnEpoch.__call__
 
@@ -174,19 +191,21 @@ def test_search_respects_the_trial_budget_and_reports_epochs(base_config, tmp_pa
     }  # fmt: skip
     sweep = sweep_from_dict(spec)
     result = run_sweep(sweep, out=tmp_path / "s", log=lambda _: None)
-    assert sorted(result.ran) == [0, 1, 2] and result.finished
+    assert sorted(result.ran) == [0, 1, 2, 3, 4] and result.finished  # the two baselines, then the budget of 3
     assert set(result.table["state"]) <= {"complete", "pruned"}
     study = load_study(tmp_path / "s")
     assert study.direction == optuna.study.StudyDirection.MINIMIZE
-    for trial in study.trials:
+    searched = [t for t in study.trials if "mmfuse.baseline" not in t.user_attrs]
+    assert [t.number for t in searched] == [2, 3, 4]
+    for trial in searched:
         assert 1e-4 <= trial.params["lr"] <= 1e-2 and trial.params["head.params.dropout"] in (0.0, 0.3)
         assert trial.intermediate_values  # the pruner saw every epoch
     values = result.table["val_loss"].dropna().tolist()
     complete = result.table[result.table["state"] == "complete"]["val_loss"].tolist()
-    assert complete == sorted(complete) and len(values) == 3  # lower loss first
+    assert complete == sorted(complete) and len(values) == 5  # lower loss first
     # resuming with the same budget runs nothing; a larger budget runs only the difference
     assert run_sweep(sweep, out=tmp_path / "s", log=lambda _: None).ran == []
-    assert run_sweep(sweep, out=tmp_path / "s", n_trials=4, log=lambda _: None).ran == [3]
+    assert run_sweep(sweep, out=tmp_path / "s", n_trials=4, log=lambda _: None).ran == [5]
 
 
 def test_greedy_selection_combines_complementary_members_with_replacement():
@@ -208,6 +227,7 @@ def test_ensemble_of_top_trials_predicts_the_weighted_mean(grid_sweep, synth_roo
     assert info["format"] == "mmfuse-ensemble" and info["metric"] == "auroc" and info["top_k"] == 3
     assert sum(m["weight"] for m in info["members"]) == pytest.approx(1.0)
     assert all(m["run"].startswith("../trials/") for m in info["members"])
+    assert {m["trial"] for m in info["members"]} <= {2, 3, 4}  # never a baseline
     ensemble = load_predictor(folder)
     assert isinstance(ensemble, Ensemble) and ensemble.classes == ["0", "1"]
     test_file = synth_root / "test.jsonl"
@@ -224,7 +244,7 @@ def test_ensemble_of_top_trials_predicts_the_weighted_mean(grid_sweep, synth_roo
 def test_cli_sweep_and_ensemble(base_config, tmp_path):
     file = tmp_path / "cli.yaml"
     base = copy.deepcopy(base_config)
-    file.write_text(yaml.safe_dump({"base": base, "grid": {"head.params.dropout": [0.0, 0.2]}}))
+    file.write_text(yaml.safe_dump({"base": base, "grid": {"head.params.dropout": [0.0, 0.2]}, "baselines": False}))
     runner = CliRunner()
     result = runner.invoke(app, ["sweep", str(file), "--out", str(tmp_path / "out"), "--set", "train.epochs=1"])
     assert result.exit_code == 0, result.output

@@ -159,3 +159,30 @@ def test_fingerprint_ignores_budgets_and_machine_paths_but_not_the_grid(base_con
     b = sweep_from_dict(_spec(moved, grid={"lr": [1e-3, 1e-2]}, timeout=60))
     c = sweep_from_dict(_spec(base_config, grid={"lr": [1e-3, 3e-2]}))
     assert a.fingerprint() == b.fingerprint() != c.fingerprint()
+
+
+def test_unimodal_baselines_swap_only_the_head(base_config):
+    sweep = sweep_from_dict(_spec(base_config, grid={"lr": [1e-3, 1e-2]}))
+    assert sweep.baselines == {
+        "text_only": {"head.name": "text_only", "head.params": {"hidden": 32}},
+        "image_only": {"head.name": "image_only", "head.params": {"hidden": 32}},
+    }
+    cfg = sweep.trial_config(sweep.baselines["image_only"])
+    assert cfg.model.head.name == "image_only" and cfg.optim.lr == sweep.base.optim.lr
+    assert sweep_from_dict(_spec(base_config, grid={"lr": [1e-3]}, baselines=False)).baselines == {}
+    assert _fingerprint(base_config, True) != _fingerprint(base_config, False)
+
+
+def test_baselines_keep_only_the_params_the_unimodal_head_has_and_skip_what_cannot_run(base_config):
+    base = copy.deepcopy(base_config)
+    base["model"]["head"] = {"name": "cross_attention", "params": {"num_heads": 2, "dropout": 0.2}}
+    sweep = sweep_from_dict(_spec(base, grid={"lr": [1e-3]}))
+    assert sweep.baselines["text_only"]["head.params"] == {"dropout": 0.2}  # num_heads is cross_attention's own
+    text_only = copy.deepcopy(base_config)
+    text_only["model"]["head"] = {"name": "text_only"}
+    text_only["model"]["image_encoder"] = None
+    assert sweep_from_dict(_spec(text_only, grid={"lr": [1e-3]})).baselines == {}  # is one, and no image encoder
+
+
+def _fingerprint(base: dict[str, Any], baselines: bool) -> str:
+    return sweep_from_dict(_spec(base, grid={"lr": [1e-3]}, baselines=baselines)).fingerprint()

@@ -30,9 +30,13 @@ WORKER = Path(__file__).with_name("_worker.py")
 LRS = [3e-3, 2e-3, 1e-3, 5e-4]
 
 
-def _sweep_file(tmp_path: Path, base_config: dict[str, Any], name: str) -> Path:
+def _spec(base_config: dict[str, Any], name: str, baselines: bool) -> dict[str, Any]:
+    return {"name": name, "base": copy.deepcopy(base_config), "grid": {"lr": LRS}, "baselines": baselines}
+
+
+def _sweep_file(tmp_path: Path, base_config: dict[str, Any], name: str, baselines: bool) -> Path:
     file = tmp_path / f"{name}.yaml"
-    spec = {"name": name, "base": copy.deepcopy(base_config), "grid": {"lr": LRS}}
+    spec = _spec(base_config, name, baselines)
     file.write_text(yaml.safe_dump(spec))
     return file
 
@@ -45,7 +49,7 @@ def _start(file: Path, out: Path, storage: str, barrier: Path, result: Path) -> 
 
 
 def test_two_workers_share_one_study_and_run_each_point_once(base_config, tmp_path):
-    file = _sweep_file(tmp_path, base_config, "shared")
+    file = _sweep_file(tmp_path, base_config, "shared", baselines=True)
     out, barrier = tmp_path / "sweep", tmp_path / "barrier"
     barrier.mkdir()
     storage = f"sqlite:///{tmp_path / 'elsewhere' / 'shared.db'}"  # an explicit storage URL, as for PostgreSQL
@@ -61,20 +65,22 @@ def test_two_workers_share_one_study_and_run_each_point_once(base_config, tmp_pa
     study = load_study(out, storage)
     assert not (out / "study.db").exists()  # the study lives where --storage says
     complete = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
-    assert Counter(t.user_attrs["mmfuse.point"] for t in complete) == {0: 1, 1: 1, 2: 1, 3: 1}
+    taken = Counter(t.user_attrs.get("mmfuse.point", t.user_attrs.get("mmfuse.baseline")) for t in complete)
+    assert taken == {0: 1, 1: 1, 2: 1, 3: 1, "text_only": 1, "image_only": 1}
     assert ran[0] | ran[1] == {t.number for t in complete}
     assert {t.user_attrs["mmfuse.worker"]["pid"] for t in complete} == {r["pid"] for r in results}
-    for t in complete:  # each point trained once: one history of two epochs in its own folder
+    for t in complete:  # each point and baseline trained once: one history of two epochs in its own folder
         history = (out / t.user_attrs["mmfuse.run_dir"] / "metrics.jsonl").read_text().splitlines()
         assert [json.loads(line)["epoch"] for line in history] == [1, 2]
     table = pd.read_csv(out / "trials.csv")
-    assert table["rank"].tolist() == [1, 2, 3, 4] and sorted(table["lr"]) == sorted(LRS)
+    assert table["rank"].tolist() == [1, 2, 3, 4, 5, 6]
+    assert sorted(table.loc[table["baseline"].isna(), "lr"].astype(float)) == sorted(LRS)
     assert table["test_auroc"].notna().sum() == 1
     assert any(r["finished"] for r in results)
 
 
 def test_a_killed_worker_trial_is_run_again_and_finished_ones_are_not(base_config, tmp_path):
-    file = _sweep_file(tmp_path, base_config, "killed")
+    file = _sweep_file(tmp_path, base_config, "killed", baselines=False)
     out, barrier = tmp_path / "sweep", tmp_path / "barrier"
     barrier.mkdir()
     (barrier / "other").touch()  # alone: no one to wait for
@@ -90,8 +96,7 @@ def test_a_killed_worker_trial_is_run_again_and_finished_ones_are_not(base_confi
     proc.wait(timeout=30)
 
     lines: list[str] = []
-    spec = {"name": "killed", "base": copy.deepcopy(base_config), "grid": {"lr": LRS}}
-    result = run_sweep(sweep_from_dict(spec), out=out, log=lines.append)
+    result = run_sweep(sweep_from_dict(_spec(base_config, "killed", baselines=False)), out=out, log=lines.append)
     assert "trial 1: its worker process died; queued again" in lines
     assert 0 not in result.ran and result.finished
     study = load_study(out)

@@ -426,12 +426,15 @@ def _sweep_report(folder: Path, out: Path, split: str, per_group: int, storage: 
         shown = ", ".join(f"{k}={v}" for k, v in selected["overrides"].items())
         body += f"<p>Selected on validation: trial {selected['trial']} with {H.esc(shown)}.</p>"
     sections: list[Section] = [("overview", "Overview", H.section("overview", "Overview", body))]
-    done = frame[frame["state"].isin(["complete", "pruned"])]
+    done = frame[frame["state"].isin(["complete", "pruned"]) & (frame["baseline"] == "")]
+    ran = frame[(frame["state"] == "complete") & (frame["baseline"] != "")]
+    baselines = {b: float(v) for b, v in zip(ran["baseline"], ran[f"val_{metric}"], strict=True) if not _nan(v)}
     if not done.empty:
         fig = plots.trials_chart(list(done["trial"]), [None if _nan(v) else float(v) for v in done[f"val_{metric}"]],
-                                 list(done["state"]), metric, HIGHER_IS_BETTER[metric])  # fmt: skip
+                                 list(done["state"]), metric, HIGHER_IS_BETTER[metric], baselines)  # fmt: skip
         png = plots.save(fig, out / "trials.png")
-        figs = [H.figure(png, f"Validation {metric} of each trial; line: the best complete trial so far")]
+        caption = f"Validation {metric} of each trial; line: the best complete trial so far"
+        figs = [H.figure(png, caption + ("; dotted: the unimodal baselines" if baselines else ""))]
         importance = _importance(load_study(folder, storage), say)
         if isinstance(importance, dict):
             png = plots.save(plots.importance_plot(importance), out / "param_importance.png")
@@ -465,12 +468,18 @@ def _importance(study: Any, say: Callable[[str], None]) -> dict[str, float] | st
     import optuna
     from optuna.trial import TrialState
 
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    from mmfuse.sweep.table import is_baseline
+
+    complete = [
+        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if not is_baseline(t) and t.params
+    ]
     if len(complete) < 3:
         return "parameter importance needs at least 3 complete trials"
     say("computing parameter importances")
+    view = optuna.create_study(direction=study.direction)  # in memory: the sweep's trials without the baselines,
+    view.add_trials(complete)  # which have no parameters and would empty the common search space
     try:
-        importance = optuna.importance.get_param_importances(study)
+        importance = optuna.importance.get_param_importances(view)
     except (ValueError, RuntimeError) as e:
         return f"parameter importance unavailable: {e}"
     if not importance:

@@ -200,8 +200,9 @@ def calibration_plot(y: np.ndarray, proba: np.ndarray, classes: Sequence[str], b
 
 
 def trials_chart(numbers: Sequence[int], values: Sequence[float | None], states: Sequence[str], metric: str,
-                 higher_is_better: bool) -> Figure:  # fmt: skip
-    """Each trial's validation metric by trial number (complete and pruned), with the best so far."""
+                 higher_is_better: bool, baselines: Mapping[str, float] | None = None) -> Figure:  # fmt: skip
+    """Each trial's validation metric by trial number (complete and pruned), with the best so far and, dotted, the
+    unimodal baselines' values (``baselines``: head name -> value)."""
     fig = new_figure(9, 3.8)
     ax = fig.subplots()
     colors = {"complete": PALETTE[0], "pruned": PALETTE[1]}
@@ -217,6 +218,8 @@ def trials_chart(numbers: Sequence[int], values: Sequence[float | None], states:
             best = v if best is None or (v > best if higher_is_better else v < best) else best
             line.append(best)
         ax.step([n for n, _ in done], line, where="post", color=PALETTE[2], lw=2, label="best so far")
+    for i, (name, value) in enumerate((baselines or {}).items()):
+        ax.axhline(value, color=PALETTE[(i + 3) % len(PALETTE)], ls=":", lw=1.6, label=f"{name} baseline")
     ax.set(title=f"Trials: validation {metric}", xlabel="trial", ylabel=f"val {metric}")
     ax.legend(fontsize=8, frameon=False)
     _style(ax)

@@ -258,7 +258,7 @@ def build_ensemble(
     sweep_dir = SweepDir.existing(sweep_folder)
     frame, info = sweep_table(sweep_dir.path, storage)
     metric = info["metric"]
-    done = frame[frame["state"] == "complete"].head(top_k)
+    done = frame[(frame["state"] == "complete") & (frame["baseline"] == "")].head(top_k)  # baselines: reference only
     if done.empty:
         raise EnsembleError(f"the sweep {str(sweep_dir.path)!r} has no complete trial yet; run it first")
     runs = [_run_path(sweep_dir.path, r) for r in done["run_dir"]]

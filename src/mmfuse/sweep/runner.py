@@ -39,6 +39,7 @@ from mmfuse.data.loading import Split, load_splits
 from mmfuse.engine.metrics import HIGHER_IS_BETTER, headline, selection_metric
 from mmfuse.sweep.spec import Sweep, SweepError, load_sweep
 from mmfuse.sweep.study import (
+    A_BASELINE,
     A_ERROR,
     A_OVERRIDES,
     A_POINT,
@@ -298,7 +299,11 @@ class _Worker:
     def _has_work(self, budget: int | None) -> bool:
         trials = real_trials(self.study)
         retried = {t.user_attrs.get(A_RETRY_OF) for t in trials}
-        used = sum(1 for t in trials if t.state != TrialState.WAITING and t.number not in retried)
+        used = sum(
+            1
+            for t in trials
+            if t.state != TrialState.WAITING and t.number not in retried and A_BASELINE not in t.user_attrs
+        )  # the baselines are extra: a budget of 20 trials runs 20 trials of the sweep
         if budget is not None and used >= budget:
             return False
         return any(t.state == TrialState.WAITING for t in trials) or self.sweep.mode == "search"
@@ -326,6 +331,8 @@ class _Worker:
         trial.set_user_attr(A_RUN_DIR, str(_relative(run_dir, self.folder.path)))
         trial.set_user_attr(A_WORKER, self.worker)
         shown = " ".join(f"{k}={_short(v)}" for k, v in overrides.items()) or "(base config)"
+        if A_BASELINE in trial.user_attrs:
+            shown = f"unimodal baseline {trial.user_attrs[A_BASELINE]}"
         retry = trial.user_attrs.get(A_RETRY_OF)
         self.log(
             f"trial {trial.number} started: {shown}" + (f" (again, was trial {retry})" if retry is not None else "")
@@ -355,7 +362,13 @@ class _Worker:
         return value
 
     def _overrides(self, trial: optuna.Trial) -> dict[str, Any] | None:
-        """The trial's overrides: its grid point, or values suggested by the sampler (``None``: a spare trial)."""
+        """The trial's overrides: a baseline's, its grid point, or values suggested by the sampler (``None``: a spare
+        trial)."""
+        baseline = trial.user_attrs.get(A_BASELINE)
+        if baseline is not None:  # no Optuna parameters: the sampler and parameter importance see sweep trials only
+            if baseline not in self.sweep.baselines:
+                raise SweepError(f"baseline {baseline!r} is not one of this sweep's ({list(self.sweep.baselines)})")
+            return dict(self.sweep.baselines[baseline])
         if self.sweep.mode != "search":
             point = trial.user_attrs.get(A_POINT)
             if point is None:
@@ -392,14 +405,15 @@ class _Worker:
         cfg = self.sweep.trial_config(overrides, run_dir)
         splits = self.splits.get(cfg.data)  # type: ignore[arg-type]
         resume = _resumable(run_dir) if trial.user_attrs.get(A_RETRY_OF) is not None else None
-        if resume is not None:
+        baseline = A_BASELINE in trial.user_attrs  # a fixed reference: never pruned, and no part of the pruner's median
+        if resume is not None and not baseline:
             for record in resume:  # the epochs before the checkpoint, for the pruner
                 value = record["val"].get(self.metric)
                 if value is not None:
                     trial.report(float(value), step=int(record["epoch"]))
         clf = MultimodalClassifier(cfg)
         clf.fit(
-            splits["train"], splits["val"], callbacks=[PruneOnEpoch(trial, self.metric)],
+            splits["train"], splits["val"], callbacks=[] if baseline else [PruneOnEpoch(trial, self.metric)],
             resume=run_dir if resume is not None else None,
         )  # fmt: skip
         summary = clf.summary
@@ -494,6 +508,13 @@ def _summary_lines(frame: pd.DataFrame, metric: str, selected: dict[str, Any] | 
     shown = ", ".join(f"{n} {state}" for state, n in counts.items()) or "none yet"
     direction = "higher" if HIGHER_IS_BETTER[metric] else "lower"
     lines = [f"Trials: {len(frame)} ({shown}). Ranked by validation {metric} ({direction} is better)."]
+    baselines = frame[(frame["baseline"] != "") & (frame["state"] == "complete")] if not frame.empty else frame
+    if not baselines.empty:
+        pairs = zip(baselines["baseline"], baselines[f"val_{metric}"], strict=True)
+        shown = ", ".join(f"{b} {_fmt(v)}" for b, v in pairs)
+        lines.append(
+            f"Unimodal baselines (the base config with only the head swapped; never selected): val {metric} {shown}."
+        )
     if selected:
         test = selected.get("test") or {}
         tested = (f"test {metric} {_fmt(test.get(metric))} (measured on the selected trial only)" if test

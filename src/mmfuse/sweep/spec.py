@@ -18,6 +18,7 @@
     n_trials: 20                         # trial budget (the whole study, all workers together)
     timeout: 3600                        # time budget in seconds (each worker starts no trial after it)
     pruner: {name: median, n_warmup_steps: 1}
+    baselines: true                      # also train the unimodal baselines (text_only, image_only) for the table
 
 Keys are the same dotted keys as ``--set`` (:func:`mmfuse.config.resolve_key`: ``lr`` means ``optim.lr``). The file
 is validated once, here, like a config: every grid point and list entry is turned into a full config up front, and
@@ -49,6 +50,9 @@ from mmfuse.config import (
     set_path,
     validate_config,
 )
+
+UNIMODAL_HEADS = ("text_only", "image_only")
+"""The baselines every fusion head must beat, trained once per sweep with the base config (``baselines: true``)."""
 
 MAX_POINTS = 10_000
 """Largest grid accepted (each point is validated up front, and each one is a training run)."""
@@ -214,6 +218,11 @@ class SweepSpec(_Section):
         timeout: time budget in seconds: a worker starts no trial after this long (running ones finish).
         pruner: how bad trials are stopped early; default ``median`` for a search, ``none`` for a grid or list.
         out_dir: parent folder of the sweep folder (relative to the working directory).
+        baselines: also train the unimodal baselines (``text_only``, ``image_only``) once each, on the base config
+            with only the head swapped (its hyperparameters kept where the baseline head has them). They are ranked
+            in the table beside the trials, for comparison, but never selected, tested or ensembled, and do not
+            count against ``n_trials``. A baseline is left out when the base config is already that head or has no
+            encoder for its modality.
     """
 
     name: str | None = None
@@ -227,6 +236,7 @@ class SweepSpec(_Section):
     timeout: float | None = Field(default=None, gt=0)
     pruner: PrunerSpec | None = None
     out_dir: Path = Path("runs/sweeps")
+    baselines: bool = True
 
     @field_validator("name")
     @classmethod
@@ -278,6 +288,7 @@ class Sweep:
         points: the override mappings of a grid or list (``{}`` for a search), in trial order.
         keys: every override key a trial may set, in the order of the file (table columns, Optuna parameters).
         source: the sweep file (``None`` when built from a mapping).
+        baselines: unimodal head name -> the overrides of its baseline trial (empty with ``baselines: false``).
     """
 
     spec: SweepSpec
@@ -286,6 +297,7 @@ class Sweep:
     points: list[dict[str, Any]] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)
     source: Path | None = None
+    baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def mode(self) -> str:
@@ -321,6 +333,8 @@ class Sweep:
         payload = {"base": base, "mode": self.mode, "points": self.points}
         if self.spec.search is not None:
             payload["search"] = self.spec.search.model_dump(mode="json")
+        if self.baselines:
+            payload["baselines"] = self.baselines
         text = json.dumps(payload, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -334,6 +348,7 @@ class Sweep:
             "base": self.base.to_dict(),
             "points": self.points,
             "keys": self.keys,
+            "baselines": self.baselines,
             "fingerprint": self.fingerprint(),
         }
 
@@ -386,7 +401,28 @@ def sweep_from_dict(data: Mapping[str, Any], *, base_dir: Path | None = None, so
     sweep = Sweep(spec=spec, name=name, base=base, points=points, keys=keys, source=source)
     if spec.search is not None:
         _check_search(sweep, where)
+    if spec.baselines:
+        sweep.baselines = _baselines(sweep)
     return sweep
+
+
+def _baselines(sweep: Sweep) -> dict[str, dict[str, Any]]:
+    """The overrides of each unimodal baseline: the head swapped, the base head's hyperparameters it shares kept."""
+    from mmfuse.fusion import head_params
+
+    head = sweep.base.model.head
+    out = {}
+    for name in UNIMODAL_HEADS:
+        if head.name == name:
+            continue  # the base config is this baseline already
+        allowed = head_params(name)
+        overrides = {"head.name": name, "head.params": {k: v for k, v in head.params.items() if k in allowed}}
+        try:
+            sweep.trial_config(overrides)
+        except ConfigError:  # e.g. no image encoder for image_only: no such baseline for this sweep
+            continue
+        out[name] = overrides
+    return out
 
 
 def _base_config(spec: SweepSpec, base_dir: Path, where: str) -> TrainConfig:

@@ -4,6 +4,8 @@ Every sweep, grid or search, is one Optuna study in an RDB storage: by default a
 or any URL Optuna's ``RDBStorage`` takes (``postgresql://...``, ``mysql+pymysql://...``), which several workers on
 several machines share.
 
+- **Unimodal baselines** (``text_only``, ``image_only`` on the base config) are enqueued first, by the worker that
+  creates the study, as waiting trials that carry the baseline's name and no parameters.
 - **Grids and lists** are enqueued once, by the worker that creates the study, as waiting trials (each carries its
   point's index and parameters); a worker takes one with ``study.ask()``, which moves it from waiting to running in
   one guarded update, so no point runs twice. Later workers wait until the queue is complete.
@@ -54,6 +56,7 @@ A_RESULT = "mmfuse.result"
 A_ERROR = "mmfuse.error"
 A_RETRY_OF = "mmfuse.retry_of"
 A_SPARE = "mmfuse.spare"
+A_BASELINE = "mmfuse.baseline"
 S_FINGERPRINT = "mmfuse.fingerprint"
 S_SWEEP = "mmfuse.sweep"
 S_METRIC = "mmfuse.metric"
@@ -217,11 +220,18 @@ def open_study(
             study.set_user_attr(S_FINGERPRINT, sweep.fingerprint())
             study.set_user_attr(S_METRIC, metric)
             study.set_user_attr(S_SWEEP, sweep.to_dict())
+            _enqueue_baselines(study, sweep)
             _enqueue_points(study, sweep)
             study.set_user_attr(S_READY, True)
     if not created:
         _wait_ready(study, sweep, storage)
     return study, created
+
+
+def _enqueue_baselines(study: optuna.Study, sweep: Sweep, only: set[str] | None = None) -> None:
+    for name in sweep.baselines:
+        if only is None or name in only:
+            study.enqueue_trial({}, user_attrs={A_BASELINE: name})
 
 
 def _enqueue_points(study: optuna.Study, sweep: Sweep, only: set[int] | None = None) -> None:
@@ -249,10 +259,12 @@ def _wait_ready(study: optuna.Study, sweep: Sweep, storage: optuna.storages.RDBS
         )
     if not attrs.get(S_READY):  # the creating worker died while queueing: queue what is missing
         logger.warning("the study %r was never completely queued; queueing the missing points", sweep.name)
-        have = {t.user_attrs.get(A_POINT) for t in study.get_trials(deepcopy=False)}
+        trials = study.get_trials(deepcopy=False)
+        have = {t.user_attrs.get(A_POINT) for t in trials}
         if theirs is None:
             study.set_user_attr(S_FINGERPRINT, sweep.fingerprint())
             study.set_user_attr(S_SWEEP, sweep.to_dict())
+        _enqueue_baselines(study, sweep, only=set(sweep.baselines) - {t.user_attrs.get(A_BASELINE) for t in trials})
         _enqueue_points(study, sweep, only={i for i in range(len(sweep.points)) if i not in have})
         study.set_user_attr(S_READY, True)
 
@@ -261,7 +273,7 @@ def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
     """Queues a fresh trial with the parameters of the failed ``trial`` (interrupted, or its worker died); it resumes
     from the interrupted trial's last checkpoint."""
     attrs = {A_RETRY_OF: trial.number}
-    for key in (A_POINT, A_RUN_DIR):
+    for key in (A_POINT, A_BASELINE, A_RUN_DIR):
         if key in trial.user_attrs:
             attrs[key] = trial.user_attrs[key]
     study.enqueue_trial(dict(trial.params), user_attrs=attrs)

@@ -1,7 +1,8 @@
 """The ranked table of a sweep's trials (CSV and Markdown), read from its study.
 
-One row per trial: its overrides, the selection metric on validation, best epoch, epochs run, training time, and
-the test metric of the selected trial only (the best on validation; trials are never chosen on test).
+One row per trial: the unimodal baseline it is (if it is one), its overrides, the selection metric on validation,
+best epoch, epochs run, training time, and the test metric of the selected trial only (the best on validation;
+trials are never chosen on test).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from mmfuse.engine.metrics import HIGHER_IS_BETTER
-from mmfuse.sweep.study import A_ERROR, A_OVERRIDES, A_RESULT, A_RETRY_OF, A_RUN_DIR, A_SPARE
+from mmfuse.sweep.study import A_BASELINE, A_ERROR, A_OVERRIDES, A_RESULT, A_RETRY_OF, A_RUN_DIR, A_SPARE
 
 _ORDER = {"complete": 0, "pruned": 1, "running": 2, "waiting": 3, "interrupted": 4, "failed": 5}
 
@@ -48,9 +49,16 @@ def trial_value(trial: FrozenTrial, metric: str) -> float | None:
     return max(values) if HIGHER_IS_BETTER[metric] else min(values)
 
 
+def is_baseline(trial: FrozenTrial) -> bool:
+    """Whether ``trial`` is one of the sweep's unimodal baselines (ranked, never selected)."""
+    return A_BASELINE in trial.user_attrs
+
+
 def best_trial(study: optuna.Study, metric: str) -> FrozenTrial | None:
-    """The complete trial with the best validation metric (the earliest among equals)."""
-    done = [t for t in real_trials(study) if t.state == TrialState.COMPLETE and t.value is not None]
+    """The complete sweep trial (not a baseline) with the best validation metric (the earliest among equals)."""
+    done = [
+        t for t in real_trials(study) if t.state == TrialState.COMPLETE and t.value is not None and not is_baseline(t)
+    ]
     if not done:
         return None
     sign = -1.0 if HIGHER_IS_BETTER[metric] else 1.0
@@ -61,7 +69,7 @@ def trials_frame(
     study: optuna.Study, metric: str, keys: Sequence[str], selected: dict[str, Any] | None = None
 ) -> pd.DataFrame:
     """The ranked table: complete trials best first (``rank`` 1..n), then pruned, running, waiting, interrupted and
-    failed ones.
+    failed ones. The unimodal baselines are ranked among the complete trials; ``baseline`` names their head.
 
     Args:
         study: the sweep's study.
@@ -76,7 +84,8 @@ def trials_frame(
     for t in trials:
         overrides = t.user_attrs.get(A_OVERRIDES) or {}
         result = t.user_attrs.get(A_RESULT) or {}
-        row: dict[str, Any] = {"rank": None, "trial": t.number, "state": trial_state(t, retried)}
+        row: dict[str, Any] = {"rank": None, "trial": t.number, "state": trial_state(t, retried),
+                               "baseline": t.user_attrs.get(A_BASELINE, "")}  # fmt: skip
         for key in keys:
             row[key] = _cell(overrides[key]) if key in overrides else ("" if not overrides else "(base)")
         row[f"val_{metric}"] = trial_value(t, metric)
@@ -91,8 +100,9 @@ def trials_frame(
             note = f"queued again as trial {_retry_number(trials, t.number)}" + (f" ({note})" if note else "")
         row["note"] = note
         rows.append(row)
-    frame = pd.DataFrame(rows, columns=["rank", "trial", "state", *keys, f"val_{metric}", "best_epoch", "epochs",
-                                        "train_s", test_col, "run_dir", "note"])  # fmt: skip
+    columns = ["rank", "trial", "state", "baseline", *keys, f"val_{metric}", "best_epoch", "epochs", "train_s"]
+    columns += [test_col, "run_dir", "note"]
+    frame = pd.DataFrame(rows, columns=columns)
     if frame.empty:
         return frame
     val = frame[f"val_{metric}"].astype(float)
