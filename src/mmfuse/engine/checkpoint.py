@@ -164,6 +164,17 @@ def load_weights(model: nn.Module, folder: str | Path, meta: dict[str, Any]) -> 
             f"checkpoint {str(folder)!r} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}"
             f" ({len(missing)} / {len(unexpected)} in all); was it trained with other head params or encoders?"
         )
+    current = model.state_dict()
+    reshaped = [
+        f"{k}: {list(v.shape)} here, {list(current[k].shape)} in the model"
+        for k, v in weights.items()
+        if v.shape != current[k].shape
+    ]
+    if reshaped:
+        raise CheckpointError(
+            f"checkpoint {str(folder)!r} does not fit this model: {len(reshaped)} weights have other shapes "
+            f"({'; '.join(reshaped[:3])}); was it trained with other head params (model.head.params) or encoders?"
+        )
     try:
         model.load_state_dict(weights, strict=False)
     except RuntimeError as e:

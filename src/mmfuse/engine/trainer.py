@@ -181,7 +181,9 @@ class Trainer:
         makers = {}
         for split, examples in (("train", self.train_examples), ("val", self.val_examples)):
             bar = self.reporter.bar(len(examples) * self._precomputed_count(), f"features {split}")
-            with bar:
+            # Computing features may draw from the global RNG (a DataLoader's base seed) and a warm store does not:
+            # fork it, so that a run after a cold store trains exactly like one after a warm store (or a resume).
+            with bar, torch.random.fork_rng(devices=[]):
                 tables = compute_tables(
                     self.model, self.plan, examples, self.source, device=device, batch_size=eval_bs,
                     num_workers=cfg.train.num_workers, progress=bar.update,
