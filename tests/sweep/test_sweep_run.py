@@ -253,6 +253,19 @@ def test_cli_sweep_and_ensemble(base_config, tmp_path):
     result = runner.invoke(app, ["ensemble", str(tmp_path / "out"), "--top-k", "2"])
     assert result.exit_code == 0, result.output
     assert "val auroc: ensemble" in result.output and (tmp_path / "out" / "ensemble" / "ensemble.json").is_file()
+    # mmfuse evaluate and predict take the ensemble folder like a run folder
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "out" / "ensemble"), "--split", "test",
+                                 "--json", str(tmp_path / "eval.json")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    evaluation = json.loads((tmp_path / "eval.json").read_text())
+    assert evaluation["n"] == 12 and evaluation["split"] == "test" and "majority" in evaluation["baselines"]
+    test_file = str(base["data"]["root"]) + "/test.jsonl"
+    ensemble = str(tmp_path / "out" / "ensemble")
+    result = runner.invoke(app, ["predict", ensemble, test_file, "-o", str(tmp_path / "p.csv")])
+    assert result.exit_code == 0, result.output
+    predictions = pd.read_csv(tmp_path / "p.csv")
+    expected = load_predictor(tmp_path / "out" / "ensemble").predict_proba(test_file)[:, 1]
+    np.testing.assert_allclose(predictions["proba"], expected, rtol=1e-4)
 
     file.write_text(yaml.safe_dump({"base": base, "grid": {"lr": [-1.0]}}))
     result = runner.invoke(app, ["sweep", str(file), "--out", str(tmp_path / "bad")])

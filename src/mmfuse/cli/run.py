@@ -62,7 +62,7 @@ def train(
 
 
 def evaluate(
-    run: Path = typer.Argument(..., help="run folder (or checkpoint folder)"),
+    run: Path = typer.Argument(..., help="run folder (or checkpoint folder, or ensemble folder)"),
     split: str = typer.Option("test", "--split", help="split of the run's data: train, val or test"),
     data: Path | None = typer.Option(None, "--data", help="another data config (YAML) or a labeled JSONL/CSV file"),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best or last"),
@@ -71,12 +71,12 @@ def evaluate(
     """Metrics table, per-class report and confusion matrix, beside the majority-class and random baselines."""
     import json
 
-    from mmfuse.engine.classifier import MultimodalClassifier
     from mmfuse.engine.data_io import split_examples
     from mmfuse.engine.tables import evaluation_view
+    from mmfuse.sweep.ensemble import load_predictor
 
     with _user_errors():
-        clf = MultimodalClassifier.load(run, checkpoint=checkpoint)
+        clf = load_predictor(run, checkpoint=checkpoint)
         examples = split_examples(split, clf.config.data, data)
         result = clf.evaluate(examples, name=split if data is None else str(data))
     _console.print(evaluation_view(result))
@@ -85,17 +85,17 @@ def evaluate(
 
 
 def predict(
-    run: Path = typer.Argument(..., help="run folder (or checkpoint folder)"),
+    run: Path = typer.Argument(..., help="run folder (or checkpoint folder, or ensemble folder)"),
     data: Path = typer.Argument(..., help="JSONL/CSV file (labels optional), read with the run's column mapping"),
     out: Path = typer.Option(..., "--out", "-o", help="CSV to write"),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best or last"),
     threshold: str = typer.Option("0.5", "--threshold", help="binary: 0.5, tuned (on validation), or a number"),
 ) -> None:
     """Write predictions: id,proba,label for binary tasks (Hateful Memes format), else one proba column per class."""
-    from mmfuse.engine.classifier import MultimodalClassifier
+    from mmfuse.sweep.ensemble import load_predictor
 
     with _user_errors():
-        clf = MultimodalClassifier.load(run, checkpoint=checkpoint)
+        clf = load_predictor(run, checkpoint=checkpoint)
         frame = clf.predictions_table(data, threshold=_threshold(threshold, clf.threshold))
         out.parent.mkdir(parents=True, exist_ok=True)
         frame.to_csv(out, index=False)

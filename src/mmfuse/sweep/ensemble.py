@@ -205,7 +205,7 @@ class Ensemble:
             result["metrics_at_threshold"] = classification_metrics(y, proba, self.classes, threshold=self.threshold)
         train_y = np.repeat(np.arange(len(self.classes)), self.train_class_counts or 0)
         if len(train_y):
-            result["baselines"] = baseline_metrics(train_y, y, self.classes)
+            result["baselines"] = baseline_metrics(train_y, y, self.classes, seed=self.config.train.seed)
         return result
 
 
