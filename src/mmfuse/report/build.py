@@ -94,12 +94,20 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     say = log or logger.info
     kind = folder_kind(target)
-    if kind == "sweep":
-        title, subtitle, sections = _sweep_report(target, out, split, per_group, storage, say)
-    elif kind == "ensemble":
-        title, subtitle, sections = _ensemble_report(target, out, split, per_group, say)
-    else:
-        title, subtitle, sections = _run_report(target, out, split, per_group, say)
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no weight-loading bars for each model the report loads
+    try:
+        if kind == "sweep":
+            title, subtitle, sections = _sweep_report(target, out, split, per_group, storage, say)
+        elif kind == "ensemble":
+            title, subtitle, sections = _ensemble_report(target, out, split, per_group, say)
+        else:
+            title, subtitle, sections = _run_report(target, out, split, per_group, say)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     from mmfuse import __version__
 
     path = out / "report.html"
@@ -441,15 +449,18 @@ def _sweep_report(folder: Path, out: Path, split: str, per_group: int, storage: 
             figs.append(H.figure(png, "How much each swept setting explains of the validation metric"))
         note = f'<p class="note">{H.esc(importance)}</p>' if isinstance(importance, str) else ""
         sections.append(("trials", "Trials", H.section("trials", "Trials", H.figs(figs) + note)))
+    from mmfuse.sweep.table import cell_text
+
     columns = [c for c in frame.columns if c != "run_dir"]
     highlight = [bool(selected and t == selected.get("trial")) for t in frame["trial"]]
-    rows = frame[columns].astype(object).where(frame[columns].notna(), None).values.tolist()
+    rows = [[cell_text(v, c) for v, c in zip(row, columns, strict=True)] for row in frame[columns].values.tolist()]
+    numeric = [bool(frame[c].map(lambda v: isinstance(v, (int, float)) or v is None).all()) for c in columns]
     lead = f"Best first on validation {metric}; the test metric is measured for the selected trial only."
     sections.append(
         (
             "table",
             "Ranked trials",
-            H.section("table", "Ranked trials", H.table(columns, rows, highlight=highlight), lead),
+            H.section("table", "Ranked trials", H.table(columns, rows, numeric=numeric, highlight=highlight), lead),
         )
     )
     if selected:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 PALETTE = ["#3b6fb6", "#e07b39", "#4c9f70", "#c0504d", "#8064a2", "#4bacc6", "#9b8e3d", "#d16fa8"]
@@ -221,7 +222,8 @@ def trials_chart(numbers: Sequence[int], values: Sequence[float | None], states:
     for i, (name, value) in enumerate((baselines or {}).items()):
         ax.axhline(value, color=PALETTE[(i + 3) % len(PALETTE)], ls=":", lw=1.6, label=f"{name} baseline")
     ax.set(title=f"Trials: validation {metric}", xlabel="trial", ylabel=f"val {metric}")
-    ax.legend(fontsize=8, frameon=False)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trial numbers
+    ax.legend(fontsize=8, frameon=True, framealpha=0.85, loc="best")
     _style(ax)
     return fig
 

@@ -598,13 +598,20 @@ def _fmt(value: Any) -> str:
 
 @contextmanager
 def _quiet_optuna():
-    """Optuna's own per-trial log lines off (the worker logs its own), restored after."""
+    """Optuna's own per-trial log lines and transformers' weight-loading bars off (the worker logs one line per
+    trial event instead), restored after."""
+    from transformers.utils import logging as hf_logging
+
     level = optuna.logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    hf_logging.disable_progress_bar()
     try:
         yield
     finally:
         optuna.logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def trial_configs(folder: str | Path, numbers: Sequence[int] | None = None) -> dict[int, TrainConfig]:

@@ -142,19 +142,21 @@ def to_markdown(frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _md(value: Any, column: str) -> str:
+def cell_text(value: Any, column: str) -> str:
+    """A table cell as text: metrics to 4 decimals, seconds to 1, swept values to 4 significant digits."""
     if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return ""
     if isinstance(value, float):
         if column.startswith(("val_", "test_")):
-            text = f"{value:.4f}"
-        elif column.endswith("_s"):
-            text = f"{value:.1f}"
-        else:
-            text = f"{value:.4g}"  # a swept value: 0.001, 3e-05, 0.2
-    else:
-        text = str(value)
-    return text.replace("|", "\\|").replace("\n", " ")
+            return f"{value:.4f}"
+        if column.endswith("_s"):
+            return f"{value:.1f}"
+        return f"{value:.4g}"  # a swept value: 0.001, 3e-05, 0.2
+    return str(value)
+
+
+def _md(value: Any, column: str) -> str:
+    return cell_text(value, column).replace("|", "\\|").replace("\n", " ")
 
 
 def write_tables(frame: pd.DataFrame, folder: Path, title: str, lines: Sequence[str] = ()) -> tuple[Path, Path]:
