@@ -133,9 +133,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
 ) -> None:
     real_loss = Trainer._loss
 
-    def loss_nan_in_epoch_2(self: Trainer, batch: dict[str, Any]) -> torch.Tensor:
-        loss = real_loss(self, batch)
-        return loss * float("nan") if self.state.epoch >= 1 else loss
+    def loss_nan_in_epoch_2(self: Trainer, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+        loss, *sums = real_loss(self, batch)
+        return (loss * float("nan") if self.state.epoch >= 1 else loss, *sums)
 
     monkeypatch.setattr(Trainer, "_loss", loss_nan_in_epoch_2)
     cfg = make_config(synthetic_root, tmp_path, train={"epochs": 3})
@@ -159,7 +159,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
 def test_inf_loss_in_the_first_epoch_says_no_checkpoint(
     fake_encoders, synthetic_root: Path, synthetic_splits: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(Trainer, "_loss", lambda self, batch: torch.tensor(float("inf"), requires_grad=True))
+    inf = torch.tensor(float("inf"), requires_grad=True)
+    monkeypatch.setattr(Trainer, "_loss", lambda self, batch: (inf, inf.detach(), torch.tensor(1.0)))
     with pytest.raises(NonFiniteLossError, match=r"became inf at epoch 1.*no checkpoint was written yet"):
         fit(make_config(synthetic_root, tmp_path), synthetic_splits)
 

@@ -260,12 +260,13 @@ class Trainer:
         acc, cfg = self.accelerator, self.cfg
         set_train_mode(self.ddp_model, True)
         self.train_loader.set_epoch(epoch)  # data order = f(seed + epoch)
-        start, loss_sum, seen = time.perf_counter(), torch.zeros((), device=acc.device), 0
+        start, seen = time.perf_counter(), len(self.train_examples)
+        loss_sum, weight_sum = torch.zeros((), device=acc.device), torch.zeros((), device=acc.device)
         bar = self.reporter.bar(len(self.train_examples), f"epoch {epoch}/{cfg.train.epochs}")
         with bar:
             for batch in self.train_loader:
                 with acc.accumulate(self.ddp_model):
-                    loss = self._loss(batch)
+                    loss, batch_sum, batch_weight = self._loss(batch)
                     self._check_finite(loss, epoch)
                     acc.backward(loss)
                     if acc.sync_gradients and cfg.optim.grad_clip:
@@ -276,27 +277,53 @@ class Trainer:
                 if acc.sync_gradients:
                     self.state.step += 1
                 n = len(batch["ids"])
-                loss_sum += loss.detach() * n
-                seen += n
+                loss_sum += batch_sum
+                weight_sum += batch_weight
                 bar.update(n * acc.num_processes)
                 bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-        totals = acc.reduce(torch.stack([loss_sum, torch.tensor(float(seen), device=acc.device)]), "sum")
+        totals = acc.reduce(torch.stack([loss_sum, weight_sum]), "sum")
         seconds = time.perf_counter() - start
         return {
             "train_loss": float(totals[0] / totals[1]),
             "lr": current_lrs(self.optimizer),
-            "examples_per_s": float(totals[1]) / max(seconds, 1e-9),
+            "examples_per_s": seen / max(seconds, 1e-9),
             "seconds": seconds,
             "step": self.state.step,
         }
 
-    def _loss(self, batch: dict[str, Any]) -> torch.Tensor:
-        inputs = self.make_train_inputs(batch, self.accelerator.device)
+    def _loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The loss to backpropagate, and this process's sum of example losses and of their weights (for the epoch's
+        mean loss).
+
+        The loss is the (class-weighted) mean over the whole batch of every process, whatever the process count:
+        each process divides its sum by the global weight sum, times the process count because DDP averages the
+        gradients. Rows that accelerate repeats to even out the last batch across processes count zero.
+        """
+        acc = self.accelerator
+        inputs = self.make_train_inputs(batch, acc.device)
         logits = self.ddp_model(inputs).logits.float()
+        labels = batch["labels"].to(logits.device)
         weight = None if self.loss_weight is None else self.loss_weight.to(logits.device)
-        return F.cross_entropy(
-            logits, batch["labels"].to(logits.device), weight=weight, label_smoothing=self.cfg.train.label_smoothing
+        losses = F.cross_entropy(  # (B,), each scaled by its class weight
+            logits, labels, weight=weight, label_smoothing=self.cfg.train.label_smoothing, reduction="none"
         )
+        real = self._real_rows(len(labels), logits.device)
+        weights = (weight[labels] if weight is not None else torch.ones_like(losses)) * real
+        total, denominator = (losses * real).sum(), weights.sum()
+        global_denominator = acc.reduce(denominator.detach(), "sum") if acc.num_processes > 1 else denominator
+        loss = total / global_denominator * acc.num_processes
+        return loss, total.detach(), denominator.detach()
+
+    def _real_rows(self, n: int, device: torch.device) -> torch.Tensor:
+        """``(n,)`` 1 for this process's rows of the batch, 0 for the repeats from the epoch's start that accelerate
+        appends to a last batch smaller than ``train.batch_size`` (split_batches, even_batches) in a multi-process
+        run. This process holds rows ``[p * n, (p + 1) * n)`` of the global batch; the first ``remainder`` are real."""
+        acc, ones = self.accelerator, torch.ones(n, device=device)
+        remainder = acc.gradient_state.remainder
+        if acc.num_processes == 1 or not acc.gradient_state.end_of_dataloader or remainder <= 0:
+            return ones
+        rows = torch.arange(n, device=device) + acc.process_index * n
+        return (rows < remainder).to(ones.dtype)
 
     def _check_finite(self, loss: torch.Tensor, epoch: int) -> None:
         bad = (~torch.isfinite(loss.detach())).float().reshape(1)

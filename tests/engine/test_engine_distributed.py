@@ -1,0 +1,55 @@
+"""Two CPU processes (torch.distributed.run, gloo; what ``accelerate launch`` starts) give the results of one."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from _engine_support import make_config
+from safetensors.torch import load_file
+
+from mmfuse.engine.run_dir import RunDir
+from mmfuse.engine.trainer import Trainer
+
+LAUNCHER = Path(__file__).with_name("_launch_train.py")
+
+
+def test_two_processes_equal_one(fake_encoders, synthetic_root: Path, synthetic_splits: dict, tmp_path: Path) -> None:
+    # No dropout: each process would draw its own masks for its half of a batch. Balanced class weights and a last
+    # batch of 8 of 72 examples (padded by accelerate with repeats on the second process) check that the loss is the
+    # weighted mean over the real examples of the whole batch.
+    sections = {
+        "model": {"head": {"name": "concat", "params": {"dropout": 0.0, "hidden": 16}}},
+        "train": {"epochs": 2, "batch_size": 16, "eval_batch_size": 16, "class_weights": "balanced"},
+    }
+    two = make_config(synthetic_root, tmp_path, run={"name": "two"}, **sections)
+    config = tmp_path / "two.yaml"
+    config.write_text(two.to_yaml(), encoding="utf-8")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run(
+        [*command, str(LAUNCHER), str(config)], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert re.search(r"device cpu\S* x2", (tmp_path / "two" / "train.log").read_text())
+
+    one = make_config(synthetic_root, tmp_path, run={"name": "one"}, **sections)
+    Trainer(one, synthetic_splits["train"].examples, synthetic_splits["val"].examples).fit()
+
+    history_one, history_two = RunDir(tmp_path / "one").history(), RunDir(tmp_path / "two").history()
+    assert len(history_one) == len(history_two) == 2
+    for a, b in zip(history_one, history_two, strict=True):
+        assert a["step"] == b["step"]
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["val"]["n"] == b["val"]["n"] == len(synthetic_splits["val"].examples)  # no repeats counted
+        assert a["val"] == pytest.approx(b["val"], rel=1e-5, abs=1e-7)
+    w1 = load_file(str(tmp_path / "one" / "checkpoints" / "last" / "model.safetensors"))
+    w2 = load_file(str(tmp_path / "two" / "checkpoints" / "last" / "model.safetensors"))
+    assert w1.keys() == w2.keys()
+    for key in w1:
+        torch.testing.assert_close(w1[key], w2[key], rtol=1e-4, atol=1e-6)
