@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 EXTRAS ?= offline,serve,dev
 
-.PHONY: install demo test test-fast test-slow lint format clean
+.PHONY: install browser demo test test-fast test-slow lint format clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,8 +35,17 @@ test: test-fast test-slow
 test-fast: lint
 	$(BIN)/python -m pytest -m "not slow" -q
 
-test-slow: install
+test-slow: install browser
 	$(BIN)/python -m pytest -m "slow" -q
+
+# The browser tests (marker `browser`, part of the slow suite) drive Debian's chromium. Installed here when missing
+# and this user may run apt-get; otherwise those tests are skipped and say why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo -n ); \
+	  ( $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends chromium ) >/dev/null 2>&1 \
+	    && echo "installed chromium for the browser tests" \
+	    || echo "WARNING: could not install chromium (apt-get install chromium); the browser tests will be skipped"; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache demo-output
