@@ -1,0 +1,104 @@
+"""The Python API: MultimodalClassifier fit / predict / predict_proba / evaluate / save / load."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _engine_support import make_config
+
+from mmfuse.data import UnseenLabelError
+from mmfuse.engine.classifier import MultimodalClassifier, NotFittedError
+
+
+@pytest.fixture
+def fitted(fake_encoders, synthetic_root: Path, synthetic_splits: dict, tmp_path: Path) -> MultimodalClassifier:
+    cfg = make_config(synthetic_root, tmp_path, train={"epochs": 2})
+    return MultimodalClassifier(cfg).fit(synthetic_splits["train"], synthetic_splits["val"])
+
+
+def test_fit_predict_evaluate(fitted: MultimodalClassifier, synthetic_splits: dict) -> None:
+    test = synthetic_splits["test"]
+    assert fitted.classes == ["0", "1"]
+    proba = fitted.predict_proba(test)
+    assert proba.shape == (len(test.examples), 2)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-6)
+    assert fitted.predict(test) == [fitted.classes[i] for i in proba.argmax(axis=1)]
+    at = 0.9
+    assert fitted.predict(test, threshold=at) == ["1" if p >= at else "0" for p in proba[:, 1]]
+    assert fitted.predict_proba(test.examples[:3]) == pytest.approx(proba[:3], abs=1e-6)  # batch-independent
+
+    result = fitted.evaluate(test)
+    y = np.array([int(e.label) for e in test.examples])
+    assert result["n"] == len(y) and result["classes"] == ["0", "1"]
+    assert result["metrics"]["accuracy"] == pytest.approx(float((proba.argmax(axis=1) == y).mean()))
+    assert np.asarray(result["metrics"]["confusion_matrix"]).sum() == len(y)
+    assert set(result["baselines"]) == {"majority", "random"}
+    assert result["threshold"] == fitted.threshold and "metrics_at_threshold" in result
+
+
+def test_predict_works_without_labels(fitted: MultimodalClassifier, synthetic_splits: dict) -> None:
+    examples = synthetic_splits["test"].examples
+    unlabeled = [dataclasses.replace(e, label=None) for e in examples]
+    np.testing.assert_array_equal(fitted.predict_proba(unlabeled), fitted.predict_proba(examples))
+    table = fitted.predictions_table(unlabeled)
+    assert list(table.columns) == ["id", "proba", "label"]
+    with pytest.raises(ValueError, match="have no label; evaluate needs labels"):
+        fitted.evaluate(unlabeled)
+
+
+def test_save_load_round_trip(fitted: MultimodalClassifier, synthetic_splits: dict, tmp_path: Path) -> None:
+    test = synthetic_splits["test"]
+    folder = fitted.save(tmp_path / "model")
+    assert {"model.safetensors", "meta.json", "config.yaml", "label_map.json"} <= {p.name for p in folder.iterdir()}
+    loaded = MultimodalClassifier.load(folder)
+    assert loaded.classes == fitted.classes and loaded.threshold == fitted.threshold
+    np.testing.assert_array_equal(loaded.predict_proba(test), fitted.predict_proba(test))
+    assert loaded.evaluate(test)["baselines"] == fitted.evaluate(test)["baselines"]
+    # the run folder's best checkpoint holds the same model the fitted classifier kept
+    from_run = MultimodalClassifier.load(fitted.run_dir.path)
+    np.testing.assert_array_equal(from_run.predict_proba(test), fitted.predict_proba(test))
+    assert [r["epoch"] for r in from_run.history] == [1, 2]
+
+
+def test_unseen_label_names_it_and_the_known_classes(fitted: MultimodalClassifier, synthetic_splits: dict) -> None:
+    examples = list(synthetic_splits["test"].examples)
+    examples[3] = dataclasses.replace(examples[3], label="maybe")
+    with pytest.raises(UnseenLabelError, match=r"label 'maybe' was not seen in training; known classes: '0', '1'"):
+        fitted.evaluate(examples)
+
+
+def test_unseen_val_label_fails_before_training(
+    fake_encoders, synthetic_root: Path, synthetic_splits, tmp_path
+) -> None:
+    val = [dataclasses.replace(e, label="2") for e in synthetic_splits["val"].examples]
+    with pytest.raises(UnseenLabelError, match="'2'"):
+        MultimodalClassifier(make_config(synthetic_root, tmp_path)).fit(synthetic_splits["train"], val)
+    assert not (tmp_path / "run").exists()
+
+
+def test_not_fitted_and_missing_val(fake_encoders, synthetic_root: Path, synthetic_splits: dict, tmp_path) -> None:
+    clf = MultimodalClassifier(make_config(synthetic_root, tmp_path))
+    with pytest.raises(NotFittedError, match="call fit"):
+        clf.predict(synthetic_splits["test"])
+    with pytest.raises(ValueError, match="fit needs validation examples"):
+        clf.fit(synthetic_splits["train"])
+
+
+def test_multiclass_predictions_table(fake_encoders, synthetic_root: Path, synthetic_splits: dict, tmp_path) -> None:
+    def three(split) -> list:
+        return [dataclasses.replace(e, label=["cat", "dog", "eel"][int(e.id) % 3]) for e in split.examples]
+
+    cfg = make_config(synthetic_root, tmp_path, train={"epochs": 1})
+    clf = MultimodalClassifier(cfg).fit(three(synthetic_splits["train"]), three(synthetic_splits["val"]))
+    assert clf.classes == ["cat", "dog", "eel"] and clf.threshold is None
+    assert clf.summary["selection_metric"] == "macro_f1"
+    table = clf.predictions_table(three(synthetic_splits["test"]))
+    assert list(table.columns) == ["id", "proba_cat", "proba_dog", "proba_eel", "label"]
+    probas = table[["proba_cat", "proba_dog", "proba_eel"]].to_numpy()
+    np.testing.assert_allclose(probas.sum(axis=1), 1.0, rtol=1e-6)
+    assert table["label"].tolist() == [clf.classes[i] for i in probas.argmax(axis=1)]
+    result = clf.evaluate(three(synthetic_splits["test"]))
+    assert len(result["metrics"]["confusion_matrix"]) == 3 and "metrics_at_threshold" not in result
