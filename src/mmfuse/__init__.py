@@ -6,8 +6,7 @@ The top level re-exports what users call. Heavy modules (torch, transformers) lo
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from mmfuse._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -31,13 +30,4 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'mmfuse' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from mmfuse._strict import StrictSection
 from mmfuse.data.config import DataConfig
 
 
@@ -30,23 +31,7 @@ class ConfigError(ValueError):
     """A config that does not validate; the message lists each bad key path with what is allowed."""
 
 
-class _Section(BaseModel):
-    """A config section that refuses unknown keys, naming them and the allowed ones."""
-
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-    @model_validator(mode="before")
-    @classmethod
-    def _known_keys(cls, data: Any) -> Any:
-        if isinstance(data, Mapping):
-            unknown = sorted(str(k) for k in data if k not in cls.model_fields)
-            if unknown:
-                allowed = ", ".join(cls.model_fields)
-                raise ValueError(f"unknown key(s) {', '.join(map(repr, unknown))}; allowed keys: {allowed}")
-        return data
-
-
-class EncoderConfig(_Section):
+class EncoderConfig(StrictSection):
     """One encoder: what to build and whether it trains.
 
     Attributes:
@@ -73,7 +58,7 @@ class EncoderConfig(_Section):
         return self.freeze and self.trainable_top_k == 0
 
 
-class HeadConfig(_Section):
+class HeadConfig(StrictSection):
     """The fusion head and its hyperparameters.
 
     Attributes:
@@ -121,7 +106,7 @@ class HeadConfig(_Section):
         return self
 
 
-class ModelConfig(_Section):
+class ModelConfig(StrictSection):
     """Encoders and head. An encoder may be ``null`` when the head does not read its modality."""
 
     text_encoder: EncoderConfig | None = Field(default_factory=lambda: EncoderConfig(name="minilm"))
@@ -142,7 +127,7 @@ class ModelConfig(_Section):
         return self
 
 
-class OptimConfig(_Section):
+class OptimConfig(StrictSection):
     """Optimizer and learning-rate schedule.
 
     Attributes:
@@ -174,7 +159,7 @@ class OptimConfig(_Section):
 SelectionMetric = Literal["auto", "accuracy", "macro_f1", "weighted_f1", "auroc", "loss"]
 
 
-class TrainingConfig(_Section):
+class TrainingConfig(StrictSection):
     """The training loop (the ``train`` section).
 
     Attributes:
@@ -228,7 +213,7 @@ class TrainingConfig(_Section):
         return self.eval_batch_size or 2 * self.batch_size
 
 
-class RunConfig(_Section):
+class RunConfig(StrictSection):
     """Where the run folder goes: ``out_dir/name``.
 
     Attributes:
@@ -251,7 +236,7 @@ class RunConfig(_Section):
         return v
 
 
-class CacheConfig(_Section):
+class CacheConfig(StrictSection):
     """Features of frozen encoders.
 
     Attributes:
@@ -264,7 +249,7 @@ class CacheConfig(_Section):
     dir: Path | None = None
 
 
-class TrainConfig(_Section):
+class TrainConfig(StrictSection):
     """A whole training config.
 
     Attributes:

@@ -19,31 +19,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
+from mmfuse._strict import StrictSection
 from mmfuse.data.presets import PRESETS
 
 TEMPLATE_FIELDS = ("id", "image")
 """Placeholders that ``text_file`` and ``image_template`` may use: the row's id and raw image column value."""
 
 
-class _Section(BaseModel):
-    """A config section that refuses unknown keys, naming them and the allowed ones."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _known_keys(cls, data: Any) -> Any:
-        if isinstance(data, Mapping):
-            unknown = sorted(str(k) for k in data if k not in cls.model_fields)
-            if unknown:
-                allowed = ", ".join(cls.model_fields)
-                raise ValueError(f"unknown key(s) {', '.join(map(repr, unknown))}; allowed keys: {allowed}")
-        return data
-
-
-class SplitConfig(_Section):
+class SplitConfig(StrictSection):
     """How to carve validation/test examples out of the train file when those splits have no file of their own.
 
     Attributes:
@@ -72,7 +57,7 @@ class SplitConfig(_Section):
         return self
 
 
-class ColumnMap(_Section):
+class ColumnMap(StrictSection):
     """Names of the fields (JSONL keys or CSV header names) that hold each part of an example.
 
     Attributes:
@@ -90,7 +75,7 @@ class ColumnMap(_Section):
     label: str | None = "label"
 
 
-class DataConfig(_Section):
+class DataConfig(StrictSection):
     """Everything needed to turn files under ``root`` into splits of :class:`~mmfuse.data.example.Example`.
 
     Attributes:

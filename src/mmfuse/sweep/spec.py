@@ -37,8 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from mmfuse._strict import StrictSection
 from mmfuse.config import (
     ConfigError,
     SelectionMetric,
@@ -67,23 +68,7 @@ class SweepError(ConfigError):
     """A sweep file, or a sweep folder, that cannot be used; the message names the key and the fix."""
 
 
-class _Section(BaseModel):
-    """A sweep file section that refuses unknown keys, naming them and the allowed ones."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _known_keys(cls, data: Any) -> Any:
-        if isinstance(data, Mapping):
-            unknown = sorted(str(k) for k in data if k not in cls.model_fields)
-            if unknown:
-                allowed = ", ".join(cls.model_fields)
-                raise ValueError(f"unknown key(s) {', '.join(map(repr, unknown))}; allowed keys: {allowed}")
-        return data
-
-
-class ParamSpec(_Section):
+class ParamSpec(StrictSection):
     """One searched setting: ``choices`` (categorical), or ``low``/``high`` (a number).
 
     Attributes:
@@ -156,7 +141,7 @@ class ParamSpec(_Section):
         return [cast(self.low), cast(self.high)]
 
 
-class SearchSpec(_Section):
+class SearchSpec(StrictSection):
     """An Optuna search (TPE sampler).
 
     Attributes:
@@ -178,7 +163,7 @@ class SearchSpec(_Section):
         return v
 
 
-class PrunerSpec(_Section):
+class PrunerSpec(StrictSection):
     """Stopping bad trials early, from their validation metric after each epoch.
 
     Attributes:
@@ -202,7 +187,7 @@ class PrunerSpec(_Section):
         return {"name": data} if isinstance(data, str) else data
 
 
-class SweepSpec(_Section):
+class SweepSpec(StrictSection):
     """The sweep file, as written (see the module docstring).
 
     Attributes:
