@@ -32,7 +32,7 @@ from mmfuse.engine.build import build_model, plan_features, set_train_mode
 from mmfuse.engine.data_io import ExamplesLike, examples_of, predictions_frame
 from mmfuse.engine.features import FeatureSource, default_store
 from mmfuse.engine.inference import Outputs, run_model
-from mmfuse.engine.metrics import baseline_metrics, classification_metrics, predict_labels
+from mmfuse.engine.metrics import baseline_metrics, classification_metrics, evaluation_scalars, predict_labels
 from mmfuse.engine.run_dir import RunDir
 from mmfuse.engine.trainer import EpochCallback, Trainer
 
@@ -148,7 +148,7 @@ class MultimodalClassifier:
         self.train_class_counts = [int(c) for c in np.bincount(trainer.train_y, minlength=len(self.classes))]
         self.summary = result.run_dir.read_summary()
         if test is not None and test.report.labeled and trainer.accelerator.is_main_process:
-            self.summary["test"] = _scalars(self.evaluate(test))
+            self.summary["test"] = evaluation_scalars(self.evaluate(test))
             result.run_dir.write_summary(self.summary)
         return self
 
@@ -312,18 +312,3 @@ class MultimodalClassifier:
             clf.history = clf.run_dir.history()
             clf.summary = clf.run_dir.read_summary()
         return clf
-
-
-def _scalars(result: dict[str, Any]) -> dict[str, Any]:
-    """The headline numbers of an evaluation (for summary.json)."""
-    from mmfuse.engine.metrics import headline
-
-    out = {"n": result["n"], **headline(result["metrics"])}
-    if "metrics_at_threshold" in result:
-        out["threshold"] = result["threshold"]
-        out["accuracy_at_threshold"] = result["metrics_at_threshold"]["accuracy"]
-        out["macro_f1_at_threshold"] = result["metrics_at_threshold"]["macro_f1"]
-    for name, metrics in result.get("baselines", {}).items():
-        out[f"{name}_accuracy"] = metrics["accuracy"]
-        out[f"{name}_macro_f1"] = metrics["macro_f1"]
-    return out

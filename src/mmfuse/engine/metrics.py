@@ -144,3 +144,17 @@ def baseline_metrics(
 def headline(metrics: dict[str, Any]) -> dict[str, Any]:
     """The scalar metrics only (no per-class scores, no confusion matrix): one row of a table or a JSON line."""
     return {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}
+
+
+def evaluation_scalars(result: dict[str, Any]) -> dict[str, Any]:
+    """The headline numbers of an evaluation result (``MultimodalClassifier.evaluate``): for ``summary.json`` and
+    tables; the tuned-threshold metrics and the baselines' accuracy and macro-F1 flattened beside them."""
+    out = {"n": result["n"], **headline(result["metrics"])}
+    if "metrics_at_threshold" in result:
+        out["threshold"] = result["threshold"]
+        out["accuracy_at_threshold"] = result["metrics_at_threshold"]["accuracy"]
+        out["macro_f1_at_threshold"] = result["metrics_at_threshold"]["macro_f1"]
+    for name, metrics in result.get("baselines", {}).items():
+        out[f"{name}_accuracy"] = metrics["accuracy"]
+        out[f"{name}_macro_f1"] = metrics["macro_f1"]
+    return out

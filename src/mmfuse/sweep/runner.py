@@ -36,7 +36,7 @@ from mmfuse.config import TrainConfig
 from mmfuse.data.config import DataConfig
 from mmfuse.data.labels import LabelMap
 from mmfuse.data.loading import Split, load_splits
-from mmfuse.engine.metrics import HIGHER_IS_BETTER, headline, selection_metric
+from mmfuse.engine.metrics import HIGHER_IS_BETTER, evaluation_scalars, headline, selection_metric
 from mmfuse.sweep.spec import Sweep, SweepError, load_sweep
 from mmfuse.sweep.study import (
     A_BASELINE,
@@ -462,7 +462,7 @@ class _Worker:
             from mmfuse.engine.classifier import MultimodalClassifier
 
             result = MultimodalClassifier.load(run_dir).evaluate(test, name="test")
-            selected["test"] = _test_scalars(result)
+            selected["test"] = evaluation_scalars(result)
             self.log(f"selected trial {best.number} (val {self.metric} {best.value:.4f}): test {self.metric} "
                      f"{_fmt(selected['test'].get(self.metric))}")  # fmt: skip
         self.folder.selected.write_text(json.dumps(selected, indent=2, default=float) + "\n", encoding="utf-8")
@@ -523,18 +523,6 @@ def _summary_lines(frame: pd.DataFrame, metric: str, selected: dict[str, Any] | 
             f"Selected on validation: trial {selected['trial']} (val {metric} {_fmt(selected['val'])}); {tested}."
         )
     return lines
-
-
-def _test_scalars(result: dict[str, Any]) -> dict[str, Any]:
-    out = {"n": result["n"], **headline(result["metrics"])}
-    if "metrics_at_threshold" in result:
-        out["threshold"] = result["threshold"]
-        out["accuracy_at_threshold"] = result["metrics_at_threshold"]["accuracy"]
-        out["macro_f1_at_threshold"] = result["metrics_at_threshold"]["macro_f1"]
-    for name, metrics in result.get("baselines", {}).items():
-        out[f"{name}_accuracy"] = metrics["accuracy"]
-        out[f"{name}_macro_f1"] = metrics["macro_f1"]
-    return out
 
 
 def _save_val_predictions(clf: Any, val: Split, run_dir: Path) -> None:
