@@ -199,21 +199,53 @@ def load_data(spec: DatasetSpec, root: Path, limit: int) -> Data:
     return Data(spec, examples, label_map.classes, y)
 
 
-def encode_once(data: Data, source: Any) -> float:
-    """Fills the feature cache with both encoders' full outputs (sequence/grid, which also serve pooled requests)."""
+def encode_once(data: Data, source: Any) -> tuple[float, dict[str, dict[str, np.ndarray]]]:
+    """Fills the feature cache with both encoders' full outputs (sequence/grid, which also serve pooled requests).
+
+    Returns the seconds it took and the pooled features by modality and split (for the linear-probe reference).
+    """
     from mmfuse.config import EncoderConfig
     from mmfuse.engine.build import build_encoder
 
-    start = time.perf_counter()
+    start, pooled = time.perf_counter(), {}
     for modality, name in (("text", TEXT_ENCODER), ("image", IMAGE_ENCODER)):
         encoder = build_encoder(modality, EncoderConfig(name=name))
+        pooled[modality] = {}
         for split, examples in data.splits.items():
             t = time.perf_counter()
-            source.get(encoder, examples, need_sequence=True, batch_size=64, num_workers=2)
+            table = source.get(encoder, examples, need_sequence=True, batch_size=64, num_workers=2)
+            pooled[modality][split] = table.pooled.numpy()
             took = time.perf_counter() - t
             log(f"  features {data.spec.name}/{split} {modality}: {len(examples)} examples, {took:.1f}s")
         del encoder
-    return time.perf_counter() - start
+    return time.perf_counter() - start, pooled
+
+
+def linear_probes(data: Data, pooled: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, Any]]:
+    """Reference rows: scikit-learn logistic regression on the standardized pooled features (the published MultiOFF
+    baseline's kind of model), C and class weights chosen on validation. Deterministic, so one "seed"."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    spec, rows = data.spec, {}
+    for name, modalities in (("text", ("text",)), ("text + image", ("text", "image"))):
+        x = {split: np.hstack([pooled[m][split] for m in modalities]) for split in data.splits}
+        scaler = StandardScaler().fit(x["train"])
+        x = {split: scaler.transform(v) for split, v in x.items()}
+        start, best = time.perf_counter(), None
+        for c, cw in itertools.product((0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0), (None, "balanced")):
+            model = LogisticRegression(C=c, class_weight=cw, max_iter=3000).fit(x["train"], data.y["train"])
+            val = scores(spec, data.y["val"], model.predict_proba(x["val"]), data.classes)
+            rank = (val[spec.select] or 0.0, val["accuracy"])
+            if best is None or rank > best[0]:
+                best = (rank, model, val, f"C {c:g}, cw {cw or 'none'}")
+        assert best is not None
+        _, model, val, chosen = best
+        test = scores(spec, data.y["test"], model.predict_proba(x["test"]), data.classes)
+        rows[f"Logistic regression on frozen {name} features"] = {
+            "test_mean": test, "val_mean": val, "chosen": chosen, "fit_s": time.perf_counter() - start,
+        }  # fmt: skip
+    return rows
 
 
 def make_config(trial: Trial, args: argparse.Namespace) -> Any:
@@ -223,7 +255,11 @@ def make_config(trial: Trial, args: argparse.Namespace) -> Any:
     cls = FUSION_HEADS.get(trial.head)
     text = {"name": TEXT_ENCODER, "freeze": not trial.finetune} if cls.uses_text is not None else None
     image = {"name": IMAGE_ENCODER} if cls.uses_image is not None else None
-    epochs = args.finetune_epochs if trial.finetune else args.epochs_of.get(trial.head, args.epochs)
+    epochs = (
+        args.finetune_epochs
+        if trial.finetune
+        else per_head_value(args.epochs_of, trial.dataset, trial.head, args.epochs)
+    )
     return config_from(
         head=trial.head,
         epochs=epochs,
@@ -316,15 +352,16 @@ def rank_value(spec: DatasetSpec, val_scores: Sequence[dict[str, Any]]) -> tuple
 
 
 def grid_of(head: str, dataset: str, args: argparse.Namespace) -> list[Trial]:
-    """The seed-0 grid of a head; heads in ``--small-grid-heads`` try the learning rates only."""
+    """The seed-0 grid of a head; heads in ``--small-grid-heads`` (costly ones) try the first point only."""
     small = head in args.small_grid_heads
+    lrs = args.lr[:1] if small else args.lr
     dropouts = args.dropout[:1] if small else args.dropout
     weights = args.class_weights[:1] if small else args.class_weights
-    epochs = args.epochs_of.get(head, args.epochs)
+    epochs = per_head_value(args.epochs_of, dataset, head, args.epochs)
     schedule = f"epochs={epochs},patience={args.patience},batch={args.batch_size},limit={args.limit}"
     return [
         Trial(dataset, head, "grid", lr, dropout, cw, seed=0, hidden=args.hidden, schedule=schedule)
-        for lr, dropout, cw in itertools.product(args.lr, dropouts, weights)
+        for lr, dropout, cw in itertools.product(lrs, dropouts, weights)
     ]
 
 
@@ -339,7 +376,7 @@ def search_head(head: str, data: Data, source: Any, ledger: Ledger, args: argpar
         ranked.append((rank_value(spec, [r["val"] for r in recs]), point))
         keys += [r["key"] for r in recs]
     best_value, best = max(ranked, key=lambda t: t[0])  # validation only; the first point wins ties
-    n_seeds = args.seeds_of.get(head, args.seeds)
+    n_seeds = per_head_value(args.seeds_of, spec.name, head, args.seeds)
     seeds = [run_trial(best.with_(seed=s), data, source, ledger, args) for s in range(n_seeds)]
     keys += [r["key"] for r in seeds if r["key"] not in keys]
     took = time.perf_counter() - start
@@ -376,9 +413,10 @@ def run_dataset(spec: DatasetSpec, ledger: Ledger, source: Any, args: argparse.N
     t0 = time.perf_counter()
     data = load_data(spec, args.root, args.limit)
     log(f"== {spec.name}: " + ", ".join(f"{k} {len(v)}" for k, v in data.splits.items()) + f"; classes {data.classes}")
-    encode_s = encode_once(data, source)
+    encode_s, pooled = encode_once(data, source)
     log(f"  features ready in {encode_s:.1f}s")
     timings: dict[str, float] = {"features_s": encode_s}
+    probes = linear_probes(data, pooled)
     searches = {}
     for head in args.heads:
         t = time.perf_counter()
@@ -393,7 +431,8 @@ def run_dataset(spec: DatasetSpec, ledger: Ledger, source: Any, args: argparse.N
     timings["total_s"] = time.perf_counter() - t0
     for s in searches.values():
         s.pop("chosen_trial")
-    return {"data": data, "searches": searches, "finetune": finetune, "label_smoothing": ablation, "timings": timings}
+    return {"data": data, "searches": searches, "finetune": finetune, "label_smoothing": ablation, "timings": timings,
+            "probes": probes}  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------- results
@@ -407,7 +446,7 @@ def aggregate(recs: list[dict[str, Any]], ledger: Ledger, data: Data) -> dict[st
         "n_seeds": len(recs),
         "seeds": [r["seed"] for r in recs],
         "test_mean": {k: float(np.mean([t[k] for t in tests])) for k in keys},
-        "test_std": {k: float(np.std([t[k] for t in tests], ddof=1)) if len(tests) > 1 else 0.0 for k in keys},
+        "test_std": {k: float(np.std([t[k] for t in tests], ddof=1)) for k in keys} if len(tests) > 1 else {},
         "test_per_seed": tests,
         "val_mean": {
             k: float(np.mean([r["val"][k] for r in recs])) for k, v in recs[0]["val"].items() if v is not None
@@ -434,7 +473,7 @@ def ensemble_row(rows: dict[str, dict[str, Any]], searches: dict[str, Any], ledg
         "members": members,
         "n_seeds": n_seeds,
         "test_mean": {key: float(np.mean([t[key] for t in tests])) for key in keys},
-        "test_std": {key: float(np.std([t[key] for t in tests], ddof=1)) if n_seeds > 1 else 0.0 for key in keys},
+        "test_std": {key: float(np.std([t[key] for t in tests], ddof=1)) for key in keys} if n_seeds > 1 else {},
         "val_mean": {key: float(np.mean([v[key] for v in vals])) for key in keys},
         "fit_s_mean": float(sum(rows[h]["fit_s_mean"] for h in members)),
     }
@@ -471,6 +510,7 @@ def collect(result: dict[str, Any], ledger: Ledger, k: int) -> dict[str, Any]:
         "rows": rows,
         "extras": extras,
         "ensemble": ensemble,
+        "probes": result["probes"],
         "published": list(spec.published),
         "targets": check_targets(spec, rows),
         "timings": result["timings"],
@@ -533,6 +573,16 @@ def table(ds: dict[str, Any]) -> list[str]:
     row("Majority class (train prior)", ds["majority"], None, "", "", "0", "")
     for p in ds["published"]:
         row(f"Published: {p['method']}", {p["metric"]: p["value"]}, None, "", "", "", "")
+    for name, r in ds["probes"].items():
+        row(
+            name,
+            r["test_mean"],
+            None,
+            fmt(spec.select, r["val_mean"][spec.select]),
+            r["chosen"],
+            f"{r['fit_s']:.0f}",
+            "1",
+        )
     order = [h for h in ALL_HEADS if h in ds["rows"]] + [h for h in ds["rows"] if h not in ALL_HEADS]
     for name, r in [*((h, ds["rows"][h]) for h in order), *ds["extras"].items()]:
         val = fmt(spec.select, r["val_mean"].get(spec.select))
@@ -603,7 +653,7 @@ def setup_lines(args: argparse.Namespace) -> list[str]:
         f"- Encoders: `{TEXT_ENCODER}` (all-MiniLM-L6-v2, pooled / token states) and `{IMAGE_ENCODER}` (pooled / "
         "7x7 grid), offline, frozen; their features computed once per dataset into the persistent feature cache.",
         f"- Grid per head (seed 0{', 1' if args.select_seeds > 1 else ''}): lr {args.lr} x dropout {args.dropout} x "
-        f"class weights {args.class_weights}, hidden {args.hidden}; heads with a reduced grid (lr only): {small}.",
+        f"class weights {args.class_weights}, hidden {args.hidden}; heads that try only the first point: {small}.",
         f"- Training: AdamW, cosine schedule, batch {args.batch_size}, up to {args.epochs} epochs"
         + (f" ({epochs})" if epochs else "")
         + f", early stopping after {args.patience} epochs without improvement; the best epoch on validation "
@@ -648,6 +698,11 @@ def csv_list(kind: type) -> Any:
     return parse
 
 
+def per_head_value(table: dict[str, int], dataset: str, head: str, default: int) -> int:
+    """``dataset:head=N`` wins over ``head=N``, which wins over the default."""
+    return table.get(f"{dataset}:{head}", table.get(head, default))
+
+
 def per_head(text: str) -> dict[str, int]:
     out = {}
     for item in csv_list(str)(text):
@@ -663,16 +718,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--datasets", type=csv_list(str), default=list(DATASETS), help="comma-separated: mvsa_single,multioff")
     add("--heads", type=csv_list(str), default=list(ALL_HEADS), help="comma-separated heads (default: all seven)")
     add("--seeds", type=int, default=3, help="seeds of each chosen configuration (test mean ± std)")
-    add("--seeds-per-head", dest="seeds_of", type=per_head, default={}, help="e.g. early_fusion=1 (overrides --seeds)")
+    add("--seeds-per-head", dest="seeds_of", type=per_head, default={}, help="e.g. mvsa_single:early_fusion=1,cross=2")
     add("--select-seeds", type=int, default=1, help="seeds each grid point is trained with for the choice")
     add("--lr", type=csv_list(float), default=[1e-3, 3e-4], help="grid: head learning rates")
-    add("--dropout", type=csv_list(float), default=[0.1, 0.3], help="grid: head dropout")
+    add("--dropout", type=csv_list(float), default=[0.2], help="grid: head dropout")
     add("--class-weights", type=csv_list(str), default=["none", "balanced"], help="grid: none,balanced")
     add("--hidden", type=int, default=256, help="hidden width of every head's classifier")
-    add("--small-grid-heads", type=csv_list(str), default=["early_fusion"], help="heads that try the lrs only")
+    add("--small-grid-heads", type=csv_list(str), default=["early_fusion"], help="heads trying grid point 1 only")
     add("--epochs", type=int, default=10)
-    add("--epochs-per-head", dest="epochs_of", type=per_head, default={"early_fusion": 4},
-        help="e.g. early_fusion=4 (the head runs the MiniLM transformer every batch)")  # fmt: skip
+    add("--epochs-per-head", dest="epochs_of", type=per_head, default={"early_fusion": 2},
+        help="e.g. early_fusion=2,mvsa_single:early_fusion=1 (a [dataset:]head list)")  # fmt: skip
     add("--patience", type=int, default=3, help="early stopping patience (epochs)")
     add("--batch-size", type=int, default=32)
     add("--finetune-heads", type=csv_list(str), default=[], help="heads also trained with the text encoder fine-tuned")
@@ -700,7 +755,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         *args.epochs_of,
         *args.seeds_of,
     ]
-    for head in set(named):
+    for head in {name.split(":")[-1] for name in named}:
         FUSION_HEADS.get(head)  # raises with the known names
     unknown = [d for d in args.datasets if d not in DATASETS]
     if unknown:
