@@ -241,12 +241,13 @@ class CacheConfig(StrictSection):
 
     Attributes:
         enabled: compute the features of frozen encoders once per dataset and train from them.
-        dir: folder of a persistent feature cache shared between runs (``null``: features live in this process
-            only).
+        dir: folder of the persistent feature cache shared by every run, head and sweep trial (relative to the
+            working directory). ``null``: ``$MMFUSE_CACHE_DIR``, else ``$XDG_CACHE_HOME/mmfuse`` (``~/.cache/mmfuse``).
+            ``off``: features live in this process only.
     """
 
     enabled: bool = True
-    dir: Path | None = None
+    dir: str | None = None
 
 
 class TrainConfig(StrictSection):

@@ -60,3 +60,37 @@ def test_cached_training_matches_encoding_every_batch(
     # on the fly: the same features up to float rounding (other batch compositions and padding)
     np.testing.assert_allclose(raw[0], cold[0], rtol=0, atol=1e-5)
     np.testing.assert_allclose(raw[1], cold[1], rtol=0, atol=1e-5)
+
+
+def test_runs_use_the_configured_disk_cache(tmp_path: Path, synth_splits: dict) -> None:
+    """``cache.dir`` in the config: the first run fills the folder, a second run (another head) only reads it."""
+    from mmfuse.engine import features
+
+    def fit(head: str, name: str) -> MultimodalClassifier:
+        cfg = config_from(
+            head=head,
+            text_encoder=str(tiny_bert_dir()),
+            image_encoder=str(tiny_resnet_dir()),
+            epochs=1,
+            batch_size=8,
+            **{"cache.dir": str(tmp_path / "cache"), "train.device": "cpu", "run.out_dir": str(tmp_path / "runs")},
+            **{"run.name": name, "run.quiet": True},
+        )
+        return MultimodalClassifier(cfg).fit(synth_splits["train"], synth_splits["val"])
+
+    first = fit("concat", "a")
+    assert isinstance(first.source, FeatureCache) and first.source.root == tmp_path / "cache"
+    computed = first.source.stats.computed
+    assert computed > 0 and any((tmp_path / "cache").rglob("*.safetensors"))
+    features._DISK_CACHES.clear()  # a new process: nothing in memory
+    second = fit("align", "b")
+    assert second.source is not first.source
+    assert second.source.stats.computed == 0 and second.source.stats.loaded > 0
+
+
+def test_cache_off_and_disabled_use_the_process_memo(tmp_path: Path) -> None:
+    from mmfuse.engine.features import FeatureStore, source_for
+
+    assert isinstance(source_for(True, "off"), FeatureStore)
+    assert isinstance(source_for(False, str(tmp_path)), FeatureStore)
+    assert source_for(True, str(tmp_path)) is source_for(True, str(tmp_path))  # one cache per folder and process

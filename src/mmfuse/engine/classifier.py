@@ -30,7 +30,7 @@ from mmfuse.engine import checkpoint as ckpt
 from mmfuse.engine.batches import InputMaker, compute_tables, make_loader
 from mmfuse.engine.build import build_model, plan_features, set_train_mode
 from mmfuse.engine.data_io import ExamplesLike, examples_of, predictions_frame
-from mmfuse.engine.features import FeatureSource, default_store
+from mmfuse.engine.features import FeatureSource, source_for
 from mmfuse.engine.inference import Outputs, run_model
 from mmfuse.engine.metrics import baseline_metrics, classification_metrics, evaluation_scalars, predict_labels
 from mmfuse.engine.run_dir import RunDir
@@ -67,7 +67,8 @@ class MultimodalClassifier:
     Args:
         config: a :class:`~mmfuse.config.TrainConfig`, the path of a YAML config, or ``None`` for the defaults.
         overrides: ``key=value`` overrides applied to a YAML config.
-        source: where features of frozen encoders come from (default: the process-wide memo).
+        source: where features of frozen encoders come from (default: as ``config.cache`` says: the persistent
+            feature cache, or the process-wide memo).
         **shortcuts: settings named like override keys (``head="align"``, ``epochs=5``, ``lr=1e-3``,
             ``data="data.yaml"``); see :func:`~mmfuse.config.config_from`.
 
@@ -88,7 +89,7 @@ class MultimodalClassifier:
         elif overrides:
             config = load_config(None, overrides, base=config.to_dict() if config is not None else None)
         self.config = config_from(config, **shortcuts) if shortcuts or config is None else config
-        self.source = source or default_store()
+        self.source = source or source_for(self.config.cache.enabled, self.config.cache.dir)
         self.model: nn.Module | None = None
         self.label_map: LabelMap | None = None
         self.threshold: float | None = None

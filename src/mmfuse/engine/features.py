@@ -256,6 +256,33 @@ def default_store() -> FeatureStore:
     return _DEFAULT_STORE
 
 
+_DISK_CACHES: dict[str, FeatureSource] = {}
+
+
+def source_for(enabled: bool, folder: str | None) -> FeatureSource:
+    """Where a run gets features of frozen encoders, as its ``cache`` config says.
+
+    The persistent on-disk cache (:class:`~mmfuse.cache.FeatureCache`) in ``folder`` (``None``: ``$MMFUSE_CACHE_DIR``
+    or ``~/.cache/mmfuse``); the in-process memo when ``enabled`` is false or the folder is ``off``. One cache object
+    per folder and process, so the heads of a demo or the trials of a sweep share its memo.
+
+    Raises:
+        ValueError: the folder named is a file.
+    """
+    if not enabled:
+        return default_store()
+    from mmfuse.cache.location import resolve_cache_dir
+    from mmfuse.cache.source import FeatureCache
+
+    root = resolve_cache_dir(folder)
+    if root is None:
+        return default_store()
+    key = str(root.resolve())
+    if key not in _DISK_CACHES:
+        _DISK_CACHES[key] = FeatureCache(root)
+    return _DISK_CACHES[key]
+
+
 def describe(source: Any) -> dict[str, Any]:
     """Hit/miss counts of a source, when it keeps them (for logs)."""
     return {k: getattr(source, k) for k in ("hits", "misses") if hasattr(source, k)}
