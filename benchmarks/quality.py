@@ -395,7 +395,10 @@ def extra_rows(kind: str, heads: Sequence[str], searches: dict[str, dict[str, An
                ledger: Ledger, args: argparse.Namespace) -> dict[str, list[str]]:  # fmt: skip
     """Rows that reuse a head's chosen (validation) hyperparameters: ``finetune`` or ``label_smoothing``."""
     out: dict[str, list[str]] = {}
-    for head in heads:
+    for item in heads:
+        dataset, _, head = item.rpartition(":")  # "head" or "dataset:head"
+        if dataset and dataset != data.spec.name:
+            continue
         if head not in searches:
             log(f"  skip {kind} {head}: the head was not searched in this run")
             continue
@@ -416,9 +419,14 @@ def run_dataset(spec: DatasetSpec, ledger: Ledger, source: Any, args: argparse.N
     encode_s, pooled = encode_once(data, source)
     log(f"  features ready in {encode_s:.1f}s")
     timings: dict[str, float] = {"features_s": encode_s}
-    probes = linear_probes(data, pooled)
+    probes_path = args.work / f"probes-{spec.name}-limit{args.limit}.json"  # deterministic: computed once
+    if probes_path.is_file():
+        probes = json.loads(probes_path.read_text(encoding="utf-8"))
+    else:
+        probes = linear_probes(data, pooled)
+        probes_path.write_text(json.dumps(probes), encoding="utf-8")
     searches = {}
-    for head in args.heads:
+    for head in [h for h in args.heads if f"{spec.name}:{h}" not in args.skip]:
         t = time.perf_counter()
         searches[head] = search_head(head, data, source, ledger, args)
         timings[f"search_{head}_s"] = time.perf_counter() - t
@@ -678,6 +686,8 @@ def scope_lines(args: argparse.Namespace) -> list[str]:
         )
     else:
         lines.append("- Text encoder fine-tuned: not run (pass `--finetune-heads`).")
+    for item in args.skip:
+        lines.append(f"- Not run: `{item}` (see the notes below).")
     if args.ablate_heads:
         lines.append(f"- Label smoothing {args.label_smoothing:g} on the chosen point: " + ", ".join(
             f"`{h}`" for h in args.ablate_heads) + ".")  # fmt: skip
@@ -730,12 +740,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="e.g. early_fusion=2,mvsa_single:early_fusion=1 (a [dataset:]head list)")  # fmt: skip
     add("--patience", type=int, default=3, help="early stopping patience (epochs)")
     add("--batch-size", type=int, default=32)
-    add("--finetune-heads", type=csv_list(str), default=[], help="heads also trained with the text encoder fine-tuned")
+    add(
+        "--finetune-heads",
+        type=csv_list(str),
+        default=[],
+        help="[dataset:]heads also trained with the text encoder fine-tuned",
+    )
     add("--finetune-seeds", type=int, default=1)
     add("--finetune-epochs", type=int, default=3)
     add("--finetune-encoder-lr", type=float, default=2e-5)
-    add("--ablate-heads", type=csv_list(str), default=[], help="heads also trained with label smoothing")
+    add("--ablate-heads", type=csv_list(str), default=[], help="[dataset:]heads also trained with label smoothing")
     add("--label-smoothing", type=float, default=0.1)
+    add("--skip", type=csv_list(str), default=[], help="dataset:head pairs not run (reported as not run)")
     add("--ensemble-k", type=int, default=3, help="heads in the validation-chosen ensemble")
     add("--limit", type=int, default=0, help="smoke runs: this many train examples (val/test: half)")
     add("--root", type=Path, default=DATASETS_ROOT, help="folder holding mvsa_single/ and multioff/")
