@@ -49,6 +49,11 @@ def load_pretrained(loader: Callable[..., T], source: str | Path, what: str, **k
         source: hub id or local folder.
         what: what is loaded, for the message (``"text model"``, ``"tokenizer"``, ...).
     """
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    if bars and is_local(source):
+        hf_logging.disable_progress_bar()  # a "Loading weights" bar for a local folder read in milliseconds is noise
     try:
         return loader(str(Path(source).expanduser()) if is_local(source) else str(source), **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:  # RuntimeError: weights that do not fit the config
@@ -66,6 +71,9 @@ def load_pretrained(loader: Callable[..., T], source: str | Path, what: str, **k
             f"`AutoModel.from_pretrained({str(source)!r}).save_pretrained(DIR)` (and its tokenizer / image "
             f"processor the same way) and pass DIR instead (no local folder named {str(source)!r} exists here)"
         ) from None
+    finally:
+        if bars and not hf_logging.is_progress_bar_enabled():
+            hf_logging.enable_progress_bar()
 
 
 def check_top_k(trainable_top_k: int, num_layers: int, unit: str) -> None:
