@@ -178,6 +178,9 @@ class TrainingConfig(StrictSection):
             else no).
         deterministic: use only deterministic torch kernels (slower on GPU; CPU runs are deterministic anyway).
         device: ``auto`` (a GPU when there is one) or ``cpu``.
+        threads: torch's intra-op CPU threads in this process; ``null`` keeps torch's default (one per core). Set 1
+            when several runs or sweep workers share the CPU: oversubscribed threads spin-wait for each other and
+            made training ~30x slower in our measurements (docs/benchmarks.md).
     """
 
     epochs: int = Field(default=10, ge=1)
@@ -192,6 +195,7 @@ class TrainingConfig(StrictSection):
     mixed_precision: Literal["no", "fp16", "bf16", "auto"] = "auto"
     deterministic: bool = False
     device: Literal["auto", "cpu"] = "auto"
+    threads: int | None = Field(default=None, ge=1)
 
     @field_validator("class_weights", mode="before")
     @classmethod

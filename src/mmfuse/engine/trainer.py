@@ -157,6 +157,8 @@ class Trainer:
         for name, size in (("train.batch_size", cfg.train.batch_size), ("train.eval_batch_size", cfg.train.eval_batch)):
             if size % acc.num_processes:
                 raise ConfigError(f"{name}={size} must be divisible by the {acc.num_processes} processes")
+        if cfg.train.threads is not None:
+            torch.set_num_threads(cfg.train.threads)
         set_seed(cfg.train.seed)
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
