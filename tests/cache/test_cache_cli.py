@@ -18,7 +18,7 @@ runner = CliRunner()
 
 @pytest.fixture
 def filled(tmp_path: Path, examples: list[Example], text_encoder: Encoder, image_encoder: Encoder) -> Path:
-    cache = FeatureCache(tmp_path / "c", encode_workers=0)
+    cache = FeatureCache(tmp_path / "c", encode_workers=0, store_sequences=False)  # image entries: pooled only
     cache.get(text_encoder, examples, need_sequence=True)
     cache.get(image_encoder, examples[:10], need_sequence=False)
     return tmp_path / "c"

@@ -75,7 +75,8 @@ def test_only_missing_inputs_are_encoded(tmp_path: Path, examples: list[Example]
 def test_pooled_entries_cannot_serve_sequences_but_sequence_entries_serve_both(
     tmp_path: Path, examples: list[Example], text_encoder: Encoder
 ) -> None:
-    FeatureCache(tmp_path / "c", encode_workers=0).get(text_encoder, examples, need_sequence=False)
+    lean = FeatureCache(tmp_path / "c", encode_workers=0, store_sequences=False)  # stores only what is asked
+    lean.get(text_encoder, examples, need_sequence=False)
     seq = FeatureCache(tmp_path / "c", encode_workers=0)
     table = seq.get(text_encoder, examples, need_sequence=True)
     assert seq.stats.computed == len(examples) and table.has_sequence
@@ -269,3 +270,20 @@ def test_feature_source_follows_the_configured_folder(tmp_path: Path, monkeypatc
 def test_no_examples_is_an_error(tmp_path: Path, text_encoder: Encoder) -> None:
     with pytest.raises(ValueError, match="no examples"):
         FeatureCache(tmp_path / "c", encode_workers=0).get(text_encoder, [], need_sequence=False)
+
+
+def test_a_pooled_request_stores_the_sequence_so_a_later_sequence_request_encodes_nothing(
+    tmp_path: Path, examples: list[Example], image_encoder: Encoder
+) -> None:
+    want = compute_features(image_encoder, examples, need_sequence=True, batch_size=16)
+    cache = FeatureCache(tmp_path / "c", encode_workers=0)
+    pooled = cache.get(image_encoder, examples, need_sequence=False)
+    assert not pooled.has_sequence and cache.stats.computed == len(examples)
+    later = FeatureCache(tmp_path / "c", encode_workers=0).get(image_encoder, examples, need_sequence=True)
+    assert_tables_close(later, want)
+
+    lean = FeatureCache(tmp_path / "lean", encode_workers=0, store_sequences=False)
+    lean.get(image_encoder, examples, need_sequence=False)
+    again = FeatureCache(tmp_path / "lean", encode_workers=0)
+    again.get(image_encoder, examples, need_sequence=True)
+    assert again.stats.computed == len(examples)  # pooled-only entries cannot serve a grid: encoded again

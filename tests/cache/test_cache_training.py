@@ -64,7 +64,7 @@ def test_cached_training_matches_encoding_every_batch(
 
 def test_runs_use_the_configured_disk_cache(tmp_path: Path, synth_splits: dict) -> None:
     """``cache.dir`` in the config: the first run fills the folder, a second run (another head) only reads it."""
-    from mmfuse.engine import features
+    from mmfuse.cache import source
 
     def fit(head: str, name: str) -> MultimodalClassifier:
         cfg = config_from(
@@ -82,7 +82,7 @@ def test_runs_use_the_configured_disk_cache(tmp_path: Path, synth_splits: dict) 
     assert isinstance(first.source, FeatureCache) and first.source.root == tmp_path / "cache"
     computed = first.source.stats.computed
     assert computed > 0 and any((tmp_path / "cache").rglob("*.safetensors"))
-    features._DISK_CACHES.clear()  # a new process: nothing in memory
+    source._SHARED.clear()  # a new process: nothing in memory
     second = fit("align", "b")
     assert second.source is not first.source
     assert second.source.stats.computed == 0 and second.source.stats.loaded > 0

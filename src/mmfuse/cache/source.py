@@ -9,7 +9,9 @@
    in DataLoader workers, batched forward under ``torch.inference_mode``), and written as new shards, one per
    ``shard_examples`` inputs, so an interrupted encoding keeps what it finished.
 
-A pooled-only entry cannot serve a sequence request; a sequence entry serves both. Encoders with trainable weights
+A pooled-only entry cannot serve a sequence request; a sequence entry serves both. So that an encoder runs once
+per input whatever heads come later, new entries keep the sequence even for a pooled request (``store_sequences``,
+the default; an encoder without a sequence output is stored pooled). Encoders with trainable weights
 are never cached: their features are computed and returned, nothing is stored.
 
 Folder layout::
@@ -107,6 +109,9 @@ class FeatureCache:
         max_tables: whole tables kept in the in-process memo (least recently used first out).
         encode_workers: DataLoader workers that decode images while the encoder runs, used when the caller asks
             for none (``num_workers=0``); ``None``: two, or one on a one-core machine.
+        store_sequences: store the token sequence / region grid of new entries even when only the pooled vector
+            was asked for, so a later sequence request (``cross_attention`` after ``concat``) does not encode again;
+            ``False`` stores only what was asked (less disk: an EfficientNet-Lite0 grid is 50x its pooled vector).
 
     Raises:
         ValueError: ``root`` is a file, or a bad ``shard_examples`` / ``max_tables``.
@@ -119,6 +124,7 @@ class FeatureCache:
         shard_examples: int = 512,
         max_tables: int = 16,
         encode_workers: int | None = None,
+        store_sequences: bool = True,
     ) -> None:
         resolved = resolve_cache_dir(root)
         if resolved is None:
@@ -129,6 +135,7 @@ class FeatureCache:
         self.shard_examples = shard_examples
         self.max_tables = max_tables
         self.encode_workers = min(2, os.cpu_count() or 1) if encode_workers is None else encode_workers
+        self.store_sequences = store_sequences
         self.stats = CacheStats()
         self._hasher = ContentHasher()
         self._memo: OrderedDict[str, FeatureTable] = OrderedDict()
@@ -255,7 +262,7 @@ class FeatureCache:
         missing = [k for k in first if k not in where]
         for start in range(0, len(missing), self.shard_examples):
             chunk = missing[start : start + self.shard_examples]
-            table = self._encode(
+            table = self._encode_for_store(
                 encoder, [examples[first[k]] for k in chunk], need_sequence, device, batch_size, workers, progress
             )
             self._write(folder, table, chunk)
@@ -346,6 +353,21 @@ class FeatureCache:
             os.replace(path, path.with_name(path.name + ".corrupt"))
 
     # ----------------------------------------------------------------------------------------------- encoding, writing
+
+    def _encode_for_store(
+        self,
+        encoder: Encoder,
+        examples: list[Example],
+        need_sequence: bool,
+        *args: Any,
+    ) -> FeatureTable:
+        """Encodes new entries, with their sequences when :attr:`store_sequences` (see the module docstring)."""
+        if need_sequence or not self.store_sequences:
+            return self._encode(encoder, examples, need_sequence, *args)
+        try:
+            return self._encode(encoder, examples, True, *args)
+        except ValueError:  # the encoder has no sequence output: store what there is
+            return self._encode(encoder, examples, False, *args)
 
     def _encode(
         self,

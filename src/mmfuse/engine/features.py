@@ -256,31 +256,15 @@ def default_store() -> FeatureStore:
     return _DEFAULT_STORE
 
 
-_DISK_CACHES: dict[str, FeatureSource] = {}
-
-
 def source_for(enabled: bool, folder: str | None) -> FeatureSource:
-    """Where a run gets features of frozen encoders, as its ``cache`` config says.
-
-    The persistent on-disk cache (:class:`~mmfuse.cache.FeatureCache`) in ``folder`` (``None``: ``$MMFUSE_CACHE_DIR``
-    or ``~/.cache/mmfuse``); the in-process memo when ``enabled`` is false or the folder is ``off``. One cache object
-    per folder and process, so the heads of a demo or the trials of a sweep share its memo.
-
-    Raises:
-        ValueError: the folder named is a file.
-    """
+    """Where a run gets features of frozen encoders, as its ``cache`` config says: the persistent feature cache
+    (:func:`mmfuse.cache.feature_source`: ``folder``, else ``$MMFUSE_CACHE_DIR``, else ``~/.cache/mmfuse``; one per
+    folder and process), or the in-process memo when ``enabled`` is false or the folder is ``off``."""
     if not enabled:
         return default_store()
-    from mmfuse.cache.location import resolve_cache_dir
-    from mmfuse.cache.source import FeatureCache
+    from mmfuse.cache.source import feature_source
 
-    root = resolve_cache_dir(folder)
-    if root is None:
-        return default_store()
-    key = str(root.resolve())
-    if key not in _DISK_CACHES:
-        _DISK_CACHES[key] = FeatureCache(root)
-    return _DISK_CACHES[key]
+    return feature_source(folder)
 
 
 def describe(source: Any) -> dict[str, Any]:
