@@ -30,6 +30,7 @@ import os
 import platform
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -217,26 +218,31 @@ def phase_sweep(args: argparse.Namespace, mode: str) -> dict[str, Any]:
 def extrapolate(records: list[dict[str, Any]], epochs: int) -> tuple[list[float], float, str]:
     """Uncached wall time per configuration at ``epochs`` epochs, and how it was obtained.
 
-    A configuration measured for every epoch counts as measured. For one measured for k < ``epochs`` epochs, each
-    missing epoch costs its measured epoch 1 minus the set-up before it (model build, loaders), where the set-up is
-    taken from the fully measured configurations: epoch 1's wall time minus their mean later-epoch wall time.
+    A configuration measured for every epoch counts as measured. One measured for k < ``epochs`` epochs costs, for
+    each missing epoch, its last measured epoch minus the one-off set-up that epoch 1 carries (model build,
+    loaders). The set-up is read off the time outside the training loop: epoch 1's (set-up + validation) of the
+    partly measured configurations against the later epochs' (validation only) of the fully measured ones, medians
+    of both. Comparing non-training time with non-training time keeps a change of machine load between epochs (which
+    moves the training loop most) out of the estimate.
     """
     full = [r for r in records if r["measured_fully"]]
+    partial = [r for r in records if not r["measured_fully"]]
     setup = 0.0
-    if full and epochs > 1:
-        setup = sum(r["epoch_wall_s"][0] - sum(r["epoch_wall_s"][1:]) / (epochs - 1) for r in full) / len(full)
-        setup = max(setup, 0.0)
+    later = [w - t for r in full for w, t in zip(r["epoch_wall_s"][1:], r["train_loop_s"][1:], strict=True)]
+    if later and partial:
+        first = [r["epoch_wall_s"][0] - r["train_loop_s"][0] for r in partial]
+        setup = max(statistics.median(first) - statistics.median(later), 0.0)
     walls = []
     for r in records:
         if r["measured_fully"]:
             walls.append(r["wall_s"])
         else:
-            per_epoch = r["epoch_wall_s"][0] - setup if r["epochs_run"] == 1 else r["epoch_wall_s"][-1]
+            per_epoch = r["epoch_wall_s"][-1] - (setup if r["epochs_run"] == 1 else 0.0)
             walls.append(r["wall_s"] + (epochs - r["epochs_run"]) * per_epoch)
     how = (
-        f"{len(full)} configuration(s) measured for all {epochs} epochs; {len(records) - len(full)} measured for "
+        f"{len(full)} configuration(s) measured for all {epochs} epochs; {len(partial)} measured for "
         f"{min((r['epochs_run'] for r in records), default=epochs)} epoch(s) and extrapolated (set-up estimate "
-        f"{setup:.1f} s from the fully measured ones)"
+        f"{setup:.1f} s, from the time outside the training loop)"
     )
     return walls, setup, how
 
