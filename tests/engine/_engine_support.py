@@ -105,9 +105,10 @@ def build_fake_text(name, **options):
 
 
 def build_fake_image(name, **options):
-    unknown = set(options) - {"seed"}
+    unknown = set(options) - {"seed", "image_size"}
     if unknown:
-        raise ValueError(f"unknown option(s) {sorted(unknown)} for image encoder {name!r}; allowed: seed")
+        raise ValueError(f"unknown option(s) {sorted(unknown)} for image encoder {name!r}; allowed: seed, image_size")
+    options.pop("image_size", None)  # the fake always reads 32x32
     return FakeImage(name, **options)
 
 

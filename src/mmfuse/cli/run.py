@@ -133,7 +133,8 @@ def demo(
             out, n=n, epochs=epochs, heads=heads or DEMO_HEADS, seed=seed, quiet=quiet,
             say=lambda line: _errors_console.print(line, highlight=False),
         )  # fmt: skip
-    _console.print(frame_table(result.table, f"demo: test split of {n} synthetic examples"))
+    console = _console if _console.is_terminal else Console(width=max(_console.width, 120))  # piped: not squeezed
+    console.print(frame_table(result.table, f"demo: test split of {n} synthetic examples"))
     _console.print(f"{result.seconds:.0f}s; results in {result.out}/results.md (and .csv, .json), runs in {out}/runs")
 
 

@@ -85,5 +85,12 @@ def frame_table(frame: pd.DataFrame, title: str) -> Table:
     for col in frame.columns:
         table.add_column(str(col), justify="left" if frame[col].dtype == object else "right")
     for row in frame.itertuples(index=False):
-        table.add_row(*(_num(v, 3) if isinstance(v, float) else str(v) for v in row))
+        table.add_row(*(_frame_cell(v) for v in row))
     return table
+
+
+def _frame_cell(value: Any) -> str:
+    """A table cell: blank for missing values (None, NaN, pandas NA), floats with 3 decimals."""
+    if value is None or value is pd.NA or (isinstance(value, float) and value != value):
+        return ""
+    return _num(value, 3) if isinstance(value, float) else str(value)
