@@ -41,9 +41,9 @@ def test_head_settings_apply_unless_epochs_are_given(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_demo_on_the_real_encoders_fusion_beats_each_modality(tmp_path: Path) -> None:
-    """The real offline encoders on 300 synthetic examples: fusion learns the XOR, one modality cannot."""
+    """The real offline encoders on the demo's 600 synthetic examples: fusion learns the XOR, one modality cannot."""
     result = run_demo(
-        tmp_path / "demo", n=300, heads=("concat", "cross_attention", "text_only", "image_only"), quiet=True
+        tmp_path / "demo", n=600, heads=("concat", "cross_attention", "text_only", "image_only"), quiet=True
     )
     acc = dict(zip(result.table["model"], result.table["test_accuracy"], strict=True))
     assert acc["concat"] >= 0.85 and acc["cross_attention"] >= 0.85
