@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+from mmfuse.cli._errors import fail
 
 if TYPE_CHECKING:
     from mmfuse.cache.inventory import CachedEncoder
@@ -68,7 +70,7 @@ def clear(
     try:
         targets = list_cache(root) if encoder is None else match_encoders(root, encoder)
     except ValueError as e:
-        _fail(str(e))
+        fail(str(e))
     if not targets:
         typer.echo(f"the feature cache at {root} is empty; nothing to clear")
         return
@@ -88,9 +90,9 @@ def _root(cache_dir: str | None) -> Path:
     try:
         root = resolve_cache_dir(cache_dir)
     except ValueError as e:
-        _fail(str(e))
+        fail(str(e))
     if root is None:
-        _fail("the persistent feature cache is off (cache folder 'off'); pass --cache-dir FOLDER to inspect one")
+        fail("the persistent feature cache is off (cache folder 'off'); pass --cache-dir FOLDER to inspect one")
     return root
 
 
@@ -120,8 +122,3 @@ def _size(n: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{n} B"
-
-
-def _fail(message: str) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code=2)

@@ -7,16 +7,16 @@ unusable (``check``), 2 a wrong argument, config or path.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+from mmfuse.cli._errors import fail, guard
 
 if TYPE_CHECKING:
     from mmfuse.data import DataConfig, Split
 
-T = TypeVar("T")
 
 app = typer.Typer(help="Check, preview and generate datasets.", no_args_is_help=True)
 
@@ -55,7 +55,7 @@ def check(
             "on_missing_image": "skip" if cfg.on_missing_image == "error" else cfg.on_missing_image,
         }
     )
-    splits = _guard(lambda: load_splits(lenient, strict=False))
+    splits = guard(lambda: load_splits(lenient, strict=False))
     _policy_failures(cfg, splits)
     usable = all(s.report.usable for s in splits.values())
     if as_json:
@@ -82,12 +82,12 @@ def preview(
     from mmfuse.data.preview import save_preview
 
     cfg = _config(config_or_path, preset)
-    splits = _guard(lambda: load_splits(cfg, strict=False))
+    splits = guard(lambda: load_splits(cfg, strict=False))
     if split not in splits:
-        _fail(f"no split {split!r} in this data; splits: {', '.join(splits)}")
+        fail(f"no split {split!r} in this data; splits: {', '.join(splits)}")
     chosen = splits[split]
     title = f"{split}: {len(chosen.examples)} examples ({cfg.resolved_root().name})"
-    path = _guard(lambda: save_preview(chosen.examples, out, n=n, columns=columns, seed=seed, title=title))
+    path = guard(lambda: save_preview(chosen.examples, out, n=n, columns=columns, seed=seed, title=title))
     typer.echo(f"wrote {min(n, len(chosen.examples))} examples of {split} to {path}")
 
 
@@ -100,7 +100,7 @@ def synth(
     """Generate the synthetic image+text dataset (Hateful Memes layout) whose label needs both modalities."""
     from mmfuse.data import make_synthetic
 
-    root = _guard(lambda: make_synthetic(out, n=n, seed=seed))
+    root = guard(lambda: make_synthetic(out, n=n, seed=seed))
     counts = {p.stem: sum(1 for _ in p.open(encoding="utf-8")) for p in sorted(root.glob("*.jsonl"))}
     shown = ", ".join(f"{k} {v}" for k, v in counts.items())
     typer.echo(f"wrote {n} examples ({shown}) to {root}; read it with --preset hateful_memes")
@@ -113,24 +113,11 @@ def _config(source: str, preset: str | None) -> DataConfig:
     path = Path(source)
     if path.is_dir():
         if preset is None:
-            _fail(f"{source!r} is a folder: pass --preset NAME (one of {', '.join(PRESETS)}) or a YAML data config")
-        return _guard(lambda: DataConfig(root=path, preset=preset))
+            fail(f"{source!r} is a folder: pass --preset NAME (one of {', '.join(PRESETS)}) or a YAML data config")
+        return guard(lambda: DataConfig(root=path, preset=preset))
     if not path.exists():
-        _fail(f"{source!r} not found: pass a YAML data config, or a dataset folder with --preset")
-    return _guard(lambda: load_data_config(path, overrides={"preset": preset} if preset else None))
-
-
-def _guard(fn: Callable[[], T]) -> T:
-    """Runs ``fn``; a boundary error (bad config, missing file, bad row) becomes a message and exit code 2."""
-    try:
-        return fn()
-    except (ValueError, FileNotFoundError) as e:
-        _fail(str(e))
-
-
-def _fail(message: str) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code=2)
+        fail(f"{source!r} not found: pass a YAML data config, or a dataset folder with --preset")
+    return guard(lambda: load_data_config(path, overrides={"preset": preset} if preset else None))
 
 
 def _policy_failures(cfg: DataConfig, splits: dict[str, Split]) -> None:

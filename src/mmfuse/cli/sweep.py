@@ -6,9 +6,11 @@ Exit codes: 0 fine, 2 a wrong argument, sweep file or path, 130 interrupted (run
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
+
+from mmfuse.cli._errors import guard
 
 
 def register(app: typer.Typer) -> None:
@@ -38,10 +40,10 @@ def sweep(
 
     from mmfuse.sweep import load_sweep, run_sweep
 
-    spec = _guard(lambda: load_sweep(file, overrides or ()))
+    spec = guard(lambda: load_sweep(file, overrides or ()))
     signal.signal(signal.SIGTERM, _interrupt)  # a stopped job re-queues its trial like Ctrl-C does
     try:
-        result = _guard(lambda: run_sweep(spec, out=out, storage=storage, n_trials=n_trials, timeout=timeout,
+        result = guard(lambda: run_sweep(spec, out=out, storage=storage, n_trials=n_trials, timeout=timeout,
                                           log=_echo))  # fmt: skip
     except KeyboardInterrupt:
         _echo("interrupted: the running trial was queued again; run the same command to resume")
@@ -63,7 +65,7 @@ def ensemble(
 
     from mmfuse.sweep import build_ensemble
 
-    path = _guard(lambda: build_ensemble(folder, top_k=top_k, rounds=rounds, out=out, storage=storage))
+    path = guard(lambda: build_ensemble(folder, top_k=top_k, rounds=rounds, out=out, storage=storage))
     info = json.loads((path / "ensemble.json").read_text(encoding="utf-8"))
     metric = info["metric"]
     members = ", ".join(f"trial {m['trial']} x{m['weight']:.2f}" for m in info["members"])
@@ -97,16 +99,3 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 def _echo(message: str) -> None:
     typer.echo(message, err=True)
-
-
-def _guard(fn: Any) -> Any:
-    """Runs ``fn``; a boundary error (bad sweep file, config, path or storage) becomes a message and exit code 2."""
-    try:
-        return fn()
-    except (ValueError, FileNotFoundError) as e:
-        _fail(str(e))
-
-
-def _fail(message: str) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code=2)
