@@ -115,7 +115,7 @@ class Trial:
 
     dataset: str
     head: str
-    stage: str  # grid | finetune | label_smoothing
+    stage: str  # grid | finetune | label_smoothing | modality_dropout
     lr: float
     dropout: float
     class_weights: str
@@ -124,6 +124,7 @@ class Trial:
     label_smoothing: float = 0.0
     finetune: bool = False
     schedule: str = ""  # epochs, patience, batch size (part of the record key)
+    image_dropout: float = 0.0  # in the key only when set, so records from before it existed keep their keys
 
     @property
     def hparams(self) -> dict[str, Any]:
@@ -131,7 +132,8 @@ class Trial:
 
     @property
     def key(self) -> str:
-        return "|".join(f"{k}={v}" for k, v in sorted(self.__dict__.items()))
+        items = {k: v for k, v in self.__dict__.items() if k != "image_dropout" or v}
+        return "|".join(f"{k}={v}" for k, v in sorted(items.items()))
 
     @property
     def slug(self) -> str:
@@ -274,6 +276,7 @@ def make_config(trial: Trial, args: argparse.Namespace) -> Any:
             "train.seed": trial.seed,
             "train.class_weights": trial.class_weights,
             "train.label_smoothing": trial.label_smoothing,
+            "train.image_dropout": trial.image_dropout,
             "train.early_stopping_patience": args.patience,
             "train.device": "cpu",
             "train.eval_batch_size": 64,
@@ -393,7 +396,8 @@ def search_head(head: str, data: Data, source: Any, ledger: Ledger, args: argpar
 
 def extra_rows(kind: str, heads: Sequence[str], searches: dict[str, dict[str, Any]], data: Data, source: Any,
                ledger: Ledger, args: argparse.Namespace) -> dict[str, list[str]]:  # fmt: skip
-    """Rows that reuse a head's chosen (validation) hyperparameters: ``finetune`` or ``label_smoothing``."""
+    """Rows that reuse a head's chosen (validation) hyperparameters: ``finetune``, ``label_smoothing`` or
+    ``modality_dropout``."""
     out: dict[str, list[str]] = {}
     for item in heads:
         dataset, _, head = item.rpartition(":")  # "head" or "dataset:head"
@@ -406,8 +410,10 @@ def extra_rows(kind: str, heads: Sequence[str], searches: dict[str, dict[str, An
         if kind == "finetune":
             schedule = f"{base.schedule},ft_epochs={args.finetune_epochs},encoder_lr={args.finetune_encoder_lr}"
             trial, seeds = base.with_(stage="finetune", finetune=True, schedule=schedule), args.finetune_seeds
-        else:
+        elif kind == "label_smoothing":
             trial, seeds = base.with_(stage="label_smoothing", label_smoothing=args.label_smoothing), args.seeds
+        else:
+            trial, seeds = base.with_(stage="modality_dropout", image_dropout=args.image_dropout), args.seeds
         out[head] = [run_trial(trial.with_(seed=s), data, source, ledger, args)["key"] for s in range(seeds)]
     return out
 
@@ -436,11 +442,14 @@ def run_dataset(spec: DatasetSpec, ledger: Ledger, source: Any, args: argparse.N
     t = time.perf_counter()
     ablation = extra_rows("label_smoothing", args.ablate_heads, searches, data, source, ledger, args)
     timings["label_smoothing_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    modality_dropout = extra_rows("modality_dropout", args.modality_dropout_heads, searches, data, source, ledger, args)
+    timings["modality_dropout_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
     for s in searches.values():
         s.pop("chosen_trial")
-    return {"data": data, "searches": searches, "finetune": finetune, "label_smoothing": ablation, "timings": timings,
-            "probes": probes}  # fmt: skip
+    return {"data": data, "searches": searches, "finetune": finetune, "label_smoothing": ablation,
+            "modality_dropout": modality_dropout, "timings": timings, "probes": probes}  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------- results
@@ -461,7 +470,10 @@ def aggregate(recs: list[dict[str, Any]], ledger: Ledger, data: Data) -> dict[st
         },
         "fit_s_mean": float(np.mean([r["fit_s"] for r in recs])),
         "epochs_run": [r["epochs_run"] for r in recs],
-        "hparams": {k: recs[0][k] for k in ("lr", "dropout", "class_weights", "hidden", "label_smoothing", "finetune")},
+        "hparams": {
+            k: recs[0].get(k)
+            for k in ("lr", "dropout", "class_weights", "hidden", "label_smoothing", "image_dropout", "finetune")
+        },
     }
 
 
@@ -504,7 +516,7 @@ def collect(result: dict[str, Any], ledger: Ledger, k: int) -> dict[str, Any]:
         row["search_trials"] = len(searches[h]["trials"])
         row["grid"] = searches[h]["grid"]
     extras = {}
-    for kind in ("finetune", "label_smoothing"):
+    for kind in ("finetune", "label_smoothing", "modality_dropout"):
         for h, keys in result[kind].items():
             extras[f"{h} + {kind.replace('_', ' ')}"] = aggregate([ledger.records[key] for key in keys], ledger, data)
     ensemble = ensemble_row(rows, searches, ledger, data, k) if len(searches) >= max(k, 2) else None
@@ -563,6 +575,8 @@ def hparam_text(h: dict[str, Any]) -> str:
     parts = [f"lr {h['lr']:g}", f"dropout {h['dropout']:g}", f"cw {h['class_weights']}"]
     if h.get("label_smoothing"):
         parts.append(f"ls {h['label_smoothing']:g}")
+    if h.get("image_dropout"):
+        parts.append(f"image dropout {h['image_dropout']:g}")
     if h.get("finetune"):
         parts.append("text encoder fine-tuned")
     return ", ".join(parts)
@@ -692,6 +706,12 @@ def scope_lines(args: argparse.Namespace) -> list[str]:
     if args.ablate_heads:
         lines.append(f"- Label smoothing {args.label_smoothing:g} on the chosen point: " + ", ".join(
             f"`{h}`" for h in args.ablate_heads) + ".")  # fmt: skip
+    if args.modality_dropout_heads:
+        heads = ", ".join(f"`{h}`" for h in args.modality_dropout_heads)
+        lines.append(
+            f"- Modality dropout (each training example's image hidden with probability {args.image_dropout:g}) on "
+            f"the chosen point: {heads}."
+        )
     return lines
 
 
@@ -752,6 +772,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--finetune-encoder-lr", type=float, default=2e-5)
     add("--ablate-heads", type=csv_list(str), default=[], help="[dataset:]heads also trained with label smoothing")
     add("--label-smoothing", type=float, default=0.1)
+    add("--modality-dropout-heads", type=csv_list(str), default=[],
+        help="[dataset:]fusion heads also trained with modality dropout (train.image_dropout)")  # fmt: skip
+    add("--image-dropout", type=float, default=0.3, help="probability of hiding a training image")
     add("--skip", type=csv_list(str), default=[], help="dataset:head pairs not run (reported as not run)")
     add("--ensemble-k", type=int, default=3, help="heads in the validation-chosen ensemble")
     add("--limit", type=int, default=0, help="smoke runs: this many train examples (val/test: half)")
@@ -773,6 +796,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         *args.heads,
         *args.finetune_heads,
         *args.ablate_heads,
+        *args.modality_dropout_heads,
         *args.small_grid_heads,
         *args.epochs_of,
         *args.seeds_of,

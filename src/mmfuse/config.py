@@ -171,6 +171,9 @@ class TrainingConfig(StrictSection):
         class_weights: ``none``, ``balanced`` (inverse class frequency in train) or one weight per class, in the
             label map's class order.
         label_smoothing: label smoothing of the cross-entropy loss.
+        image_dropout: modality dropout: the probability that a training example's image is hidden from the head
+            (as if it were missing: zero features, no image regions), so the head cannot lean on the image alone;
+            validation and prediction always see every image. Only for heads that read both modalities.
         selection_metric: validation metric that picks the best checkpoint and drives early stopping; ``auto`` is
             AUROC for binary tasks and macro-F1 otherwise; ``loss`` is the validation loss (lower is better).
         early_stopping_patience: stop after this many epochs without improvement; ``null`` trains every epoch.
@@ -190,6 +193,7 @@ class TrainingConfig(StrictSection):
     num_workers: int = Field(default=0, ge=0)
     class_weights: Literal["none", "balanced"] | list[float] = "none"
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    image_dropout: float = Field(default=0.0, ge=0, lt=1)
     selection_metric: SelectionMetric = "auto"
     early_stopping_patience: int | None = Field(default=None, ge=1)
     mixed_precision: Literal["no", "fp16", "bf16", "auto"] = "auto"
@@ -273,6 +277,19 @@ class TrainConfig(StrictSection):
     train: TrainingConfig = Field(default_factory=TrainingConfig)
     run: RunConfig = Field(default_factory=RunConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
+
+    @model_validator(mode="after")
+    def _image_dropout_needs_both(self) -> TrainConfig:
+        from mmfuse.fusion import FUSION_HEADS
+
+        cls = FUSION_HEADS.get(self.model.head.name)
+        if self.train.image_dropout and (cls.uses_text is None or cls.uses_image is None):
+            raise ValueError(
+                f"train.image_dropout={self.train.image_dropout:g} hides images from a head that also reads the text, "
+                f"but head {self.model.head.name!r} reads one modality only; set train.image_dropout=0 or pick a "
+                f"fusion head"
+            )
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         """JSON/YAML-able form that validates back to an equal config."""

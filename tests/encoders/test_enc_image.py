@@ -276,7 +276,7 @@ def test_efficientnet_bad_weights_path(tmp_path):
         EfficientNetLiteEncoder(tmp_path / "missing.pth")
     wrong = tmp_path / "wrong.pth"
     torch.save({"fc.weight": torch.zeros(2, 2)}, wrong)
-    with pytest.raises(EncoderLoadError, match="not an EfficientNet-Lite0 state dict"):
+    with pytest.raises(EncoderLoadError, match="not an efficientnet-lite0 state dict"):
         EfficientNetLiteEncoder(wrong)
 
 

