@@ -115,7 +115,7 @@ class Trial:
 
     dataset: str
     head: str
-    stage: str  # grid | finetune | label_smoothing | modality_dropout
+    stage: str  # grid | finetune | label_smoothing | modality_dropout | encoders
     lr: float
     dropout: float
     class_weights: str
@@ -124,7 +124,10 @@ class Trial:
     label_smoothing: float = 0.0
     finetune: bool = False
     schedule: str = ""  # epochs, patience, batch size (part of the record key)
-    image_dropout: float = 0.0  # in the key only when set, so records from before it existed keep their keys
+    # fields added later: in the key only when not at their default, so older records keep their keys
+    image_dropout: float = 0.0
+    text_encoder: str = TEXT_ENCODER
+    image_encoder: str = IMAGE_ENCODER
 
     @property
     def hparams(self) -> dict[str, Any]:
@@ -132,7 +135,7 @@ class Trial:
 
     @property
     def key(self) -> str:
-        items = {k: v for k, v in self.__dict__.items() if k != "image_dropout" or v}
+        items = {k: v for k, v in self.__dict__.items() if _LATER_FIELDS.get(k, object()) != v}
         return "|".join(f"{k}={v}" for k, v in sorted(items.items()))
 
     @property
@@ -141,6 +144,9 @@ class Trial:
 
     def with_(self, **changes: Any) -> Trial:
         return Trial(**{**self.__dict__, **changes})
+
+
+_LATER_FIELDS = {"image_dropout": 0.0, "text_encoder": TEXT_ENCODER, "image_encoder": IMAGE_ENCODER}
 
 
 @dataclass
@@ -201,7 +207,9 @@ def load_data(spec: DatasetSpec, root: Path, limit: int) -> Data:
     return Data(spec, examples, label_map.classes, y)
 
 
-def encode_once(data: Data, source: Any) -> tuple[float, dict[str, dict[str, np.ndarray]]]:
+def encode_once(
+    data: Data, source: Any, text: str = TEXT_ENCODER, image: str = IMAGE_ENCODER
+) -> tuple[float, dict[str, dict[str, np.ndarray]]]:
     """Fills the feature cache with both encoders' full outputs (sequence/grid, which also serve pooled requests).
 
     Returns the seconds it took and the pooled features by modality and split (for the linear-probe reference).
@@ -210,7 +218,7 @@ def encode_once(data: Data, source: Any) -> tuple[float, dict[str, dict[str, np.
     from mmfuse.engine.build import build_encoder
 
     start, pooled = time.perf_counter(), {}
-    for modality, name in (("text", TEXT_ENCODER), ("image", IMAGE_ENCODER)):
+    for modality, name in (("text", text), ("image", image)):
         encoder = build_encoder(modality, EncoderConfig(name=name))
         pooled[modality] = {}
         for split, examples in data.splits.items():
@@ -218,7 +226,7 @@ def encode_once(data: Data, source: Any) -> tuple[float, dict[str, dict[str, np.
             table = source.get(encoder, examples, need_sequence=True, batch_size=64, num_workers=2)
             pooled[modality][split] = table.pooled.numpy()
             took = time.perf_counter() - t
-            log(f"  features {data.spec.name}/{split} {modality}: {len(examples)} examples, {took:.1f}s")
+            log(f"  features {data.spec.name}/{split} {modality} ({name}): {len(examples)} examples, {took:.1f}s")
         del encoder
     return time.perf_counter() - start, pooled
 
@@ -255,8 +263,8 @@ def make_config(trial: Trial, args: argparse.Namespace) -> Any:
     from mmfuse.fusion import FUSION_HEADS
 
     cls = FUSION_HEADS.get(trial.head)
-    text = {"name": TEXT_ENCODER, "freeze": not trial.finetune} if cls.uses_text is not None else None
-    image = {"name": IMAGE_ENCODER} if cls.uses_image is not None else None
+    text = {"name": trial.text_encoder, "freeze": not trial.finetune} if cls.uses_text is not None else None
+    image = {"name": trial.image_encoder} if cls.uses_image is not None else None
     epochs = (
         args.finetune_epochs
         if trial.finetune
@@ -397,7 +405,7 @@ def search_head(head: str, data: Data, source: Any, ledger: Ledger, args: argpar
 def extra_rows(kind: str, heads: Sequence[str], searches: dict[str, dict[str, Any]], data: Data, source: Any,
                ledger: Ledger, args: argparse.Namespace) -> dict[str, list[str]]:  # fmt: skip
     """Rows that reuse a head's chosen (validation) hyperparameters: ``finetune``, ``label_smoothing`` or
-    ``modality_dropout``."""
+    ``modality_dropout`` or ``encoders`` (the other encoders of ``--alt-text-encoder`` / ``--alt-image-encoder``)."""
     out: dict[str, list[str]] = {}
     for item in heads:
         dataset, _, head = item.rpartition(":")  # "head" or "dataset:head"
@@ -412,8 +420,18 @@ def extra_rows(kind: str, heads: Sequence[str], searches: dict[str, dict[str, An
             trial, seeds = base.with_(stage="finetune", finetune=True, schedule=schedule), args.finetune_seeds
         elif kind == "label_smoothing":
             trial, seeds = base.with_(stage="label_smoothing", label_smoothing=args.label_smoothing), args.seeds
-        else:
+        elif kind == "modality_dropout":
             trial, seeds = base.with_(stage="modality_dropout", image_dropout=args.image_dropout), args.seeds
+        else:
+            from mmfuse.fusion import FUSION_HEADS
+
+            cls = FUSION_HEADS.get(head)
+            encoders = {}  # only the modalities the head reads, so a text_only row names no image encoder
+            if cls.uses_text is not None:
+                encoders["text_encoder"] = args.alt_text_encoder
+            if cls.uses_image is not None:
+                encoders["image_encoder"] = args.alt_image_encoder
+            trial, seeds = base.with_(stage="encoders", **encoders), args.seeds
         out[head] = [run_trial(trial.with_(seed=s), data, source, ledger, args)["key"] for s in range(seeds)]
     return out
 
@@ -445,11 +463,17 @@ def run_dataset(spec: DatasetSpec, ledger: Ledger, source: Any, args: argparse.N
     t = time.perf_counter()
     modality_dropout = extra_rows("modality_dropout", args.modality_dropout_heads, searches, data, source, ledger, args)
     timings["modality_dropout_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    if any(h.rpartition(":")[0] in ("", spec.name) for h in args.encoder_heads):  # features first, timed apart
+        timings["alt_features_s"], _ = encode_once(data, source, args.alt_text_encoder, args.alt_image_encoder)
+    encoders = extra_rows("encoders", args.encoder_heads, searches, data, source, ledger, args)
+    timings["encoders_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
     for s in searches.values():
         s.pop("chosen_trial")
     return {"data": data, "searches": searches, "finetune": finetune, "label_smoothing": ablation,
-            "modality_dropout": modality_dropout, "timings": timings, "probes": probes}  # fmt: skip
+            "modality_dropout": modality_dropout, "encoders": encoders, "timings": timings,
+            "probes": probes}  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------- results
@@ -472,7 +496,17 @@ def aggregate(recs: list[dict[str, Any]], ledger: Ledger, data: Data) -> dict[st
         "epochs_run": [r["epochs_run"] for r in recs],
         "hparams": {
             k: recs[0].get(k)
-            for k in ("lr", "dropout", "class_weights", "hidden", "label_smoothing", "image_dropout", "finetune")
+            for k in (
+                "lr",
+                "dropout",
+                "class_weights",
+                "hidden",
+                "label_smoothing",
+                "image_dropout",
+                "finetune",
+                "text_encoder",
+                "image_encoder",
+            )
         },
     }
 
@@ -502,6 +536,7 @@ def ensemble_row(rows: dict[str, dict[str, Any]], searches: dict[str, Any], ledg
 def collect(result: dict[str, Any], ledger: Ledger, k: int) -> dict[str, Any]:
     """Rows of one dataset's table: baseline, each head, extras, ensemble; plus target checks."""
     from mmfuse.engine.metrics import baseline_metrics
+    from mmfuse.fusion import FUSION_HEADS
 
     data, searches = result["data"], result["searches"]
     spec = data.spec
@@ -516,9 +551,17 @@ def collect(result: dict[str, Any], ledger: Ledger, k: int) -> dict[str, Any]:
         row["search_trials"] = len(searches[h]["trials"])
         row["grid"] = searches[h]["grid"]
     extras = {}
-    for kind in ("finetune", "label_smoothing", "modality_dropout"):
-        for h, keys in result[kind].items():
-            extras[f"{h} + {kind.replace('_', ' ')}"] = aggregate([ledger.records[key] for key in keys], ledger, data)
+    for kind in ("finetune", "label_smoothing", "modality_dropout", "encoders"):
+        for h, keys in result.get(kind, {}).items():
+            row = aggregate([ledger.records[key] for key in keys], ledger, data)
+            label = kind.replace("_", " ")
+            if kind == "encoders":
+                cls = FUSION_HEADS.get(h)
+                used = (cls.uses_text is not None, cls.uses_image is not None)
+                label = " / ".join(
+                    row["hparams"][f"{m}_encoder"] for m, u in zip(("text", "image"), used, strict=True) if u
+                )
+            extras[f"{h} + {label}"] = row
     ensemble = ensemble_row(rows, searches, ledger, data, k) if len(searches) >= max(k, 2) else None
     return {
         "dataset": spec.name,
@@ -579,6 +622,9 @@ def hparam_text(h: dict[str, Any]) -> str:
         parts.append(f"image dropout {h['image_dropout']:g}")
     if h.get("finetune"):
         parts.append("text encoder fine-tuned")
+    for modality, default in (("text", TEXT_ENCODER), ("image", IMAGE_ENCODER)):
+        if h.get(f"{modality}_encoder") not in (None, default):
+            parts.append(f"{modality} encoder {h[f'{modality}_encoder']}")
     return ", ".join(parts)
 
 
@@ -648,6 +694,8 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, meta: dict[s
     for ds in results:
         t = ds["timings_this_invocation"]
         parts = [f"features (both encoders, all splits) {meta['features_s'].get(ds['dataset'], t['features_s']):.0f} s"]
+        alt = {k.split(":", 1)[1]: v for k, v in meta["features_s"].items() if k.startswith(f"{ds['dataset']}:")}
+        parts += [f"features of `{k.replace('+', '` + `')}` {v:.0f} s" for k, v in alt.items()]
         parts += [f"`{h}` {r['search_fit_s']:.0f} s" for h, r in ds["rows"].items()]
         out.append(f"- {ds['dataset']}: " + ", ".join(parts) + " (training wall time, summed over trials)")
     out += ["", "## What was run, and what was not", "", *scope_lines(args)]
@@ -706,6 +754,12 @@ def scope_lines(args: argparse.Namespace) -> list[str]:
     if args.ablate_heads:
         lines.append(f"- Label smoothing {args.label_smoothing:g} on the chosen point: " + ", ".join(
             f"`{h}`" for h in args.ablate_heads) + ".")  # fmt: skip
+    if args.encoder_heads:
+        heads = ", ".join(f"`{h}`" for h in args.encoder_heads)
+        lines.append(
+            f"- Other offline encoders (`{args.alt_text_encoder}` text, `{args.alt_image_encoder}` image, frozen) with "
+            f"the head hyperparameters chosen for the default encoders: {heads}."
+        )
     if args.modality_dropout_heads:
         heads = ", ".join(f"`{h}`" for h in args.modality_dropout_heads)
         lines.append(
@@ -775,6 +829,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--modality-dropout-heads", type=csv_list(str), default=[],
         help="[dataset:]fusion heads also trained with modality dropout (train.image_dropout)")  # fmt: skip
     add("--image-dropout", type=float, default=0.3, help="probability of hiding a training image")
+    add("--encoder-heads", type=csv_list(str), default=[],
+        help="[dataset:]heads also trained on --alt-text-encoder / --alt-image-encoder features")  # fmt: skip
+    add("--alt-text-encoder", default="mpnet", help="text encoder of the --encoder-heads rows")
+    add("--alt-image-encoder", default="efficientnet-lite2", help="image encoder of the --encoder-heads rows")
     add("--skip", type=csv_list(str), default=[], help="dataset:head pairs not run (reported as not run)")
     add("--ensemble-k", type=int, default=3, help="heads in the validation-chosen ensemble")
     add("--limit", type=int, default=0, help="smoke runs: this many train examples (val/test: half)")
@@ -797,6 +855,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         *args.finetune_heads,
         *args.ablate_heads,
         *args.modality_dropout_heads,
+        *args.encoder_heads,
         *args.small_grid_heads,
         *args.epochs_of,
         *args.seeds_of,
@@ -840,6 +899,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     for name in args.datasets:
         result = run_dataset(DATASETS[name], ledger, source, args)
         features_s.setdefault(name, result["timings"]["features_s"])  # the first (cold) encoding is what counts
+        if "alt_features_s" in result["timings"]:
+            alt = f"{name}:{args.alt_text_encoder}+{args.alt_image_encoder}"
+            features_s.setdefault(alt, result["timings"]["alt_features_s"])
         times_path.write_text(json.dumps(features_s))
         results.append(collect(result, ledger, args.ensemble_k))
         log(f"== {name} done in {result['timings']['total_s']:.0f}s")
