@@ -1,8 +1,9 @@
 """Which frozen offline features carry the most signal? A linear probe over encoder, pooling and image-view variants.
 
 For MVSA-Single and MultiOFF (the splits of ``benchmarks/quality.py``), each variant's pooled features are computed
-once (saved under ``--work``), standardized on train, and a scikit-learn logistic regression is fitted with C and
-class weights chosen on the validation split (MVSA-Single: macro-F1, MultiOFF: AUROC). The choice between variants
+once (saved under ``--work``) and probed by ``quality.logistic_probe``: standardized on train, a scikit-learn
+logistic regression with C and class weights chosen on the validation split (MVSA-Single: macro-F1, MultiOFF:
+AUROC). The choice between variants
 must be made on the validation columns too; the test columns are printed only to report. Variants:
 
 - text: ``minilm`` mean pooling (mmfuse's default for it), ``minilm`` CLS token, ``minilm`` mean and max
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import itertools
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -116,26 +116,6 @@ def features(variant: str, data: Any, work: Path, batch: int = 32) -> dict[str, 
     return out
 
 
-def probe(q: Any, data: Any, x: dict[str, np.ndarray]) -> dict[str, Any]:
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-
-    spec = data.spec
-    scaler = StandardScaler().fit(x["train"])
-    x = {s: scaler.transform(v) for s, v in x.items()}
-    best = None
-    for c, cw in itertools.product((0.0003, 0.001, 0.003, 0.01, 0.03, 0.1), (None, "balanced")):
-        model = LogisticRegression(C=c, class_weight=cw, max_iter=3000).fit(x["train"], data.y["train"])
-        val = q.scores(spec, data.y["val"], model.predict_proba(x["val"]), data.classes)
-        rank = (val[spec.select] or 0.0, val["accuracy"])
-        if best is None or rank > best[0]:
-            best = (rank, model, val, f"C {c:g}, cw {cw or 'none'}")
-    assert best is not None
-    _, model, val, chosen = best
-    test = q.scores(spec, data.y["test"], model.predict_proba(x["test"]), data.classes)
-    return {"val": val, "test": test, "chosen": chosen}
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     doc = __doc__ or ""
     p = argparse.ArgumentParser(description=doc.split("::")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -151,13 +131,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         data = q.load_data(q.DATASETS[name], q.DATASETS_ROOT, args.limit)
         spec = data.spec
         feats = {v: features(v, data, args.work) for v in (*TEXT, *IMAGE)}
-        rows = {v: probe(q, data, f) for v, f in feats.items()}
-        best_text = max(TEXT, key=lambda v: rows[v]["val"][spec.select])
-        best_image = max(IMAGE, key=lambda v: rows[v]["val"][spec.select])
+        rows = {v: q.logistic_probe(data, f) for v, f in feats.items()}
+        best_text = max(TEXT, key=lambda v: rows[v]["val_mean"][spec.select])
+        best_image = max(IMAGE, key=lambda v: rows[v]["val_mean"][spec.select])
         pairs = {"text + image: defaults": (next(iter(TEXT)), next(iter(IMAGE)))}
         pairs[f"text + image: best on val ({best_text}; {best_image})"] = (best_text, best_image)
         for label, (t, i) in pairs.items():
-            rows[label] = probe(q, data, {s: np.hstack([feats[t][s], feats[i][s]]) for s in data.splits})
+            rows[label] = q.logistic_probe(data, {s: np.hstack([feats[t][s], feats[i][s]]) for s in data.splits})
         sel = spec.select
         print(f"\n{spec.title}: logistic regression on frozen pooled features; choices on val {sel}")
         print(f"| Features | Val {sel} | Val accuracy | Test {sel} | Test accuracy | Chosen on val |")
@@ -166,8 +146,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             scale = 1 if sel == "auroc" else 100
             digits = 3 if sel == "auroc" else 1
             print(
-                f"| {label} | {r['val'][sel] * scale:.{digits}f} | {r['val']['accuracy'] * 100:.1f} | "
-                f"{r['test'][sel] * scale:.{digits}f} | {r['test']['accuracy'] * 100:.1f} | {r['chosen']} |"
+                f"| {label} | {r['val_mean'][sel] * scale:.{digits}f} | {r['val_mean']['accuracy'] * 100:.1f} | "
+                f"{r['test_mean'][sel] * scale:.{digits}f} | {r['test_mean']['accuracy'] * 100:.1f} | {r['chosen']} |"
             )
 
 

@@ -231,30 +231,35 @@ def encode_once(
     return time.perf_counter() - start, pooled
 
 
-def linear_probes(data: Data, pooled: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, Any]]:
-    """Reference rows: scikit-learn logistic regression on the standardized pooled features (the published MultiOFF
-    baseline's kind of model), C and class weights chosen on validation. Deterministic, so one "seed"."""
+def logistic_probe(data: Data, x: dict[str, np.ndarray]) -> dict[str, Any]:
+    """scikit-learn logistic regression on the standardized features ``x`` (by split), C and class weights chosen
+    on validation; the test scores are only reported. Deterministic, so one "seed"."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    spec, rows = data.spec, {}
+    spec = data.spec
+    scaler = StandardScaler().fit(x["train"])
+    x = {split: scaler.transform(v) for split, v in x.items()}
+    start, best = time.perf_counter(), None
+    for c, cw in itertools.product((0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0), (None, "balanced")):
+        model = LogisticRegression(C=c, class_weight=cw, max_iter=3000).fit(x["train"], data.y["train"])
+        val = scores(spec, data.y["val"], model.predict_proba(x["val"]), data.classes)
+        rank = (val[spec.select] or 0.0, val["accuracy"])
+        if best is None or rank > best[0]:
+            best = (rank, model, val, f"C {c:g}, cw {cw or 'none'}")
+    assert best is not None
+    _, model, val, chosen = best
+    test = scores(spec, data.y["test"], model.predict_proba(x["test"]), data.classes)
+    return {"test_mean": test, "val_mean": val, "chosen": chosen, "fit_s": time.perf_counter() - start}
+
+
+def linear_probes(data: Data, pooled: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, Any]]:
+    """Reference rows: :func:`logistic_probe` (the published MultiOFF baseline's kind of model) on the pooled text
+    features, and on text and image features side by side."""
+    rows = {}
     for name, modalities in (("text", ("text",)), ("text + image", ("text", "image"))):
         x = {split: np.hstack([pooled[m][split] for m in modalities]) for split in data.splits}
-        scaler = StandardScaler().fit(x["train"])
-        x = {split: scaler.transform(v) for split, v in x.items()}
-        start, best = time.perf_counter(), None
-        for c, cw in itertools.product((0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0), (None, "balanced")):
-            model = LogisticRegression(C=c, class_weight=cw, max_iter=3000).fit(x["train"], data.y["train"])
-            val = scores(spec, data.y["val"], model.predict_proba(x["val"]), data.classes)
-            rank = (val[spec.select] or 0.0, val["accuracy"])
-            if best is None or rank > best[0]:
-                best = (rank, model, val, f"C {c:g}, cw {cw or 'none'}")
-        assert best is not None
-        _, model, val, chosen = best
-        test = scores(spec, data.y["test"], model.predict_proba(x["test"]), data.classes)
-        rows[f"Logistic regression on frozen {name} features"] = {
-            "test_mean": test, "val_mean": val, "chosen": chosen, "fit_s": time.perf_counter() - start,
-        }  # fmt: skip
+        rows[f"Logistic regression on frozen {name} features"] = logistic_probe(data, x)
     return rows
 
 
