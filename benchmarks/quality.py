@@ -128,6 +128,7 @@ class Trial:
     image_dropout: float = 0.0
     text_encoder: str = TEXT_ENCODER
     image_encoder: str = IMAGE_ENCODER
+    encoder_lr: float = 2e-5  # of fine-tuned text encoders; every earlier fine-tune record used 2e-5
 
     @property
     def hparams(self) -> dict[str, Any]:
@@ -146,7 +147,7 @@ class Trial:
         return Trial(**{**self.__dict__, **changes})
 
 
-_LATER_FIELDS = {"image_dropout": 0.0, "text_encoder": TEXT_ENCODER, "image_encoder": IMAGE_ENCODER}
+_LATER_FIELDS = {"image_dropout": 0.0, "text_encoder": TEXT_ENCODER, "image_encoder": IMAGE_ENCODER, "encoder_lr": 2e-5}
 
 
 @dataclass
@@ -284,7 +285,7 @@ def make_config(trial: Trial, args: argparse.Namespace) -> Any:
             "model.text_encoder": text,
             "model.image_encoder": image,
             "model.head.params": {"dropout": trial.dropout, "hidden": trial.hidden},
-            "optim.encoder_lr": args.finetune_encoder_lr,
+            "optim.encoder_lr": trial.encoder_lr,
             "optim.warmup_ratio": 0.1 if trial.finetune else 0.0,
             "train.seed": trial.seed,
             "train.class_weights": trial.class_weights,
@@ -420,10 +421,15 @@ def extra_rows(kind: str, heads: Sequence[str], searches: dict[str, dict[str, An
             log(f"  skip {kind} {head}: the head was not searched in this run")
             continue
         base: Trial = searches[head]["chosen_trial"]
-        if kind == "finetune":
-            schedule = f"{base.schedule},ft_epochs={args.finetune_epochs},encoder_lr={args.finetune_encoder_lr}"
-            trial, seeds = base.with_(stage="finetune", finetune=True, schedule=schedule), args.finetune_seeds
-        elif kind == "label_smoothing":
+        if kind == "finetune":  # one row per encoder lr; several: rows "head@lr", compared on validation
+            for lr in args.finetune_encoder_lr:
+                schedule = f"{base.schedule},ft_epochs={args.finetune_epochs},encoder_lr={lr}"
+                trial = base.with_(stage="finetune", finetune=True, schedule=schedule, encoder_lr=lr)
+                row = head if len(args.finetune_encoder_lr) == 1 else f"{head}@{lr:g}"
+                out[row] = [run_trial(trial.with_(seed=s), data, source, ledger, args)["key"]
+                            for s in range(args.finetune_seeds)]  # fmt: skip
+            continue
+        if kind == "label_smoothing":
             trial, seeds = base.with_(stage="label_smoothing", label_smoothing=args.label_smoothing), args.seeds
         elif kind == "modality_dropout":
             trial, seeds = base.with_(stage="modality_dropout", image_dropout=args.image_dropout), args.seeds
@@ -557,9 +563,10 @@ def collect(result: dict[str, Any], ledger: Ledger, k: int) -> dict[str, Any]:
         row["grid"] = searches[h]["grid"]
     extras = {}
     for kind in ("finetune", "label_smoothing", "modality_dropout", "encoders"):
-        for h, keys in result.get(kind, {}).items():
+        for name, keys in result.get(kind, {}).items():
             row = aggregate([ledger.records[key] for key in keys], ledger, data)
-            label = kind.replace("_", " ")
+            h, _, lr = name.partition("@")  # "head@lr": fine-tuned with one of several encoder learning rates
+            label = kind.replace("_", " ") + (f" (encoder lr {lr})" if lr else "")
             if kind == "encoders":
                 cls = FUSION_HEADS.get(h)
                 used = (cls.uses_text is not None, cls.uses_image is not None)
@@ -748,9 +755,10 @@ def scope_lines(args: argparse.Namespace) -> list[str]:
     ft = ", ".join(f"`{h}`" for h in args.finetune_heads)
     lines = []
     if ft:
+        lrs = " / ".join(f"{lr:g}" for lr in args.finetune_encoder_lr)
         lines.append(
-            f"- Text encoder fine-tuned (MiniLM, encoder lr {args.finetune_encoder_lr:g}, head hyperparameters from "
-            f"the frozen row's choice, {args.finetune_epochs} epochs, {args.finetune_seeds} seed(s)): {ft} only."
+            f"- Text encoder fine-tuned (MiniLM, encoder lr {lrs}, head hyperparameters from the frozen row's choice, "
+            f"{args.finetune_epochs} epochs, {args.finetune_seeds} seed(s)): {ft} only."
         )
     else:
         lines.append("- Text encoder fine-tuned: not run (pass `--finetune-heads`).")
@@ -828,7 +836,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     add("--finetune-seeds", type=int, default=1)
     add("--finetune-epochs", type=int, default=3)
-    add("--finetune-encoder-lr", type=float, default=2e-5)
+    add("--finetune-encoder-lr", type=csv_list(float), default=[2e-5],
+        help="text encoder lr(s) of the fine-tuned rows; several: one row each, compared on validation")  # fmt: skip
     add("--ablate-heads", type=csv_list(str), default=[], help="[dataset:]heads also trained with label smoothing")
     add("--label-smoothing", type=float, default=0.1)
     add("--modality-dropout-heads", type=csv_list(str), default=[],
