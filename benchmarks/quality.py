@@ -587,30 +587,52 @@ def collect(result: dict[str, Any], ledger: Ledger, k: int) -> dict[str, Any]:
         "ensemble": ensemble,
         "probes": result["probes"],
         "published": list(spec.published),
-        "targets": check_targets(spec, rows),
+        "targets": check_targets(spec, rows, extras, ensemble),
         "timings_this_invocation": result["timings"],
     }
 
 
-def check_targets(spec: DatasetSpec, rows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """The issue's targets on the test mean of each frozen-encoder row (plus: fusion heads beat unimodal ones)."""
+def val_rank(spec: DatasetSpec, row: dict[str, Any]) -> tuple[float, float]:
+    """How a finished row ranks on validation: its mean selection metric, then mean accuracy."""
+    val = row["val_mean"]
+    return (val.get(spec.select) or 0.0, val.get("accuracy") or 0.0)
+
+
+def check_targets(spec: DatasetSpec, rows: dict[str, dict[str, Any]], extras: dict[str, dict[str, Any]],
+                  ensemble: dict[str, Any] | None) -> list[dict[str, Any]]:  # fmt: skip
+    """The issue's targets, judged on the test mean of the model chosen on validation: among the frozen-encoder
+    heads, and among every row (extras and the ensemble too). MVSA-Single also: every fusion head beats the best
+    unimodal head, with frozen encoders and with the text encoder fine-tuned."""
     out = []
-    for metric, minimum in spec.targets:
-        best = max(rows, key=lambda h: rows[h]["test_mean"].get(metric, -1.0), default=None)
-        if best is None:
+    every = {**rows, **extras, **({"ensemble": ensemble} if ensemble else {})}
+    for scope, pool in (("frozen-encoder heads", rows), ("every row", every)):
+        if not pool:
             continue
-        value = rows[best]["test_mean"][metric]
-        target = f"{metric} >= {fmt(metric, minimum)}"
-        out.append({"target": target, "metric": metric, "best_head": best, "value": value, "met": value >= minimum})
+        chosen = max(pool, key=lambda name: val_rank(spec, pool[name]))
+        for metric, minimum in spec.targets:
+            value = pool[chosen]["test_mean"].get(metric)
+            out.append({"target": f"{metric} >= {fmt(metric, minimum)}", "metric": metric, "scope": scope,
+                        "chosen": chosen, "value": value, "met": value is not None and value >= minimum})  # fmt: skip
     if spec.name == "mvsa_single":
-        uni = [h for h in UNIMODAL if h in rows]
-        fusion = [h for h in rows if h not in UNIMODAL]
-        if uni and fusion:
+        fusion_heads = [h for h in ALL_HEADS if h not in UNIMODAL]
+        tuned_uni = {"text_only + finetune": extras.get("text_only + finetune"), "image_only": rows.get("image_only")}
+        regimes = {
+            "frozen encoders": ({h: rows[h] for h in UNIMODAL if h in rows}, {h: rows.get(h) for h in fusion_heads}),
+            "text encoder fine-tuned": (
+                {h: r for h, r in tuned_uni.items() if r},
+                {h: extras.get(f"{h} + finetune") for h in fusion_heads},
+            ),
+        }
+        for regime, (uni, fusion) in regimes.items():
+            if not uni or not any(fusion.values()):
+                continue
             for metric in ("accuracy", "macro_f1"):
-                best_uni = max(rows[h]["test_mean"][metric] for h in uni)
-                losers = [h for h in fusion if rows[h]["test_mean"][metric] <= best_uni]
-                out.append({"target": f"every fusion head beats the best unimodal head ({metric})",
-                            "value": best_uni, "met": not losers, "not_beating": losers})  # fmt: skip
+                best_uni = max(r["test_mean"][metric] for r in uni.values())
+                losers = [h for h, r in fusion.items() if r and r["test_mean"][metric] <= best_uni]
+                missing = [h for h, r in fusion.items() if not r]
+                out.append({"target": f"every fusion head beats the best unimodal head ({metric})", "scope": regime,
+                            "value": best_uni, "met": not losers and not missing, "not_beating": losers,
+                            "not_run": missing})  # fmt: skip
     return out
 
 
@@ -700,7 +722,14 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, meta: dict[s
             grid = "; ".join(f"{hparam_text(g['hparams'])}: {fmt(ds['selection_metric'], g['val_rank'][0])}"
                              for g in r["grid"])  # fmt: skip
             out.append(f"- `{h}` ({r['search_trials']} trials, {r['search_fit_s']:.0f} s): {grid}")
-    out += ["", "## Targets (issue 7; test mean over seeds, frozen offline encoders)", ""]
+    out += [
+        "",
+        "## Targets (issue 7; test mean over seeds, offline encoders)",
+        "",
+        "Each verdict is the test mean of the model that scored best on validation (MVSA-Single: macro-F1, MultiOFF: "
+        "AUROC), among the frozen-encoder heads and among every row of the table; no row is picked by its test score.",
+        "",
+    ]
     out += [target_line(ds["dataset"], t) for ds in results for t in ds["targets"]]
     out += ["", "## Time", ""]
     for ds in results:
@@ -718,13 +747,16 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, meta: dict[s
 
 def target_line(dataset: str, t: dict[str, Any]) -> str:
     status = "**met**" if t["met"] else "**missed**"
-    if "best_head" in t:
-        where = f"best: `{t['best_head']}` {fmt(t['metric'], t['value'])}"
+    if "chosen" in t:
+        chosen = "the ensemble" if t["chosen"] == "ensemble" else f"`{t['chosen']}`"
+        where = f"chosen on validation: {chosen}, test {fmt(t['metric'], t['value'])}"
     else:
         metric = "macro_f1" if "macro_f1" in t["target"] else "accuracy"
         where = f"best unimodal {fmt(metric, t['value'])}; fusion heads not above it: "
         where += ", ".join(f"`{h}`" for h in t["not_beating"]) or "none"
-    return f"- {dataset}: {t['target']}: {status} ({where})"
+        if t.get("not_run"):
+            where += "; not run in this regime: " + ", ".join(f"`{h}`" for h in t["not_run"])
+    return f"- {dataset}, {t['scope']}: {t['target']}: {status} ({where})"
 
 
 def setup_lines(args: argparse.Namespace) -> list[str]:
