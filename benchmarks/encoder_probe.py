@@ -3,8 +3,8 @@
 For MVSA-Single and MultiOFF (the splits of ``benchmarks/quality.py``), each variant's pooled features are computed
 once (saved under ``--work``) and probed by ``quality.logistic_probe``: standardized on train, a scikit-learn
 logistic regression with C and class weights chosen on the validation split (MVSA-Single: macro-F1, MultiOFF:
-AUROC). The choice between variants
-must be made on the validation columns too; the test columns are printed only to report. Variants:
+AUROC). The choice between variants must be made on the validation columns too; the test columns are printed only
+to report. Variants:
 
 - text: ``minilm`` mean pooling (mmfuse's default for it), ``minilm`` CLS token, ``minilm`` mean and max
   concatenated, ``mpnet`` (all-mpnet-base-v2, see the README's install notes) mean pooling;

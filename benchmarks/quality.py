@@ -37,7 +37,7 @@ import platform
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -141,7 +141,8 @@ class Trial:
 
     @property
     def key(self) -> str:
-        items = {k: v for k, v in self.__dict__.items() if _LATER_FIELDS.get(k, object()) != v}
+        defaults = {f.name: f.default for f in fields(self) if f.name in _LATER_FIELDS}
+        items = {k: v for k, v in self.__dict__.items() if k not in defaults or v != defaults[k]}
         return "|".join(f"{k}={v}" for k, v in sorted(items.items()))
 
     @property
@@ -152,7 +153,7 @@ class Trial:
         return Trial(**{**self.__dict__, **changes})
 
 
-_LATER_FIELDS = {"image_dropout": 0.0, "text_encoder": TEXT_ENCODER, "image_encoder": IMAGE_ENCODER, "encoder_lr": 2e-5}
+_LATER_FIELDS = ("image_dropout", "text_encoder", "image_encoder", "encoder_lr")
 
 
 @dataclass
@@ -365,7 +366,7 @@ def scores(spec: DatasetSpec, y: np.ndarray, proba: np.ndarray, classes: list[st
 def rank_value(spec: DatasetSpec, val_scores: Sequence[dict[str, Any]]) -> tuple[float, float]:
     """Validation-only ranking key of a grid point: mean selection metric, then mean accuracy."""
     return (
-        float(np.mean([s[spec.select] or 0.0 for s in val_scores])),
+        float(np.mean([s.get(spec.select) or 0.0 for s in val_scores])),
         float(np.mean([s["accuracy"] for s in val_scores])),
     )
 
@@ -597,12 +598,6 @@ def collect(result: dict[str, Any], ledger: Ledger, k: int) -> dict[str, Any]:
     }
 
 
-def val_rank(spec: DatasetSpec, row: dict[str, Any]) -> tuple[float, float]:
-    """How a finished row ranks on validation: its mean selection metric, then mean accuracy."""
-    val = row["val_mean"]
-    return (val.get(spec.select) or 0.0, val.get("accuracy") or 0.0)
-
-
 def check_targets(spec: DatasetSpec, rows: dict[str, dict[str, Any]], extras: dict[str, dict[str, Any]],
                   ensemble: dict[str, Any] | None) -> list[dict[str, Any]]:  # fmt: skip
     """The issue's targets, judged on the test mean of the model chosen on validation: among the frozen-encoder
@@ -613,12 +608,12 @@ def check_targets(spec: DatasetSpec, rows: dict[str, dict[str, Any]], extras: di
     for scope, pool in (("frozen-encoder heads", rows), ("every row", every)):
         if not pool:
             continue
-        ranked = sorted(pool, key=lambda name: val_rank(spec, pool[name]), reverse=True)
+        ranked = sorted(pool, key=lambda name: rank_value(spec, [pool[name]["val_mean"]]), reverse=True)
         chosen = ranked[0]
         for metric, minimum in spec.targets:
             value = pool[chosen]["test_mean"].get(metric)
             # for transparency: the other rows whose test mean meets it, with their place on validation
-            meeting = [(name, ranked.index(name) + 1) for name in ranked[1:]
+            meeting = [(name, place) for place, name in enumerate(ranked[1:], start=2)
                        if (pool[name]["test_mean"].get(metric) or 0.0) >= minimum]  # fmt: skip
             out.append({"target": f"{metric} >= {fmt(metric, minimum)}", "metric": metric, "scope": scope,
                         "chosen": chosen, "value": value, "met": value is not None and value >= minimum,
