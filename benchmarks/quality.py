@@ -5,10 +5,10 @@ offline encoders (MiniLM-L6 text, EfficientNet-Lite0 image) whose features come 
 each encoder runs once per dataset. The grid point with the best validation score (MVSA-Single: macro-F1, MultiOFF:
 AUROC; ties by accuracy) is kept, the test split is never looked at for any choice, and that point is trained with
 every seed; test metrics are mean +- sample std over the seeds. Optional extras, each reusing a head's chosen
-hyperparameters: rows with the text encoder fine-tuned (``--finetune-heads``, one row per ``--finetune-encoder-lr``),
-a label-smoothing ablation (``--ablate-heads``), modality dropout (``--modality-dropout-heads``), other offline
-encoders (``--encoder-heads``; the default mpnet + efficientnet-lite2 need the README's
-``offline-large`` and mpnet installs);
+hyperparameters: rows with the text encoder fine-tuned (``--finetune-heads``; with several ``--finetune-encoder-lr``,
+each head keeps the one best on validation), a label-smoothing ablation (``--ablate-heads``), modality dropout
+(``--modality-dropout-heads``), other offline encoders (``--encoder-heads``; the default mpnet + efficientnet-lite2
+need the README's ``offline-large`` and mpnet installs);
 and an ensemble of the heads that were best on validation (computed from saved probabilities, no training). Each
 target of issue 7 is judged on the row that scored best on validation, never on the best test value.
 
@@ -278,7 +278,7 @@ def make_config(trial: Trial, args: argparse.Namespace) -> Any:
     text = {"name": trial.text_encoder, "freeze": not trial.finetune} if cls.uses_text is not None else None
     image = {"name": trial.image_encoder} if cls.uses_image is not None else None
     epochs = (
-        args.finetune_epochs
+        per_head_value(args.finetune_epochs_of, trial.dataset, trial.head, args.finetune_epochs)
         if trial.finetune
         else per_head_value(args.epochs_of, trial.dataset, trial.head, args.epochs)
     )
@@ -336,9 +336,11 @@ def run_trial(trial: Trial, data: Data, source: Any, ledger: Ledger, args: argpa
     shutil.rmtree(args.work / "runs" / trial.slug, ignore_errors=True)
     ledger.add(record, probas)
     val = record["val"]
+    encoder_lr = f" encoder_lr={trial.encoder_lr:g}" if trial.finetune else ""
     log(
         f"  {trial.stage:<15} {trial.dataset}/{trial.head} seed {trial.seed} {trial.hparams} "
-        f"ls={trial.label_smoothing}: val {data.spec.select} {val[data.spec.select]:.4f} acc {val['accuracy']:.4f} "
+        f"ls={trial.label_smoothing}{encoder_lr}: val {data.spec.select} {val[data.spec.select]:.4f} "
+        f"acc {val['accuracy']:.4f} "
         f"({record['epochs_run']} epochs, fit {fit_s:.1f}s, predict {predict_s:.1f}s)"
     )
     return record
@@ -427,13 +429,8 @@ def extra_rows(kind: str, heads: Sequence[str], searches: dict[str, dict[str, An
             log(f"  skip {kind} {head}: the head was not searched in this run")
             continue
         base: Trial = searches[head]["chosen_trial"]
-        if kind == "finetune":  # one row per encoder lr; several: rows "head@lr", compared on validation
-            for lr in args.finetune_encoder_lr:
-                schedule = f"{base.schedule},ft_epochs={args.finetune_epochs},encoder_lr={lr}"
-                trial = base.with_(stage="finetune", finetune=True, schedule=schedule, encoder_lr=lr)
-                row = head if len(args.finetune_encoder_lr) == 1 else f"{head}@{lr:g}"
-                out[row] = [run_trial(trial.with_(seed=s), data, source, ledger, args)["key"]
-                            for s in range(args.finetune_seeds)]  # fmt: skip
+        if kind == "finetune":
+            out[head] = finetune_row(head, base, data, source, ledger, args)
             continue
         if kind == "label_smoothing":
             trial, seeds = base.with_(stage="label_smoothing", label_smoothing=args.label_smoothing), args.seeds
@@ -451,6 +448,24 @@ def extra_rows(kind: str, heads: Sequence[str], searches: dict[str, dict[str, An
             trial, seeds = base.with_(stage="encoders", **encoders), args.seeds
         out[head] = [run_trial(trial.with_(seed=s), data, source, ledger, args)["key"] for s in range(seeds)]
     return out
+
+
+def finetune_row(head: str, base: Trial, data: Data, source: Any, ledger: Ledger, args: argparse.Namespace):
+    """The head fine-tuned with each ``--finetune-encoder-lr`` (the first only for ``--finetune-small-grid-heads``),
+    every lr with all ``--finetune-seeds``; the row is the lr whose seeds score best on validation (mean)."""
+    spec = data.spec
+    ft_epochs = per_head_value(args.finetune_epochs_of, spec.name, head, args.finetune_epochs)
+    small = {head, f"{spec.name}:{head}"} & set(args.finetune_small_grid_heads)
+    ranked = []
+    for lr in args.finetune_encoder_lr[:1] if small else args.finetune_encoder_lr:
+        schedule = f"{base.schedule},ft_epochs={ft_epochs},encoder_lr={lr}"
+        trial = base.with_(stage="finetune", finetune=True, schedule=schedule, encoder_lr=lr)
+        recs = [run_trial(trial.with_(seed=s), data, source, ledger, args) for s in range(args.finetune_seeds)]
+        ranked.append((rank_value(spec, [r["val"] for r in recs]), lr, [r["key"] for r in recs]))
+    _, lr, keys = max(ranked, key=lambda t: t[0])  # validation only; the first lr wins ties
+    if len(ranked) > 1:
+        log(f"  -> {spec.name}/{head} fine-tuned: chose encoder lr {lr:g} on validation")
+    return {"keys": keys, "encoder_lr": lr, "grid": [{"encoder_lr": x, "val_rank": list(v)} for v, x, _ in ranked]}
 
 
 def run_dataset(spec: DatasetSpec, ledger: Ledger, source: Any, args: argparse.Namespace) -> dict[str, Any]:
@@ -521,6 +536,7 @@ def aggregate(recs: list[dict[str, Any]], ledger: Ledger, data: Data) -> dict[st
                 "label_smoothing",
                 "image_dropout",
                 "finetune",
+                "encoder_lr",
                 "text_encoder",
                 "image_encoder",
             )
@@ -569,10 +585,12 @@ def collect(result: dict[str, Any], ledger: Ledger, k: int) -> dict[str, Any]:
         row["grid"] = searches[h]["grid"]
     extras = {}
     for kind in ("finetune", "label_smoothing", "modality_dropout", "encoders"):
-        for name, keys in result.get(kind, {}).items():
-            row = aggregate([ledger.records[key] for key in keys], ledger, data)
-            h, _, lr = name.partition("@")  # "head@lr": fine-tuned with one of several encoder learning rates
-            label = kind.replace("_", " ") + (f" (encoder lr {lr})" if lr else "")
+        for h, keys in result.get(kind, {}).items():
+            chosen = keys["keys"] if kind == "finetune" else keys
+            row = aggregate([ledger.records[key] for key in chosen], ledger, data)
+            if kind == "finetune":
+                row["encoder_lr_grid"] = keys["grid"]
+            label = kind.replace("_", " ")
             if kind == "encoders":
                 cls = FUSION_HEADS.get(h)
                 used = (cls.uses_text is not None, cls.uses_image is not None)
@@ -660,7 +678,7 @@ def hparam_text(h: dict[str, Any]) -> str:
     if h.get("image_dropout"):
         parts.append(f"image dropout {h['image_dropout']:g}")
     if h.get("finetune"):
-        parts.append("text encoder fine-tuned")
+        parts.append(f"text encoder fine-tuned (lr {h.get('encoder_lr') or 2e-5:g})")
     for modality, default in (("text", TEXT_ENCODER), ("image", IMAGE_ENCODER)):
         if h.get(f"{modality}_encoder") not in (None, default):
             parts.append(f"{modality} encoder {h[f'{modality}_encoder']}")
@@ -727,6 +745,13 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, meta: dict[s
             grid = "; ".join(f"{hparam_text(g['hparams'])}: {fmt(ds['selection_metric'], g['val_rank'][0])}"
                              for g in r["grid"])  # fmt: skip
             out.append(f"- `{h}` ({r['search_trials']} trials, {r['search_fit_s']:.0f} s): {grid}")
+        lr_grids = {n: r["encoder_lr_grid"] for n, r in ds["extras"].items() if len(r.get("encoder_lr_grid", [])) > 1}
+        if lr_grids:
+            out += ["", f"Text encoder learning rate of the fine-tuned rows (validation, mean of {args.finetune_seeds} "
+                    "seed(s) each):", ""]  # fmt: skip
+            for name, grid in lr_grids.items():
+                cells = "; ".join(f"{g['encoder_lr']:g}: {fmt(ds['selection_metric'], g['val_rank'][0])}" for g in grid)
+                out.append(f"- `{name}`: {cells}")
     out += [
         "",
         "## Targets (issue 7; test mean over seeds, offline encoders)",
@@ -797,9 +822,14 @@ def scope_lines(args: argparse.Namespace) -> list[str]:
     lines = []
     if ft:
         lrs = " / ".join(f"{lr:g}" for lr in args.finetune_encoder_lr)
+        if len(args.finetune_encoder_lr) > 1:
+            lrs += " chosen per head on validation"
+            if args.finetune_small_grid_heads:
+                lrs += " (" + ", ".join(f"`{h}`" for h in args.finetune_small_grid_heads) + " the first only)"
+        epochs = f"{args.finetune_epochs} epochs" + "".join(f", `{h}` {n}" for h, n in args.finetune_epochs_of.items())
         lines.append(
             f"- Text encoder fine-tuned (MiniLM, encoder lr {lrs}, head hyperparameters from the frozen row's choice, "
-            f"{args.finetune_epochs} epochs, {args.finetune_seeds} seed(s)): {ft} only."
+            f"{epochs}, {args.finetune_seeds} seed(s)): {ft} only."
         )
     else:
         lines.append("- Text encoder fine-tuned: not run (pass `--finetune-heads`).")
@@ -877,8 +907,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     add("--finetune-seeds", type=int, default=1)
     add("--finetune-epochs", type=int, default=3)
+    add("--finetune-epochs-per-head", dest="finetune_epochs_of", type=per_head, default={},
+        help="epochs of fine-tuned rows per [dataset:]head, e.g. early_fusion=2")  # fmt: skip
     add("--finetune-encoder-lr", type=csv_list(float), default=[2e-5],
-        help="text encoder lr(s) of the fine-tuned rows; several: one row each, compared on validation")  # fmt: skip
+        help="text encoder lr(s) of the fine-tuned rows; several: each head keeps the best on validation")  # fmt: skip
+    add("--finetune-small-grid-heads", type=csv_list(str), default=[],
+        help="[dataset:]heads fine-tuned with the first --finetune-encoder-lr only")  # fmt: skip
     add("--ablate-heads", type=csv_list(str), default=[], help="[dataset:]heads also trained with label smoothing")
     add("--label-smoothing", type=float, default=0.1)
     add("--modality-dropout-heads", type=csv_list(str), default=[],
@@ -908,6 +942,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     named = [
         *args.heads,
         *args.finetune_heads,
+        *args.finetune_small_grid_heads,
+        *args.finetune_epochs_of,
         *args.ablate_heads,
         *args.modality_dropout_heads,
         *args.encoder_heads,
