@@ -821,11 +821,12 @@ def scope_lines(args: argparse.Namespace) -> list[str]:
     ft = ", ".join(f"`{h}`" for h in args.finetune_heads)
     lines = []
     if ft:
-        lrs = " / ".join(f"{lr:g}" for lr in args.finetune_encoder_lr)
+        lrs = " or ".join(f"{lr:g}" for lr in args.finetune_encoder_lr)
         if len(args.finetune_encoder_lr) > 1:
-            lrs += " chosen per head on validation"
+            lrs += ", chosen per head on validation"
             if args.finetune_small_grid_heads:
-                lrs += " (" + ", ".join(f"`{h}`" for h in args.finetune_small_grid_heads) + " the first only)"
+                small = ", ".join(f"`{h}`" for h in args.finetune_small_grid_heads)
+                lrs += f"; {small}: {args.finetune_encoder_lr[0]:g} only"
         epochs = f"{args.finetune_epochs} epochs" + "".join(f", `{h}` {n}" for h, n in args.finetune_epochs_of.items())
         lines.append(
             f"- Text encoder fine-tuned (MiniLM, encoder lr {lrs}, head hyperparameters from the frozen row's choice, "
