@@ -653,9 +653,11 @@ def check_targets(spec: DatasetSpec, rows: dict[str, dict[str, Any]], extras: di
                 best_uni = max(r["test_mean"][metric] for r in uni.values())
                 losers = [h for h, r in fusion.items() if r and r["test_mean"][metric] <= best_uni]
                 missing = [h for h, r in fusion.items() if not r]
+                # the closest fusion head, so a win by a hair is visible as one
+                closest = min((r["test_mean"][metric] - best_uni, h) for h, r in fusion.items() if r)
                 out.append({"target": f"every fusion head beats the best unimodal head ({metric})", "scope": regime,
                             "value": best_uni, "met": not losers and not missing, "not_beating": losers,
-                            "not_run": missing})  # fmt: skip
+                            "not_run": missing, "closest": closest})  # fmt: skip
     return out
 
 
@@ -788,6 +790,9 @@ def target_line(dataset: str, t: dict[str, Any]) -> str:
         metric = "macro_f1" if "macro_f1" in t["target"] else "accuracy"
         where = f"best unimodal {fmt(metric, t['value'])}; fusion heads not above it: "
         where += ", ".join(f"`{h}`" for h in t["not_beating"]) or "none"
+        if not t["not_beating"] and t.get("closest"):
+            margin, head = t["closest"]
+            where += f"; smallest margin: `{head}`, {100 * margin:+.2f} points"
         if t.get("not_run"):
             where += "; not run in this regime: " + ", ".join(f"`{h}`" for h in t["not_run"])
     return f"- {dataset}, {t['scope']}: {t['target']}: {status} ({where})"

@@ -111,3 +111,22 @@ def test_the_command_line_reads_the_finetune_options_and_checks_head_names(quali
     for option in ("--finetune-small-grid-heads", "--finetune-epochs-per-head"):
         with pytest.raises(ValueError, match="unknown fusion head 'nope'"):
             quality.parse_args([option, "nope=2" if option.endswith("per-head") else "nope"])
+
+
+def test_fusion_beats_unimodal_shows_the_smallest_margin(quality):
+    def row(acc, f1, val=0.5):
+        return {"test_mean": {"accuracy": acc, "macro_f1": f1}, "val_mean": {"macro_f1": val, "accuracy": val}}
+
+    rows = {"text_only": row(0.78, 0.75), "image_only": row(0.60, 0.58)}
+    fusion = {"concat": row(0.80, 0.7501), "align": row(0.81, 0.77), "cross": row(0.79, 0.76)}
+    fusion |= {"cross_attention": row(0.79, 0.76), "early_fusion": row(0.785, 0.76)}
+    targets = quality.check_targets(quality.DATASETS["mvsa_single"], {**rows, **fusion}, {}, None)
+    beats = {t["target"]: t for t in targets if t.get("scope") == "frozen encoders"}
+    f1 = beats["every fusion head beats the best unimodal head (macro_f1)"]
+    assert f1["met"] and f1["closest"] == (pytest.approx(0.0001), "concat")
+    assert "smallest margin: `concat`, +0.01 points" in quality.target_line("mvsa_single", f1)
+    rows["text_only"] = row(0.795, 0.75)  # now concat (0.80) beats it but early_fusion (0.785) does not
+    acc = next(t for t in quality.check_targets(quality.DATASETS["mvsa_single"], {**rows, **fusion}, {}, None)
+               if t["target"].endswith("(accuracy)") and t["scope"] == "frozen encoders")  # fmt: skip
+    assert not acc["met"] and acc["not_beating"] == ["cross", "cross_attention", "early_fusion"]
+    assert "smallest margin" not in quality.target_line("mvsa_single", acc)
