@@ -278,7 +278,7 @@ def make_config(trial: Trial, args: argparse.Namespace) -> Any:
     text = {"name": trial.text_encoder, "freeze": not trial.finetune} if cls.uses_text is not None else None
     image = {"name": trial.image_encoder} if cls.uses_image is not None else None
     epochs = (
-        per_head_value(args.finetune_epochs_of, trial.dataset, trial.head, args.finetune_epochs)
+        args.finetune_epochs
         if trial.finetune
         else per_head_value(args.epochs_of, trial.dataset, trial.head, args.epochs)
     )
@@ -454,11 +454,10 @@ def finetune_row(head: str, base: Trial, data: Data, source: Any, ledger: Ledger
     """The head fine-tuned with each ``--finetune-encoder-lr`` (the first only for ``--finetune-small-grid-heads``),
     every lr with all ``--finetune-seeds``; the row is the lr whose seeds score best on validation (mean)."""
     spec = data.spec
-    ft_epochs = per_head_value(args.finetune_epochs_of, spec.name, head, args.finetune_epochs)
     small = {head, f"{spec.name}:{head}"} & set(args.finetune_small_grid_heads)
     ranked = []
     for lr in args.finetune_encoder_lr[:1] if small else args.finetune_encoder_lr:
-        schedule = f"{base.schedule},ft_epochs={ft_epochs},encoder_lr={lr}"
+        schedule = f"{base.schedule},ft_epochs={args.finetune_epochs},encoder_lr={lr}"
         trial = base.with_(stage="finetune", finetune=True, schedule=schedule, encoder_lr=lr)
         recs = [run_trial(trial.with_(seed=s), data, source, ledger, args) for s in range(args.finetune_seeds)]
         ranked.append((rank_value(spec, [r["val"] for r in recs]), lr, [r["key"] for r in recs]))
@@ -832,10 +831,9 @@ def scope_lines(args: argparse.Namespace) -> list[str]:
             if args.finetune_small_grid_heads:
                 small = ", ".join(f"`{h}`" for h in args.finetune_small_grid_heads)
                 lrs += f"; {small}: {args.finetune_encoder_lr[0]:g} only"
-        epochs = f"{args.finetune_epochs} epochs" + "".join(f", `{h}` {n}" for h, n in args.finetune_epochs_of.items())
         lines.append(
             f"- Text encoder fine-tuned (MiniLM, encoder lr {lrs}, head hyperparameters from the frozen row's choice, "
-            f"{epochs}, {args.finetune_seeds} seed(s)): {ft} only."
+            f"{args.finetune_epochs} epochs, {args.finetune_seeds} seed(s)): {ft} only."
         )
     else:
         lines.append("- Text encoder fine-tuned: not run (pass `--finetune-heads`).")
@@ -913,8 +911,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     add("--finetune-seeds", type=int, default=1)
     add("--finetune-epochs", type=int, default=3)
-    add("--finetune-epochs-per-head", dest="finetune_epochs_of", type=per_head, default={},
-        help="epochs of fine-tuned rows per [dataset:]head, e.g. early_fusion=2")  # fmt: skip
     add("--finetune-encoder-lr", type=csv_list(float), default=[2e-5],
         help="text encoder lr(s) of the fine-tuned rows; several: each head keeps the best on validation")  # fmt: skip
     add("--finetune-small-grid-heads", type=csv_list(str), default=[],
@@ -949,7 +945,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         *args.heads,
         *args.finetune_heads,
         *args.finetune_small_grid_heads,
-        *args.finetune_epochs_of,
         *args.ablate_heads,
         *args.modality_dropout_heads,
         *args.encoder_heads,

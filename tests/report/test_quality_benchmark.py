@@ -56,7 +56,6 @@ def args_for(**overrides):
         "finetune_encoder_lr": [2e-5, 5e-5, 1e-4],
         "finetune_seeds": 2,
         "finetune_epochs": 3,
-        "finetune_epochs_of": {},
         "finetune_small_grid_heads": [],
     }
     return SimpleNamespace(**{**args, **overrides})
@@ -85,14 +84,13 @@ def test_finetune_row_ties_go_to_the_first_lr(quality, monkeypatch):
 
 
 @pytest.mark.parametrize("small", ["concat", "mvsa_single:concat"])
-def test_small_grid_heads_try_the_first_lr_only_and_take_their_own_epochs(quality, monkeypatch, small):
+def test_small_grid_heads_try_the_first_lr_only(quality, monkeypatch, small):
     trainer = FakeTrainer({2e-5: 0.60, 5e-5: 0.90, 1e-4: 0.95})
     monkeypatch.setattr(quality, "run_trial", trainer)
-    args = args_for(finetune_small_grid_heads=[small], finetune_epochs_of={"mvsa_single:concat": 2})
+    args = args_for(finetune_small_grid_heads=[small])
     row = quality.finetune_row("concat", base_trial(quality), DATA, None, None, args)
     assert row["encoder_lr"] == 2e-5 and len(row["grid"]) == 1
     assert {t.encoder_lr for t in trainer.trials} == {2e-5}
-    assert all("ft_epochs=2," in t.schedule for t in trainer.trials)
 
 
 def test_small_grid_heads_of_another_dataset_do_not_apply(quality, monkeypatch):
@@ -103,14 +101,13 @@ def test_small_grid_heads_of_another_dataset_do_not_apply(quality, monkeypatch):
 
 
 def test_the_command_line_reads_the_finetune_options_and_checks_head_names(quality):
-    args = quality.parse_args(["--finetune-small-grid-heads", "early_fusion", "--finetune-epochs-per-head",
-                               "multioff:early_fusion=2", "--finetune-encoder-lr", "2e-5,5e-5"])  # fmt: skip
-    assert args.finetune_small_grid_heads == ["early_fusion"]
-    assert args.finetune_epochs_of == {"multioff:early_fusion": 2}
+    args = quality.parse_args(
+        ["--finetune-small-grid-heads", "multioff:early_fusion", "--finetune-encoder-lr", "2e-5,5e-5"]
+    )
+    assert args.finetune_small_grid_heads == ["multioff:early_fusion"]
     assert args.finetune_encoder_lr == [2e-5, 5e-5]
-    for option in ("--finetune-small-grid-heads", "--finetune-epochs-per-head"):
-        with pytest.raises(ValueError, match="unknown fusion head 'nope'"):
-            quality.parse_args([option, "nope=2" if option.endswith("per-head") else "nope"])
+    with pytest.raises(ValueError, match="unknown fusion head 'nope'"):
+        quality.parse_args(["--finetune-small-grid-heads", "nope"])
 
 
 def test_fusion_beats_unimodal_shows_the_smallest_margin(quality):
