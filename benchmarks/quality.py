@@ -679,7 +679,8 @@ def hparam_text(h: dict[str, Any]) -> str:
     if h.get("image_dropout"):
         parts.append(f"image dropout {h['image_dropout']:g}")
     if h.get("finetune"):
-        parts.append(f"text encoder fine-tuned (lr {h.get('encoder_lr') or 2e-5:g})")
+        # records older than the encoder_lr field were all trained with Trial's default
+        parts.append(f"text encoder fine-tuned (lr {h.get('encoder_lr') or Trial.encoder_lr:g})")
     for modality, default in (("text", TEXT_ENCODER), ("image", IMAGE_ENCODER)):
         if h.get(f"{modality}_encoder") not in (None, default):
             parts.append(f"{modality} encoder {h[f'{modality}_encoder']}")
