@@ -227,7 +227,9 @@ class RunConfig(StrictSection):
     Attributes:
         out_dir: parent folder of run folders (relative to the working directory).
         name: the run folder's name; default ``<head>-<YYYYmmdd-HHMMSS>``.
-        quiet: no progress bars or per-epoch lines on the console (the log file keeps everything).
+        quiet: no progress bars or per-epoch lines on the console (the log file keeps everything). Off a terminal
+            the progress lines (one every ``$MMFUSE_PROGRESS_SECONDS``, default 30 s) stay: see
+            :mod:`mmfuse.engine.progress`.
         overwrite: reuse an existing run folder, deleting its contents; otherwise an existing one is an error.
     """
 

@@ -40,7 +40,7 @@ def train(
     overrides: list[str] | None = typer.Argument(None, help="key=value overrides, e.g. optim.lr=1e-4 head.name=concat"),
     set_: list[str] | None = typer.Option(None, "--set", "-s", help="key=value override (repeatable)."),
     resume: Path | None = typer.Option(None, "--resume", help="continue this run folder from its last checkpoint"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars or per-epoch lines"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no bars or epoch lines (progress lines stay in logs)"),
 ) -> None:
     """Train a model; writes a run folder (config, label map, metrics.jsonl, checkpoints, train.log, summary)."""
     from mmfuse.engine.classifier import MultimodalClassifier

@@ -41,6 +41,11 @@ class FeaturePlan:
     def precomputes(self, modality: str) -> bool:
         return getattr(self, modality) not in (None, "raw")
 
+    @property
+    def precomputed(self) -> int:
+        """How many modalities get precomputed features (what a feature pass's progress counts per example)."""
+        return sum(self.precomputes(m) for m in ("text", "image"))
+
     def needs_sequence(self, modality: str) -> bool:
         return getattr(self, modality) in ("sequence", "grid")
 

@@ -33,7 +33,8 @@ from mmfuse.engine.data_io import ExamplesLike, examples_of, predictions_frame
 from mmfuse.engine.features import FeatureSource, source_for
 from mmfuse.engine.inference import Outputs, run_model
 from mmfuse.engine.metrics import baseline_metrics, classification_metrics, evaluation_scalars, predict_labels
-from mmfuse.engine.run_dir import RunDir
+from mmfuse.engine.progress import is_main_process
+from mmfuse.engine.run_dir import Reporter, RunDir
 from mmfuse.engine.trainer import EpochCallback, Trainer
 
 
@@ -217,7 +218,7 @@ class MultimodalClassifier:
         unlabeled = sum(e.label is None for e in items)
         if unlabeled:
             raise ValueError(f"{unlabeled} of {len(items)} examples have no label; evaluate needs labels (use predict)")
-        out = self._run(items, labeled=True)
+        out = self._run(items, labeled=True, desc="evaluate")
         proba, y = out.proba, out.labels
         result: dict[str, Any] = {
             "split": name or (examples.name if isinstance(examples, Split) else str(examples)[:60]),
@@ -235,7 +236,10 @@ class MultimodalClassifier:
             result["baselines"] = baseline_metrics(train_y, y, label_map.classes, seed=self.config.train.seed)
         return result
 
-    def _run(self, examples: ExamplesLike, *, labeled: bool = False, details: bool = False) -> Outputs:
+    def _run(
+        self, examples: ExamplesLike, *, labeled: bool = False, details: bool = False, desc: str = "predict"
+    ) -> Outputs:
+        """The model's outputs on ``examples``, with progress (``desc``) as ``config.run.quiet`` says."""
         model, label_map = self._model(), self._label_map()
         items = examples if labeled else examples_of(examples, self.config.data)
         items = list(items)  # type: ignore[arg-type]
@@ -243,16 +247,19 @@ class MultimodalClassifier:
             raise ValueError("no examples to predict")
         cfg = self.config
         plan = plan_features(model, precompute=cfg.cache.enabled)
-        tables = compute_tables(
-            model, plan, items, self.source, device=self.device, batch_size=cfg.train.eval_batch,
-            num_workers=cfg.train.num_workers,
-        )  # fmt: skip
+        reporter = Reporter(quiet=cfg.run.quiet, main=is_main_process())
+        with reporter.bar(len(items) * plan.precomputed, f"features {desc}") as bar:
+            tables = compute_tables(
+                model, plan, items, self.source, device=self.device, batch_size=cfg.train.eval_batch,
+                num_workers=cfg.train.num_workers, progress=bar.update,
+            )  # fmt: skip
         loader = make_loader(
             items, label_map=label_map if labeled else None, plan=plan, batch_size=cfg.train.eval_batch,
             image_encoder=getattr(model, "image_encoder", None), num_workers=cfg.train.num_workers,
         )  # fmt: skip
         maker = InputMaker(plan, tables, getattr(model, "text_encoder", None))
-        return run_model(model, loader, maker, device=self.device, details=details)
+        with reporter.bar(len(items), desc) as bar:
+            return run_model(model, loader, maker, device=self.device, details=details, bar=bar)
 
     def _model(self) -> nn.Module:
         if self.model is None:

@@ -228,6 +228,8 @@ class FeatureStore:
                 self._tables.move_to_end(key)
                 self.hits += 1
                 table = self._tables[key]
+                if progress is not None:  # done at once: the progress still adds up to len(examples)
+                    progress(len(examples))
                 return table if need_sequence else table.pooled_only()
         self.misses += 1
         table = compute_features(

@@ -58,7 +58,8 @@ def run_model(
         accelerator: when given, logits and labels are gathered across processes with ``gather_for_metrics``
             (which drops the samples repeated to even out the last batch).
         details: also collect attention maps and image reliance (single process).
-        bar: a progress bar to advance by each batch's size.
+        bar: a progress bar (:class:`~mmfuse.engine.progress.Progress`) to advance by each batch's examples (across
+            processes).
     """
     set_train_mode(model, False)
     logits, labels, ids, attention, reliance = [], [], [], [], []
@@ -77,7 +78,7 @@ def run_model(
             if out.image_reliance is not None:
                 reliance.append(out.image_reliance.float().cpu())
         if bar is not None:
-            bar.update(len(batch["ids"]))
+            bar.update(len(batch_logits))
     return Outputs(
         logits=torch.cat(logits).numpy() if logits else np.zeros((0, 0)),
         labels=torch.cat(labels).numpy() if labels else np.zeros(0, dtype=np.int64),

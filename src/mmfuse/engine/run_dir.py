@@ -27,6 +27,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from mmfuse.config import RunConfig
+from mmfuse.engine.progress import LineClock, Progress
 
 logger = logging.getLogger("mmfuse.engine")
 
@@ -102,23 +103,23 @@ class RunDir:
         return json.loads(self.summary.read_text(encoding="utf-8")) if self.summary.is_file() else {}
 
 
-def default_quiet() -> bool:
-    """Quiet when stderr is not a terminal (logs, CI): no progress bars there."""
-    return not sys.stderr.isatty()
-
-
 class Reporter:
-    """What a run shows: progress bars and messages on the console (unless quiet or not the main process), and
-    every message in the run's log file.
+    """What a run shows: progress and messages on the console (unless quiet or not the main process), and
+    every message and progress line in the run's log file.
 
     Args:
-        quiet: no progress bars and no console messages (the log still gets them).
+        quiet: no progress bars and no console messages (the log still gets them; off a terminal the periodic
+            progress lines stay on the console too, see :mod:`mmfuse.engine.progress`).
         main: whether this is the main process (others stay silent).
+
+    Raises:
+        ValueError: a bad ``$MMFUSE_PROGRESS_SECONDS``.
     """
 
     def __init__(self, quiet: bool = False, main: bool = True) -> None:
         self.quiet = quiet or not main
         self.main = main
+        self.lines = LineClock.from_env() if main else LineClock(None)  # one pace for all the run's steps
 
     def info(self, message: str) -> None:
         logger.info(message)
@@ -130,11 +131,9 @@ class Reporter:
         if self.main:
             tqdm.write(f"warning: {message}", file=sys.stderr)
 
-    def bar(self, total: int, desc: str, unit: str = "ex") -> tqdm:
-        """A progress bar (disabled when quiet, and automatically when stderr is not a terminal)."""
-        return tqdm(
-            total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True, disable=True if self.quiet else None
-        )
+    def bar(self, total: int, desc: str, unit: str = "ex") -> Progress:
+        """Progress of one step: a bar on a terminal (unless quiet), periodic lines off one and in the log."""
+        return Progress(total, desc, unit=unit, quiet=self.quiet, enabled=self.main, lines=self.lines)
 
     @contextmanager
     def log_to(self, path: Path) -> Iterator[None]:

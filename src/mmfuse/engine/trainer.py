@@ -182,7 +182,7 @@ class Trainer:
         device, eval_bs = acc.device, cfg.train.eval_batch
         makers = {}
         for split, examples in (("train", self.train_examples), ("val", self.val_examples)):
-            bar = self.reporter.bar(len(examples) * self._precomputed_count(), f"features {split}")
+            bar = self.reporter.bar(len(examples) * self.plan.precomputed, f"features {split}")
             # Computing features may draw from the global RNG (a DataLoader's base seed) and a warm store does not:
             # fork it, so that a run after a cold store trains exactly like one after a warm store (or a resume).
             with bar, torch.random.fork_rng(devices=[]):
@@ -207,9 +207,6 @@ class Trainer:
         self.ddp_model, self.optimizer, self.train_loader, self.val_loader, self.scheduler = acc.prepare(
             self.model, optimizer, train_loader, val_loader, scheduler
         )
-
-    def _precomputed_count(self) -> int:
-        return sum(self.plan.precomputes(m) for m in ("text", "image"))
 
     # ------------------------------------------------------------------------------------------------- loop
 
@@ -240,7 +237,7 @@ class Trainer:
         while self.state.epoch < cfg.epochs:
             epoch = self.state.epoch + 1
             train_stats = self._train_epoch(epoch)
-            val, _ = self._validate()
+            val, _ = self._validate(epoch)
             improved = is_better(self.metric, val.get(self.metric), self.state.best_value)
             self.state.epoch = epoch
             if improved:
@@ -281,8 +278,8 @@ class Trainer:
                 n = len(batch["ids"])
                 loss_sum += batch_sum
                 weight_sum += batch_weight
-                bar.update(n * acc.num_processes)
                 bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+                bar.update(n * acc.num_processes)
         totals = acc.reduce(torch.stack([loss_sum, weight_sum]), "sum")
         seconds = time.perf_counter() - start
         return {
@@ -348,11 +345,12 @@ class Trainer:
         logger.error(message)
         raise NonFiniteLossError(message)
 
-    def _validate(self) -> tuple[dict[str, Any], Outputs]:
-        out = run_model(
-            self.ddp_model, self.val_loader, self.make_val_inputs, device=self.accelerator.device,
-            accelerator=self.accelerator,
-        )  # fmt: skip
+    def _validate(self, epoch: int) -> tuple[dict[str, Any], Outputs]:
+        with self.reporter.bar(len(self.val_examples), f"validate {epoch}/{self.cfg.train.epochs}") as bar:
+            out = run_model(
+                self.ddp_model, self.val_loader, self.make_val_inputs, device=self.accelerator.device,
+                accelerator=self.accelerator, bar=bar,
+            )  # fmt: skip
         return validation_metrics(out, self.classes), out
 
     # ------------------------------------------------------------------------------------------------- files
