@@ -42,7 +42,7 @@ class ResettingHub:
         self.requests: list[str] = []
         self._server = socket.create_server(("127.0.0.1", 0))
         self._server.settimeout(0.2)
-        self.url = "http://127.0.0.1:%d" % self._server.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self._server.getsockname()[1]}"
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
