@@ -127,3 +127,57 @@ def test_preview_writes_a_png_grid(synthetic: Path, tmp_path: Path) -> None:
         assert image.format == "PNG" and image.width > 400 and image.height > 300
     result = runner.invoke(app, [*args[:5], "--split", "holdout", "--out", str(out)])
     assert result.exit_code == 2 and "no split 'holdout'" in result.output
+
+
+def _wide(output: str) -> str:
+    """The output without table borders, with single spaces: a cell that wraps reads as one line again."""
+    return " ".join(output.replace("│", " ").split())
+
+
+# Strings rich would read as markup: a style tag, a stray bracket, a closing tag with nothing to close (rich raised
+# MarkupError), and a missing file, listed as "file not found [data/3059.jpg]": a lowercase path in brackets, which
+# rich dropped silently as an unknown style.
+@pytest.mark.parametrize("odd_id", ["b[/]1", "b1"])
+def test_check_shows_names_with_brackets_as_written(
+    tmp_path: Path, write_image: Callable, write_jsonl: Callable, odd_id: str
+) -> None:
+    pos, neg, odd_image, missing = "[bold]pos", "neg]", "img/[bold]x.png", "data/3059.jpg"
+    rows = [{"id": f"p{i}", "text": "t", "image": f"img/p{i}.png", "label": pos} for i in range(4)]
+    rows += [{"id": f"n{i}", "text": "t", "image": f"img/n{i}.png", "label": neg} for i in range(3)]
+    rows += [{"id": odd_id, "text": "t", "image": "img/n9.png", "label": neg}]
+    rows += [{"id": "gone", "text": "t", "image": missing, "label": pos}]
+    rows += [{"id": "odd", "text": "t", "image": odd_image, "label": neg}]
+    for row in rows[:-2]:
+        write_image(tmp_path / row["image"])
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    config = tmp_path / "data.yaml"
+    config.write_text(yaml.safe_dump({"root": ".", "train": "train.jsonl", "split": {"val": 0.25}}))
+    result = runner.invoke(app, ["data", "check", str(config)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    shown = _wide(result.output)
+    assert f"id gone: file not found [{missing}]" in shown
+    assert f"id odd: file not found [{odd_image}]" in shown
+    assert f"{pos} 3 (50%)" in shown and f"{neg} 3 (50%)" in shown and "data usable" in shown  # train labels
+
+
+def test_check_says_how_to_follow_a_symlink_out_of_the_root(
+    tmp_path: Path, write_image: Callable, write_jsonl: Callable
+) -> None:
+    root, elsewhere = tmp_path / "ds", tmp_path / "disk" / "images"
+    rows = [{"id": i, "text": "t", "image": f"img/{i}.png", "label": i % 2} for i in range(8)]
+    for row in rows:
+        write_image(elsewhere / f"{row['id']}.png")
+    write_jsonl(root / "train.jsonl", rows)
+    (root / "img").symlink_to(elsewhere, target_is_directory=True)
+    config = root / "data.yaml"
+    config.write_text(yaml.safe_dump({"root": ".", "train": "train.jsonl", "split": {"val": 0.25}}))
+    result = runner.invoke(app, ["data", "check", str(config)], env={"COLUMNS": "200"})
+    assert result.exit_code == 1  # no example left
+    shown = _wide(result.output)
+    assert f"outside the dataset root through the symlink 'img' -> '{elsewhere}'" in shown
+    assert "set allow_outside_root: true in the data config to follow it" in shown
+    config.write_text(yaml.safe_dump({"root": ".", "train": "train.jsonl", "split": {"val": 0.25},
+                                      "allow_outside_root": True}))  # fmt: skip
+    result = runner.invoke(app, ["data", "check", str(config), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["splits"]["train"]["examples"] == 6

@@ -138,8 +138,13 @@ def test_symlink_escaping_the_root_is_refused(tmp_path: Path) -> None:
     target = tmp_path / "elsewhere.png"
     Image.new("RGB", (4, 4)).save(target)
     (root / "link.png").symlink_to(target)
-    with pytest.raises(ImageOutsideRootError):
+    with pytest.raises(ImageOutsideRootError) as exc:
         open_image("link.png", root=root)
+    # the message names the link, where it leads, and both ways to accept it
+    assert f"through the symlink 'link.png' -> '{target}'" in exc.value.reason
+    assert "set allow_outside_root: true in the data config to follow it" in exc.value.reason
+    assert "data.allow_outside_root=true" in str(exc.value)
+    assert open_image("link.png", root=root, allow_outside_root=True).size == (4, 4)
 
 
 def test_every_image_error_is_a_value_error_with_path_and_reason(tmp_path: Path) -> None:

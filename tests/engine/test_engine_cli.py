@@ -88,8 +88,10 @@ def test_train_evaluate_predict_resume(fake_encoders, cfg_file: Path, tmp_path: 
         assert ((frame["proba"] >= 0.5).astype(int) == frame["label"]).all()
         frames.append(frame)
     pd.testing.assert_frame_equal(frames[0], frames[1])
-    tuned = tmp_path / "tuned.csv"
-    check_ok(invoke("predict", run, unlabeled, "--out", tuned, "--threshold", "tuned"))
+    tuned = tmp_path / "[out]" / "[/]tuned.csv"  # brackets rich would read as markup: printed as written
+    result = invoke("predict", run, unlabeled, "--out", tuned, "--threshold", "tuned")
+    check_ok(result)
+    assert f"wrote 12 predictions to {tuned}" in " ".join(result.stderr.split())
     frame = pd.read_csv(tuned)
     assert ((frame["proba"] >= summary["threshold"]).astype(int) == frame["label"]).all()
 

@@ -48,7 +48,7 @@ def test_grid_runs_every_point_once_and_ranks_on_validation(grid_sweep):
     assert list(table["rank"]) == [1, 2, 3, 4, 5]
     values = list(table["val_auroc"])
     assert values == sorted(values, reverse=True)
-    assert (table["epochs"] == 2).all() and (table["train_s"] > 0).all()
+    assert (table["epochs_run"] == 2).all() and (table["train_s"] > 0).all()
     # the unimodal baselines run first, ranked among the trials, with the base config's lr
     baselines = table[table["baseline"] != ""]
     assert dict(zip(baselines["baseline"], baselines["trial"], strict=True)) == {"text_only": 0, "image_only": 1}
@@ -249,7 +249,7 @@ def test_cli_sweep_and_ensemble(base_config, tmp_path):
     result = runner.invoke(app, ["sweep", str(file), "--out", str(tmp_path / "out"), "--set", "train.epochs=1"])
     assert result.exit_code == 0, result.output
     assert "ranked by val auroc" in result.output and "sweep finished" in result.output
-    assert pd.read_csv(tmp_path / "out" / "trials.csv")["epochs"].tolist() == [1, 1]
+    assert pd.read_csv(tmp_path / "out" / "trials.csv")["epochs_run"].tolist() == [1, 1]
     result = runner.invoke(app, ["ensemble", str(tmp_path / "out"), "--top-k", "2"])
     assert result.exit_code == 0, result.output
     assert "val auroc: ensemble" in result.output and (tmp_path / "out" / "ensemble" / "ensemble.json").is_file()

@@ -139,33 +139,36 @@ def _policy_failures(cfg: DataConfig, splits: dict[str, Split]) -> None:
 def _print_check(splits: dict[str, Split], usable: bool) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    console = Console(highlight=False)
+    # Names, paths and messages come from the data: shown as written (rich Text), never read as markup.
+    console = Console(highlight=False, markup=False)
     for name, split in splits.items():
-        console.print(f"{name}: {split.report.source}", markup=False)
-    overview = Table(title="Splits", title_justify="left")
+        console.print(Text(f"{name}: {split.report.source}"))
+    overview = Table(title=Text("Splits", "table.title"), title_justify="left")
     overview.add_column("")
     for name in splits:
-        overview.add_column(name, justify="right")
+        overview.add_column(Text(name), justify="right")
     for label, cell in _OVERVIEW_ROWS:
-        overview.add_row(label, *(cell(s) for s in splits.values()))
+        overview.add_row(label, *(Text(cell(s)) for s in splits.values()))
     console.print(overview)
     for name, split in splits.items():
         report = split.report
         problems = report.problem_lists()
         if problems:
-            table = Table(title=f"{name}: defects", title_justify="left")
+            table = Table(title=Text(f"{name}: defects", "table.title"), title_justify="left")
             table.add_column("kind")
             table.add_column("count", justify="right")
             table.add_column(f"first {_SHOWN}", overflow="fold")
             for kind, items in problems.items():
-                table.add_row(kind.replace("_", " "), str(len(items)), "\n".join(str(p) for p in items[:_SHOWN]))
+                shown = Text("\n".join(str(p) for p in items[:_SHOWN]))
+                table.add_row(kind.replace("_", " "), str(len(items)), shown)
             console.print(table)
         for note in report.notes:
-            console.print(f"[yellow]{name}: note:[/] {note}", markup=True)
+            console.print(Text.assemble((f"{name}: note:", "yellow"), " ", note))
         for reason in report.fatal:
-            console.print(f"[bold red]{name}: UNUSABLE:[/] {reason}", markup=True)
-    console.print("[green]data usable[/]" if usable else "[bold red]data unusable[/]", markup=True)
+            console.print(Text.assemble((f"{name}: UNUSABLE:", "bold red"), " ", reason))
+    console.print(Text("data usable", "green") if usable else Text("data unusable", "bold red"))
 
 
 def _labels(split: Split) -> str:

@@ -8,16 +8,16 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 
-_console = Console()
-_errors_console = Console(stderr=True)
+# markup=False: messages quote paths, ids and labels from the data, in which rich would read [...] as markup
+_console = Console(markup=False)
+_errors_console = Console(stderr=True, markup=False)
 
 
 def _error(error: Exception) -> None:
-    # escape: a message may quote text in brackets that rich would read as markup;
     # soft_wrap: no line breaks inserted at the console width, so a path or key in the message stays whole in logs
-    _errors_console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
+    _errors_console.print(Text.assemble(("error:", "red"), " ", str(error)), highlight=False, soft_wrap=True)
 
 
 @contextmanager
@@ -133,7 +133,8 @@ def demo(
             out, n=n, epochs=epochs, heads=heads or DEMO_HEADS, seed=seed, quiet=quiet,
             say=lambda line: _errors_console.print(line, highlight=False),
         )  # fmt: skip
-    console = _console if _console.is_terminal else Console(width=max(_console.width, 120))  # piped: not squeezed
+    wide = Console(width=max(_console.width, 120), markup=False)  # piped: not squeezed
+    console = _console if _console.is_terminal else wide
     console.print(frame_table(result.table, f"demo: test split of {n} synthetic examples"))
     _console.print(f"{result.seconds:.0f}s; results in {result.out}/results.md (and .csv, .json), runs in {out}/runs")
 

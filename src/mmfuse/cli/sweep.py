@@ -85,9 +85,9 @@ def _print_table(frame: Any, title: str, rows: int = 15) -> None:
     shown = frame.drop(columns=["run_dir", "note"], errors="ignore").head(rows).astype(object)
     for column in shown.columns:  # as in trials.md: 3e-05 stays 3e-05, not 0.000
         shown[column] = [cell_text(v, str(column)) for v in shown[column]]
-    console = Console(highlight=False)
+    console = Console(highlight=False, markup=False)  # cells are Text; titles and values may hold [...]
     if not console.is_terminal:  # piped or logged: do not squeeze the columns into 80 characters
-        console = Console(highlight=False, width=max(console.width, 200))
+        console = Console(highlight=False, markup=False, width=max(console.width, 200))
     console.print(frame_table(shown, title))
     if len(frame) > rows:
         typer.echo(f"... {len(frame) - rows} more rows in trials.md")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from mmfuse.data._paths import OutsideRootError, resolve_path
+from mmfuse.data._paths import ALLOW_COMMAND_LINE, OutsideRootError, resolve_path
 
 DEFAULT_MAX_PIXELS = 64_000_000
 """Default pixel cap: an 8000x8000 photo passes, a 20000x20000 decompression bomb does not."""
@@ -48,6 +48,12 @@ class ImageTooLargeError(ImageError):
 
 class ImageOutsideRootError(ImageError, OutsideRootError):
     """The image path resolves outside the dataset root."""
+
+    @classmethod
+    def of(cls, path: Path | str, error: OutsideRootError) -> ImageOutsideRootError:
+        """The image error for ``path`` refused by :func:`~mmfuse.data._paths.resolve_path` with ``error``: its
+        reason (which names the setting that accepts it), where it leads, and that setting on the command line."""
+        return cls(path, error.reason, f"it resolves to {str(error.resolved)!r}; {ALLOW_COMMAND_LINE}")
 
 
 @dataclass(frozen=True)
@@ -114,7 +120,7 @@ def _check_root(path: Path, root: Path | None, allow_outside_root: bool) -> Path
     try:
         return resolve_path(path, root, allow_outside_root=allow_outside_root, what="image")
     except OutsideRootError as e:
-        raise ImageOutsideRootError(path, "outside the dataset root", str(e)) from None
+        raise ImageOutsideRootError.of(path, e) from None
 
 
 def _read(path: Path) -> bytes:

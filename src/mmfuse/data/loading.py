@@ -254,7 +254,7 @@ def _row_to_candidate(
         try:
             image = resolve_path(relative, root, allow_outside_root=cfg.allow_outside_root, what="image")
         except OutsideRootError as e:
-            error = ImageOutsideRootError(relative, "outside the dataset root", str(e))
+            error = ImageOutsideRootError.of(relative, e)
     if "\ufffd" in text:
         report.replacement_chars.append(Problem(where, example_id, "U+FFFD in text (mangled upstream)"))
     return _Candidate(where, Example(id=example_id, text=text, image=image, label=label), error)

@@ -40,9 +40,35 @@ def _hub_offline() -> bool:
     return bool(is_offline_mode())
 
 
+_HUB_PROBES: dict[str, str | None] = {}  # hub endpoint -> None when it answered, else why it could not be reached
+
+
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face hub (``HF_ENDPOINT``) cannot be reached, or ``None`` when it answers.
+
+    One HEAD request to the endpoint, with the hub client's own session (proxies, certificates) and metadata timeout
+    (``HF_HUB_ETAG_TIMEOUT``), once per process: without it, every file a model needs would be tried with the hub
+    client's retries and back-off (about 30-70 s with no network) before failing.
+    """
+    from huggingface_hub import constants, get_session
+
+    endpoint = constants.ENDPOINT
+    if endpoint not in _HUB_PROBES:
+        try:
+            get_session().head(endpoint, timeout=constants.HF_HUB_ETAG_TIMEOUT, follow_redirects=False)
+            _HUB_PROBES[endpoint] = None
+        except Exception as exc:  # the client's transport errors: their classes differ between huggingface_hub versions
+            _HUB_PROBES[endpoint] = f"cannot reach {endpoint} ({_first_line(exc)})"
+    return _HUB_PROBES[endpoint]
+
+
 def load_pretrained(loader: Callable[..., T], source: str | Path, what: str, **kwargs: Any) -> T:
     """Calls ``loader(source, **kwargs)`` (a transformers ``from_pretrained``), turning its failures into one
     :class:`EncoderLoadError` that says how to fix them, instead of a long traceback from the hub client.
+
+    A hub name is looked up online only when the hub answers (:func:`hub_unreachable`); otherwise only the local
+    Hugging Face cache is read (``local_files_only``), so a model downloaded before still loads, and one that was
+    not fails at once with the same message.
 
     Args:
         loader: e.g. ``AutoModel.from_pretrained``.
@@ -51,20 +77,24 @@ def load_pretrained(loader: Callable[..., T], source: str | Path, what: str, **k
     """
     from transformers.utils import logging as hf_logging
 
+    local = is_local(source)
+    offline = not local and _hub_offline()
+    unreachable = None if local or offline else hub_unreachable()
+    if unreachable is not None:
+        kwargs = {**kwargs, "local_files_only": True}
     bars = hf_logging.is_progress_bar_enabled()
-    if bars and is_local(source):
+    if bars and local:
         hf_logging.disable_progress_bar()  # a "Loading weights" bar for a local folder read in milliseconds is noise
     try:
-        return loader(str(Path(source).expanduser()) if is_local(source) else str(source), **kwargs)
+        return loader(str(Path(source).expanduser()) if local else str(source), **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:  # RuntimeError: weights that do not fit the config
         cause = _first_line(exc)
-        if is_local(source):
+        if local:
             raise EncoderLoadError(
                 f"could not load the {what} from folder {str(source)!r} ({cause}); the folder must hold a model "
                 f"saved with save_pretrained (config.json, weights, and the tokenizer or preprocessor_config.json)"
             ) from None
-        offline = _hub_offline()
-        why = "HF_HUB_OFFLINE is set" if offline else "no internet or no such model"
+        why = "HF_HUB_OFFLINE is set" if offline else unreachable or "no internet or no such model"
         raise EncoderLoadError(
             f"could not load the {what} {str(source)!r} from the Hugging Face hub ({why}; {cause}). A hub model "
             f"needs the internet once; otherwise, on a connected machine, save it with "

@@ -1,4 +1,9 @@
-"""Console tables (rich) for evaluation results, training summaries and the demo comparison."""
+"""Console tables (rich) for evaluation results, training summaries and the demo comparison.
+
+Class names, split names, paths and swept values come from the user's data and files, and rich reads ``[...]`` in a
+plain string as markup: ``[/]`` crashes it, ``[data/3059.txt]`` vanishes as an unknown style. Every string here goes
+into the table as :class:`~rich.text.Text` (:func:`plain`), which rich never parses, so any console prints it as is.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,18 @@ from typing import Any
 import pandas as pd
 from rich.console import Group
 from rich.table import Table
+from rich.text import Text
 
 _HEADLINE = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "weighted_f1", "auroc")
+
+
+def plain(value: Any, style: str = "") -> Text:
+    """``str(value)`` as rich text that is shown as written, never read as markup."""
+    return Text(str(value), style=style)
+
+
+def _title(value: Any) -> Text:
+    return plain(value, "table.title")
 
 
 def _num(value: Any, digits: int = 4) -> str:
@@ -27,10 +42,10 @@ def metrics_table(result: dict[str, Any]) -> Table:
         columns.append((f"model @ {result['threshold']:.3f} (tuned on val)", result["metrics_at_threshold"]))
     for name, metrics in result.get("baselines", {}).items():
         columns.append((f"{name} baseline", metrics))
-    table = Table(title=f"{result['split']}: {result['n']} examples")
+    table = Table(title=_title(f"{result['split']}: {result['n']} examples"))
     table.add_column("metric")
     for name, _ in columns:
-        table.add_column(name, justify="right")
+        table.add_column(plain(name), justify="right")
     for key in _HEADLINE:
         table.add_row(key, *(_num(m.get(key)) for _, m in columns))
     return table
@@ -42,7 +57,7 @@ def per_class_table(metrics: dict[str, Any]) -> Table:
     for col in ("class", "precision", "recall", "f1", "support"):
         table.add_column(col, justify="left" if col == "class" else "right")
     for name, row in metrics["per_class"].items():
-        table.add_row(name, *(_num(row[k]) for k in ("precision", "recall", "f1", "support")))
+        table.add_row(plain(name), *(_num(row[k]) for k in ("precision", "recall", "f1", "support")))
     return table
 
 
@@ -51,9 +66,9 @@ def confusion_table(metrics: dict[str, Any], classes: Sequence[str]) -> Table:
     table = Table(title="confusion matrix (rows: true, columns: predicted)")
     table.add_column("true \\ pred")
     for name in classes:
-        table.add_column(name, justify="right")
+        table.add_column(plain(name), justify="right")
     for name, row in zip(classes, metrics["confusion_matrix"], strict=True):
-        table.add_row(name, *map(str, row))
+        table.add_row(plain(name), *map(str, row))
     return table
 
 
@@ -65,7 +80,7 @@ def evaluation_view(result: dict[str, Any]) -> Group:
 
 def summary_view(summary: dict[str, Any]) -> Table:
     """The outcome of ``mmfuse train``: best epoch, its val metrics, and test metrics when there were some."""
-    table = Table(title=f"{summary.get('head')} - {summary.get('status')} ({summary.get('run_dir')})")
+    table = Table(title=_title(f"{summary.get('head')} - {summary.get('status')} ({summary.get('run_dir')})"))
     table.add_column("metric")
     table.add_column("val (best epoch)", justify="right")
     table.add_column("test", justify="right")
@@ -73,24 +88,26 @@ def summary_view(summary: dict[str, Any]) -> Table:
     for key in ("accuracy", "macro_f1", "auroc", "loss", "threshold", "majority_accuracy"):
         if key in val or key in test:
             table.add_row(key, _num(val.get(key)), _num(test.get(key)))
-    table.caption = (
-        f"best epoch {summary.get('best_epoch')} of {summary.get('epochs_run')}, by {summary.get('selection_metric')}"
+    table.caption = plain(
+        f"best epoch {summary.get('best_epoch')} of {summary.get('epochs_run')}, by {summary.get('selection_metric')}",
+        "table.caption",
     )
     return table
 
 
 def frame_table(frame: pd.DataFrame, title: str) -> Table:
-    """A DataFrame as a rich table (floats with 3 decimals)."""
-    table = Table(title=title)
-    for col in frame.columns:
-        table.add_column(str(col), justify="left" if frame[col].dtype == object else "right")
+    """A DataFrame as a rich table (floats with 3 decimals). Columns are read by position, so a frame with two
+    columns of the same name still prints."""
+    table = Table(title=_title(title))
+    for col, dtype in zip(frame.columns, frame.dtypes, strict=True):
+        table.add_column(plain(col), justify="left" if pd.api.types.is_object_dtype(dtype) else "right")
     for row in frame.itertuples(index=False):
         table.add_row(*(_frame_cell(v) for v in row))
     return table
 
 
-def _frame_cell(value: Any) -> str:
+def _frame_cell(value: Any) -> Text:
     """A table cell: blank for missing values (None, NaN, pandas NA), floats with 3 decimals."""
     if value is None or value is pd.NA or (isinstance(value, float) and value != value):
-        return ""
-    return _num(value, 3) if isinstance(value, float) else str(value)
+        return plain("")
+    return plain(_num(value, 3) if isinstance(value, float) else value)

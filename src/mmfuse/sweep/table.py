@@ -2,7 +2,8 @@
 
 One row per trial: the unimodal baseline it is (if it is one), its overrides, the selection metric on validation,
 best epoch, epochs run, training time, and the test metric of the selected trial only (the best on validation;
-trials are never chosen on test).
+trials are never chosen on test). Each swept key is a column named as written in the sweep file (``lr``, ``epochs``);
+the table's own columns are named so that no config key can take their place (``epochs_run``, not ``epochs``).
 """
 
 from __future__ import annotations
@@ -65,6 +66,12 @@ def best_trial(study: optuna.Study, metric: str) -> FrozenTrial | None:
     return min(done, key=lambda t: (sign * float(t.value), t.number))  # type: ignore[arg-type]
 
 
+def result_columns(metric: str) -> list[str]:
+    """The table's own columns, in order; the swept keys go between ``baseline`` and the validation metric."""
+    return ["rank", "trial", "state", "baseline", f"val_{metric}", "best_epoch", "epochs_run", "train_s",
+            f"test_{metric}", "run_dir", "note"]  # fmt: skip
+
+
 def trials_frame(
     study: optuna.Study, metric: str, keys: Sequence[str], selected: dict[str, Any] | None = None
 ) -> pd.DataFrame:
@@ -90,7 +97,7 @@ def trials_frame(
             row[key] = _cell(overrides[key]) if key in overrides else ("" if not overrides else "(base)")
         row[f"val_{metric}"] = trial_value(t, metric)
         row["best_epoch"] = result.get("best_epoch")
-        row["epochs"] = result.get("epochs_run")
+        row["epochs_run"] = result.get("epochs_run")
         row["train_s"] = result.get("seconds")
         test = (selected or {}).get("test") or {}
         row[test_col] = test.get(metric) if selected and selected.get("trial") == t.number else None
@@ -100,8 +107,8 @@ def trials_frame(
             note = f"queued again as trial {_retry_number(trials, t.number)}" + (f" ({note})" if note else "")
         row["note"] = note
         rows.append(row)
-    columns = ["rank", "trial", "state", "baseline", *keys, f"val_{metric}", "best_epoch", "epochs", "train_s"]
-    columns += [test_col, "run_dir", "note"]
+    columns = result_columns(metric)
+    columns[4:4] = keys
     frame = pd.DataFrame(rows, columns=columns)
     if frame.empty:
         return frame

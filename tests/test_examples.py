@@ -1,0 +1,169 @@
+"""Every file in ``examples/`` runs through the real CLI on shrunk data: configs through train, evaluate, predict
+and report; sweeps through sweep, ensemble and report.
+
+The files are found by globbing ``examples/``, so a new example runs here without being listed; one of a kind this
+test does not know (a Python script, a config for a dataset layout it cannot shrink) fails it until it is taught.
+Only what a laptop run cannot afford is changed, on the command line as a user would: the data (a few examples per
+class and split of the same layout: real MVSA-Single and MultiOFF rows from ``../shared/datasets``, synthetic
+memes for Hateful Memes), the encoders (tiny random ones from ``tests/_tiny.py``), the epochs of the base config,
+a search's trial budget, and the output folders. Everything else (heads, optimisers, schedules, the sweep's trials
+and their own epochs, baselines, selection metric) is the example's.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from _tiny import tiny_bert_dir, tiny_clip_vision_dir
+from mmfuse.cli import app
+from mmfuse.data import make_synthetic
+
+pytestmark = pytest.mark.slow
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+FILES = sorted(p for p in EXAMPLES.rglob("*") if p.is_file())
+PER_CLASS = 4  # examples per class in each split of a shrunk real dataset
+
+
+def _id(path: Path) -> str:
+    return str(path.relative_to(EXAMPLES))
+
+
+def _kind(path: Path) -> str:
+    """``config`` or ``sweep``; fails for a file this test cannot run yet."""
+    if path.suffix not in (".yaml", ".yml"):
+        pytest.fail(f"examples/{_id(path)}: this test runs YAML configs and sweeps only; teach it to run this file")
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if isinstance(data, dict) and "base" in data:
+        return "sweep"
+    if isinstance(data, dict) and "model" in data and "data" in data:
+        return "config"
+    pytest.fail(f"examples/{_id(path)}: neither a training config (data:, model:) nor a sweep (base:)")
+
+
+def _preset(path: Path) -> str | None:
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    base = data.get("base", data)
+    if isinstance(base, str):  # a sweep whose base is a config file beside it
+        base = yaml.safe_load((path.parent / base).read_text(encoding="utf-8"))
+    return (base.get("data") or {}).get("preset")
+
+
+def _copy(src: Path, dst: Path, relative: str) -> None:
+    (dst / relative).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src / relative, dst / relative)
+
+
+def _shrink_mvsa(src: Path, dst: Path) -> None:
+    """``PER_CLASS`` rows per label of each QMF split file, with their images and text files (rows whose files
+    are missing are left out: the defects of the real data are the loader tests' business, not this test's)."""
+    for name in ("train", "dev", "test"):
+        rows = [json.loads(line) for line in (src / "splits" / f"{name}.jsonl").read_text("utf-8").splitlines()]
+        frame = pd.DataFrame(rows)
+        whole = [(src / r.img).is_file() and (src / f"data/{r.id}.txt").is_file() for r in frame.itertuples()]
+        kept = frame[whole].groupby("label", sort=False).head(PER_CLASS)
+        (dst / "splits").mkdir(parents=True, exist_ok=True)
+        kept.to_json(dst / "splits" / f"{name}.jsonl", orient="records", lines=True, force_ascii=False)
+        for row in kept.itertuples():
+            _copy(src, dst, row.img)
+            _copy(src, dst, f"data/{row.id}.txt")
+
+
+def _shrink_multioff(src: Path, dst: Path) -> None:
+    """``PER_CLASS`` rows per label of each split file whose image is there, with their images."""
+    for name in ("Training", "Validation", "Testing"):
+        relative = f"Split Dataset/{name}_meme_dataset.csv"
+        frame = pd.read_csv(src / relative, dtype=str, keep_default_na=False)
+        present = [(src / "Labelled Images" / image).is_file() for image in frame["image_name"]]
+        kept = frame[present].groupby("label", sort=False).head(PER_CLASS)
+        (dst / relative).parent.mkdir(parents=True, exist_ok=True)
+        kept.to_csv(dst / relative, index=False)
+        for image in kept["image_name"]:
+            _copy(src, dst, f"Labelled Images/{image}")
+
+
+@pytest.fixture(scope="module")
+def data_roots(tmp_path_factory: pytest.TempPathFactory, shared_datasets: Path) -> dict[str, Path]:
+    """A shrunk dataset per preset the examples use."""
+    out = tmp_path_factory.mktemp("example-data")
+    _shrink_mvsa(shared_datasets / "mvsa_single", out / "mvsa_single")
+    _shrink_multioff(shared_datasets / "multioff", out / "multioff")
+    return {
+        "mvsa_single": out / "mvsa_single",
+        "multioff": out / "multioff",
+        "hateful_memes": make_synthetic(out / "hateful_memes", n=48, seed=0, image_size=32),
+    }
+
+
+def _overrides(root: Path) -> list[str]:
+    """What a quick run changes: the data, the encoders (tiny, random, without the example's encoder options),
+    the base epochs and the loader's worker processes."""
+    return [
+        f"data.root={root}",
+        f"model.text_encoder.name={tiny_bert_dir()}",
+        f"model.image_encoder.name={tiny_clip_vision_dir()}",
+        "model.text_encoder.options={}",
+        "model.image_encoder.options={}",
+        "train.epochs=1",
+        "train.num_workers=0",
+    ]
+
+
+def _invoke(*args: Any) -> str:
+    result = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, f"mmfuse {' '.join(map(str, args))}\nexit {result.exit_code}\n{result.output}"
+    return result.output
+
+
+def _root_for(path: Path, data_roots: dict[str, Path]) -> Path:
+    preset = _preset(path)
+    if preset not in data_roots:
+        pytest.fail(f"examples/{_id(path)} reads preset {preset!r}: add a shrunk copy of that layout to data_roots")
+    return data_roots[preset]
+
+
+@pytest.mark.parametrize("path", FILES, ids=_id)
+def test_example_runs(path: Path, data_roots: dict[str, Path], tmp_path: Path, one_torch_thread: None) -> None:
+    kind = _kind(path)
+    root = _root_for(path, data_roots)
+    overrides = _overrides(root)
+    if kind == "config":
+        _run_config(path, overrides, root, tmp_path)
+    else:
+        _run_sweep(path, overrides, tmp_path)
+
+
+def _run_config(path: Path, overrides: list[str], root: Path, tmp_path: Path) -> None:
+    _invoke("train", path, *overrides, f"run.out_dir={tmp_path / 'runs'}", "--quiet")
+    (run,) = (tmp_path / "runs").iterdir()
+    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    assert summary["status"] == "completed" and summary["epochs_run"] == 1
+    assert "accuracy" in _invoke("evaluate", run, "--split", "test")
+    test_file = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))["data"]["test"]
+    _invoke("predict", run, root / test_file, "--out", tmp_path / "predictions.csv")
+    assert len(pd.read_csv(tmp_path / "predictions.csv")) == summary["test"]["n"]
+    _invoke("report", run)
+    assert (run / "report" / "report.html").is_file()
+
+
+def _run_sweep(path: Path, overrides: list[str], tmp_path: Path) -> None:
+    folder = tmp_path / "sweep"
+    budget = ["--n-trials", "2"] if "search" in yaml.safe_load(path.read_text(encoding="utf-8")) else []
+    sets = [a for o in overrides for a in ("--set", o)]
+    output = _invoke("sweep", path, "--out", folder, *budget, *sets)
+    assert "sweep finished" in output
+    table = pd.read_csv(folder / "trials.csv")
+    assert table.columns.is_unique and (table["state"] == "complete").all()
+    _invoke("ensemble", folder, "--top-k", "3", "--rounds", "5")
+    _invoke("report", folder)
+    assert (folder / "report" / "report.html").is_file()
+    _invoke("report", folder / "ensemble")
+    assert (folder / "ensemble" / "report" / "report.html").is_file()
