@@ -156,7 +156,7 @@ def run_sections(clf: Any, run: Path, out: Path, split: str, per_group: int, say
     history = RunDir(run).history()
     metric = clf.summary.get("selection_metric") or _metric_of(clf)
     sections = [_overview(clf, metric, prefix)]
-    preview = _data_preview(clf.config.data, out, say)
+    preview = _training_data_notes(clf.summary) + _data_preview(clf.config.data, out, say)
     if preview:
         sections.append(_section("data", prefix + "Data", preview, "What the model was trained on."))
     if history:
@@ -218,6 +218,23 @@ def _encoder(enc: Any) -> str:
         "frozen" if enc.fully_frozen else ("trainable" if not enc.freeze else f"top {enc.trainable_top_k} trainable")
     )
     return f"{enc.name} ({state})"
+
+
+def _training_data_notes(summary: dict[str, Any]) -> str:
+    """What training said about its data (``summary.json``): rows and images left out or blanked per split, splits
+    not stratified, classes with very few examples."""
+    counts, warnings = summary.get("data") or {}, summary.get("warnings") or []
+    body = ""
+    if warnings:
+        items = "".join(f"<li>{H.esc(w)}</li>" for w in warnings)
+        body += f'<div class="warn"><b>Training warned about its data</b><ul>{items}</ul></div>'
+    if counts:
+        kinds = ["bad_rows", "duplicate_ids", "skipped_images", "blank_images"]
+        header = ["split", "rows read", "examples used", "bad rows skipped", "duplicate ids dropped",
+                  "images missing: dropped", "images missing: blank"]  # fmt: skip
+        rows = [[name, c.get("rows"), c.get("examples"), *(c.get(k, 0) for k in kinds)] for name, c in counts.items()]
+        body += H.table(header, rows, numeric=[False, *([True] * 6)])
+    return body
 
 
 def _data_preview(data: Any, out: Path, say: Callable[[str], None]) -> str:
