@@ -168,3 +168,23 @@ def test_config_setting_sets_the_default(clf: MultimodalClassifier, synthetic_sp
     clf.config = clf.config.model_copy(update={"data": clf.config.data.model_copy(update={"max_missing_images": 0.5})})
     with pytest.warns(MissingImagesWarning):
         assert clf.evaluate(gone)["missing_images"]["predicted_blank"] == 1
+
+
+def test_report_says_which_examples_it_evaluated_from_a_blank_image(
+    fake_encoders, synthetic_root: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_root, root)
+    val = [json.loads(line) for line in (root / "dev.jsonl").read_text().splitlines()]
+    (root / val[0]["img"]).unlink()
+    cfg = tmp_path / "cfg.yaml"
+    config = make_config(root, tmp_path / "runs", data={"on_missing_image": "blank"}, train={"epochs": 1})
+    cfg.write_text(config.to_yaml(), encoding="utf-8")
+    result = invoke("train", cfg)
+    assert result.exit_code == 0, result.output
+    assert f"val: 1 of {len(val)} examples kept with a blank image" in " ".join(result.stderr.split())
+
+    result = invoke("report", tmp_path / "runs" / "run", "--out", tmp_path / "report")
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
+    assert f"1 of {len(val)} examples were predicted from a blank image" in page and f"ids {val[0]['id']}" in page

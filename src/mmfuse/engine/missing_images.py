@@ -11,6 +11,7 @@ for evaluate, half for predict).
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -124,7 +125,8 @@ def missing_images(
         if e.id in known:
             blanked.append(known[e.id])
         elif e.image is None:
-            blanked.append(Problem("", e.id, "the example has no image"))
+            reason = "no image (none named, or missing or unreadable when the data was loaded)"
+            blanked.append(Problem("", e.id, reason))
         elif not e.image.exists():
             blanked.append(Problem("", e.id, "file not found", str(e.image)))
         else:
@@ -171,7 +173,17 @@ def check_images(found: MissingImages, *, task: str, limit: float, data: DataCon
     if warn and (found.blanked or found.dropped):
         message = f"{task}: {found.describe()}"
         logger.warning(message)
-        warnings.warn(message, MissingImagesWarning, stacklevel=3)
+        warnings.warn(message, MissingImagesWarning, stacklevel=_caller_level())
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` that points a warning raised by the caller at the first frame outside mmfuse (the user's
+    line, whichever public method it called)."""
+    package = str(Path(__file__).resolve().parents[1])
+    frame, level = sys._getframe(2), 2  # level 1 is the function that called this one; 2 its caller
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _where(found: MissingImages, data: DataConfig | None) -> str:
