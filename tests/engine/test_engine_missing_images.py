@@ -184,7 +184,8 @@ def test_report_says_which_examples_it_evaluated_from_a_blank_image(
     assert result.exit_code == 0, result.output
     assert f"val: 1 of {len(val)} examples kept with a blank image" in " ".join(result.stderr.split())
 
-    result = invoke("report", tmp_path / "runs" / "run", "--out", tmp_path / "report")
+    with pytest.warns(MissingImagesWarning, match="1 of"):
+        result = invoke("report", tmp_path / "runs" / "run", "--out", tmp_path / "report")
     assert result.exit_code == 0, result.output
     page = (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
     assert f"1 of {len(val)} examples were predicted from a blank image" in page and f"ids {val[0]['id']}" in page

@@ -48,6 +48,9 @@ def inputs_of(source: ExamplesLike | Inputs, data: DataConfig | None, *, labeled
         return source
     if isinstance(source, Split):
         root = data.resolved_root() if data is not None else None
+        images = [e.image for e in source.examples if e.image is not None][:1]
+        if root is not None and images and not _inside(images[0], root):
+            root = None  # a split of another data config: its root is not known here
         return Inputs(list(source.examples), f"the {source.name} split", source.report, root)
     if isinstance(source, (str, Path)):
         split = file_examples(source, data, labeled=labeled)

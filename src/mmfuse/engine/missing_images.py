@@ -193,9 +193,9 @@ def _where(found: MissingImages, data: DataConfig | None) -> str:
         column = f"column {data.columns.image!r} (columns.image)" if data.columns.image else "the image column"
         if data.image_template:
             column += f" through image_template {data.image_template!r}"
-    root = f" against {str(found.image_root)!r}" if found.image_root is not None else ""
+    root = f", resolved against {str(found.image_root)!r}" if found.image_root is not None else ""
     dataset = f" {str(data.root)!r}" if data is not None else ""
     return (
-        f"Image paths come from {column}, resolved{root} (a data file inside the run's dataset root{dataset} "
-        "resolves them against that root, any other against its own folder)."
+        f"Image paths come from {column}{root} (a data file inside the run's dataset root{dataset} resolves them "
+        "against that root, any other against its own folder)."
     )
