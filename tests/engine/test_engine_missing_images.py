@@ -189,3 +189,18 @@ def test_report_says_which_examples_it_evaluated_from_a_blank_image(
     assert result.exit_code == 0, result.output
     page = (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
     assert f"1 of {len(val)} examples were predicted from a blank image" in page and f"ids {val[0]['id']}" in page
+
+
+def test_ensemble_counts_missing_images_once(clf: MultimodalClassifier, synthetic_root: Path, tmp_path: Path) -> None:
+    from mmfuse.sweep.ensemble import Ensemble
+
+    data, missing = copy_with_images(synthetic_root, tmp_path / "copy", drop=2)
+    ensemble = Ensemble([clf, clf], [0.5, 0.5])
+    with pytest.warns(MissingImagesWarning) as caught:
+        table = ensemble.predictions_table(data)
+    assert len([w for w in caught if issubclass(w.category, MissingImagesWarning)]) == 1  # not once per member
+    assert sorted(table.loc[~table["image_present"], "id"]) == sorted(missing)
+    with pytest.raises(TooManyMissingImagesError, match="evaluate: 2 of"):
+        ensemble.evaluate(data)
+    with pytest.warns(MissingImagesWarning):
+        assert ensemble.evaluate(data, max_missing_images=0.5)["missing_images"]["predicted_blank"] == 2
