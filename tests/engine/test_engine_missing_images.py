@@ -90,20 +90,23 @@ def test_predict_with_some_images_missing_warns_and_flags_them(
     run: Path, fake_encoders, synthetic_root: Path, tmp_path: Path
 ) -> None:
     data, missing = copy_with_images(synthetic_root, tmp_path / "copy", drop=2)
+    corrupt = rows_of(synthetic_root)[2]
+    (data.parent / corrupt["img"]).write_bytes(b"not a png at all")  # present but unreadable
     preds = tmp_path / "preds.csv"
     result = invoke("predict", run, data, "--out", preds)
     assert result.exit_code == 0, result.output
     n = len(rows_of(synthetic_root))
     warning = " ".join(result.stderr.split())
-    assert f"warning: predict: 2 of {n} examples" in warning
+    assert f"warning: predict: 3 of {n} examples" in warning
     for example_id in missing:
         assert f"id {example_id}: file not found" in warning
+    assert f"id {corrupt['id']}: not an image" in warning
     frame = pd.read_csv(preds, dtype={"id": str})
-    assert sorted(frame.loc[~frame["image_present"], "id"]) == sorted(missing)
+    assert sorted(frame.loc[~frame["image_present"], "id"]) == sorted([*missing, str(corrupt["id"])])
 
-    # the limit is a share: 2 of 12 is more than 10%
-    result = invoke("predict", run, data, "--out", preds, "--max-missing-images", "0.1")
-    assert result.exit_code == 2 and "more than allowed (at most 10%)" in " ".join(result.stderr.split())
+    # the limit is a share: 3 of 12 is more than 20%
+    result = invoke("predict", run, data, "--out", preds, "--max-missing-images", "0.2")
+    assert result.exit_code == 2 and "more than allowed (at most 20%)" in " ".join(result.stderr.split())
 
 
 def test_evaluate_refuses_any_missing_image_by_default(
