@@ -44,7 +44,7 @@ def test_predict_works_without_labels(fitted: MultimodalClassifier, synthetic_sp
     unlabeled = [dataclasses.replace(e, label=None) for e in examples]
     np.testing.assert_array_equal(fitted.predict_proba(unlabeled), fitted.predict_proba(examples))
     table = fitted.predictions_table(unlabeled)
-    assert list(table.columns) == ["id", "proba", "label"]
+    assert list(table.columns) == ["id", "proba", "label", "image_present"]
     with pytest.raises(ValueError, match="have no label; evaluate needs labels"):
         fitted.evaluate(unlabeled)
 
@@ -96,7 +96,7 @@ def test_multiclass_predictions_table(fake_encoders, synthetic_root: Path, synth
     assert clf.classes == ["cat", "dog", "eel"] and clf.threshold is None
     assert clf.summary["selection_metric"] == "macro_f1"
     table = clf.predictions_table(three(synthetic_splits["test"]))
-    assert list(table.columns) == ["id", "proba_cat", "proba_dog", "proba_eel", "label"]
+    assert list(table.columns) == ["id", "proba_cat", "proba_dog", "proba_eel", "label", "image_present"]
     probas = table[["proba_cat", "proba_dog", "proba_eel"]].to_numpy()
     np.testing.assert_allclose(probas.sum(axis=1), 1.0, rtol=1e-6)
     assert table["label"].tolist() == [clf.classes[i] for i in probas.argmax(axis=1)]

@@ -82,7 +82,7 @@ def test_train_evaluate_predict_resume(fake_encoders, cfg_file: Path, tmp_path: 
         preds = tmp_path / f"preds_{source.stem}.csv"
         check_ok(invoke("predict", run, source, "--out", preds))
         frame = pd.read_csv(preds)
-        assert list(frame.columns) == ["id", "proba", "label"]
+        assert list(frame.columns) == ["id", "proba", "label", "image_present"]
         assert frame["id"].tolist() == [r["id"] for r in rows]
         assert frame["proba"].between(0, 1).all()
         assert ((frame["proba"] >= 0.5).astype(int) == frame["label"]).all()

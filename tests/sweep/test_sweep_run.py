@@ -236,7 +236,7 @@ def test_ensemble_of_top_trials_predicts_the_weighted_mean(grid_sweep, synth_roo
     np.testing.assert_allclose(proba, expected, rtol=1e-6)
     evaluation = ensemble.evaluate(test_file, name="test")
     assert evaluation["n"] == 12 and "majority" in evaluation["baselines"]
-    assert list(ensemble.predictions_table(test_file).columns) == ["id", "proba", "label"]
+    assert list(ensemble.predictions_table(test_file).columns) == ["id", "proba", "label", "image_present"]
     # a run folder loads as the classifier itself
     assert not isinstance(load_predictor(result.folder / result.table["run_dir"][0]), Ensemble)
 

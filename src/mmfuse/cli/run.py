@@ -61,12 +61,24 @@ def train(
     _console.print(summary_view(clf.summary))
 
 
+_MAX_MISSING_HELP = (
+    "largest share of examples (0 to 1) that may be predicted from a blank image because theirs is missing or "
+    "unreadable; more is an error (default: data.max_missing_images, else {default}). They are always counted "
+    "and named on stderr"
+)
+
+
 def evaluate(
     run: Path = typer.Argument(..., help="run folder (or checkpoint folder, or ensemble folder)"),
-    split: str = typer.Option("test", "--split", help="split of the run's data: train, val or test"),
+    split: str | None = typer.Option(
+        None, "--split", help="split of the run's data: train, val or test (default: test, or val when there is none)"
+    ),
     data: Path | None = typer.Option(None, "--data", help="another data config (YAML) or a labeled JSONL/CSV file"),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best or last"),
     json_out: Path | None = typer.Option(None, "--json", help="also write the full results as JSON here"),
+    max_missing_images: float | None = typer.Option(
+        None, "--max-missing-images", help=_MAX_MISSING_HELP.format(default="0: any missing image is an error")
+    ),
 ) -> None:
     """Metrics table, per-class report and confusion matrix, beside the majority-class and random baselines."""
     import json
@@ -75,10 +87,14 @@ def evaluate(
     from mmfuse.engine.tables import evaluation_view
     from mmfuse.sweep.ensemble import load_predictor
 
-    with _user_errors():
+    with _user_errors(), _warnings_to_stderr():
         clf = load_predictor(run, checkpoint=checkpoint)
         examples = split_examples(split, clf.config.data, data)
-        result = clf.evaluate(examples, name=split if data is None else str(data))
+        if split is None and data is None:
+            note = "" if examples.name == "test" else " (the data has no labeled test split; val chose the best epoch)"
+            _errors_console.print(f"evaluating the {examples.name} split{note}", highlight=False, soft_wrap=True)
+        name = examples.name if data is None else str(data)
+        result = clf.evaluate(examples, name=name, max_missing_images=max_missing_images)
     _console.print(evaluation_view(result))
     if json_out is not None:
         json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
@@ -90,16 +106,49 @@ def predict(
     out: Path = typer.Option(..., "--out", "-o", help="CSV to write"),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best or last"),
     threshold: str = typer.Option("0.5", "--threshold", help="binary: 0.5, tuned (on validation), or a number"),
+    max_missing_images: float | None = typer.Option(
+        None, "--max-missing-images", help=_MAX_MISSING_HELP.format(default="0.5")
+    ),
 ) -> None:
-    """Write predictions: id,proba,label for binary tasks (Hateful Memes format), else one proba column per class."""
+    """Write predictions: id,proba,label for binary tasks (Hateful Memes format), else one proba column per class;
+    then image_present (false: the image was missing or unreadable and a blank stood in)."""
     from mmfuse.sweep.ensemble import load_predictor
 
-    with _user_errors():
+    with _user_errors(), _warnings_to_stderr():
         clf = load_predictor(run, checkpoint=checkpoint)
-        frame = clf.predictions_table(data, threshold=_threshold(threshold, clf.threshold))
+        frame = clf.predictions_table(
+            data, threshold=_threshold(threshold, clf.threshold), max_missing_images=max_missing_images
+        )
         out.parent.mkdir(parents=True, exist_ok=True)
         frame.to_csv(out, index=False)
-    _errors_console.print(f"wrote {len(frame)} predictions to {out}", highlight=False)
+    blank = int((~frame["image_present"]).sum()) if "image_present" in frame else 0
+    without = f" ({blank} from a blank image: image_present false)" if blank else ""
+    _errors_console.print(f"wrote {len(frame)} predictions to {out}{without}", highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def _warnings_to_stderr() -> Iterator[None]:
+    """While a command runs, the library's warnings (``mmfuse`` log records) print on stderr as ``warning: ...``;
+    the same news as Python warnings is not printed twice."""
+    import logging
+    import warnings
+
+    from mmfuse.engine.missing_images import MissingImagesWarning
+
+    class _Stderr(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            message = Text.assemble(("warning:", "yellow"), " ", record.getMessage())
+            _errors_console.print(message, highlight=False, soft_wrap=True)
+
+    handler = _Stderr(logging.WARNING)
+    root = logging.getLogger("mmfuse")
+    root.addHandler(handler)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", MissingImagesWarning)
+            yield
+    finally:
+        root.removeHandler(handler)
 
 
 def _threshold(text: str, tuned: float | None) -> float | None:

@@ -104,6 +104,9 @@ class DataConfig(StrictSection):
             mid-epoch; ``False`` only checks that the files exist.
         max_image_pixels: images with more pixels are refused (decompression-bomb guard).
         allow_outside_root: allow image and text paths that resolve outside ``root`` (refused by default).
+        max_missing_images: at predict / evaluate time, the largest share of examples that may be predicted from a
+            blank image because theirs is missing or unreadable before it is an error (they are always counted and
+            named); ``None``: any for evaluate, half for predict.
     """
 
     root: Path
@@ -124,6 +127,7 @@ class DataConfig(StrictSection):
     verify_images: bool = True
     max_image_pixels: int = 64_000_000
     allow_outside_root: bool = False
+    max_missing_images: float | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -193,6 +197,13 @@ class DataConfig(StrictSection):
     def _positive(cls, v: int) -> int:
         if v <= 0:
             raise ValueError(f"max_image_pixels must be positive, got {v}")
+        return v
+
+    @field_validator("max_missing_images")
+    @classmethod
+    def _share(cls, v: float | None) -> float | None:
+        if v is not None and not 0.0 <= v <= 1.0:
+            raise ValueError(f"max_missing_images must be a share in [0, 1] (e.g. 0.5), or null, got {v}")
         return v
 
     @model_validator(mode="after")

@@ -29,10 +29,11 @@ from mmfuse.data.loading import Split, load_splits
 from mmfuse.engine import checkpoint as ckpt
 from mmfuse.engine.batches import InputMaker, compute_tables, make_loader
 from mmfuse.engine.build import build_model, plan_features, set_train_mode
-from mmfuse.engine.data_io import ExamplesLike, examples_of, predictions_frame
+from mmfuse.engine.data_io import ExamplesLike, Inputs, inputs_of, predictions_frame
 from mmfuse.engine.features import FeatureSource, source_for
 from mmfuse.engine.inference import Outputs, run_model
 from mmfuse.engine.metrics import baseline_metrics, classification_metrics, evaluation_scalars, predict_labels
+from mmfuse.engine.missing_images import MissingImages, allowed_share, check_images, missing_images
 from mmfuse.engine.progress import is_main_process
 from mmfuse.engine.run_dir import Reporter, RunDir
 from mmfuse.engine.trainer import EpochCallback, Trainer
@@ -53,6 +54,7 @@ class Prediction:
         attention: ``(Q, N)`` attention of text tokens (or one pooled query) over image regions; ``None`` for
             heads without attention.
         image_reliance: how much the image contributed, in ``[0, 1]``; ``None`` for heads without it.
+        image_present: ``False`` when the image was missing or unreadable and a blank stood in.
     """
 
     id: str
@@ -60,6 +62,7 @@ class Prediction:
     proba: dict[str, float]
     attention: np.ndarray | None = None
     image_reliance: float | None = None
+    image_present: bool = True
 
 
 class MultimodalClassifier:
@@ -139,9 +142,11 @@ class MultimodalClassifier:
                 "data.split.val > 0 to carve one off train)"
             )
         data = self.config.data
+        train_in, val_in = inputs_of(train, data, labeled=True), inputs_of(val, data, labeled=True)
+        reports = {"train": train_in.report, "val": val_in.report, "test": test.report if test is not None else None}
         trainer = Trainer(
-            self.config, examples_of(train, data, labeled=True), examples_of(val, data, labeled=True),
-            source=self.source, callbacks=callbacks,
+            self.config, train_in.examples, val_in.examples, source=self.source, callbacks=callbacks,
+            data_reports={name: r for name, r in reports.items() if r is not None},
         )  # fmt: skip
         run = RunDir.existing(resume) if resume is not None else None
         result = trainer.fit(run_dir=run, resume=resume is not None)
@@ -150,7 +155,9 @@ class MultimodalClassifier:
         self.train_class_counts = [int(c) for c in np.bincount(trainer.train_y, minlength=len(self.classes))]
         self.summary = result.run_dir.read_summary()
         if test is not None and test.report.labeled and trainer.accelerator.is_main_process:
-            self.summary["test"] = evaluation_scalars(self.evaluate(test))
+            # the run is trained: missing test images are counted (log, summary) rather than an error here
+            with trainer.reporter.log_to(result.run_dir.log):
+                self.summary["test"] = evaluation_scalars(self.evaluate(test, max_missing_images=1.0))
             result.run_dir.write_summary(self.summary)
         return self
 
@@ -169,19 +176,30 @@ class MultimodalClassifier:
 
     # --------------------------------------------------------------------------------------------- inference
 
-    def predict_proba(self, examples: ExamplesLike) -> np.ndarray:
-        """``(N, C)`` class probabilities (columns in :attr:`classes` order)."""
-        return self._run(examples).proba
+    def predict_proba(self, examples: ExamplesLike, *, max_missing_images: float | None = None) -> np.ndarray:
+        """``(N, C)`` class probabilities (columns in :attr:`classes` order).
 
-    def predict(self, examples: ExamplesLike, *, threshold: float | None = None) -> list[str]:
+        Examples whose image is missing or unreadable are predicted from a blank image, counted and named in a
+        :class:`~mmfuse.engine.missing_images.MissingImagesWarning` (and the log); more than ``max_missing_images``
+        of them (a share; default ``data.max_missing_images``, else 0.5) raise
+        :class:`~mmfuse.engine.missing_images.TooManyMissingImagesError`. The same holds for every method below.
+        """
+        return self._run(examples, max_missing=max_missing_images)[0].proba
+
+    def predict(
+        self, examples: ExamplesLike, *, threshold: float | None = None, max_missing_images: float | None = None
+    ) -> list[str]:
         """Predicted class names; binary tasks use ``threshold`` on P(class 1) when given (e.g. the tuned
         :attr:`threshold`), else the most probable class."""
-        labels = predict_labels(self.predict_proba(examples), threshold)
+        labels = predict_labels(self.predict_proba(examples, max_missing_images=max_missing_images), threshold)
         return [self._label_map().decode(int(i)) for i in labels]
 
-    def predict_details(self, examples: ExamplesLike, *, threshold: float | None = None) -> list[Prediction]:
-        """Per example: label, probabilities, and where the head has them, attention maps and image reliance."""
-        out = self._run(examples, details=True)
+    def predict_details(
+        self, examples: ExamplesLike, *, threshold: float | None = None, max_missing_images: float | None = None
+    ) -> list[Prediction]:
+        """Per example: label, probabilities, whether its image was read, and where the head has them, attention
+        maps and image reliance."""
+        out, _ = self._run(examples, details=True, max_missing=max_missing_images)
         proba, classes = out.proba, self.classes
         labels = predict_labels(proba, threshold)
         return [
@@ -191,34 +209,46 @@ class MultimodalClassifier:
                 proba={c: float(p) for c, p in zip(classes, proba[i], strict=True)},
                 attention=out.attention[i] if out.attention is not None else None,
                 image_reliance=float(out.image_reliance[i]) if out.image_reliance is not None else None,
+                image_present=bool(out.image_present[i]) if out.image_present is not None else True,
             )
             for i in range(len(out.ids))
         ]
 
-    def predictions_table(self, examples: ExamplesLike, *, threshold: float | None = None):
-        """The predictions as a DataFrame: ``id, proba, label`` for binary tasks (Hateful Memes format), else
-        ``id``, one ``proba_<class>`` column per class, ``label``. Works on unlabeled examples."""
-        out = self._run(examples)
+    def predictions_table(
+        self, examples: ExamplesLike, *, threshold: float | None = None, max_missing_images: float | None = None
+    ):
+        """The predictions as a DataFrame: ``id, proba, label, image_present`` for binary tasks (Hateful Memes
+        format, plus whether the image was read), else ``id``, one ``proba_<class>`` column per class, ``label``,
+        ``image_present``. Works on unlabeled examples."""
+        out, _ = self._run(examples, max_missing=max_missing_images)
         labels = [self.classes[int(i)] for i in predict_labels(out.proba, threshold)]
-        return predictions_frame(out.ids, out.proba, self.classes, labels)
+        return predictions_frame(out.ids, out.proba, self.classes, labels, out.image_present)
 
-    def evaluate(self, examples: ExamplesLike, *, name: str | None = None) -> dict[str, Any]:
+    def evaluate(
+        self, examples: ExamplesLike, *, name: str | None = None, max_missing_images: float | None = None
+    ) -> dict[str, Any]:
         """Metrics on labeled examples beside the majority-class and random baselines.
+
+        Any example predicted from a blank image (its image missing or unreadable) is an error unless
+        ``max_missing_images`` (a share; default ``data.max_missing_images``, else 0) allows it.
 
         Returns:
             ``split``, ``n``, ``metrics`` (accuracy, macro precision/recall/F1, weighted F1, AUROC, per class,
             confusion matrix; argmax = threshold 0.5), for binary tasks ``threshold`` (tuned on validation) and
-            ``metrics_at_threshold``, and ``baselines`` (``majority``, ``random``) computed the same way.
+            ``metrics_at_threshold``, ``baselines`` (``majority``, ``random``) computed the same way, and for models
+            that read images ``missing_images`` (examples predicted from a blank image, examples dropped at load).
 
         Raises:
             ValueError: an example without a label.
+            TooManyMissingImagesError: more examples without a usable image than allowed.
         """
         label_map = self._label_map()
-        items = examples_of(examples, self.config.data, labeled=True)
+        inputs = inputs_of(examples, self.config.data, labeled=True)
+        items = inputs.examples
         unlabeled = sum(e.label is None for e in items)
         if unlabeled:
             raise ValueError(f"{unlabeled} of {len(items)} examples have no label; evaluate needs labels (use predict)")
-        out = self._run(items, labeled=True, desc="evaluate")
+        out, missing = self._run(inputs, labeled=True, task="evaluate", max_missing=max_missing_images)
         proba, y = out.proba, out.labels
         result: dict[str, Any] = {
             "split": name or (examples.name if isinstance(examples, Split) else str(examples)[:60]),
@@ -234,21 +264,60 @@ class MultimodalClassifier:
         train_y = np.repeat(np.arange(label_map.num_classes), self.train_class_counts or 0)
         if len(train_y):
             result["baselines"] = baseline_metrics(train_y, y, label_map.classes, seed=self.config.train.seed)
+        if missing is not None:
+            result["missing_images"] = missing.to_dict()
         return result
 
+    def run_outputs(
+        self,
+        examples: ExamplesLike | Inputs,
+        *,
+        task: str = "predict",
+        max_missing_images: float | None = None,
+        labeled: bool = False,
+        warn: bool = True,
+    ) -> tuple[Outputs, MissingImages | None]:
+        """The model's raw outputs on ``examples`` (what an ensemble combines), and for a model that reads images,
+        the examples it got a blank image for.
+
+        Args:
+            examples: examples, a split, a data file, or :class:`~mmfuse.engine.data_io.Inputs`.
+            task: ``predict`` or ``evaluate``: the default allowed share of missing images, and the messages' words.
+            max_missing_images: the allowed share of examples without a usable image (see :meth:`predict_proba`).
+            labeled: read labels (required).
+            warn: warn about missing images (an ensemble warns once, not once per member).
+
+        Raises:
+            TooManyMissingImagesError: more examples without a usable image than allowed.
+        """
+        return self._run(examples, labeled=labeled, task=task, max_missing=max_missing_images, warn=warn)
+
     def _run(
-        self, examples: ExamplesLike, *, labeled: bool = False, details: bool = False, desc: str = "predict"
-    ) -> Outputs:
-        """The model's outputs on ``examples``, with progress (``desc``) as ``config.run.quiet`` says."""
+        self,
+        examples: ExamplesLike | Inputs,
+        *,
+        labeled: bool = False,
+        details: bool = False,
+        task: str = "predict",
+        max_missing: float | None = None,
+        warn: bool = True,
+    ) -> tuple[Outputs, MissingImages | None]:
+        """The model's outputs on ``examples``, and for a model that reads images, the examples it got a blank
+        image for (checked against the allowed share before and after running)."""
         model, label_map = self._model(), self._label_map()
-        items = examples if labeled else examples_of(examples, self.config.data)
-        items = list(items)  # type: ignore[arg-type]
+        cfg = self.config
+        inputs = inputs_of(examples, cfg.data, labeled=True if labeled else None)
+        items = inputs.examples
         if not items:
             raise ValueError("no examples to predict")
-        cfg = self.config
+        reads_images = getattr(model, "image_encoder", None) is not None
+        limit = allowed_share(task, max_missing, cfg.data)
+        where = {"report": inputs.report, "source": inputs.source, "image_root": inputs.image_root}
+        if reads_images:  # fail before the model runs when the paths already say so
+            check_images(missing_images(items, **where), task=task, limit=limit, data=cfg.data, warn=False)
         plan = plan_features(model, precompute=cfg.cache.enabled)
         reporter = Reporter(quiet=cfg.run.quiet, main=is_main_process())
-        with reporter.bar(len(items) * plan.precomputed, f"features {desc}") as bar:
+        with reporter.bar(len(items) * plan.precomputed, f"features {task}") as bar:
             tables = compute_tables(
                 model, plan, items, self.source, device=self.device, batch_size=cfg.train.eval_batch,
                 num_workers=cfg.train.num_workers, progress=bar.update,
@@ -258,8 +327,13 @@ class MultimodalClassifier:
             image_encoder=getattr(model, "image_encoder", None), num_workers=cfg.train.num_workers,
         )  # fmt: skip
         maker = InputMaker(plan, tables, getattr(model, "text_encoder", None))
-        with reporter.bar(len(items), desc) as bar:
-            return run_model(model, loader, maker, device=self.device, details=details, bar=bar)
+        with reporter.bar(len(items), task) as bar:
+            out = run_model(model, loader, maker, device=self.device, details=details, bar=bar)
+        if not reads_images:
+            return out, None
+        missing = missing_images(items, out.image_present, **where)
+        check_images(missing, task=task, limit=limit, data=cfg.data, warn=warn)
+        return out, missing
 
     def _model(self) -> nn.Module:
         if self.model is None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pandas as pd
 from mmfuse.data.config import DataConfig, load_data_config
 from mmfuse.data.example import Example
 from mmfuse.data.loading import Split, load_examples, load_splits
+from mmfuse.data.report import Problem, SplitReport
 
 ExamplesLike = Sequence[Example] | Split | str | Path
 """Examples, a loaded split, or the path of a data file (JSONL/CSV read with the run's column mapping)."""
@@ -18,13 +20,42 @@ ExamplesLike = Sequence[Example] | Split | str | Path
 _CONFIG_SUFFIXES = (".yaml", ".yml")
 
 
+@dataclass
+class Inputs:
+    """Examples to predict, with what loading them found (for the count of missing images).
+
+    Attributes:
+        examples: the examples, in order.
+        source: what they were read from, for messages (a file, a split; empty for examples passed as a list).
+        report: the load report when they come from a file or a split.
+        image_root: where their relative image paths resolved, when they come from a file or a split.
+    """
+
+    examples: list[Example]
+    source: str = ""
+    report: SplitReport | None = None
+    image_root: Path | None = None
+
+
 def examples_of(source: ExamplesLike, data: DataConfig | None, *, labeled: bool | None = None) -> list[Example]:
     """The examples of ``source``; a file path is read with :func:`file_examples`."""
+    return inputs_of(source, data, labeled=labeled).examples
+
+
+def inputs_of(source: ExamplesLike | Inputs, data: DataConfig | None, *, labeled: bool | None = None) -> Inputs:
+    """The examples of ``source`` with their load report and image root when it is a file or a split."""
+    if isinstance(source, Inputs):
+        return source
     if isinstance(source, Split):
-        return list(source.examples)
+        root = data.resolved_root() if data is not None else None
+        images = [e.image for e in source.examples if e.image is not None][:1]
+        if root is not None and images and not _inside(images[0], root):
+            root = None  # a split of another data config: its root is not known here
+        return Inputs(list(source.examples), f"the {source.name} split", source.report, root)
     if isinstance(source, (str, Path)):
-        return file_examples(source, data, labeled=labeled).examples
-    return list(source)
+        split = file_examples(source, data, labeled=labeled)
+        return Inputs(split.examples, repr(str(source)), split.report, _image_root(Path(source), data))
+    return Inputs(list(source))
 
 
 def file_examples(path: str | Path, data: DataConfig | None, *, labeled: bool | None = None) -> Split:
@@ -38,16 +69,27 @@ def file_examples(path: str | Path, data: DataConfig | None, *, labeled: bool | 
         FileNotFoundError: no such file.
     """
     path = Path(path)
-    if data is not None:
-        root = data.resolved_root()
-        if (root / path).is_file() if not path.is_absolute() else (path.is_file() and _inside(path, root)):
-            return load_examples(path, data.model_copy(update={"on_missing_image": "blank"}), labeled=labeled)
+    if data is not None and _in_data_root(path, data):
+        return load_examples(path, data.model_copy(update={"on_missing_image": "blank"}), labeled=labeled)
     if not path.is_file():
         where = f" (nor under the dataset root {str(data.root)!r})" if data is not None else ""
         raise FileNotFoundError(f"data file {str(path)!r} not found{where}; pass a JSONL or CSV file")
     base = data or DataConfig(root=path.resolve().parent, train=path.name)
     cfg = base.model_copy(update={"root": path.resolve().parent, "on_missing_image": "blank"})
     return load_examples(path.resolve(), cfg, labeled=labeled)
+
+
+def _in_data_root(path: Path, data: DataConfig) -> bool:
+    """Whether a data file is read as part of the run's dataset (its images resolve against the dataset root)."""
+    root = data.resolved_root()
+    return (root / path).is_file() if not path.is_absolute() else (path.is_file() and _inside(path, root))
+
+
+def _image_root(path: Path, data: DataConfig | None) -> Path:
+    """Where :func:`file_examples` resolved the images of data file ``path``."""
+    if data is not None and _in_data_root(path, data):
+        return data.resolved_root()
+    return path.resolve().parent
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -58,8 +100,14 @@ def _inside(path: Path, root: Path) -> bool:
         return False
 
 
-def split_examples(split: str, data: DataConfig | None, source: str | Path | None = None) -> Split:
+def split_examples(split: str | None, data: DataConfig | None, source: str | Path | None = None) -> Split:
     """The ``split`` of the run's data, of another data config (``source`` a YAML file), or a data file.
+
+    Args:
+        split: ``train``, ``val`` or ``test``; ``None`` takes the labeled test split, else the labeled val split
+            (the returned split's ``name`` says which).
+        data: the run's data config.
+        source: another data config (YAML) or a data file; a data file is read whole, whatever ``split``.
 
     Raises:
         ValueError: no data config to take the split from, or the data has no such split.
@@ -71,19 +119,40 @@ def split_examples(split: str, data: DataConfig | None, source: str | Path | Non
     if cfg is None:
         raise ValueError("this run has no data config (it was fit on examples); pass --data FILE_OR_CONFIG")
     splits = load_splits(cfg)
+    if split is None:
+        labeled = [n for n in ("test", "val") if n in splits and splits[n].report.labeled]
+        if not labeled:
+            raise ValueError(
+                f"the data has no labeled test or val split to evaluate (it has {_split_list(splits)}); pass "
+                "--split train, or --data with a labeled file or data config"
+            )
+        return splits[labeled[0]]
     if split not in splits:
-        raise ValueError(f"the data has no {split!r} split (it has {', '.join(splits)}); pick one of them")
+        options = " or ".join(f"--split {n}" for n in splits)
+        raise ValueError(
+            f"the data has no {split!r} split (it has {_split_list(splits)}); pass {options}, or --data with another "
+            "data file or config"
+        )
     return splits[split]
 
 
+def _split_list(splits: dict[str, Split]) -> str:
+    return ", ".join(f"{n} ({len(s)} examples{'' if s.report.labeled else ', unlabeled'})" for n, s in splits.items())
+
+
 def predictions_frame(
-    ids: Sequence[str], proba: np.ndarray, classes: Sequence[str], labels: Sequence[str]
+    ids: Sequence[str],
+    proba: np.ndarray,
+    classes: Sequence[str],
+    labels: Sequence[str],
+    image_present: Sequence[bool] | np.ndarray | None = None,
 ) -> pd.DataFrame:
     """The predictions table.
 
     Binary tasks: ``id, proba, label`` (the Hateful Memes challenge format): ``proba`` is P(class 1), ``label`` the
     predicted class name (``0``/``1`` for 0/1 labels). Otherwise ``id``, one ``proba_<class>`` column per class, and
-    ``label``.
+    ``label``. Then, when given, ``image_present``: ``False`` where the image was missing or unreadable and the
+    example was predicted from a blank image.
     """
     frame = pd.DataFrame({"id": list(ids)})
     if len(classes) == 2:
@@ -92,4 +161,64 @@ def predictions_frame(
         for i, name in enumerate(classes):
             frame[f"proba_{name}"] = proba[:, i]
     frame["label"] = list(labels)
+    if image_present is not None:
+        frame["image_present"] = [bool(p) for p in image_present]
     return frame
+
+
+MIN_CLASS_EXAMPLES = 5
+"""A class with fewer training examples than this gets a warning (often a label typo that became a class)."""
+
+
+def data_counts(reports: Mapping[str, SplitReport]) -> dict[str, dict[str, int]]:
+    """Per split: rows read, examples kept, and how many were left out (or blanked) for what, for ``summary.json``."""
+    return {
+        name: {
+            "rows": r.rows,
+            "examples": r.examples,
+            **{kind: len(getattr(r, kind)) for kind in _LEFT_OUT},
+        }
+        for name, r in reports.items()
+    }
+
+
+_LEFT_OUT = {
+    "bad_rows": "rows skipped as unreadable (on_bad_row: skip)",
+    "duplicate_ids": "rows dropped for an id seen before",
+    "skipped_images": "examples dropped for a missing or unreadable image (on_missing_image: skip)",
+    "blank_images": "examples kept with a blank image for a missing or unreadable one (on_missing_image: blank)",
+}
+
+
+def data_warnings(reports: Mapping[str, SplitReport], class_counts: Mapping[str, int]) -> list[str]:
+    """What a training run must say about its data: rows and images left out or blanked (how many, why, the first
+    few), splits that could not be stratified, and classes with fewer than :data:`MIN_CLASS_EXAMPLES` examples.
+
+    Args:
+        reports: the load reports of the splits trained on, by split name.
+        class_counts: training examples per class.
+    """
+    out = []
+    for name, report in reports.items():
+        for kind, what in _LEFT_OUT.items():
+            problems = getattr(report, kind)
+            if problems:
+                out.append(f"{name}: {len(problems)} of {report.rows} {what}: {_first(problems)}")
+        out += [
+            f"{name}: the seeded split is not stratified by label ({note}); class shares may differ between splits"
+            for note in report.notes
+            if "not stratified" in note
+        ]
+    for label, count in class_counts.items():
+        if count < MIN_CLASS_EXAMPLES:
+            out.append(
+                f"class {label!r} has only {count} training example(s) (fewer than {MIN_CLASS_EXAMPLES}); if it is a "
+                "label typo (e.g. 'Positive' beside 'positive'), fix the file or map it with label_map "
+                "(`mmfuse data check` lists the labels)"
+            )
+    return out
+
+
+def _first(problems: Sequence[Problem], show: int = 5) -> str:
+    shown = "; ".join(str(p) for p in problems[:show])
+    return shown + (f"; ... {len(problems) - show} more" if len(problems) > show else "")

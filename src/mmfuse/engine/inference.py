@@ -24,6 +24,8 @@ class Outputs:
         ids: example ids (single-process runs only; empty otherwise).
         attention: per example, its ``(Q, N)`` attention map with text padding rows removed (heads that have one).
         image_reliance: ``(N,)`` (heads that have it).
+        image_present: ``(N,)`` bool, ``False`` where the model got a blank for a missing or unreadable image
+            (single-process runs only; ``None`` otherwise).
     """
 
     logits: np.ndarray
@@ -31,6 +33,7 @@ class Outputs:
     ids: list[str] = field(default_factory=list)
     attention: list[np.ndarray] | None = None
     image_reliance: np.ndarray | None = None
+    image_present: np.ndarray | None = None
 
     @property
     def proba(self) -> np.ndarray:
@@ -62,7 +65,7 @@ def run_model(
             processes).
     """
     set_train_mode(model, False)
-    logits, labels, ids, attention, reliance = [], [], [], [], []
+    logits, labels, ids, attention, reliance, present = [], [], [], [], [], []
     for batch in loader:
         inputs = make_inputs(batch, device)
         out = model(inputs)
@@ -71,6 +74,9 @@ def run_model(
             batch_logits, batch_labels = accelerator.gather_for_metrics((batch_logits, batch_labels))
         else:
             ids.extend(batch["ids"])
+            n = len(batch["ids"])
+            shown = inputs.image_present
+            present.append(torch.ones(n, dtype=torch.bool) if shown is None else shown.bool().cpu().reshape(n))
         logits.append(batch_logits.cpu())
         labels.append(batch_labels.cpu())
         if details:
@@ -85,6 +91,7 @@ def run_model(
         ids=ids,
         attention=attention if details and attention else None,
         image_reliance=torch.cat(reliance).numpy() if reliance else None,
+        image_present=torch.cat(present).numpy() if present else None,
     )
 
 

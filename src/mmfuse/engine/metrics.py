@@ -157,4 +157,6 @@ def evaluation_scalars(result: dict[str, Any]) -> dict[str, Any]:
     for name, metrics in result.get("baselines", {}).items():
         out[f"{name}_accuracy"] = metrics["accuracy"]
         out[f"{name}_macro_f1"] = metrics["macro_f1"]
+    if "missing_images" in result:
+        out["missing_images"] = result["missing_images"]
     return out

@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -30,9 +30,11 @@ from mmfuse import __version__
 from mmfuse.config import ConfigError, TrainConfig, TrainingConfig
 from mmfuse.data.example import Example
 from mmfuse.data.labels import LabelMap
+from mmfuse.data.report import SplitReport
 from mmfuse.engine import checkpoint as ckpt
 from mmfuse.engine.batches import EpochSampler, InputMaker, compute_tables, make_loader
 from mmfuse.engine.build import build_model, plan_features, set_train_mode
+from mmfuse.engine.data_io import data_counts, data_warnings
 from mmfuse.engine.features import FeatureSource, default_store
 from mmfuse.engine.inference import Outputs, run_model
 from mmfuse.engine.metrics import classification_metrics, headline, is_better, selection_metric, tune_threshold
@@ -121,6 +123,8 @@ class Trainer:
         label_map: class names; built from the training labels when ``None``.
         source: where features of frozen encoders come from (default: the process-wide memo).
         callbacks: called with each epoch's record after its checkpoint is written.
+        data_reports: the load reports of the splits (by name), when the examples were read from files: what was
+            left out or blanked is said on the console, in ``train.log`` and ``summary.json``.
     """
 
     def __init__(
@@ -132,6 +136,7 @@ class Trainer:
         label_map: LabelMap | None = None,
         source: FeatureSource | None = None,
         callbacks: Sequence[EpochCallback] = (),
+        data_reports: Mapping[str, SplitReport] | None = None,
     ) -> None:
         _check_examples(train, "train")
         _check_examples(val, "val")
@@ -147,6 +152,9 @@ class Trainer:
         self.metric = selection_metric(config.train.selection_metric, len(self.classes))
         self.state = LoopState()
         self.history: list[dict[str, Any]] = []
+        self.data_reports = dict(data_reports or {})
+        counts = dict(zip(self.classes, _class_counts(self.train_y, len(self.classes)), strict=True))
+        self.data_warnings = data_warnings(self.data_reports, counts)
 
     # ------------------------------------------------------------------------------------------------- setup
 
@@ -224,6 +232,8 @@ class Trainer:
         timer = Timer()
         self._setup(run_dir)
         with self.reporter.log_to(self.run.log):
+            for message in self.data_warnings:
+                self.reporter.warning(message)
             self._data()
             if resume:
                 self._restore()
@@ -422,6 +432,8 @@ class Trainer:
             "best_epoch": self.state.best_epoch,
             "selection_metric": self.metric,
             "best_value": self.state.best_value,
+            "data": data_counts(self.data_reports),
+            "warnings": self.data_warnings,
         }
 
     def _finish(self, status: str, timer: Timer) -> FitResult:

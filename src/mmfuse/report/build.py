@@ -48,6 +48,7 @@ class Evaluation:
         attention: per example ``(Q, N)`` attention over image regions (heads that have it).
         reliance: ``(N,)`` image reliance (heads that have it).
         threshold: binary decision threshold tuned on validation.
+        missing_images: examples predicted from a blank image because theirs was missing or unreadable.
     """
 
     split: str
@@ -58,6 +59,7 @@ class Evaluation:
     attention: list[np.ndarray] | None = None
     reliance: np.ndarray | None = None
     threshold: float | None = None
+    missing_images: list[str] | None = None
 
 
 def write_report(
@@ -156,7 +158,7 @@ def run_sections(clf: Any, run: Path, out: Path, split: str, per_group: int, say
     history = RunDir(run).history()
     metric = clf.summary.get("selection_metric") or _metric_of(clf)
     sections = [_overview(clf, metric, prefix)]
-    preview = _data_preview(clf.config.data, out, say)
+    preview = _training_data_notes(clf.summary) + _data_preview(clf.config.data, out, say)
     if preview:
         sections.append(_section("data", prefix + "Data", preview, "What the model was trained on."))
     if history:
@@ -220,6 +222,23 @@ def _encoder(enc: Any) -> str:
     return f"{enc.name} ({state})"
 
 
+def _training_data_notes(summary: dict[str, Any]) -> str:
+    """What training said about its data (``summary.json``): rows and images left out or blanked per split, splits
+    not stratified, classes with very few examples."""
+    counts, warnings = summary.get("data") or {}, summary.get("warnings") or []
+    body = ""
+    if warnings:
+        items = "".join(f"<li>{H.esc(w)}</li>" for w in warnings)
+        body += f'<div class="warn"><b>Training warned about its data</b><ul>{items}</ul></div>'
+    if counts:
+        kinds = ["bad_rows", "duplicate_ids", "skipped_images", "blank_images"]
+        header = ["split", "rows read", "examples used", "bad rows skipped", "duplicate ids dropped",
+                  "images missing: dropped", "images missing: blank"]  # fmt: skip
+        rows = [[name, c.get("rows"), c.get("examples"), *(c.get(k, 0) for k in kinds)] for name, c in counts.items()]
+        body += H.table(header, rows, numeric=[False, *([True] * 6)])
+    return body
+
+
 def _data_preview(data: Any, out: Path, say: Callable[[str], None]) -> str:
     if data is None:
         return ""
@@ -259,15 +278,17 @@ def _evaluate(predictor: Any, split: str, say: Callable[[str], None], *, details
         return f"no evaluation: the {split} split has labels the model does not know: {unknown}"
     say(f"predicting {len(labeled)} {split} examples")
     y = np.array([classes.index(e.label) for e in labeled])
+    # a report shows the evaluation whatever is missing, and says what was (the warning goes to the log too)
     if details and hasattr(predictor, "predict_details"):
-        preds = predictor.predict_details(labeled)
+        preds = predictor.predict_details(labeled, max_missing_images=1.0)
         proba = np.array([[p.proba[c] for c in classes] for p in preds])
         attention = [p.attention for p in preds] if preds and preds[0].attention is not None else None
         reliance = (
             np.array([p.image_reliance for p in preds]) if preds and preds[0].image_reliance is not None else None
         )
-        return Evaluation(split, labeled, y, proba, classes, attention, reliance)
-    return Evaluation(split, labeled, y, predictor.predict_proba(labeled), classes)
+        missing = [p.id for p in preds if not p.image_present]
+        return Evaluation(split, labeled, y, proba, classes, attention, reliance, missing_images=missing)
+    return Evaluation(split, labeled, y, predictor.predict_proba(labeled, max_missing_images=1.0), classes)
 
 
 def _evaluation_sections(ev: Evaluation, train_counts: Sequence[int] | None, out: Path, per_group: int,
@@ -284,7 +305,13 @@ def _evaluation_sections(ev: Evaluation, train_counts: Sequence[int] | None, out
         train_y = np.repeat(np.arange(len(ev.classes)), train_counts)
         columns += [(f"{k} baseline", m) for k, m in baseline_metrics(train_y, ev.y, ev.classes).items()]
     keys = ["accuracy", "macro_precision", "macro_recall", "macro_f1", "weighted_f1", "auroc"]
-    body = H.table(["metric", *(n for n, _ in columns)], [[k, *(m.get(k) for _, m in columns)] for k in keys])
+    body = ""
+    if ev.missing_images:
+        n, shown = len(ev.missing_images), ", ".join(ev.missing_images[:10])
+        more = f" and {n - 10} more" if n > 10 else ""
+        body += (f'<div class="warn">{n} of {len(ev.y)} examples were predicted from a blank image (their image is '
+                 f"missing or unreadable): ids {H.esc(shown)}{more}. These metrics count them.</div>")  # fmt: skip
+    body += H.table(["metric", *(n for n, _ in columns)], [[k, *(m.get(k) for _, m in columns)] for k in keys])
     per_class = [[c, r["precision"], r["recall"], r["f1"], r["support"]] for c, r in metrics["per_class"].items()]
     body += H.table(["class", "precision", "recall", "f1", "support"], per_class)
     if len(ev.classes) == 2:

@@ -58,6 +58,8 @@ tr.hl td { background:#eef6ff; font-weight:600; }
 .bar { height:6px; background:var(--line); border-radius:3px; margin:4px 0 6px; overflow:hidden; }
 .bar i { display:block; height:100%; background:var(--accent); }
 .note { color:var(--muted); font-style:italic; }
+.warn { background:#fff7e6; border:1px solid #f3d59b; border-radius:8px; padding:8px 14px; margin:4px 0 12px; }
+.warn ul { margin:4px 0 0; padding-left:20px; }
 footer { color:var(--muted); font-size:12.5px; text-align:center; margin-top:30px; }
 """
 

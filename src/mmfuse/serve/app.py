@@ -6,7 +6,8 @@ Routes:
   (``{"text": ..., "image": <base64 or data: URL>}``).
 - ``POST /predict/batch``: many items in one call (JSON ``{"items": [...]}``, or multipart with repeated ``text`` and
   ``image`` fields paired in order); they run through the model together. An image that cannot be decoded fails its
-  item only (``errors``), not the request.
+  item only (listed in ``errors``, counted in ``failed`` and in the log), not the request; it is never replaced by a
+  blank.
 - ``GET /health``, ``GET /info``; ``GET /openapi.json``, ``GET /docs``; ``GET /``: the page to try the model.
 
 Bad input is answered, never raised into the worker: a body over the size limit gets 413 before it is read, an image
@@ -98,6 +99,7 @@ class BatchOut(BaseModel):
 
     predictions: list[PredictionOut | None]
     errors: list[ItemError] = Field(default_factory=list)
+    failed: int = Field(0, description="how many items got no prediction (their image could not be read)")
 
 
 class HealthOut(BaseModel):
@@ -429,6 +431,7 @@ def _add_routes(app: FastAPI, service: _Service, pages: dict[str, bytes]) -> Non
         service.check_fields(items, batch=False)
         (result,) = await service.predict(items)
         if isinstance(result, _ItemFailure):
+            log.info("predict: no prediction (%d): %s", result.status, result.detail)
             return _error(result.status, result.detail)
         return result.to_dict()
 
@@ -442,13 +445,16 @@ def _add_routes(app: FastAPI, service: _Service, pages: dict[str, bytes]) -> Non
             raise _invalid(("body", "items"), f"at most {service.settings.max_items} items per request")
         service.check_fields(items, batch=True)
         results = await service.predict(items)
+        failures = [(i, r) for i, r in enumerate(results) if isinstance(r, _ItemFailure)]
+        errors = [{"index": i, "status": r.status, "detail": r.detail} for i, r in failures]
+        if errors:
+            shown = "; ".join(f"items[{e['index']}]: {e['detail']}" for e in errors[:5])
+            more = f"; ... {len(errors) - 5} more" if len(errors) > 5 else ""
+            log.warning("predict/batch: %d of %d items got no prediction: %s%s", len(errors), len(results), shown, more)
         return {
             "predictions": [r.to_dict() if isinstance(r, Prediction) else None for r in results],
-            "errors": [
-                {"index": i, "status": r.status, "detail": r.detail}
-                for i, r in enumerate(results)
-                if isinstance(r, _ItemFailure)
-            ],
+            "errors": errors,
+            "failed": len(errors),
         }
 
     @app.get("/health", response_model=HealthOut, responses={503: {"description": "the model worker is not running"}})

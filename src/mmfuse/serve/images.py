@@ -60,7 +60,8 @@ def decode_base64(text: str, *, name: str = "image", max_bytes: int | None = Non
         ImageBytesTooLargeError: the decoded bytes would exceed ``max_bytes``.
         ImageDecodeError: not valid base64.
     """
-    text = _DATA_URL.sub("", text.strip(), count=1)
+    original = text.strip()
+    text = _DATA_URL.sub("", original, count=1)
     text = "".join(text.split())  # line breaks of MIME-style base64
     if max_bytes is not None and len(text) * 3 // 4 > max_bytes + 3:
         raise ImageBytesTooLargeError(
@@ -74,6 +75,29 @@ def decode_base64(text: str, *, name: str = "image", max_bytes: int | None = Non
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         shown = text[:24] + ("..." if len(text) > 24 else "")
+        location = _location_kind(original)
+        if location is not None:
+            shown = original[:80] + ("..." if len(original) > 80 else "")
+            raise ImageDecodeError(
+                name,
+                f"{shown!r} looks like {location}, not base64 image bytes; the server never reads files or fetches "
+                "URLs for a client",
+                "send the image file's bytes base64-encoded (or as a multipart file)",
+            ) from None
         raise ImageDecodeError(
             name, f"not valid base64 (starts with {shown!r})", "send the file's bytes base64-encoded"
         ) from None
+
+
+_URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
+_PATH = re.compile(r"([\\/]|^~|^[a-z]:)(.*)\.[a-z0-9]{2,5}$|^[^/\\]+\.(jpe?g|png|gif|bmp|webp|tiff?)$", re.IGNORECASE)
+
+
+def _location_kind(text: str) -> str | None:
+    """``a URL`` or ``a file path`` when ``text`` is one of those rather than base64, else ``None``."""
+    text = text.strip()
+    if _URL.match(text):
+        return "a URL"
+    if _PATH.search(text):
+        return "a file path"
+    return None

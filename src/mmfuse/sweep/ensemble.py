@@ -159,41 +159,67 @@ class Ensemble:
             weights.append(float(member["weight"]))
         return cls(members, weights, threshold=info.get("threshold"), runs=runs, info=info)
 
-    def predict_proba(self, examples: Any) -> np.ndarray:
-        """``(N, C)``: the weighted mean of the members' probabilities."""
-        total = None
+    def predict_proba(self, examples: Any, *, max_missing_images: float | None = None) -> np.ndarray:
+        """``(N, C)``: the weighted mean of the members' probabilities (missing images as in
+        :meth:`MultimodalClassifier.predict_proba <mmfuse.engine.classifier.MultimodalClassifier.predict_proba>`)."""
+        return self._combined(examples, "predict", max_missing_images)[0]
+
+    def _combined(
+        self, examples: Any, task: str, max_missing_images: float | None, labeled: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None, Any]:
+        """The weighted mean probabilities, whether each example's image was read by every member that reads
+        images, and what the first such member found missing (members warn once between them)."""
+        from mmfuse.engine.data_io import inputs_of
+
+        inputs = inputs_of(examples, self.config.data, labeled=True if labeled else None)
+        total, present, missing = None, None, None
         for member, weight in zip(self.members, self.weights, strict=True):
             if weight == 0:
                 continue
-            p = weight * member.predict_proba(examples)
+            out, found = member.run_outputs(
+                inputs, task=task, max_missing_images=max_missing_images, labeled=labeled, warn=missing is None
+            )
+            p = weight * out.proba
             total = p if total is None else total + p
+            if found is not None:
+                missing = missing or found
+                present = out.image_present if present is None else present & out.image_present
         assert total is not None
-        return total
+        return total, present, missing
 
-    def predict(self, examples: Any, *, threshold: float | None = None) -> list[str]:
-        labels = predict_labels(self.predict_proba(examples), threshold)
+    def predict(
+        self, examples: Any, *, threshold: float | None = None, max_missing_images: float | None = None
+    ) -> list[str]:
+        labels = predict_labels(self.predict_proba(examples, max_missing_images=max_missing_images), threshold)
         return [self.classes[int(i)] for i in labels]
 
-    def predictions_table(self, examples: Any, *, threshold: float | None = None):
+    def predictions_table(
+        self, examples: Any, *, threshold: float | None = None, max_missing_images: float | None = None
+    ):
         """As :meth:`MultimodalClassifier.predictions_table`."""
-        from mmfuse.engine.data_io import examples_of, predictions_frame
+        from mmfuse.engine.data_io import inputs_of, predictions_frame
 
-        items = examples_of(examples, self.config.data)
-        proba = self.predict_proba(items)
+        inputs = inputs_of(examples, self.config.data)
+        proba, present, _ = self._combined(inputs, "predict", max_missing_images)
         labels = [self.classes[int(i)] for i in predict_labels(proba, threshold)]
-        return predictions_frame([e.id for e in items], proba, self.classes, labels)
+        if present is None:
+            present = np.ones(len(inputs.examples), dtype=bool)
+        return predictions_frame([e.id for e in inputs.examples], proba, self.classes, labels, present)
 
-    def evaluate(self, examples: Any, *, name: str | None = None) -> dict[str, Any]:
+    def evaluate(
+        self, examples: Any, *, name: str | None = None, max_missing_images: float | None = None
+    ) -> dict[str, Any]:
         """As :meth:`MultimodalClassifier.evaluate`: metrics beside the majority-class and random baselines."""
         from mmfuse.data.loading import Split
-        from mmfuse.engine.data_io import examples_of
+        from mmfuse.engine.data_io import inputs_of
 
-        items = examples_of(examples, self.config.data, labeled=True)
+        inputs = inputs_of(examples, self.config.data, labeled=True)
+        items = inputs.examples
         unlabeled = sum(e.label is None for e in items)
         if unlabeled:
             raise ValueError(f"{unlabeled} of {len(items)} examples have no label; evaluate needs labels (use predict)")
         y = np.array([self.classes.index(e.label) for e in items])  # type: ignore[arg-type]
-        proba = self.predict_proba(items)
+        proba, _, missing = self._combined(inputs, "evaluate", max_missing_images, labeled=True)
         result: dict[str, Any] = {
             "split": name or (examples.name if isinstance(examples, Split) else str(examples)[:60]),
             "n": len(y),
@@ -206,6 +232,8 @@ class Ensemble:
         train_y = np.repeat(np.arange(len(self.classes)), self.train_class_counts or 0)
         if len(train_y):
             result["baselines"] = baseline_metrics(train_y, y, self.classes, seed=self.config.train.seed)
+        if missing is not None:
+            result["missing_images"] = missing.to_dict()
         return result
 
 
