@@ -236,14 +236,36 @@ def test_training_state_loads_weights_only(trained_run: Path) -> None:
 # ------------------------------------------------------------------------------------------------ loop options
 
 
-def test_early_stopping_keeps_the_best_epoch(
+def test_a_tie_of_the_selection_metric_keeps_the_epoch_with_the_lower_loss(
     fake_encoders, synthetic_root: Path, synthetic_splits: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    scores = iter([0.5, 0.7, 0.6, 0.7, 0.9, 0.95])  # best at 2; 3 and 4 do not improve on it (a tie is no gain)
+    """AUROC or accuracy often reach their maximum early on easy validation data; a later epoch with the same value
+    and a lower validation loss is kept (it used to keep the first, less trained one)."""
+    scores = iter([(0.5, 0.7), (1.0, 0.5), (1.0, 0.3), (1.0, 0.4)])
     real = trainer_module.validation_metrics
 
     def scripted(out, classes):
-        return {**real(out, classes), "accuracy": next(scores)}
+        accuracy, loss = next(scores)
+        return {**real(out, classes), "accuracy": accuracy, "loss": loss}
+
+    monkeypatch.setattr(trainer_module, "validation_metrics", scripted)
+    cfg = make_config(synthetic_root, tmp_path, train={"epochs": 4, "selection_metric": "accuracy"})
+    clf = fit(cfg, synthetic_splits)
+    assert [r["best"] for r in clf.history] == [True, True, True, False]
+    assert clf.summary["best_epoch"] == 3
+    assert json.loads((tmp_path / "run" / "checkpoints" / "best" / "meta.json").read_text())["epoch"] == 3
+
+
+def test_early_stopping_keeps_the_best_epoch(
+    fake_encoders, synthetic_root: Path, synthetic_splits: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # best at 2; 3 and 4 do not improve on it (4 ties it with a higher validation loss: no gain)
+    scores = iter([(0.5, 0.7), (0.7, 0.6), (0.6, 0.6), (0.7, 0.65), (0.9, 0.5), (0.95, 0.4)])
+    real = trainer_module.validation_metrics
+
+    def scripted(out, classes):
+        accuracy, loss = next(scores)
+        return {**real(out, classes), "accuracy": accuracy, "loss": loss}
 
     monkeypatch.setattr(trainer_module, "validation_metrics", scripted)
     cfg = make_config(

@@ -42,6 +42,21 @@ def is_better(name: str, value: float | None, best: float | None) -> bool:
     return value > best if HIGHER_IS_BETTER[name] else value < best
 
 
+def improves(name: str, val: dict[str, Any], best: float | None, best_loss: float | None) -> bool:
+    """Whether an epoch's validation metrics ``val`` improve on the best epoch so far: a better value of the
+    selection metric ``name``, or the same value with a lower validation loss.
+
+    The tie-break matters on easy or small validation sets, where AUROC (or accuracy) reaches its maximum early and
+    stays there: keeping the first such epoch keeps a less trained model whose probabilities sit nearer 0.5, so
+    more test examples fall on the wrong side of the cut.
+    """
+    value = val.get(name)
+    if is_better(name, value, best):
+        return True
+    tied = value is not None and best is not None and value == best
+    return name != "loss" and tied and is_better("loss", val.get("loss"), best_loss)
+
+
 def predict_labels(proba: np.ndarray, threshold: float | None = None) -> np.ndarray:
     """Class ids: argmax, or for binary tasks with a ``threshold``, ``1`` where ``P(class 1) >= threshold``."""
     if threshold is not None and proba.shape[1] == 2:
@@ -102,8 +117,11 @@ def tune_threshold(y: np.ndarray, proba: np.ndarray) -> float:
     """The decision threshold on ``P(class 1)`` that maximizes the F1 of class 1 on these (validation) examples.
 
     F1 of the positive class is what detection tasks care about (hateful/offensive is the rarer, costlier class),
-    and unlike accuracy it does not reward predicting the majority class. Among equally good thresholds the one
-    closest to 0.5 wins. Returns 0.5 when ``y`` has a single class.
+    and unlike accuracy it does not reward predicting the majority class. The F1 of ``P >= t`` only changes where
+    ``t`` passes an example's score, so the best thresholds form gaps between two neighbouring scores ``(lo, hi]``.
+    0.5 wins when it lies in such a gap, else the gap's middle nearest to 0.5: a threshold on a validation example's
+    own score (what precision_recall_curve returns) leaves no margin to the examples on either side of it. Returns
+    0.5 when ``y`` has a single class.
     """
     y = np.asarray(y)
     if len(np.unique(y)) < 2:
@@ -111,8 +129,14 @@ def tune_threshold(y: np.ndarray, proba: np.ndarray) -> float:
     precision, recall, thresholds = precision_recall_curve(y == 1, proba[:, 1])
     with np.errstate(invalid="ignore", divide="ignore"):
         f1 = np.nan_to_num(2 * precision * recall / (precision + recall))[:-1]  # the last point has no threshold
-    best = np.flatnonzero(np.isclose(f1, f1.max()))
-    return float(thresholds[best[np.argmin(np.abs(thresholds[best] - 0.5))]])
+    scores = np.unique(proba[:, 1])  # ascending; thresholds[i] is one of them
+    candidates = []
+    for hi in thresholds[np.isclose(f1, f1.max())]:
+        below = scores[scores < hi]
+        lo = float(below[-1]) if len(below) else 0.0  # no score below: anything down to 0 gives the same F1
+        candidates.append(0.5 if lo < 0.5 <= hi else (lo + float(hi)) / 2)
+    candidates = np.asarray(candidates)
+    return float(candidates[np.argmin(np.abs(candidates - 0.5))])
 
 
 def baseline_probas(train_y: Sequence[int], n: int, num_classes: int, seed: int = 0) -> dict[str, np.ndarray]:

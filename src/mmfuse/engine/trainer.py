@@ -37,7 +37,7 @@ from mmfuse.engine.build import build_model, plan_features, set_train_mode
 from mmfuse.engine.data_io import data_counts, data_warnings
 from mmfuse.engine.features import FeatureSource, default_store
 from mmfuse.engine.inference import Outputs, run_model
-from mmfuse.engine.metrics import classification_metrics, headline, is_better, selection_metric, tune_threshold
+from mmfuse.engine.metrics import classification_metrics, headline, improves, selection_metric, tune_threshold
 from mmfuse.engine.optim import build_optimizer, build_scheduler, class_weight_tensor, current_lrs, optimizer_steps
 from mmfuse.engine.run_dir import Reporter, RunDir, Timer
 
@@ -57,6 +57,7 @@ class LoopState:
     best_value: float | None = None
     best_epoch: int | None = None
     bad_epochs: int = 0  # epochs since the last improvement
+    best_loss: float | None = None  # validation loss of the best epoch: breaks ties of the selection metric
 
 
 @dataclass
@@ -248,10 +249,11 @@ class Trainer:
             epoch = self.state.epoch + 1
             train_stats = self._train_epoch(epoch)
             val, _ = self._validate(epoch)
-            improved = is_better(self.metric, val.get(self.metric), self.state.best_value)
+            improved = improves(self.metric, val, self.state.best_value, self.state.best_loss)
             self.state.epoch = epoch
             if improved:
                 self.state.best_value, self.state.best_epoch, self.state.bad_epochs = val[self.metric], epoch, 0
+                self.state.best_loss = val.get("loss")
             else:
                 self.state.bad_epochs += 1
             record = {"epoch": epoch, **train_stats, "val": val, "best": improved}
