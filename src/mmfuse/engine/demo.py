@@ -43,13 +43,14 @@ DEMO_EPOCHS = 20
 # learn to carry the image into the [CLS] state it classifies (frozen MiniLM's [CLS] says nothing about the caption
 # before its last layers: a linear probe of the day/night concept reads 0.51 after layers 1-3, 0.69, 0.78, 0.99 after
 # layers 4-6). With every layer frozen it overfit its image projection (test accuracy 0.75), so its top two layers
-# train (encoder lr 1e-4). With the 4x4 grid as 16 image tokens for 10 epochs it learned slowly and unreliably: seed 0
-# on an AMD EPYC ended at test accuracy 0.62 (best validation AUROC 0.87, at epoch 2), while another CPU's run reached
-# 1.00; the 16 regions add each picture's own shapes and noise for the image projection (lr 3e-3) to fit. One image
-# token (the grid's mean: the feature the pooled heads read, where the brightness is) halves the joint sequence (~17
-# tokens instead of ~32), so 20 epochs cost about what 10 did; on seeds 0-2 it reached validation AUROC >= 0.996 by
-# epoch 6-7 of 20 and test accuracy 0.978-1.000, also with ATEN_CPU_CAPABILITY=default (seed 0).
-# tests/engine/test_engine_demo.py checks every head on seeds 0, 1 and 2.
+# train (encoder lr 1e-4). With the 4x4 grid as 16 image tokens for 10 epochs it could stall in the XOR's local
+# minimum: seed 0 on an AMD EPYC ended at test accuracy 0.62 (2 threads) or 0.74 (1 thread: training loss stuck at
+# 0.35 from epoch 6, three of the four (caption, picture) cells right and day+dark wrong, on training and validation
+# alike), while another CPU's run reached 1.00. One image token (the grid's mean: the feature the pooled
+# heads read), all else equal, got seed 0 past that point (training loss 0.49 -> 0.28 at epoch 5) to test accuracy
+# 1.00, and halves the joint sequence (~17 tokens instead of ~32), so 20 epochs (margin) cost about what 10 did. On
+# seeds 0-2, with the default and with ATEN_CPU_CAPABILITY=default kernels, it reached validation AUROC >= 0.99 by
+# epoch 5-8 of 20 and test accuracy 0.957-1.000. tests/engine/test_engine_demo.py checks every head on seeds 0-2.
 HEAD_SETTINGS: dict[str, dict[str, Any]] = {
     "early_fusion": {
         "text_encoder": {"trainable_top_k": 2},
