@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 
 import pytest
 from _serve_runs import png_bytes, running_server
@@ -17,17 +16,15 @@ def _run(coro):
 
 
 class Recorder:
-    """A fake model: doubles each item, records batch sizes, optionally sleeps or fails on items < 0."""
+    """A fake model: doubles each item, records batch sizes, fails on items < 0."""
 
-    def __init__(self, delay: float = 0.0) -> None:
+    def __init__(self) -> None:
         self.batches: list[list[int]] = []
         self.threads: set[str] = set()
-        self.delay = delay
 
     def __call__(self, items: list[int]) -> list[int]:
         self.batches.append(list(items))
         self.threads.add(threading.current_thread().name)
-        time.sleep(self.delay)
         if any(i < 0 for i in items):
             raise ValueError(f"negative item in {items}")
         return [2 * i for i in items]
@@ -66,8 +63,8 @@ async def _submit_all(batcher: MicroBatcher, jobs: list[list[int]]) -> list:
 
 
 def test_concurrent_requests_share_batches_up_to_max_batch():
-    model = Recorder(delay=0.01)
-    batcher = MicroBatcher(model, max_batch=4, max_wait_ms=50)
+    model = Recorder()
+    batcher = MicroBatcher(model, max_batch=4, max_wait_ms=50)  # all 10 are queued before the batcher looks
     results = _run(_submit_all(batcher, [[i] for i in range(10)]))
     assert results == [[2 * i] for i in range(10)]  # each request gets its own result
     assert max(len(b) for b in model.batches) == 4
