@@ -37,8 +37,8 @@ test-fast: lint
 	$(BIN)/python -m pytest -m "not slow" -q
 
 # Tests marked `numerics` (slow ones too) compare results that two code paths sum in another order. Rerun on torch's
-# scalar CPU kernels, whose summation order differs from AVX2/AVX-512's, they show that the tolerances hold on any
-# x86-64 CPU, not only on the one at hand.
+# scalar CPU kernels, whose summation order differs from AVX2/AVX-512's, a tolerance that only held for this CPU's
+# vector kernels fails here, not on the next machine.
 test-numerics: install
 	ATEN_CPU_CAPABILITY=default $(BIN)/python -m pytest -m numerics -q
 
