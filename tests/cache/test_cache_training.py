@@ -38,6 +38,7 @@ def _fit(
     return losses, clf.predict_proba(splits["test"])
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize(
     ("head", "params"),
     [("concat", {"hidden": 32}), ("cross_attention", {"dim": 32, "num_heads": 2, "hidden": 32})],
@@ -57,7 +58,9 @@ def test_cached_training_matches_encoding_every_batch(
     # cold and warm read the same stored float32 features: identical training
     np.testing.assert_array_equal(cold[0], warm[0])
     np.testing.assert_array_equal(cold[1], warm[1])
-    # on the fly: the same features up to float rounding (other batch compositions and padding)
+    # on the fly: the same features up to float rounding (other batch compositions and padding), which two epochs of
+    # AdamW carry into losses and probabilities <= 8e-9 apart (measured, vector and scalar kernels); 1e-5 is a wide
+    # margin, and features from another encoder or example would move them by far more
     np.testing.assert_allclose(raw[0], cold[0], rtol=0, atol=1e-5)
     np.testing.assert_allclose(raw[1], cold[1], rtol=0, atol=1e-5)
 

@@ -98,6 +98,7 @@ def test_forward_rejects_bad_pixels():
         shared("tiny-clip")(torch.zeros(3, 32, 32))
 
 
+@pytest.mark.numerics
 def test_grid_pooling_matches_the_models_own(kind):
     """ResNet and EfficientNet pool by averaging the grid; CLIP's pooled vector is its projected [CLS], not a mean."""
     enc = shared(kind)
@@ -106,7 +107,7 @@ def test_grid_pooling_matches_the_models_own(kind):
         out = enc(torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(0)))
     if kind == "tiny-clip":
         assert out.pooled.shape[-1] != out.sequence.shape[-1]
-    else:
+    else:  # the same mean of the grid, computed by the model and by us: float32 rounding only (0 measured)
         torch.testing.assert_close(out.pooled, out.sequence.mean(dim=1), atol=1e-5, rtol=1e-5)
 
 
@@ -320,6 +321,7 @@ def _bn_modes(enc) -> dict[str, bool]:
     return {n: m.training for n, m in enc.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("kind", ["tiny-resnet", "efficientnet-lite0"])
 def test_frozen_batchnorm_stays_in_eval_mode(kind):
     enc = make(kind, **({"image_size": 64} if kind == "efficientnet-lite0" else {}))
@@ -343,7 +345,8 @@ def test_frozen_batchnorm_stays_in_eval_mode(kind):
     assert not any(m.training for m in enc.modules())  # a fully frozen encoder is a fixed feature extractor
     with torch.no_grad():
         a, b = enc(x[:2]).pooled, enc(x).pooled[:2]
-    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)  # no batch statistics: batch-mates do not matter
+    # no batch statistics: batch-mates do not matter, up to another convolution blocking (0 apart measured)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
 def test_unfrozen_batchnorm_trains_normally():

@@ -19,6 +19,7 @@ def fitted(fake_encoders, synthetic_root: Path, synthetic_splits: dict, tmp_path
     return MultimodalClassifier(cfg).fit(synthetic_splits["train"], synthetic_splits["val"])
 
 
+@pytest.mark.numerics
 def test_fit_predict_evaluate(fitted: MultimodalClassifier, synthetic_splits: dict) -> None:
     test = synthetic_splits["test"]
     assert fitted.classes == ["0", "1"]
@@ -28,7 +29,8 @@ def test_fit_predict_evaluate(fitted: MultimodalClassifier, synthetic_splits: di
     assert fitted.predict(test) == [fitted.classes[i] for i in proba.argmax(axis=1)]
     at = 0.9
     assert fitted.predict(test, threshold=at) == ["1" if p >= at else "0" for p in proba[:, 1]]
-    assert fitted.predict_proba(test.examples[:3]) == pytest.approx(proba[:3], abs=1e-6)  # batch-independent
+    # batch-independent: in a batch of 3 or of all, probabilities differ by float rounding only (<= 1.6e-8 measured)
+    assert fitted.predict_proba(test.examples[:3]) == pytest.approx(proba[:3], abs=1e-6)
 
     result = fitted.evaluate(test)
     y = np.array([int(e.label) for e in test.examples])

@@ -193,6 +193,7 @@ def test_no_request_reaches_the_filesystem(client):
 # ----------------------------------------------------------------------------------------------- batch
 
 
+@pytest.mark.numerics
 def test_batch_matches_single_requests_and_isolates_bad_items(client):
     texts = ["a sunny day", "", "the moon and a much longer sentence about it"]
     images = [png_bytes(seed=i, width=40 + 10 * i) for i in range(3)]
@@ -206,15 +207,17 @@ def test_batch_matches_single_requests_and_isolates_bad_items(client):
     good = [p for p in body["predictions"] if p is not None]
     for text, image, batched in zip(texts, images, good, strict=True):
         single = client.post("/predict", **_multipart(text, image)).json()
-        assert batched["probabilities"] == pytest.approx(single["probabilities"], abs=1e-6)  # padding changes nothing
+        # padding changes nothing: float rounding of another batch shape, <= 1e-8 measured (vector and scalar kernels)
+        assert batched["probabilities"] == pytest.approx(single["probabilities"], abs=1e-6)
 
 
+@pytest.mark.numerics
 def test_batch_multipart_pairs_fields_in_order(client):
     images = [png_bytes(seed=5), png_bytes(seed=6)]
     files = [("image", (f"{i}.png", im, "image/png")) for i, im in enumerate(images)]
     r = client.post("/predict/batch", data={"text": ["first", "second"]}, files=files)
     assert r.status_code == 200, r.text
-    second = client.post("/predict", **_multipart("second", images[1])).json()
+    second = client.post("/predict", **_multipart("second", images[1])).json()  # batched vs alone: as above
     assert r.json()["predictions"][1]["probabilities"] == pytest.approx(second["probabilities"], abs=1e-6)
     r = client.post("/predict/batch", data={"text": ["only one text"]}, files=files)
     assert r.status_code == 422

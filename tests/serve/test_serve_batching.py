@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 
 import pytest
 from _serve_runs import png_bytes, running_server
@@ -17,20 +16,42 @@ def _run(coro):
 
 
 class Recorder:
-    """A fake model: doubles each item, records batch sizes, optionally sleeps or fails on items < 0."""
+    """A fake model: doubles each item, records batch sizes, fails on items < 0."""
 
-    def __init__(self, delay: float = 0.0) -> None:
+    def __init__(self) -> None:
         self.batches: list[list[int]] = []
         self.threads: set[str] = set()
-        self.delay = delay
 
     def __call__(self, items: list[int]) -> list[int]:
         self.batches.append(list(items))
         self.threads.add(threading.current_thread().name)
-        time.sleep(self.delay)
         if any(i < 0 for i in items):
             raise ValueError(f"negative item in {items}")
         return [2 * i for i in items]
+
+
+class Held:
+    """A fake model that holds each batch until the test lets it go: requests queue behind it for as long as the
+    test needs, so what the batcher does with them depends on the order of events, not on the clock."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.entered = threading.Event()  # a batch is in the model
+        self.release = threading.Event()
+
+    def __call__(self, items: list[int]) -> list[int]:
+        self.batches.append(list(items))
+        self.entered.set()
+        if not self.release.wait(timeout=30):
+            raise TimeoutError("the test never released the model")
+        return [2 * i for i in items]
+
+
+async def until(condition) -> None:
+    """Yields to the event loop (and the model thread) until ``condition()`` holds; the callers' overall 30-60 s
+    timeouts catch a condition that never does."""
+    while not condition():
+        await asyncio.sleep(0.005)
 
 
 async def _submit_all(batcher: MicroBatcher, jobs: list[list[int]]) -> list:
@@ -42,8 +63,8 @@ async def _submit_all(batcher: MicroBatcher, jobs: list[list[int]]) -> list:
 
 
 def test_concurrent_requests_share_batches_up_to_max_batch():
-    model = Recorder(delay=0.01)
-    batcher = MicroBatcher(model, max_batch=4, max_wait_ms=50)
+    model = Recorder()
+    batcher = MicroBatcher(model, max_batch=4, max_wait_ms=50)  # all 10 are queued before the batcher looks
     results = _run(_submit_all(batcher, [[i] for i in range(10)]))
     assert results == [[2 * i] for i in range(10)]  # each request gets its own result
     assert max(len(b) for b in model.batches) == 4
@@ -76,34 +97,56 @@ def test_a_failing_request_does_not_fail_its_batch_mates():
 
 def test_the_queue_limit_refuses_with_queue_full():
     async def scenario():
-        batcher = MicroBatcher(Recorder(delay=0.2), max_batch=2, max_wait_ms=0, max_queue=3)
+        model = Held()
+        batcher = MicroBatcher(model, max_batch=2, max_wait_ms=0, max_queue=3)
         await batcher.start()
         try:
-            first = asyncio.ensure_future(batcher.submit([1, 2]))  # runs (0.2 s)
-            await asyncio.sleep(0.05)
-            waiting = asyncio.ensure_future(batcher.submit([3, 4, 5]))  # waits: 3 queued
-            await asyncio.sleep(0.01)
+            first = asyncio.ensure_future(batcher.submit([1, 2]))
+            await until(model.entered.is_set)  # [1, 2] is in the model, which holds it
+            waiting = asyncio.ensure_future(batcher.submit([3, 4, 5]))
+            await until(lambda: batcher.queued == 3)  # waits behind it: the queue is full
             with pytest.raises(QueueFullError, match="retry"):
                 await batcher.submit([6])
+            model.release.set()
             assert await first == [2, 4] and await waiting == [6, 8, 10]
+            assert await batcher.submit([6]) == [12]  # room again once the queue drained
         finally:
+            model.release.set()
             await batcher.stop()
 
     _run(scenario())
 
 
-def test_a_lone_request_waits_at_most_max_wait():
+def test_requests_that_wait_for_the_model_run_together_in_full_batches():
+    async def scenario():
+        model = Held()
+        batcher = MicroBatcher(model, max_batch=4, max_wait_ms=0)  # no waiting for batch-mates: only the queue
+        await batcher.start()
+        try:
+            first = asyncio.ensure_future(batcher.submit([0]))
+            await until(model.entered.is_set)
+            rest = [asyncio.ensure_future(batcher.submit([i])) for i in range(1, 11)]
+            await until(lambda: batcher.queued == 10)
+            model.release.set()
+            assert await first == [0] and [await r for r in rest] == [[2 * i] for i in range(1, 11)]
+        finally:
+            model.release.set()
+            await batcher.stop()
+        return model.batches
+
+    assert _run(scenario()) == [[0], [1, 2, 3, 4], [5, 6, 7, 8], [9, 10]]  # in arrival order
+
+
+def test_a_lone_request_does_not_wait_for_batch_mates_forever():
     async def scenario():
         batcher = MicroBatcher(Recorder(), max_batch=16, max_wait_ms=30)
         await batcher.start()
         try:
-            start = time.perf_counter()
-            assert await batcher.submit([7]) == [14]
-            return time.perf_counter() - start
+            return await batcher.submit([7])  # nobody else comes: it runs once its wait is over
         finally:
             await batcher.stop()
 
-    assert _run(scenario()) < 1.0
+    assert _run(scenario()) == [14]  # _run fails after 30 s if it never runs
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [({"max_batch": 0}, "max_batch"), ({"max_wait_ms": -1}, "max_wait_ms")])
@@ -112,38 +155,54 @@ def test_bad_settings_are_refused(kwargs, match):
         MicroBatcher(Recorder(), **kwargs)
 
 
-def test_server_batches_concurrent_requests_and_stays_responsive(tiny_predictor):
-    """16 clients at once against a model that takes 0.5 s per batch: they share batches, and /health answers
-    while the model works (inference runs off the event loop)."""
+def test_server_queues_requests_behind_a_busy_model_batches_them_and_refuses_past_the_limit(tiny_predictor):
+    """A real server whose model holds its first batch until the test lets it go: meanwhile /health answers
+    (inference runs off the event loop), 15 more requests wait, and one past ``max_queue`` gets 503; released, the
+    15 run in full batches of ``max_batch``."""
     httpx = pytest.importorskip("httpx")
     from mmfuse.serve import ServeSettings, TorchPredictor, create_app
 
-    class Slow(TorchPredictor):
+    entered, release, sizes = threading.Event(), threading.Event(), []
+
+    class HeldPredictor(TorchPredictor):
         def _run(self, inputs):
-            time.sleep(0.5)
+            sizes.append(len(inputs["pixel_values"]))
+            entered.set()
+            if not release.wait(timeout=60):
+                raise TimeoutError("the test never released the model")
             return super()._run(inputs)
 
-    slow = Slow(tiny_predictor.model, classes=tiny_predictor.classes, threshold=0.4)
-    app = create_app(slow, ServeSettings(max_batch=8, max_wait_ms=20))
+    held = HeldPredictor(tiny_predictor.model, classes=tiny_predictor.classes, threshold=0.4)
+    app = create_app(held, ServeSettings(max_batch=8, max_wait_ms=0, max_queue=15))
     image = png_bytes(seed=3)
 
-    async def client_load(url: str):
-        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+    async def scenario(url: str):
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
 
             async def one(i: int):
                 return await client.post("/predict", data={"text": f"item {i}"}, files={"image": ("a.png", image)})
 
-            async def health_while_busy():
-                await asyncio.sleep(0.1)
-                start = time.perf_counter()
-                r = await client.get("/health")
-                return r, time.perf_counter() - start
+            async def queued() -> int:
+                r = await client.get("/health")  # answers although the model thread is busy
+                assert r.status_code == 200, r.text
+                return r.json()["queued"]
 
-            return await asyncio.gather(asyncio.gather(*(one(i) for i in range(16))), health_while_busy())
+            first = asyncio.ensure_future(one(0))
+            await until(entered.is_set)  # request 0 is in the model, alone
+            rest = [asyncio.ensure_future(one(i)) for i in range(1, 16)]
+            while await queued() < 15:
+                await asyncio.sleep(0.005)
+            refused = await one(16)
+            release.set()
+            return [await first, *[await r for r in rest]], refused, (await client.get("/health")).json()
 
-    with running_server(app) as url:
-        responses, (health, health_seconds) = asyncio.run(asyncio.wait_for(client_load(url), timeout=60))
-        stats = httpx.get(f"{url}/health").json()
+    try:
+        with running_server(app) as url:
+            responses, refused, health = asyncio.run(asyncio.wait_for(scenario(url), timeout=120))
+    finally:
+        release.set()
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert "retry" in refused.json()["detail"]
     assert [r.status_code for r in responses] == [200] * 16
-    assert health.status_code == 200 and health_seconds < 0.3  # not stuck behind a 0.5 s batch
-    assert stats["mean_batch"] > 2  # 16 requests in about 2-4 batches, not 16
+    assert sizes == [1, 8, 7]  # the 15 that waited ran together, max_batch at a time
+    assert health["batches"] == 3 and health["queued"] == 0

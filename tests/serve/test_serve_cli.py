@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import queue
+import re
 import signal
-import socket
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import pytest
@@ -81,35 +82,48 @@ def test_cli_serve_errors_exit_2_with_the_message(tmp_path):
     assert result.exit_code == 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _announced_url(proc: subprocess.Popen, timeout: float = 120) -> str:
+    """The URL in the server's "serving ... on URL" line: with ``--port 0`` the system picked the port, so no other
+    process can take it between choosing and binding (a port chosen by the test could be)."""
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)  # the process ended
+
+    threading.Thread(target=pump, name="serve-output", daemon=True).start()
+    seen = []
+    while True:
+        try:
+            line = lines.get(timeout=timeout)
+        except queue.Empty:
+            pytest.fail(f"no 'serving ... on URL' line in {timeout:.0f} s; output so far:\n{''.join(seen)}")
+        if line is None:
+            pytest.fail(f"the server exited with {proc.wait()} before serving:\n{''.join(seen)}")
+        seen.append(line)
+        found = re.search(r"serving .* on (http://127\.0\.0\.1:(\d+)/)", line)
+        if found:
+            assert int(found.group(2)) > 0
+            return found.group(1)
 
 
 @pytest.mark.slow
 def test_mmfuse_serve_command_end_to_end(checkpoint):
-    """The real command in a subprocess: it starts, answers /health and /predict, and stops on Ctrl-C."""
+    """The real command in a subprocess on a port the system picks: it says where it listens, answers /health and
+    /predict there, and stops on Ctrl-C."""
     httpx = pytest.importorskip("httpx")
-    port = _free_port()
     env = {**os.environ, "PYTHONPATH": SRC}
-    args = ["serve", str(checkpoint), "--port", str(port), "--max-wait-ms", "5"]
+    args = ["serve", str(checkpoint), "--port", "0", "--max-wait-ms", "5"]
     cmd = [sys.executable, "-c", "from mmfuse.cli import main; main()", *args]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not come up in 120 s"
-            time.sleep(0.3)
-        r = httpx.post(f"{url}/predict", data={"text": "hello"}, files={"image": ("a.png", png_bytes())}, timeout=30)
+        url = _announced_url(proc)  # announced once it accepts requests
+        assert httpx.get(f"{url}health", timeout=30).status_code == 200
+        r = httpx.post(f"{url}predict", data={"text": "hello"}, files={"image": ("a.png", png_bytes())}, timeout=30)
         assert r.status_code == 200 and r.json()["label"] in ("benign", "hateful")
-        assert httpx.get(f"{url}/info").json()["backend"] == "torch"
+        assert httpx.get(f"{url}info", timeout=30).json()["backend"] == "torch"
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -117,4 +131,4 @@ def test_mmfuse_serve_command_end_to_end(checkpoint):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    assert proc.returncode in (0, -signal.SIGINT), proc.stdout.read() if proc.stdout else ""
+    assert proc.returncode in (0, -signal.SIGINT)

@@ -53,7 +53,9 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="Interface to listen on; 0.0.0.0 exposes it to the network.")] = (
         "127.0.0.1"
     ),
-    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port.")] = 8000,
+    port: Annotated[
+        int, typer.Option("--port", min=0, max=65535, help="TCP port; 0 picks a free one (printed once serving).")
+    ] = 8000,
     onnx: Annotated[
         bool, typer.Option("--onnx", help="Run the model with onnxruntime (exports RUN/export/model.onnx if needed).")
     ] = False,
@@ -90,8 +92,11 @@ def serve(
 
             torch.set_num_threads(threads)
         predictor = load_predictor(run, onnx=onnx, checkpoint=checkpoint, threads=threads)
-        typer.echo(f"serving {predictor.head} ({predictor.backend}) from {run} on http://{host}:{port}/", err=True)
-        run_server(predictor, host=host, port=port, settings=settings, log_level=log_level)
+
+        def ready(url: str) -> None:
+            typer.echo(f"serving {predictor.head} ({predictor.backend}) from {run} on {url}", err=True)
+
+        run_server(predictor, host=host, port=port, settings=settings, log_level=log_level, on_ready=ready)
 
 
 def export(

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from mmfuse.serve.predictor import Predictor, TorchPredictor
@@ -88,13 +92,33 @@ def run_server(
     port: int = 8000,
     settings: ServeSettings | None = None,
     log_level: str = "info",
+    on_ready: Callable[[str], None] | None = None,
 ) -> None:
     """Serves ``predictor`` with uvicorn (one process; the model runs in one thread, requests are batched) until
-    interrupted."""
+    interrupted.
+
+    Args:
+        port: TCP port; 0 lets the system pick a free one (``on_ready`` is told which).
+        on_ready: called with the server's base URL (``http://HOST:PORT/``, the port it really listens on) once it
+            accepts requests.
+    """
     import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
 
     from mmfuse.serve.app import create_app
 
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            if on_ready is not None and self.servers:
+                bound = self.servers[0].sockets[0].getsockname()[1]
+                on_ready(f"http://{f'[{host}]' if ':' in host else host}:{bound}/")
+
     predictor.warmup()
     app = create_app(predictor, settings)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, workers=1, timeout_graceful_shutdown=5)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, workers=1, timeout_graceful_shutdown=5)
+    server = Server(config)  # what uvicorn.run does for one worker, with the startup hook above
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)  # uvicorn logged why (a port in use, a failed startup)
