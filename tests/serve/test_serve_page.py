@@ -66,7 +66,9 @@ def test_upload_type_click_and_see_the_prediction(browser, base_url, tmp_path):
     page.locator("#model-info", has_text="cross_attention").wait_for()  # GET /info answered
     assert page.is_disabled("#predict")  # nothing chosen yet
     page.set_input_files("#file", str(image))
-    assert page.is_visible("#preview")
+    # The preview shows once the browser has decoded the chosen file (asynchronously): wait for it rather than
+    # checking at once (is_visible does not wait; on a busy CI machine the image had no size yet).
+    page.locator("#preview").wait_for(state="visible", timeout=30_000)
     page.fill("#text", "the full moon over the city")
     page.click("#predict")
     page.wait_for_selector("#result[data-state=done]", timeout=30_000)
