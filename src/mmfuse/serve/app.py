@@ -10,32 +10,43 @@ Routes:
   blank.
 - ``GET /health``, ``GET /info``; ``GET /openapi.json``, ``GET /docs``; ``GET /``: the page to try the model.
 
+Each body kind has its own typed FastAPI route: a pydantic body model for JSON (``PredictRequest``,
+``PredictBatchRequest``) and a ``Form`` model with ``UploadFile`` fields for multipart (``PredictForm``,
+``PredictBatchForm``), built per app because their limits come from :class:`ServeSettings` and what is required from
+the model (a text-only head needs no image). The JSON and the multipart route of an operation share its URL: a route
+takes only requests whose ``Content-Type`` is its own (:class:`_BodyRoute`), and the operation's OpenAPI entry lists
+both bodies, the multipart one from the form model's schema (``openapi_extra``, as FastAPI documents for a body it
+does not read itself).
+
 Bad input is answered, never raised into the worker: a body over the size limit gets 413 before it is read, an image
 over the byte or pixel cap 413, bytes that are not an image 400, a wrong or missing field 422 (FastAPI's error shape),
 another content type 415, an overloaded queue 503. Nothing from a request reaches the filesystem: images are decoded
 from the bytes in memory, and the page's files are fixed routes loaded from the package at start-up.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations`` here: FastAPI reads the route functions' annotations at run time, and they
+# name the request models that create_app builds for each app.
 
-import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
 try:
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI, Form, HTTPException, Request, UploadFile
+    from fastapi.encoders import jsonable_encoder
     from fastapi.exceptions import RequestValidationError
-    from fastapi.openapi.utils import get_openapi
     from fastapi.responses import HTMLResponse, JSONResponse, Response
-    from pydantic import BaseModel, Field, ValidationError, create_model
+    from fastapi.routing import APIRoute
+    from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model, model_validator
     from starlette.concurrency import run_in_threadpool
-    from starlette.datastructures import UploadFile
-    from starlette.exceptions import HTTPException
+    from starlette.datastructures import Headers
+    from starlette.datastructures import UploadFile as StarletteUploadFile
+    from starlette.exceptions import HTTPException as StarletteHTTPException
     from starlette.requests import ClientDisconnect
+    from starlette.routing import Match
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError(f'the server needs the serve extra ({e.name} is missing): pip install "mmfuse[serve]"') from e
 
@@ -59,6 +70,8 @@ _PAGE_CSP = (
     "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; connect-src 'self'; "
     "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 )
+_JSON = "application/json"
+_FORMS = ("multipart/form-data", "application/x-www-form-urlencoded")  # the latter: a form with no file
 
 
 # ----------------------------------------------------------------------------------------------- response models
@@ -123,27 +136,173 @@ class InfoOut(BaseModel):
     settings: dict[str, Any]
 
 
-# ----------------------------------------------------------------------------------------------- request handling
+# ----------------------------------------------------------------------------------------------- request models
 
 
-class _ItemFailure(Exception):
-    """An item that gets no prediction: the status and message it is answered with."""
+@dataclass(frozen=True)
+class _RequestModels:
+    """The request bodies of one app: JSON (one item, a batch) and multipart forms (one item, a batch)."""
 
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status, self.detail = status, detail
-
-
-@dataclass
-class _RawItem:
-    text: str | None
-    image: bytes | None
-    name: str  # for messages: "image", "items[2].image"
-    error: _ItemFailure | None = None  # the image could not even be read (bad base64)
+    json_item: type[BaseModel]
+    json_batch: type[BaseModel]
+    form_item: type[BaseModel]
+    form_batch: type[BaseModel]
 
 
-class _BodyTooLarge(Exception):
-    pass
+def _file_part(value: Any) -> Any:
+    if isinstance(value, str):
+        raise ValueError("image must be a file part (filename and bytes), not a text field")
+    return value
+
+
+def _request_models(predictor: Predictor, settings: ServeSettings) -> _RequestModels:
+    """The pydantic models FastAPI validates request bodies with; their limits and required fields follow
+    ``settings`` and what ``predictor`` reads, so ``/openapi.json`` shows the ones this server applies."""
+    text = Annotated[str, Field(max_length=settings.max_text_chars, description="the text (may be empty)")]
+    image64 = Annotated[
+        str, Field(description="the image file's bytes, base64-encoded (standard or URL-safe); a data: URL works too")
+    ]
+    image_file = Annotated[UploadFile, BeforeValidator(_file_part), Field(description="the image file")]
+    many = {"min_length": 1, "max_length": settings.max_items}
+
+    def field(kind: Any, used: bool, default: Any = None) -> Any:
+        return (kind, ...) if used else (kind | None, default)
+
+    json_item = create_model(
+        "PredictRequest",
+        __doc__="One item: the text, and the image file's bytes base64-encoded (a data: URL works too).",
+        text=field(text, predictor.reads_text),
+        image=field(image64, predictor.reads_image),
+    )
+    json_batch = create_model(
+        "PredictBatchRequest",
+        __doc__="Many items, run through the model together.",
+        items=(list[json_item], Field(**many)),  # type: ignore[valid-type]
+    )
+    required = [name for name, used in (("text", predictor.reads_text), ("image", predictor.reads_image)) if used]
+
+    def form_schema(schema: dict[str, Any]) -> None:
+        schema["required"] = required  # the text is required although it has a default (see _text_sent)
+        schema["properties"]["text"].pop("default", None)
+
+    form_item = create_model(
+        "PredictForm",
+        __doc__="One item as multipart/form-data: a text field and an image file.",
+        __config__=ConfigDict(json_schema_extra=form_schema),
+        # FastAPI reads an empty form field as an absent one (HTML forms send empty inputs), but an empty text is
+        # valid here: the default keeps it, and the route tells an absent field from an empty one (_text_sent).
+        text=(text, "") if predictor.reads_text else (text | None, None),
+        image=field(image_file, predictor.reads_image),
+    )
+    texts = list[text] if predictor.reads_text else list[text] | None  # type: ignore[valid-type]
+    images = list[image_file] if predictor.reads_image else list[image_file] | None  # type: ignore[valid-type]
+
+    def paired(form: Any) -> Any:
+        counts = [
+            len(v) for v, used in ((form.text, predictor.reads_text), (form.image, predictor.reads_image)) if used
+        ]
+        if len(set(counts)) > 1:
+            raise ValueError(f"got {len(form.text)} text and {len(form.image)} image fields; pair one of each")
+        return form
+
+    form_batch = create_model(
+        "PredictBatchForm",
+        __doc__="Many items as multipart/form-data: repeated text fields and image files, paired in order.",
+        __validators__={"paired": model_validator(mode="after")(paired)},
+        text=(texts, Field(..., description="one per item, in order", **many))
+        if predictor.reads_text
+        else (texts, None),
+        image=(images, Field(..., description="one per item, in order", **many))
+        if predictor.reads_image
+        else (images, None),
+    )
+    return _RequestModels(json_item, json_batch, form_item, form_batch)
+
+
+def _multipart_doc(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` of an operation whose multipart body a route of its own reads: the form model's schema."""
+    return {"requestBody": {"content": {"multipart/form-data": {"schema": model.model_json_schema()}}}}
+
+
+# ----------------------------------------------------------------------------------------------- routing by body kind
+
+
+def _media_type(scope: dict[str, Any]) -> str:
+    return Headers(scope=scope).get("content-type", "").split(";")[0].strip().lower()
+
+
+class _BodyRoute(APIRoute):
+    """A route for request bodies of some media types: a request of another ``Content-Type`` does not match it, so
+    routing goes on to the next route with the same path (FastAPI picks a route by path and method; one URL taking
+    JSON or a multipart form needs one typed route per body kind)."""
+
+    media_types: ClassVar[tuple[str, ...]] = ()
+
+    def accepts(self, media_type: str) -> bool:
+        return media_type in self.media_types
+
+    def matches(self, scope: dict[str, Any]) -> tuple[Match, dict[str, Any]]:
+        match, child_scope = super().matches(scope)
+        if match is Match.FULL and not self.accepts(_media_type(scope)):
+            return Match.NONE, {}
+        return match, child_scope
+
+
+class _JsonRoute(_BodyRoute):
+    media_types = (_JSON,)
+
+    def accepts(self, media_type: str) -> bool:
+        return media_type == _JSON or media_type.endswith("+json")
+
+
+class _FormRoute(_BodyRoute):
+    """Multipart (or url-encoded) forms, parsed with this route's limits on fields, files and text size before
+    FastAPI reads the form (Starlette keeps the parsed form on the request; FastAPI's own call returns it)."""
+
+    media_types = _FORMS
+    form_limits: ClassVar[dict[str, int]] = {}
+
+    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+        handle = super().get_route_handler()
+        limits = self.form_limits
+
+        async def parse_then_handle(request: Request) -> Response:
+            try:
+                await request.form(**limits)
+            except StarletteHTTPException as e:
+                if e.status_code != 400:  # a body over the size limit (413) stays what it is
+                    raise
+                raise HTTPException(400, f"malformed multipart body: {e.detail}") from None
+            return await handle(request)
+
+        return parse_then_handle
+
+
+def _form_route(*, items: int, settings: ServeSettings) -> type[APIRoute]:
+    limits = {"max_files": items, "max_fields": 2 * items + 4, "max_part_size": 4 * settings.max_text_chars + 1024}
+    return type(f"_FormRoute{items}", (_FormRoute,), {"form_limits": limits})
+
+
+async def _unsupported_media_type(request: Request) -> Response:
+    """The last route of a body-taking path: what no body route took."""
+    kind = _media_type(request.scope)
+    raise HTTPException(
+        415,
+        f"unsupported content type {kind or '(none)'!r}; send multipart/form-data (fields text and image, a file) "
+        'or application/json ({"text": ..., "image": "<base64>"})',
+    )
+
+
+# ----------------------------------------------------------------------------------------------- body size limit
+
+
+class _BodyTooLarge(StarletteHTTPException):
+    """A body over the limit found while it is read: an HTTP error, so that FastAPI's body parsing (which answers
+    other read errors with 400) lets it through."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        detail = f"request body of {size} bytes exceeds the limit of {limit} bytes; send a smaller image"
+        super().__init__(413, detail, headers={"Connection": "close"})
 
 
 class _BodyLimit:
@@ -167,7 +326,7 @@ class _BodyLimit:
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             if int(declared) <= self.drain:
                 await self._discard(receive, 0)
-            await self._reject(send, int(declared))
+            await self._reject(send, _BodyTooLarge(int(declared), self.limit))
             return
         seen = 0
         started = False
@@ -180,7 +339,7 @@ class _BodyLimit:
                 if seen > self.limit:
                     if message.get("more_body", False):
                         seen = await self._discard(receive, seen)
-                    raise _BodyTooLarge
+                    raise _BodyTooLarge(seen, self.limit)
             return message
 
         async def tracking_send(message: dict) -> None:
@@ -190,9 +349,9 @@ class _BodyLimit:
 
         try:
             await self.app(scope, limited_receive, tracking_send)
-        except _BodyTooLarge:
+        except _BodyTooLarge as e:  # where the app's exception handlers did not answer it
             if not started:
-                await self._reject(send, seen)
+                await self._reject(send, e)
 
     async def _discard(self, receive: Callable[[], Awaitable[dict]], seen: int) -> int:
         """Reads and drops the rest of the body (up to ``drain`` bytes in all); returns the bytes seen."""
@@ -205,9 +364,8 @@ class _BodyLimit:
                 break
         return seen
 
-    async def _reject(self, send: Callable, size: int) -> None:
-        detail = f"request body of {size} bytes exceeds the limit of {self.limit} bytes; send a smaller image"
-        response = JSONResponse({"detail": detail}, status_code=413, headers={"Connection": "close"})
+    async def _reject(self, send: Callable, error: _BodyTooLarge) -> None:
+        response = JSONResponse({"detail": error.detail}, status_code=413, headers=error.headers)
         await response({"type": "http"}, _no_receive, send)
 
 
@@ -215,12 +373,23 @@ async def _no_receive() -> dict:  # pragma: no cover - JSONResponse does not rea
     return {"type": "http.disconnect"}
 
 
-def _missing(loc: tuple[Any, ...], what: str) -> RequestValidationError:
-    return RequestValidationError([{"type": "missing", "loc": loc, "msg": f"Field required: {what}", "input": None}])
+# ----------------------------------------------------------------------------------------------- request handling
 
 
-def _invalid(loc: tuple[Any, ...], msg: str, value: Any = None) -> RequestValidationError:
-    return RequestValidationError([{"type": "value_error", "loc": loc, "msg": msg, "input": value}])
+class _ItemFailure(Exception):
+    """An item that gets no prediction: the status and message it is answered with."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+@dataclass
+class _RawItem:
+    text: str | None
+    image: bytes | None
+    name: str  # for messages: "image", "items[2].image"
+    error: _ItemFailure | None = None  # the image could not even be read (bad base64)
 
 
 class _Service:
@@ -229,55 +398,25 @@ class _Service:
     def __init__(self, predictor: Predictor, settings: ServeSettings) -> None:
         self.predictor = predictor
         self.settings = settings
+        self.models = _request_models(predictor, settings)
         self.batcher: MicroBatcher[tuple[str, Any], Prediction] = MicroBatcher(
             self._run_batch, max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms,
             max_queue=settings.max_queue,
         )  # fmt: skip
-        self.json_item = create_model(
-            "PredictRequest",
-            text=(str, ...) if predictor.reads_text else (str | None, None),
-            image=(str, ...) if predictor.reads_image else (str | None, None),
-            __doc__="One item: the text, and the image file's bytes base64-encoded (a data: URL works too).",
-        )
-        self.json_batch = create_model(
-            "PredictBatchRequest",
-            items=(list[self.json_item], Field(..., min_length=1, max_length=settings.max_items)),  # type: ignore[valid-type]
-            __doc__="Many items, run through the model together.",
-        )
 
     def _run_batch(self, items: list[tuple[str, Any]]) -> list[Prediction]:
         texts = [text for text, _ in items]
         pixels = [p for _, p in items] if self.predictor.reads_image else None
         return self.predictor.predict(texts, pixels)
 
-    # --- parsing
+    # --- validated bodies -> items
 
-    async def read_items(self, request: Request, *, batch: bool) -> list[_RawItem]:
-        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if kind == "application/json" or kind.endswith("+json"):
-            return await self._json_items(request, batch=batch)
-        if kind in ("multipart/form-data", "application/x-www-form-urlencoded"):  # the latter: a form with no file
-            return await self._form_items(request, batch=batch)
-        raise HTTPException(
-            415,
-            f"unsupported content type {kind or '(none)'!r}; send multipart/form-data (fields text and image, a file) "
-            'or application/json ({"text": ..., "image": "<base64>"})',
-        )
-
-    async def _json_items(self, request: Request, *, batch: bool) -> list[_RawItem]:
-        body = await request.body()
-        model = self.json_batch if batch else self.json_item
-        try:
-            parsed = model.model_validate_json(body)
-        except ValidationError as e:
-            raise RequestValidationError(
-                [{**err, "loc": ("body", *err["loc"])} for err in e.errors(include_url=False)]
-            ) from None
-        items = parsed.items if batch else [parsed]  # type: ignore[attr-defined]
-        prefix = "items[{}]." if batch else ""
+    def json_items(self, items: Sequence[Any], *, batch: bool) -> list[_RawItem]:
+        """Items of a validated JSON body; their base64 images decoded to bytes. A bad one fails the request when
+        alone, and its item in a batch."""
         out = []
         for i, item in enumerate(items):
-            name = prefix.format(i) + "image"
+            name = f"items[{i}].image" if batch else "image"
             raw = _RawItem(item.text, None, name)
             if item.image is not None and self.predictor.reads_image:
                 try:
@@ -289,49 +428,16 @@ class _Service:
             out.append(raw)
         return out
 
-    async def _form_items(self, request: Request, *, batch: bool) -> list[_RawItem]:
-        limit = self.settings.max_items if batch else 1
-        try:
-            form = await request.form(
-                max_files=limit, max_fields=2 * limit + 4, max_part_size=4 * self.settings.max_text_chars + 1024
-            )
-        except HTTPException as e:
-            raise HTTPException(400, f"malformed multipart body: {e.detail}") from None
-        texts, images = form.getlist("text"), form.getlist("image")
-        for field_name, values in (("text", texts), ("image", images)):
-            if len(values) > limit:
-                raise _invalid(("body", field_name), f"at most {limit} {field_name} field(s) per request")
-        if batch:
-            needed = [len(v) for v, used in ((texts, self.predictor.reads_text), (images, self.predictor.reads_image))
-                      if used]  # fmt: skip
-            if needed and len(set(needed)) > 1:
-                raise _invalid(("body",), f"got {len(texts)} text and {len(images)} image fields; pair one of each")
-            if not needed or needed[0] == 0:
-                raise _missing(("body", "text" if self.predictor.reads_text else "image"), "at least one item")
-        count = max(len(texts), len(images), 1) if batch else 1
+    async def form_items(
+        self, texts: Sequence[str] | None, images: Sequence[UploadFile] | None, *, batch: bool
+    ) -> list[_RawItem]:
+        """Items of a validated multipart body (texts and images paired in order)."""
+        texts, images = texts or [], images or []
         out = []
-        for i in range(count):
-            text = texts[i] if i < len(texts) else None
-            image = images[i] if i < len(images) else None
-            if text is not None and not isinstance(text, str):
-                raise _invalid(("body", "text"), "text must be a plain form field, not a file")
-            if image is not None and not isinstance(image, UploadFile):
-                raise _invalid(("body", "image"), "image must be a file part (filename and bytes), not a text field")
-            data = await image.read() if image is not None else None
-            out.append(_RawItem(text, data, f"items[{i}].image" if batch else "image"))
+        for i in range(max(len(texts), len(images))):
+            data = await images[i].read() if i < len(images) else None
+            out.append(_RawItem(texts[i] if i < len(texts) else None, data, f"items[{i}].image" if batch else "image"))
         return out
-
-    def check_fields(self, items: list[_RawItem], *, batch: bool) -> None:
-        for i, item in enumerate(items):
-            loc: tuple[Any, ...] = ("body", "items", i) if batch else ("body",)
-            if self.predictor.reads_text and item.text is None:
-                raise _missing((*loc, "text"), "the text (may be empty)")
-            if self.predictor.reads_image and item.image is None and item.error is None:
-                raise _missing((*loc, "image"), "the image")
-            if item.text is not None and len(item.text) > self.settings.max_text_chars:
-                raise _invalid(
-                    (*loc, "text"), f"text has {len(item.text)} characters; the limit is {self.settings.max_text_chars}"
-                )
 
     # --- images and prediction
 
@@ -366,8 +472,54 @@ class _Service:
                 results[i] = prediction
         return results
 
+    async def answer_one(self, items: list[_RawItem]) -> Any:
+        (result,) = await self.predict(items)
+        if isinstance(result, _ItemFailure):
+            log.info("predict: no prediction (%d): %s", result.status, result.detail)
+            return _error(result.status, result.detail)
+        return result.to_dict()
+
+    async def answer_batch(self, items: list[_RawItem]) -> dict[str, Any]:
+        results = await self.predict(items)
+        failures = [(i, r) for i, r in enumerate(results) if isinstance(r, _ItemFailure)]
+        errors = [{"index": i, "status": r.status, "detail": r.detail} for i, r in failures]
+        if errors:
+            shown = "; ".join(f"items[{e['index']}]: {e['detail']}" for e in errors[:5])
+            more = f"; ... {len(errors) - 5} more" if len(errors) > 5 else ""
+            log.warning("predict/batch: %d of %d items got no prediction: %s%s", len(errors), len(results), shown, more)
+        return {
+            "predictions": [r.to_dict() if isinstance(r, Prediction) else None for r in results],
+            "errors": errors,
+            "failed": len(errors),
+        }
+
     def info(self) -> dict[str, Any]:
         return {**self.predictor.info(), "settings": self.settings.to_dict()}
+
+
+async def _text_sent(request: Request) -> None:
+    """422 when a multipart body has no text field at all (an empty one is valid: see PredictForm)."""
+    if "text" not in await request.form():  # parsed already: Starlette keeps the form on the request
+        raise RequestValidationError(
+            [
+                {
+                    "type": "missing",
+                    "loc": ("body", "text"),
+                    "msg": "Field required: the text (may be empty)",
+                    "input": None,
+                }
+            ]
+        )
+
+
+def _shown(value: Any) -> Any:
+    if isinstance(value, StarletteUploadFile):
+        return {"filename": value.filename, "size": value.size, "content_type": value.content_type}
+    if isinstance(value, dict):
+        return {key: _shown(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_shown(item) for item in value]
+    return value
 
 
 def _status(error: ImageError) -> int:
@@ -410,53 +562,63 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
     )
     app.state.service = service
     app.add_middleware(_BodyLimit, limit=settings.max_request_bytes)
-    _add_routes(app, service, pages)
+    _add_predict_routes(app, service)
+    _add_other_routes(app, service, pages)
     _add_error_handlers(app)
-    app.openapi = lambda: _openapi(app, service)  # type: ignore[method-assign]
     return app
 
 
-def _add_routes(app: FastAPI, service: _Service, pages: dict[str, bytes]) -> None:
-    errors: dict[int | str, dict[str, Any]] = {
-        400: {"description": "bad input: not an image, bad base64, malformed body"},
-        413: {"description": "request, image bytes or image pixels over the limit"},
-        415: {"description": "neither multipart/form-data nor JSON"},
-        503: {"description": "overloaded: too many items waiting; retry"},
-    }
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "bad input: not an image, bad base64, malformed body"},
+    413: {"description": "request, image bytes or image pixels over the limit"},
+    415: {"description": "neither multipart/form-data nor JSON"},
+    503: {"description": "overloaded: too many items waiting; retry"},
+}
 
-    @app.post("/predict", response_model=PredictionOut, responses=errors, openapi_extra=_body_doc("PredictRequest"))
-    async def predict(request: Request) -> Any:
+
+def _add_predict_routes(app: FastAPI, service: _Service) -> None:
+    """Per operation: the JSON route (in the schema, with the multipart body documented beside), the multipart route,
+    and 415 for any other body."""
+    json_item, json_batch = service.models.json_item, service.models.json_batch
+    form_item, form_batch = service.models.form_item, service.models.form_batch
+
+    async def predict(body: json_item) -> Any:  # type: ignore[valid-type]
         """Classify one image with its text."""
-        items = await service.read_items(request, batch=False)
-        service.check_fields(items, batch=False)
-        (result,) = await service.predict(items)
-        if isinstance(result, _ItemFailure):
-            log.info("predict: no prediction (%d): %s", result.status, result.detail)
-            return _error(result.status, result.detail)
-        return result.to_dict()
+        return await service.answer_one(service.json_items([body], batch=False))
 
-    @app.post(
-        "/predict/batch", response_model=BatchOut, responses=errors, openapi_extra=_body_doc("PredictBatchRequest")
-    )
-    async def predict_batch(request: Request) -> Any:
+    async def predict_form(request: Request, form: Annotated[form_item, Form()]) -> Any:  # type: ignore[valid-type]
+        if service.predictor.reads_text:
+            await _text_sent(request)
+        texts = [form.text] if service.predictor.reads_text else None
+        images = [form.image] if form.image is not None else None
+        return await service.answer_one(await service.form_items(texts, images, batch=False))
+
+    async def predict_batch(body: json_batch) -> Any:  # type: ignore[valid-type]
         """Classify many items in one call; the model runs them as one batch."""
-        items = await service.read_items(request, batch=True)
-        if len(items) > service.settings.max_items:
-            raise _invalid(("body", "items"), f"at most {service.settings.max_items} items per request")
-        service.check_fields(items, batch=True)
-        results = await service.predict(items)
-        failures = [(i, r) for i, r in enumerate(results) if isinstance(r, _ItemFailure)]
-        errors = [{"index": i, "status": r.status, "detail": r.detail} for i, r in failures]
-        if errors:
-            shown = "; ".join(f"items[{e['index']}]: {e['detail']}" for e in errors[:5])
-            more = f"; ... {len(errors) - 5} more" if len(errors) > 5 else ""
-            log.warning("predict/batch: %d of %d items got no prediction: %s%s", len(errors), len(results), shown, more)
-        return {
-            "predictions": [r.to_dict() if isinstance(r, Prediction) else None for r in results],
-            "errors": errors,
-            "failed": len(errors),
-        }
+        return await service.answer_batch(service.json_items(body.items, batch=True))
 
+    async def predict_batch_form(form: Annotated[form_batch, Form()]) -> Any:  # type: ignore[valid-type]
+        return await service.answer_batch(await service.form_items(form.text, form.image, batch=True))
+
+    settings = service.settings
+    for path, on_json, on_form, items, form_model, response_model in (
+        ("/predict", predict, predict_form, 1, form_item, PredictionOut),
+        ("/predict/batch", predict_batch, predict_batch_form, settings.max_items, form_batch, BatchOut),
+    ):
+        app.router.add_api_route(
+            path, on_json, methods=["POST"], response_model=response_model, responses=_ERRORS,
+            openapi_extra=_multipart_doc(form_model), route_class_override=_JsonRoute,
+        )  # fmt: skip
+        app.router.add_api_route(
+            path, on_form, methods=["POST"], response_model=response_model, include_in_schema=False,
+            route_class_override=_form_route(items=items, settings=settings),
+        )  # fmt: skip
+        app.router.add_api_route(
+            path, _unsupported_media_type, methods=["POST"], include_in_schema=False, name=f"{on_json.__name__}_other"
+        )
+
+
+def _add_other_routes(app: FastAPI, service: _Service, pages: dict[str, bytes]) -> None:
     @app.get("/health", response_model=HealthOut, responses={503: {"description": "the model worker is not running"}})
     async def health() -> Any:
         """Liveness: ok while the batcher and its model thread run."""
@@ -490,6 +652,12 @@ def _add_static(app: FastAPI, route: str, content: bytes, media_type: str) -> No
 
 
 def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        """FastAPI's 422, with an uploaded file shown as its name and size, not the file object's insides."""
+        errors = [{**error, "input": _shown(error["input"])} if "input" in error else error for error in exc.errors()]
+        return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+
     @app.exception_handler(_ItemFailure)
     async def item_failure(_: Request, exc: _ItemFailure) -> JSONResponse:
         return _error(exc.status, exc.detail)
@@ -514,51 +682,3 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 def _read_static(name: str) -> bytes:
     return (resources.files("mmfuse.serve") / "static" / name).read_bytes()
-
-
-# ----------------------------------------------------------------------------------------------- OpenAPI
-
-
-def _body_doc(model: str) -> dict[str, Any]:
-    """The request body in the OpenAPI schema: JSON (the model's schema) or multipart."""
-    single = {
-        "type": "object",
-        "properties": {
-            "text": {"type": "string", "description": "the text (may be empty)"},
-            "image": {"type": "string", "format": "binary", "description": "the image file"},
-        },
-        "required": ["text", "image"],
-    }
-    many = {
-        "type": "object",
-        "properties": {
-            "text": {"type": "array", "items": {"type": "string"}, "description": "one per item, in order"},
-            "image": {"type": "array", "items": {"type": "string", "format": "binary"}, "description": "in order"},
-        },
-        "required": ["text", "image"],
-    }
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {"schema": {"$ref": f"#/components/schemas/{model}"}},
-                "multipart/form-data": {"schema": many if "Batch" in model else single},
-            },
-        }
-    }
-
-
-def _openapi(app: FastAPI, service: _Service) -> dict[str, Any]:
-    """FastAPI's schema plus the JSON request models (the handlers parse bodies themselves, to accept both JSON
-    and multipart, so FastAPI does not see these models)."""
-    if app.openapi_schema is None:
-        schema = get_openapi(
-            title=app.title, version=app.version, summary=app.summary, routes=app.routes, description=app.description
-        )
-        components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in (service.json_item, service.json_batch):
-            body = model.model_json_schema(ref_template="#/components/schemas/{model}")
-            components.update(body.pop("$defs", {}))
-            components[model.__name__] = body
-        app.openapi_schema = json.loads(json.dumps(schema))
-    return app.openapi_schema
