@@ -263,6 +263,106 @@ def test_openapi_schema_documents_both_body_kinds(client):
     assert client.get("/docs").status_code == 200
 
 
+def _multipart_schema(schema: dict, path: str) -> dict:
+    return schema["paths"][path]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+
+
+def test_openapi_bodies_are_the_typed_models_with_this_servers_limits(client):
+    """Both body kinds of both operations come from the models the routes validate with, so the schema shows this
+    server's limits (the fixture's 2000 characters, 8 items) and what is required."""
+    schema = client.get("/openapi.json").json()
+    components = schema["components"]["schemas"]
+    item, batch = components["PredictRequest"], components["PredictBatchRequest"]
+    assert item["properties"]["text"]["maxLength"] == 2000
+    assert set(item["required"]) == {"text", "image"}
+    assert batch["properties"]["items"]["maxItems"] == 8 and batch["properties"]["items"]["minItems"] == 1
+    for path, model in (("/predict", "PredictRequest"), ("/predict/batch", "PredictBatchRequest")):
+        body = schema["paths"][path]["post"]["requestBody"]["content"]
+        assert body["application/json"]["schema"]["$ref"] == f"#/components/schemas/{model}"
+    form = _multipart_schema(schema, "/predict")
+    assert set(form["properties"]) == set(form["required"]) == {"text", "image"}
+    assert form["properties"]["text"]["maxLength"] == 2000
+    assert form["properties"]["image"]["type"] == "string"  # a file: binary / octet-stream
+    assert {"format", "contentMediaType"} & set(form["properties"]["image"])
+    form_batch = _multipart_schema(schema, "/predict/batch")
+    assert set(form_batch["properties"]) == set(form_batch["required"]) == {"text", "image"}
+    for name in ("text", "image"):
+        assert form_batch["properties"][name]["type"] == "array"
+        assert (form_batch["properties"][name]["minItems"], form_batch["properties"][name]["maxItems"]) == (1, 8)
+    assert form_batch["properties"]["text"]["items"]["maxLength"] == 2000
+
+
+def test_a_text_only_model_documents_and_takes_requests_without_an_image():
+    """What a body requires follows the model: a text-only head needs no image, in the schema and in requests."""
+    import torch
+    from fastapi.testclient import TestClient
+
+    from _tiny import tiny_text_encoder
+    from mmfuse.fusion import build_head
+    from mmfuse.serve import TorchPredictor, create_app
+
+    torch.manual_seed(0)
+    head = build_head("text_only", text_encoder=tiny_text_encoder(), image_encoder=None, num_classes=2)
+    with TestClient(create_app(TorchPredictor(head, classes=["benign", "hateful"]))) as c:
+        schema = c.get("/openapi.json").json()
+        assert schema["components"]["schemas"]["PredictRequest"]["required"] == ["text"]
+        assert _multipart_schema(schema, "/predict")["required"] == ["text"]
+        assert _multipart_schema(schema, "/predict/batch")["required"] == ["text"]
+        assert c.post("/predict", data={"text": "words only"}).status_code == 200
+        assert c.post("/predict", json={"text": "words only"}).status_code == 200
+        r = c.post("/predict/batch", data={"text": ["one", ""]})
+        assert r.status_code == 200, r.text
+        assert len(r.json()["predictions"]) == 2 and r.json()["failed"] == 0
+        missing = c.post("/predict", files={"image": ("a.png", png_bytes())})
+        assert missing.status_code == 422 and [e["loc"] for e in missing.json()["detail"]] == [["body", "text"]]
+
+
+def test_multipart_text_sent_as_a_file_is_422_showing_the_file_by_name(client):
+    files = [("text", ("caption.txt", b"a cat", "text/plain")), ("image", ("a.png", png_bytes(), "image/png"))]
+    r = client.post("/predict/batch", files=files)  # on /predict, a second file is already one too many (400)
+    assert r.status_code == 422, r.text
+    (error,) = r.json()["detail"]
+    assert error["loc"] == ["body", "text", 0]
+    assert error["input"] == {"filename": "caption.txt", "size": 5, "content_type": "text/plain"}
+
+
+def test_batch_multipart_over_max_items_is_422(client):
+    files = [("image", (f"{i}.png", png_bytes(width=8, height=8), "image/png")) for i in range(8)]
+    r = client.post("/predict/batch", data={"text": [str(i) for i in range(9)]}, files=files)  # 9 texts > 8
+    assert r.status_code == 422, r.text
+    assert [e["loc"] for e in r.json()["detail"]] == [["body", "text"]]
+    r = client.post("/predict/batch", data={"text": ["a", "b"]}, files=files[:1])
+    assert r.status_code == 422 and "pair one of each" in r.json()["detail"][0]["msg"]
+
+
+def test_multipart_malformed_or_with_too_many_files_is_400(client):
+    r = client.post(
+        "/predict", content=b"--x\r\nbroken", headers={"content-type": "multipart/form-data"}
+    )  # no boundary
+    assert r.status_code == 400 and r.json()["detail"].startswith("malformed multipart body")
+    files = [("image", (f"{i}.png", png_bytes(width=8, height=8), "image/png")) for i in range(2)]
+    r = client.post("/predict", data={"text": "x"}, files=files)  # /predict takes one file
+    assert r.status_code == 400 and "malformed multipart body" in r.json()["detail"]
+
+
+def test_oversized_chunked_multipart_upload_is_413(client):
+    def body():
+        yield b'--b\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n'
+        for _ in range(100):
+            yield b"x" * 10_000  # 1 MB of file, streamed with Transfer-Encoding: chunked
+
+    r = client.post("/predict", content=body(), headers={"content-type": "multipart/form-data; boundary=b"})
+    assert r.status_code == 413, r.text
+    assert "600000" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("path", ["/predict", "/predict/batch"])
+def test_both_operations_refuse_other_content_types_and_methods(client, path):
+    r = client.post(path, content=b"<xml/>", headers={"content-type": "application/xml"})
+    assert r.status_code == 415 and "application/json" in r.json()["detail"]
+    assert client.get(path).status_code == 405
+
+
 def test_page_and_its_files_are_served_with_safe_headers(client):
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")

@@ -260,11 +260,11 @@ class _FormRoute(_BodyRoute):
     FastAPI reads the form (Starlette keeps the parsed form on the request; FastAPI's own call returns it)."""
 
     media_types = _FORMS
-    form_limits: ClassVar[dict[str, int]] = {}
+    parse_limits: ClassVar[dict[str, int]] = {}  # not "form_limits": newer FastAPI routes have one
 
     def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
         handle = super().get_route_handler()
-        limits = self.form_limits
+        limits = self.parse_limits
 
         async def parse_then_handle(request: Request) -> Response:
             try:
@@ -280,7 +280,7 @@ class _FormRoute(_BodyRoute):
 
 def _form_route(*, items: int, settings: ServeSettings) -> type[APIRoute]:
     limits = {"max_files": items, "max_fields": 2 * items + 4, "max_part_size": 4 * settings.max_text_chars + 1024}
-    return type(f"_FormRoute{items}", (_FormRoute,), {"form_limits": limits})
+    return type(f"_FormRoute{items}", (_FormRoute,), {"parse_limits": limits})
 
 
 async def _unsupported_media_type(request: Request) -> Response:
