@@ -150,6 +150,7 @@ class _RequestModels:
 
 
 def _file_part(value: Any) -> Any:
+    """Before FastAPI's UploadFile check: a message that says what to send instead."""
     if isinstance(value, str):
         raise ValueError("image must be a file part (filename and bytes), not a text field")
     return value
@@ -165,8 +166,8 @@ def _request_models(predictor: Predictor, settings: ServeSettings) -> _RequestMo
     image_file = Annotated[UploadFile, BeforeValidator(_file_part), Field(description="the image file")]
     many = {"min_length": 1, "max_length": settings.max_items}
 
-    def field(kind: Any, used: bool, default: Any = None) -> Any:
-        return (kind, ...) if used else (kind | None, default)
+    def field(kind: Any, used: bool) -> Any:
+        return (kind, ...) if used else (kind | None, None)
 
     json_item = create_model(
         "PredictRequest",
@@ -182,8 +183,9 @@ def _request_models(predictor: Predictor, settings: ServeSettings) -> _RequestMo
     required = [name for name, used in (("text", predictor.reads_text), ("image", predictor.reads_image)) if used]
 
     def form_schema(schema: dict[str, Any]) -> None:
-        schema["required"] = required  # the text is required although it has a default (see _text_sent)
-        schema["properties"]["text"].pop("default", None)
+        if predictor.reads_text:  # the text is required although it has a default (see _text_sent)
+            schema["required"] = required
+            schema["properties"]["text"].pop("default", None)
 
     form_item = create_model(
         "PredictForm",
