@@ -192,7 +192,7 @@ class FinalStage:
         tests = [r["test"] for r in chosen_runs if r.get("test")]
         test_mean, test_std = mean_std(tests) if len(tests) == len(chosen_runs) else ({}, {})
         if len(points) > 1:
-            self.log(f"{name}: chose point {chosen} on validation ({_changes(points[chosen], self.point)})")
+            self.log(f"{name}: chose point {chosen} on validation ({_changes(points[chosen], points)})")
         return {
             "seeds": seeds,
             "points": [
@@ -232,7 +232,9 @@ def summary_lines(final: Mapping[str, Any] | None) -> list[str]:
     for name, group in final["groups"].items():
         what = "Selected point" if name == SELECTED else f"Variant {name}"
         if len(group["points"]) > 1:
-            what += f" ({_changes(group['overrides'], final['selected_overrides'])}, chosen on validation)"
+            what += (
+                f" ({_changes(group['overrides'], [p['overrides'] for p in group['points']])}, chosen on validation)"
+            )
         seeds = ", ".join(map(str, group["seeds"]))
         test = _pm(group["test_mean"], group["test_std"], metric)
         lines.append(f"{what}, seeds {seeds}: val {metric} {_pm(group['val_mean'], group['val_std'], metric)}"
@@ -246,8 +248,10 @@ def _pm(mean: Mapping[str, float], std: Mapping[str, float], metric: str) -> str
     return f"{mean[metric]:.4f}" + (f" ± {std[metric]:.4f}" if metric in std else "")
 
 
-def _changes(point: Mapping[str, Any], base: Mapping[str, Any]) -> str:
-    return " ".join(f"{k}={_short(v)}" for k, v in point.items() if base.get(k, object()) != v) or "as selected"
+def _changes(point: Mapping[str, Any], points: Sequence[Mapping[str, Any]]) -> str:
+    """The settings that tell ``point`` from the other points of its grid."""
+    varied = [k for k, v in point.items() if any(p.get(k, object()) != v for p in points)]
+    return " ".join(f"{k}={_short(point[k])}" for k in varied)
 
 
 def _short(value: Any) -> str:

@@ -18,6 +18,7 @@ The sweep folder::
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -172,7 +173,10 @@ class SplitCache:
             for name, n in self.limit.items():
                 if name in splits and len(splits[name]) > n:
                     self.log(f"limit: {name} split cut to its first {n} of {len(splits[name])} examples")
-                    splits[name] = dataclasses.replace(splits[name], examples=splits[name].examples[:n])
+                    kept, report = splits[name].examples[:n], copy.deepcopy(splits[name].report)
+                    report.count_examples(kept)
+                    report.notes.append(f"the sweep's limit kept the first {n} of {len(splits[name])} examples")
+                    splits[name] = dataclasses.replace(splits[name], examples=kept, report=report)
             self._splits[key] = splits
         return self._splits[key]
 
