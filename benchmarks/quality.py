@@ -1,20 +1,25 @@
 """Real-data quality benchmark: every fusion head and both unimodal heads on MVSA-Single and MultiOFF.
 
-For each dataset and head, a small hyperparameter grid (learning rate x dropout x class weights) is trained on frozen
-offline encoders (MiniLM-L6 text, EfficientNet-Lite0 image) whose features come from the persistent feature cache, so
-each encoder runs once per dataset. The grid point with the best validation score (MVSA-Single: macro-F1, MultiOFF:
-AUROC; ties by accuracy) is kept, the test split is never looked at for any choice, and that point is trained with
-every seed; test metrics are mean +- sample std over the seeds. Optional extras, each reusing a head's chosen
-hyperparameters: rows with the text encoder fine-tuned (``--finetune-heads``; with several ``--finetune-encoder-lr``,
-each head keeps the one best on validation), a label-smoothing ablation (``--ablate-heads``), modality dropout
-(``--modality-dropout-heads``), other offline encoders (``--encoder-heads``; the default mpnet + efficientnet-lite2
-need the README's ``offline-large`` and mpnet installs);
-and an ensemble of the heads that were best on validation (computed from saved probabilities, no training). Each
-target of issue 7 is judged on the row that scored best on validation, never on the best test value.
+The runs are sweeps: ``benchmarks/quality/<dataset>.yaml`` is run once per head through :mod:`mmfuse.sweep` (this
+script's options replace the file's values, and each head's config names only the encoders it reads), and the sweep
+folders are rendered into the report. For each dataset and head, a small hyperparameter grid (learning rate x dropout
+x class weights) is trained on frozen offline encoders (MiniLM-L6 text, EfficientNet-Lite0 image) whose features come
+from the persistent feature cache, so each encoder runs once per dataset. The grid point with the best validation
+score (MVSA-Single: macro-F1, MultiOFF: AUROC; ties: the first point) is kept, the test split is never looked at for
+any choice, and that point is trained with every seed (the sweep's ``seeds``); test metrics are mean +- sample std
+over the seeds. Optional extras are the sweep's ``variants``, each reusing a head's chosen hyperparameters: rows with
+the text encoder fine-tuned (``--finetune-heads``; with several ``--finetune-encoder-lr``, each head keeps the one best
+on validation), a label-smoothing ablation (``--ablate-heads``), modality dropout (``--modality-dropout-heads``), other
+offline encoders (``--encoder-heads``; the default mpnet + efficientnet-lite2 need the README's ``offline-large`` and
+mpnet installs). What is not a sweep stays here: the features computed up front (timed, and the pooled ones feed the
+logistic-regression reference rows), those rows, the ensemble of the heads that were best on validation (from the
+saved probabilities, no training), the targets of issue 7 (each judged on the row that scored best on validation,
+never on the best test value) and the report.
 
-Writes ``docs/benchmarks.md`` and ``docs/benchmarks.json``. Every trial is recorded in ``<work>/trials.jsonl`` (its
-probabilities in ``<work>/probas/``), so an interrupted run continues where it stopped, and running the same command
-again only re-renders the docs (a trial's record is keyed by everything that defines it, epochs included).
+Writes ``docs/benchmarks.md`` and ``docs/benchmarks.json``. Each head's sweep folder is
+``<work>/sweeps/<dataset>-<head>-<hash of its sweep>``, so an interrupted run continues where it stopped, running
+the same command again only re-renders the docs, and changed options make new sweeps. The fine-tuned and other
+extra runs keep their predictions but not their checkpoints.
 
 ::
 
