@@ -523,7 +523,8 @@ class _Worker:
 
         selected = self.folder.read_selected()
         frame = trials_frame(self.study, self.metric, self.sweep.keys, selected)
-        lines = [*_summary_lines(frame, self.metric, selected), *summary_lines(read_final(self.folder.path))]
+        final = read_final(self.folder.path) if self.sweep.spec.seeds or self.sweep.variants else None
+        lines = [*_summary_lines(frame, self.metric, selected), *summary_lines(final)]
         write_tables(frame, self.folder.path, f"Sweep {self.sweep.name}", lines)
         return frame
 
