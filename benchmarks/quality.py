@@ -1,20 +1,25 @@
 """Real-data quality benchmark: every fusion head and both unimodal heads on MVSA-Single and MultiOFF.
 
-For each dataset and head, a small hyperparameter grid (learning rate x dropout x class weights) is trained on frozen
-offline encoders (MiniLM-L6 text, EfficientNet-Lite0 image) whose features come from the persistent feature cache, so
-each encoder runs once per dataset. The grid point with the best validation score (MVSA-Single: macro-F1, MultiOFF:
-AUROC; ties by accuracy) is kept, the test split is never looked at for any choice, and that point is trained with
-every seed; test metrics are mean +- sample std over the seeds. Optional extras, each reusing a head's chosen
-hyperparameters: rows with the text encoder fine-tuned (``--finetune-heads``; with several ``--finetune-encoder-lr``,
-each head keeps the one best on validation), a label-smoothing ablation (``--ablate-heads``), modality dropout
-(``--modality-dropout-heads``), other offline encoders (``--encoder-heads``; the default mpnet + efficientnet-lite2
-need the README's ``offline-large`` and mpnet installs);
-and an ensemble of the heads that were best on validation (computed from saved probabilities, no training). Each
-target of issue 7 is judged on the row that scored best on validation, never on the best test value.
+The runs are sweeps: ``benchmarks/quality/<dataset>.yaml`` is run once per head through :mod:`mmfuse.sweep` (this
+script's options replace the file's values, and each head's config names only the encoders it reads), and the sweep
+folders are rendered into the report. For each dataset and head, a small hyperparameter grid (learning rate x dropout
+x class weights) is trained on frozen offline encoders (MiniLM-L6 text, EfficientNet-Lite0 image) whose features come
+from the persistent feature cache, so each encoder runs once per dataset. The grid point with the best validation
+score (MVSA-Single: macro-F1, MultiOFF: AUROC; ties: the first point) is kept, the test split is never looked at for
+any choice, and that point is trained with every seed (the sweep's ``seeds``); test metrics are mean +- sample std
+over the seeds. Optional extras are the sweep's ``variants``, each reusing a head's chosen hyperparameters: rows with
+the text encoder fine-tuned (``--finetune-heads``; with several ``--finetune-encoder-lr``, each head keeps the one best
+on validation), a label-smoothing ablation (``--ablate-heads``), modality dropout (``--modality-dropout-heads``), other
+offline encoders (``--encoder-heads``; the default mpnet + efficientnet-lite2 need the README's ``offline-large`` and
+mpnet installs). What is not a sweep stays here: the features computed up front (timed, and the pooled ones feed the
+logistic-regression reference rows), those rows, the ensemble of the heads that were best on validation (from the
+saved probabilities, no training), the targets of issue 7 (each judged on the row that scored best on validation,
+never on the best test value) and the report.
 
-Writes ``docs/benchmarks.md`` and ``docs/benchmarks.json``. Every trial is recorded in ``<work>/trials.jsonl`` (its
-probabilities in ``<work>/probas/``), so an interrupted run continues where it stopped, and running the same command
-again only re-renders the docs (a trial's record is keyed by everything that defines it, epochs included).
+Writes ``docs/benchmarks.md`` and ``docs/benchmarks.json``. Each head's sweep folder is
+``<work>/sweeps/<dataset>-<head>-<hash of its sweep>``, so an interrupted run continues where it stopped, running
+the same command again only re-renders the docs, and changed options make new sweeps. The fine-tuned and other
+extra runs keep their predictions but not their checkpoints.
 
 ::
 
@@ -28,7 +33,6 @@ again only re-renders the docs (a trial's record is keyed by everything that def
 from __future__ import annotations
 
 import argparse
-import gc
 import hashlib
 import itertools
 import json
@@ -37,13 +41,14 @@ import platform
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 DATASETS_ROOT = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+SWEEPS_DIR = Path(__file__).resolve().parent / "quality"  # one sweep file per dataset
 ALL_HEADS = ("text_only", "image_only", "concat", "align", "cross", "cross_attention", "early_fusion")
 UNIMODAL = ("text_only", "image_only")
 TEXT_ENCODER, IMAGE_ENCODER = "minilm", "efficientnet-lite0"
@@ -109,84 +114,6 @@ DATASETS: dict[str, DatasetSpec] = {
         targets=(("accuracy", 0.67), ("auroc", 0.74)),
     ),
 }
-
-
-# --------------------------------------------------------------------------------------------------- trials
-
-
-@dataclass(frozen=True)
-class Trial:
-    """One training run: a dataset, a head, its hyperparameters, a seed, and the stage it belongs to."""
-
-    dataset: str
-    head: str
-    stage: str  # grid | finetune | label_smoothing | modality_dropout | encoders
-    lr: float
-    dropout: float
-    class_weights: str
-    seed: int
-    hidden: int = 256
-    label_smoothing: float = 0.0
-    finetune: bool = False
-    schedule: str = ""  # epochs, patience, batch size (part of the record key)
-    # fields added later: in the key only when not at their default, so older records keep their keys
-    image_dropout: float = 0.0
-    text_encoder: str = TEXT_ENCODER
-    image_encoder: str = IMAGE_ENCODER
-    encoder_lr: float = 2e-5  # of fine-tuned text encoders; every earlier fine-tune record used 2e-5
-
-    @property
-    def hparams(self) -> dict[str, Any]:
-        return {"lr": self.lr, "dropout": self.dropout, "class_weights": self.class_weights, "hidden": self.hidden}
-
-    @property
-    def key(self) -> str:
-        defaults = {f.name: f.default for f in fields(self) if f.name in _LATER_FIELDS}
-        items = {k: v for k, v in self.__dict__.items() if k not in defaults or v != defaults[k]}
-        return "|".join(f"{k}={v}" for k, v in sorted(items.items()))
-
-    @property
-    def slug(self) -> str:
-        return f"{self.dataset}-{self.head}-{hashlib.sha1(self.key.encode()).hexdigest()[:10]}"
-
-    def with_(self, **changes: Any) -> Trial:
-        return Trial(**{**self.__dict__, **changes})
-
-
-_LATER_FIELDS = ("image_dropout", "text_encoder", "image_encoder", "encoder_lr")
-
-
-@dataclass
-class Ledger:
-    """Completed trials (``trials.jsonl``) and their saved probabilities; appends as trials finish."""
-
-    work: Path
-    records: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    @classmethod
-    def open(cls, work: Path) -> Ledger:
-        ledger = cls(work)
-        path = work / "trials.jsonl"
-        if path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                if line.strip():
-                    record = json.loads(line)
-                    ledger.records[record["key"]] = record
-        return ledger
-
-    def get(self, trial: Trial) -> dict[str, Any] | None:
-        return self.records.get(trial.key)
-
-    def add(self, record: dict[str, Any], probas: dict[str, np.ndarray]) -> None:
-        (self.work / "probas").mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(self.work / "probas" / f"{record['slug']}.npz", **probas)
-        with (self.work / "trials.jsonl").open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-        self.records[record["key"]] = record
-
-    def probas(self, record: dict[str, Any]) -> dict[str, np.ndarray]:
-        with np.load(self.work / "probas" / f"{record['slug']}.npz") as data:
-            return {k: data[k] for k in data.files}
 
 
 @dataclass
@@ -270,80 +197,154 @@ def linear_probes(data: Data, pooled: dict[str, dict[str, np.ndarray]]) -> dict[
     return rows
 
 
-def make_config(trial: Trial, args: argparse.Namespace) -> Any:
-    from mmfuse.config import config_from
+# --------------------------------------------------------------------------------------------------- sweeps
+
+
+# option of this script -> where the sweep files hold it (a value left out of the command line is read from there)
+SWEEP_KEYS: dict[str, tuple[str, ...]] = {
+    "lr": ("grid", "lr"),
+    "dropout": ("grid", "head.params.dropout"),
+    "class_weights": ("grid", "train.class_weights"),
+    "hidden": ("base", "model", "head", "params", "hidden"),
+    "epochs": ("base", "train", "epochs"),
+    "patience": ("base", "train", "early_stopping_patience"),
+    "batch_size": ("base", "train", "batch_size"),
+    "seeds": ("seeds",),
+    "finetune_seeds": ("variants", "finetune", "seeds"),
+    "finetune_epochs": ("variants", "finetune", "overrides", "train.epochs"),
+    "finetune_encoder_lr": ("variants", "finetune", "grid", "optim.encoder_lr"),
+    "label_smoothing": ("variants", "label_smoothing", "overrides", "train.label_smoothing"),
+    "image_dropout": ("variants", "modality_dropout", "overrides", "train.image_dropout"),
+    "alt_text_encoder": ("variants", "encoders", "overrides", "model.text_encoder.name"),
+    "alt_image_encoder": ("variants", "encoders", "overrides", "model.image_encoder.name"),
+}
+SEED_COUNTS = ("seeds", "finetune_seeds")  # a number of seeds here, a list 0..n-1 in the sweep file
+VARIANT_HEADS = {  # variant of the sweep files -> the option naming the [dataset:]heads that run it
+    "finetune": "finetune_heads",
+    "label_smoothing": "ablate_heads",
+    "modality_dropout": "modality_dropout_heads",
+    "encoders": "encoder_heads",
+}
+
+
+def read_sweep_file(dataset: str) -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load((SWEEPS_DIR / f"{dataset}.yaml").read_text(encoding="utf-8"))
+
+
+def _dig(data: dict[str, Any], path: tuple[str, ...]) -> Any:
+    for part in path:
+        data = data[part]
+    return data
+
+
+def _put(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    for part in path[:-1]:
+        data = data.setdefault(part, {})
+    data[path[-1]] = value
+
+
+def fill_defaults(args: argparse.Namespace) -> None:
+    """Options not given on the command line take the sweep file's values (the first dataset's file)."""
+    data = read_sweep_file(args.datasets[0])
+    for name, path in SWEEP_KEYS.items():
+        if getattr(args, name) is None:
+            value = _dig(data, path)
+            setattr(args, name, len(value) if name in SEED_COUNTS else value)
+
+
+def lists_head(items: Sequence[str], dataset: str, head: str) -> bool:
+    """Whether a ``[dataset:]head`` list names this head for this dataset."""
+    return head in items or f"{dataset}:{head}" in items
+
+
+def head_sweep(dataset: str, head: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The dataset's sweep file for one head, with this command's options: the head and the encoders it reads, its
+    grid (the first point only for ``--small-grid-heads``), epochs and seeds, and the variants it is named for."""
     from mmfuse.fusion import FUSION_HEADS
 
-    cls = FUSION_HEADS.get(trial.head)
-    text = {"name": trial.text_encoder, "freeze": not trial.finetune} if cls.uses_text is not None else None
-    image = {"name": trial.image_encoder} if cls.uses_image is not None else None
-    epochs = (
-        args.finetune_epochs
-        if trial.finetune
-        else per_head_value(args.epochs_of, trial.dataset, trial.head, args.epochs)
-    )
-    return config_from(
-        head=trial.head,
-        epochs=epochs,
-        batch_size=args.batch_size,
-        lr=trial.lr,
-        **{
-            "model.text_encoder": text,
-            "model.image_encoder": image,
-            "model.head.params": {"dropout": trial.dropout, "hidden": trial.hidden},
-            "optim.encoder_lr": trial.encoder_lr,
-            "optim.warmup_ratio": 0.1 if trial.finetune else 0.0,
-            "train.seed": trial.seed,
-            "train.class_weights": trial.class_weights,
-            "train.label_smoothing": trial.label_smoothing,
-            "train.image_dropout": trial.image_dropout,
-            "train.early_stopping_patience": args.patience,
-            "train.device": "cpu",
-            "train.eval_batch_size": 64,
-            "run.out_dir": str(args.work / "runs"),
-            "run.name": trial.slug,
-            "run.quiet": True,
-            "run.overwrite": True,
-        },
-    )
+    data = read_sweep_file(dataset)
+    for name, path in SWEEP_KEYS.items():
+        value = getattr(args, name)
+        _put(data, path, list(range(value)) if name in SEED_COUNTS else value)
+    cls = FUSION_HEADS.get(head)
+    reads = {"text": cls.uses_text is not None, "image": cls.uses_image is not None}
+    base = data["base"]
+    base["data"]["root"] = str(args.root / dataset)
+    base["cache"] = {"dir": str(args.cache_dir or args.work / "cache")}
+    base["model"]["head"]["name"] = head
+    for modality, used in reads.items():
+        if not used:  # a head's config names only the encoders it reads
+            base["model"][f"{modality}_encoder"] = None
+    base["train"]["epochs"] = per_head_value(args.epochs_of, dataset, head, args.epochs)
+    if head in args.small_grid_heads:
+        data["grid"] = {key: values[:1] for key, values in data["grid"].items()}
+    data.update(name=f"{dataset}-{head}", seeds=list(range(per_head_value(args.seeds_of, dataset, head, args.seeds))))
+    if args.limit:
+        small = max(args.limit // 2, 16)
+        data["limit"] = {"train": args.limit, "val": small, "test": small}
+    variants = {}
+    for name, option in VARIANT_HEADS.items():
+        if not lists_head(getattr(args, option), dataset, head):
+            continue
+        variant = data["variants"][name]
+        overrides = variant.get("overrides", {})
+        for modality, used in reads.items():  # e.g. no image encoder to swap for text_only
+            prefix = f"model.{modality}_encoder."
+            if not used:
+                overrides = {k: v for k, v in overrides.items() if not k.startswith(prefix)}
+        variant["overrides"] = overrides
+        if name == "finetune" and lists_head(args.finetune_small_grid_heads, dataset, head):
+            variant["grid"] = {key: values[:1] for key, values in variant["grid"].items()}
+        variant.setdefault("seeds", list(range(args.seeds)))  # not --seeds-per-head: the extras use --seeds
+        variants[name] = variant
+    data["variants"] = variants
+    return data
 
 
-def run_trial(trial: Trial, data: Data, source: Any, ledger: Ledger, args: argparse.Namespace) -> dict[str, Any]:
-    """Trains one trial (or returns its recorded result): val scores pick, test scores are only reported."""
-    done = ledger.get(trial)
-    if done is not None:
-        return done
-    from mmfuse.engine.classifier import MultimodalClassifier
+def run_head(dataset: str, head: str, args: argparse.Namespace) -> Path:
+    """Runs (or resumes, or only reads) the head's sweep; returns its folder (named by what defines the sweep)."""
+    from mmfuse.sweep import run_sweep, sweep_from_dict
 
-    gc.collect()
-    start = time.perf_counter()
-    clf = MultimodalClassifier(make_config(trial, args), source=source).fit(data.splits["train"], data.splits["val"])
-    fit_s = time.perf_counter() - start
-    assert clf.classes == data.classes, (clf.classes, data.classes)
-    probas = {split: clf.predict_proba(data.splits[split]) for split in ("val", "test")}
-    predict_s = time.perf_counter() - start - fit_s
-    record = {
-        "key": trial.key,
-        "slug": trial.slug,
-        **trial.__dict__,
-        "fit_s": fit_s,
-        "predict_s": predict_s,
-        "epochs_run": len(clf.history),
-        "best_epoch": clf.summary.get("best_epoch"),
-        "threshold": clf.threshold,
-        "val": scores(data.spec, data.y["val"], probas["val"], data.classes, clf.threshold),
-    }
-    shutil.rmtree(args.work / "runs" / trial.slug, ignore_errors=True)
-    ledger.add(record, probas)
-    val = record["val"]
-    encoder_lr = f" encoder_lr={trial.encoder_lr:g}" if trial.finetune else ""
-    log(
-        f"  {trial.stage:<15} {trial.dataset}/{trial.head} seed {trial.seed} {trial.hparams} "
-        f"ls={trial.label_smoothing}{encoder_lr}: val {data.spec.select} {val[data.spec.select]:.4f} "
-        f"acc {val['accuracy']:.4f} "
-        f"({record['epochs_run']} epochs, fit {fit_s:.1f}s, predict {predict_s:.1f}s)"
-    )
-    return record
+    data = head_sweep(dataset, head, args)
+    digest = hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    folder = args.work / "sweeps" / f"{dataset}-{head}-{digest}"
+    sweep = sweep_from_dict(data, base_dir=SWEEPS_DIR, source=SWEEPS_DIR / f"{dataset}.yaml")
+    result = run_sweep(sweep, out=folder, log=lambda line: log(f"  {dataset}/{head}: {line}"))
+    if not result.finished or result.final is None:
+        raise SystemExit(f"the sweep in {folder} did not finish; run the same command again to resume it")
+    for checkpoints in (folder / "final").glob("*/*/checkpoints"):  # models are not kept, their predictions are
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    return folder
+
+
+def run_dataset(spec: DatasetSpec, args: argparse.Namespace) -> dict[str, Any]:
+    """Features and the logistic-regression probes, then every head's sweep."""
+    from mmfuse.cache import FeatureCache
+
+    t0 = time.perf_counter()
+    source = FeatureCache(args.cache_dir or args.work / "cache")
+    data = load_data(spec, args.root, args.limit)
+    log(f"== {spec.name}: " + ", ".join(f"{k} {len(v)}" for k, v in data.splits.items()) + f"; classes {data.classes}")
+    encode_s, pooled = encode_once(data, source)
+    log(f"  features ready in {encode_s:.1f}s")
+    timings: dict[str, float] = {"features_s": encode_s}
+    probes_path = args.work / f"probes-{spec.name}-limit{args.limit}.json"  # deterministic: computed once
+    if probes_path.is_file():
+        probes = json.loads(probes_path.read_text(encoding="utf-8"))
+    else:
+        probes = linear_probes(data, pooled)
+        probes_path.write_text(json.dumps(probes), encoding="utf-8")
+    if any(h.rpartition(":")[0] in ("", spec.name) for h in args.encoder_heads):  # features first, timed apart
+        timings["alt_features_s"], _ = encode_once(data, source, args.alt_text_encoder, args.alt_image_encoder)
+    folders = {}
+    for head in [h for h in args.heads if f"{spec.name}:{h}" not in args.skip]:
+        t = time.perf_counter()
+        folders[head] = run_head(spec.name, head, args)
+        timings[f"search_{head}_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - t0
+    return {"data": data, "folders": folders, "timings": timings, "probes": probes}
 
 
 # --------------------------------------------------------------------------------------------------- metrics
@@ -366,194 +367,130 @@ def scores(spec: DatasetSpec, y: np.ndarray, proba: np.ndarray, classes: list[st
 
 
 def rank_value(spec: DatasetSpec, val_scores: Sequence[dict[str, Any]]) -> tuple[float, float]:
-    """Validation-only ranking key of a grid point: mean selection metric, then mean accuracy."""
+    """Validation-only ranking key: mean selection metric, then mean accuracy."""
     return (
         float(np.mean([s.get(spec.select) or 0.0 for s in val_scores])),
         float(np.mean([s["accuracy"] for s in val_scores])),
     )
 
 
-# --------------------------------------------------------------------------------------------------- stages
-
-
-def grid_of(head: str, dataset: str, args: argparse.Namespace) -> list[Trial]:
-    """The seed-0 grid of a head; heads in ``--small-grid-heads`` (costly ones) try the first point only."""
-    small = head in args.small_grid_heads
-    lrs = args.lr[:1] if small else args.lr
-    dropouts = args.dropout[:1] if small else args.dropout
-    weights = args.class_weights[:1] if small else args.class_weights
-    epochs = per_head_value(args.epochs_of, dataset, head, args.epochs)
-    schedule = f"epochs={epochs},patience={args.patience},batch={args.batch_size},limit={args.limit}"
-    return [
-        Trial(dataset, head, "grid", lr, dropout, cw, seed=0, hidden=args.hidden, schedule=schedule)
-        for lr, dropout, cw in itertools.product(lrs, dropouts, weights)
-    ]
-
-
-def search_head(head: str, data: Data, source: Any, ledger: Ledger, args: argparse.Namespace) -> dict[str, Any]:
-    """Grid on ``--select-seeds`` seeds, choice on validation, then the other seeds for the chosen point."""
-    spec = data.spec
-    points = grid_of(head, spec.name, args)
-    start = time.perf_counter()
-    ranked, keys = [], []
-    for point in points:
-        recs = [run_trial(point.with_(seed=s), data, source, ledger, args) for s in range(args.select_seeds)]
-        ranked.append((rank_value(spec, [r["val"] for r in recs]), point))
-        keys += [r["key"] for r in recs]
-    best_value, best = max(ranked, key=lambda t: t[0])  # validation only; the first point wins ties
-    n_seeds = per_head_value(args.seeds_of, spec.name, head, args.seeds)
-    seeds = [run_trial(best.with_(seed=s), data, source, ledger, args) for s in range(n_seeds)]
-    keys += [r["key"] for r in seeds if r["key"] not in keys]
-    took = time.perf_counter() - start
-    log(f"  -> {spec.name}/{head}: chose {best.hparams} (val {spec.select} {best_value[0]:.4f}) [{took:.0f}s]")
-    return {
-        "head": head,
-        "chosen": best.hparams,
-        "chosen_trial": best,
-        "grid": [{"hparams": p.hparams, "val_rank": list(v)} for v, p in ranked],
-        "seeds": [r["key"] for r in seeds],
-        "trials": keys,
-    }
-
-
-def extra_rows(kind: str, heads: Sequence[str], searches: dict[str, dict[str, Any]], data: Data, source: Any,
-               ledger: Ledger, args: argparse.Namespace) -> dict[str, list[str]]:  # fmt: skip
-    """Rows that reuse a head's chosen (validation) hyperparameters: ``finetune``, ``label_smoothing`` or
-    ``modality_dropout`` or ``encoders`` (the other encoders of ``--alt-text-encoder`` / ``--alt-image-encoder``)."""
-    out: dict[str, list[str]] = {}
-    for item in heads:
-        dataset, _, head = item.rpartition(":")  # "head" or "dataset:head"
-        if dataset and dataset != data.spec.name:
-            continue
-        if head not in searches:
-            log(f"  skip {kind} {head}: the head was not searched in this run")
-            continue
-        base: Trial = searches[head]["chosen_trial"]
-        if kind == "finetune":
-            out[head] = finetune_row(head, base, data, source, ledger, args)
-            continue
-        if kind == "label_smoothing":
-            trial, seeds = base.with_(stage="label_smoothing", label_smoothing=args.label_smoothing), args.seeds
-        elif kind == "modality_dropout":
-            trial, seeds = base.with_(stage="modality_dropout", image_dropout=args.image_dropout), args.seeds
-        else:
-            from mmfuse.fusion import FUSION_HEADS
-
-            cls = FUSION_HEADS.get(head)
-            encoders = {}  # only the modalities the head reads, so a text_only row names no image encoder
-            if cls.uses_text is not None:
-                encoders["text_encoder"] = args.alt_text_encoder
-            if cls.uses_image is not None:
-                encoders["image_encoder"] = args.alt_image_encoder
-            trial, seeds = base.with_(stage="encoders", **encoders), args.seeds
-        out[head] = [run_trial(trial.with_(seed=s), data, source, ledger, args)["key"] for s in range(seeds)]
-    return out
-
-
-def finetune_row(head: str, base: Trial, data: Data, source: Any, ledger: Ledger, args: argparse.Namespace):
-    """The head fine-tuned with each ``--finetune-encoder-lr`` (the first only for ``--finetune-small-grid-heads``),
-    every lr with all ``--finetune-seeds``; the row is the lr whose seeds score best on validation (mean)."""
-    spec = data.spec
-    small = {head, f"{spec.name}:{head}"} & set(args.finetune_small_grid_heads)
-    ranked = []
-    for lr in args.finetune_encoder_lr[:1] if small else args.finetune_encoder_lr:
-        schedule = f"{base.schedule},ft_epochs={args.finetune_epochs},encoder_lr={lr}"
-        trial = base.with_(stage="finetune", finetune=True, schedule=schedule, encoder_lr=lr)
-        recs = [run_trial(trial.with_(seed=s), data, source, ledger, args) for s in range(args.finetune_seeds)]
-        ranked.append((rank_value(spec, [r["val"] for r in recs]), lr, [r["key"] for r in recs]))
-    _, lr, keys = max(ranked, key=lambda t: t[0])  # validation only; the first lr wins ties
-    if len(ranked) > 1:
-        log(f"  -> {spec.name}/{head} fine-tuned: chose encoder lr {lr:g} on validation")
-    return {"keys": keys, "encoder_lr": lr, "grid": [{"encoder_lr": x, "val_rank": list(v)} for v, x, _ in ranked]}
-
-
-def run_dataset(spec: DatasetSpec, ledger: Ledger, source: Any, args: argparse.Namespace) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    data = load_data(spec, args.root, args.limit)
-    log(f"== {spec.name}: " + ", ".join(f"{k} {len(v)}" for k, v in data.splits.items()) + f"; classes {data.classes}")
-    encode_s, pooled = encode_once(data, source)
-    log(f"  features ready in {encode_s:.1f}s")
-    timings: dict[str, float] = {"features_s": encode_s}
-    probes_path = args.work / f"probes-{spec.name}-limit{args.limit}.json"  # deterministic: computed once
-    if probes_path.is_file():
-        probes = json.loads(probes_path.read_text(encoding="utf-8"))
-    else:
-        probes = linear_probes(data, pooled)
-        probes_path.write_text(json.dumps(probes), encoding="utf-8")
-    searches = {}
-    for head in [h for h in args.heads if f"{spec.name}:{h}" not in args.skip]:
-        t = time.perf_counter()
-        searches[head] = search_head(head, data, source, ledger, args)
-        timings[f"search_{head}_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    finetune = extra_rows("finetune", args.finetune_heads, searches, data, source, ledger, args)
-    timings["finetune_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    ablation = extra_rows("label_smoothing", args.ablate_heads, searches, data, source, ledger, args)
-    timings["label_smoothing_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    modality_dropout = extra_rows("modality_dropout", args.modality_dropout_heads, searches, data, source, ledger, args)
-    timings["modality_dropout_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    if any(h.rpartition(":")[0] in ("", spec.name) for h in args.encoder_heads):  # features first, timed apart
-        timings["alt_features_s"], _ = encode_once(data, source, args.alt_text_encoder, args.alt_image_encoder)
-    encoders = extra_rows("encoders", args.encoder_heads, searches, data, source, ledger, args)
-    timings["encoders_s"] = time.perf_counter() - t
-    timings["total_s"] = time.perf_counter() - t0
-    for s in searches.values():
-        s.pop("chosen_trial")
-    return {"data": data, "searches": searches, "finetune": finetune, "label_smoothing": ablation,
-            "modality_dropout": modality_dropout, "encoders": encoders, "timings": timings,
-            "probes": probes}  # fmt: skip
-
-
 # --------------------------------------------------------------------------------------------------- results
 
 
-def aggregate(recs: list[dict[str, Any]], ledger: Ledger, data: Data) -> dict[str, Any]:
-    """Mean and sample std over seeds of the test scores (and of val), with training time."""
-    tests = [scores(data.spec, data.y["test"], ledger.probas(r)["test"], data.classes, r["threshold"]) for r in recs]
-    keys = [k for k in tests[0] if all(t.get(k) is not None for t in tests)]
+@dataclass
+class Run:
+    """One trained model of a sweep's final stage: its record (``final/<group>/<run>.json``) and probabilities."""
+
+    record: dict[str, Any]
+    arrays: dict[str, np.ndarray]
+    config: Any
+
+    @classmethod
+    def read(cls, folder: Path, group: str, label: str) -> Run:
+        from mmfuse.config import load_config
+        from mmfuse.sweep import read_final_run
+
+        record, arrays = read_final_run(folder, group, label)
+        return cls(record, arrays, load_config(folder / record["run_dir"] / "config.yaml"))
+
+    def val(self, spec: DatasetSpec, classes: list[str]) -> dict[str, Any]:
+        return scores(spec, self.arrays["val_labels"], self.arrays["val_proba"], classes, self.record["threshold"])
+
+    def test(self, spec: DatasetSpec, classes: list[str]) -> dict[str, Any]:
+        return scores(spec, self.arrays["test_labels"], self.arrays["test_proba"], classes, self.record["threshold"])
+
+
+def hparams_of(config: Any) -> dict[str, Any]:
+    """The settings a row shows (``Chosen on val``), read from the run's config."""
+    model, text, image = config.model, config.model.text_encoder, config.model.image_encoder
     return {
-        "n_seeds": len(recs),
-        "seeds": [r["seed"] for r in recs],
-        "test_mean": {k: float(np.mean([t[k] for t in tests])) for k in keys},
-        "test_std": {k: float(np.std([t[k] for t in tests], ddof=1)) for k in keys} if len(tests) > 1 else {},
-        "test_per_seed": tests,
-        "val_mean": {
-            k: float(np.mean([r["val"][k] for r in recs])) for k, v in recs[0]["val"].items() if v is not None
-        },
-        "fit_s_mean": float(np.mean([r["fit_s"] for r in recs])),
-        "epochs_run": [r["epochs_run"] for r in recs],
-        "hparams": {
-            k: recs[0].get(k)
-            for k in (
-                "lr",
-                "dropout",
-                "class_weights",
-                "hidden",
-                "label_smoothing",
-                "image_dropout",
-                "finetune",
-                "encoder_lr",
-                "text_encoder",
-                "image_encoder",
-            )
-        },
+        "lr": config.optim.lr,
+        "dropout": model.head.params.get("dropout"),
+        "class_weights": config.train.class_weights,
+        "hidden": model.head.params.get("hidden"),
+        "label_smoothing": config.train.label_smoothing,
+        "image_dropout": config.train.image_dropout,
+        "finetune": text is not None and not text.freeze,
+        "encoder_lr": config.optim.encoder_lr,
+        "text_encoder": text.name if text is not None else TEXT_ENCODER,
+        "image_encoder": image.name if image is not None else IMAGE_ENCODER,
     }
 
 
-def ensemble_row(rows: dict[str, dict[str, Any]], searches: dict[str, Any], ledger: Ledger, data: Data, k: int):
+def aggregate(runs: list[Run], data: Data) -> dict[str, Any]:
+    """Mean and sample std over seeds of the test scores (and of val), with training time."""
+    tests = [r.test(data.spec, data.classes) for r in runs]
+    vals = [r.val(data.spec, data.classes) for r in runs]
+    keys = [k for k in tests[0] if all(t.get(k) is not None for t in tests)]
+    return {
+        "n_seeds": len(runs),
+        "seeds": [r.record["seed"] for r in runs],
+        "test_mean": {k: float(np.mean([t[k] for t in tests])) for k in keys},
+        "test_std": {k: float(np.std([t[k] for t in tests], ddof=1)) for k in keys} if len(tests) > 1 else {},
+        "test_per_seed": tests,
+        "val_mean": {k: float(np.mean([v[k] for v in vals])) for k, x in vals[0].items() if x is not None},
+        "fit_s_mean": float(np.mean([r.record["seconds"] for r in runs])),
+        "epochs_run": [r.record["epochs_run"] for r in runs],
+        "hparams": hparams_of(runs[0].config),
+    }
+
+
+def group_runs(folder: Path, final: dict[str, Any], group: str) -> list[Run]:
+    return [Run.read(folder, group, label) for label in final["groups"][group]["runs"]]
+
+
+def read_head(folder: Path, data: Data) -> dict[str, Any]:
+    """A head's row, its grid (validation ranking) and its variants' rows, from its sweep folder."""
+    from mmfuse.config import load_config
+    from mmfuse.sweep import read_final, sweep_table
+
+    spec = data.spec
+    final = read_final(folder)
+    assert final is not None and final["metric"] == spec.select, (folder, final and final["metric"])
+    frame, _ = sweep_table(folder)
+    grid, trial_s = [], 0.0
+    for _, t in frame.sort_values("trial").iterrows():
+        with np.load(folder / t["run_dir"] / "val_predictions.npz") as npz:
+            val = scores(spec, npz["labels"], npz["proba"], data.classes)
+        config = load_config(folder / t["run_dir"] / "config.yaml")
+        grid.append({"hparams": {k: v for k, v in hparams_of(config).items() if k in GRID_HPARAMS},
+                     "val_rank": list(rank_value(spec, [val]))})  # fmt: skip
+        trial_s += float(t["train_s"])
+    seeds = group_runs(folder, final, "selected")
+    trained = [r for r in seeds if r.record["reused_trial"] is None]
+    row = aggregate(seeds, data)
+    row["search_fit_s"] = trial_s + sum(r.record["seconds"] for r in trained)
+    row["search_trials"] = len(frame) + len(trained)
+    row["grid"] = grid
+    variants = {}
+    for name, group in final["groups"].items():
+        if name == "selected":
+            continue
+        variants[name] = aggregate(group_runs(folder, final, name), data)
+        if name == "finetune":
+            variants[name]["encoder_lr_grid"] = [
+                {"encoder_lr": p["overrides"]["optim.encoder_lr"],
+                 "val_rank": list(rank_value(spec, [Run.read(folder, name, lab).val(spec, data.classes)
+                                                    for lab in p["runs"]]))}
+                for p in group["points"]
+            ]  # fmt: skip
+    return {"row": row, "variants": variants, "seeds": seeds}
+
+
+GRID_HPARAMS = ("lr", "dropout", "class_weights", "hidden")
+
+
+def ensemble_row(rows: dict[str, dict[str, Any]], heads: dict[str, Any], data: Data, k: int):
     """Average probabilities of the k heads whose chosen grid point scored best on validation, seed by seed."""
     spec = data.spec
-    ranked = sorted(searches, key=lambda h: max(tuple(g["val_rank"]) for g in searches[h]["grid"]), reverse=True)
+    ranked = sorted(heads, key=lambda h: max(tuple(g["val_rank"]) for g in rows[h]["grid"]), reverse=True)
     members = ranked[:k]
-    n_seeds = min(len(searches[h]["seeds"]) for h in members)
+    n_seeds = min(len(heads[h]["seeds"]) for h in members)
     tests, vals = [], []
     for s in range(n_seeds):
-        probas = [ledger.probas(ledger.records[searches[h]["seeds"][s]]) for h in members]
-        vals.append(scores(spec, data.y["val"], np.mean([p["val"] for p in probas], axis=0), data.classes))
-        tests.append(scores(spec, data.y["test"], np.mean([p["test"] for p in probas], axis=0), data.classes))
+        runs = [heads[h]["seeds"][s].arrays for h in members]
+        vals.append(scores(spec, data.y["val"], np.mean([p["val_proba"] for p in runs], axis=0), data.classes))
+        tests.append(scores(spec, data.y["test"], np.mean([p["test_proba"] for p in runs], axis=0), data.classes))
     keys = [key for key in tests[0] if tests[0][key] is not None]
     return {
         "members": members,
@@ -565,30 +502,27 @@ def ensemble_row(rows: dict[str, dict[str, Any]], searches: dict[str, Any], ledg
     }
 
 
-def collect(result: dict[str, Any], ledger: Ledger, k: int) -> dict[str, Any]:
+def collect(result: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """Rows of one dataset's table: baseline, each head, extras, ensemble; plus target checks."""
     from mmfuse.engine.metrics import baseline_metrics
     from mmfuse.fusion import FUSION_HEADS
 
-    data, searches = result["data"], result["searches"]
+    data = result["data"]
     spec = data.spec
     base = baseline_metrics(data.y["train"], data.y["test"], data.classes)["majority"]
     majority = {"accuracy": base["accuracy"], "macro_f1": base["macro_f1"], "weighted_f1": base["weighted_f1"],
                 "auroc": base["auroc"]}  # fmt: skip
     if spec.positive:
         majority["f1_positive"] = base["per_class"][spec.positive]["f1"]
-    rows = {h: aggregate([ledger.records[key] for key in s["seeds"]], ledger, data) for h, s in searches.items()}
-    for h, row in rows.items():
-        row["search_fit_s"] = sum(ledger.records[key]["fit_s"] for key in searches[h]["trials"])
-        row["search_trials"] = len(searches[h]["trials"])
-        row["grid"] = searches[h]["grid"]
+    heads = {h: read_head(folder, data) for h, folder in result["folders"].items()}
+    rows = {h: r["row"] for h, r in heads.items()}
     extras = {}
-    for kind in ("finetune", "label_smoothing", "modality_dropout", "encoders"):
-        for h, keys in result.get(kind, {}).items():
-            chosen = keys["keys"] if kind == "finetune" else keys
-            row = aggregate([ledger.records[key] for key in chosen], ledger, data)
-            if kind == "finetune":
-                row["encoder_lr_grid"] = keys["grid"]
+    for kind, option in VARIANT_HEADS.items():
+        for item in getattr(args, option):  # in the option's order
+            dataset, _, h = item.rpartition(":")
+            if dataset not in ("", spec.name) or kind not in heads.get(h, {}).get("variants", {}):
+                continue
+            row = heads[h]["variants"][kind]
             label = kind.replace("_", " ")
             if kind == "encoders":
                 cls = FUSION_HEADS.get(h)
@@ -597,7 +531,8 @@ def collect(result: dict[str, Any], ledger: Ledger, k: int) -> dict[str, Any]:
                     row["hparams"][f"{m}_encoder"] for m, u in zip(("text", "image"), used, strict=True) if u
                 )
             extras[f"{h} + {label}"] = row
-    ensemble = ensemble_row(rows, searches, ledger, data, k) if len(searches) >= max(k, 2) else None
+    k = args.ensemble_k
+    ensemble = ensemble_row(rows, heads, data, k) if len(heads) >= max(k, 2) else None
     return {
         "dataset": spec.name,
         "title": spec.title,
@@ -612,6 +547,7 @@ def collect(result: dict[str, Any], ledger: Ledger, k: int) -> dict[str, Any]:
         "published": list(spec.published),
         "targets": check_targets(spec, rows, extras, ensemble),
         "timings_this_invocation": result["timings"],
+        "sweeps": {h: str(folder) for h, folder in result["folders"].items()},
     }
 
 
@@ -680,7 +616,7 @@ def hparam_text(h: dict[str, Any]) -> str:
         parts.append(f"image dropout {h['image_dropout']:g}")
     if h.get("finetune"):
         # records older than the encoder_lr field were all trained with Trial's default
-        parts.append(f"text encoder fine-tuned (lr {h.get('encoder_lr') or Trial.encoder_lr:g})")
+        parts.append(f"text encoder fine-tuned (lr {h.get('encoder_lr') or 2e-5:g})")
     for modality, default in (("text", TEXT_ENCODER), ("image", IMAGE_ENCODER)):
         if h.get(f"{modality}_encoder") not in (None, default):
             parts.append(f"{modality} encoder {h[f'{modality}_encoder']}")
@@ -742,7 +678,7 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, meta: dict[s
     for ds in results:
         out += ["", f"## {ds['title']}", "", *table(ds), ""]
         out += [f"Published numbers: {p['source']}." for p in ds["published"]]
-        out += ["", "Grid (validation ranking, seed(s) " + ", ".join(map(str, range(args.select_seeds))) + "):", ""]
+        out += ["", "Grid (validation ranking, seed(s) " + "0" + "):", ""]
         for h, r in ds["rows"].items():
             grid = "; ".join(f"{hparam_text(g['hparams'])}: {fmt(ds['selection_metric'], g['val_rank'][0])}"
                              for g in r["grid"])  # fmt: skip
@@ -805,7 +741,7 @@ def setup_lines(args: argparse.Namespace) -> list[str]:
     return [
         f"- Encoders: `{TEXT_ENCODER}` (all-MiniLM-L6-v2, pooled / token states) and `{IMAGE_ENCODER}` (pooled / "
         "7x7 grid), offline, frozen; their features computed once per dataset into the persistent feature cache.",
-        f"- Grid per head (seed 0{', 1' if args.select_seeds > 1 else ''}): lr {args.lr} x dropout {args.dropout} x "
+        f"- Grid per head (seed 0): lr {args.lr} x dropout {args.dropout} x "
         f"class weights {args.class_weights}, hidden {args.hidden}; heads that try only the first point: {small}.",
         f"- Training: AdamW, cosine schedule, batch {args.batch_size}, up to {args.epochs} epochs"
         + (f" ({epochs})" if epochs else "")
@@ -885,46 +821,48 @@ def per_head(text: str) -> dict[str, int]:
     return out
 
 
+FILE = " (default: benchmarks/quality/<dataset>.yaml's)"
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     doc = __doc__ or ""
     p = argparse.ArgumentParser(description=doc.split("::")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     add = p.add_argument
     add("--datasets", type=csv_list(str), default=list(DATASETS), help="comma-separated: mvsa_single,multioff")
     add("--heads", type=csv_list(str), default=list(ALL_HEADS), help="comma-separated heads (default: all seven)")
-    add("--seeds", type=int, default=3, help="seeds of each chosen configuration (test mean ± std)")
+    add("--seeds", type=int, default=None, help="seeds of each chosen configuration (test mean ± std)" + FILE)
     add("--seeds-per-head", dest="seeds_of", type=per_head, default={}, help="e.g. mvsa_single:early_fusion=1,cross=2")
-    add("--select-seeds", type=int, default=1, help="seeds each grid point is trained with for the choice")
-    add("--lr", type=csv_list(float), default=[1e-3, 3e-4], help="grid: head learning rates")
-    add("--dropout", type=csv_list(float), default=[0.2], help="grid: head dropout")
-    add("--class-weights", type=csv_list(str), default=["none", "balanced"], help="grid: none,balanced")
-    add("--hidden", type=int, default=256, help="hidden width of every head's classifier")
+    add("--lr", type=csv_list(float), default=None, help="grid: head learning rates" + FILE)
+    add("--dropout", type=csv_list(float), default=None, help="grid: head dropout" + FILE)
+    add("--class-weights", type=csv_list(str), default=None, help="grid: none,balanced" + FILE)
+    add("--hidden", type=int, default=None, help="hidden width of every head's classifier" + FILE)
     add("--small-grid-heads", type=csv_list(str), default=["early_fusion"], help="heads trying grid point 1 only")
-    add("--epochs", type=int, default=10)
+    add("--epochs", type=int, default=None, help="most epochs of a head" + FILE)
     add("--epochs-per-head", dest="epochs_of", type=per_head, default={"early_fusion": 2},
         help="e.g. early_fusion=2,mvsa_single:early_fusion=1 (a [dataset:]head list)")  # fmt: skip
-    add("--patience", type=int, default=3, help="early stopping patience (epochs)")
-    add("--batch-size", type=int, default=32)
+    add("--patience", type=int, default=None, help="early stopping patience (epochs)" + FILE)
+    add("--batch-size", type=int, default=None, help="training batch size" + FILE)
     add(
         "--finetune-heads",
         type=csv_list(str),
         default=[],
         help="[dataset:]heads also trained with the text encoder fine-tuned",
     )
-    add("--finetune-seeds", type=int, default=1)
-    add("--finetune-epochs", type=int, default=3)
-    add("--finetune-encoder-lr", type=csv_list(float), default=[2e-5],
+    add("--finetune-seeds", type=int, default=None, help="seeds of each fine-tuned row" + FILE)
+    add("--finetune-epochs", type=int, default=None, help="epochs of the fine-tuned rows" + FILE)
+    add("--finetune-encoder-lr", type=csv_list(float), default=None,
         help="text encoder lr(s) of the fine-tuned rows; several: each head keeps the best on validation")  # fmt: skip
     add("--finetune-small-grid-heads", type=csv_list(str), default=[],
         help="[dataset:]heads fine-tuned with the first --finetune-encoder-lr only")  # fmt: skip
     add("--ablate-heads", type=csv_list(str), default=[], help="[dataset:]heads also trained with label smoothing")
-    add("--label-smoothing", type=float, default=0.1)
+    add("--label-smoothing", type=float, default=None, help="of the --ablate-heads rows" + FILE)
     add("--modality-dropout-heads", type=csv_list(str), default=[],
         help="[dataset:]fusion heads also trained with modality dropout (train.image_dropout)")  # fmt: skip
-    add("--image-dropout", type=float, default=0.3, help="probability of hiding a training image")
+    add("--image-dropout", type=float, default=None, help="probability of hiding a training image" + FILE)
     add("--encoder-heads", type=csv_list(str), default=[],
         help="[dataset:]heads also trained on --alt-text-encoder / --alt-image-encoder features")  # fmt: skip
-    add("--alt-text-encoder", default="mpnet", help="text encoder of the --encoder-heads rows")
-    add("--alt-image-encoder", default="efficientnet-lite2", help="image encoder of the --encoder-heads rows")
+    add("--alt-text-encoder", default=None, help="text encoder of the --encoder-heads rows" + FILE)
+    add("--alt-image-encoder", default=None, help="image encoder of the --encoder-heads rows" + FILE)
     add("--skip", type=csv_list(str), default=[], help="dataset:head pairs not run (reported as not run)")
     add("--ensemble-k", type=int, default=3, help="heads in the validation-chosen ensemble")
     add("--limit", type=int, default=0, help="smoke runs: this many train examples (val/test: half)")
@@ -958,8 +896,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     unknown = [d for d in args.datasets if d not in DATASETS]
     if unknown:
         p.error(f"unknown dataset(s) {unknown}; known: {', '.join(DATASETS)}")
-    if args.select_seeds > args.seeds:
-        p.error("--select-seeds cannot exceed --seeds")
+    fill_defaults(args)
     return args
 
 
@@ -978,19 +915,15 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     import torch
 
-    from mmfuse.cache import FeatureCache
-
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
-    ledger = Ledger.open(args.work)
-    source = FeatureCache(args.cache_dir or args.work / "cache")
     times_path = args.work / "features_s.json"
     features_s = json.loads(times_path.read_text()) if times_path.is_file() else {}
     start, results = time.perf_counter(), []
     for name in args.datasets:
-        result = run_dataset(DATASETS[name], ledger, source, args)
+        result = run_dataset(DATASETS[name], args)
         # the first (cold) encoding is what counts; re-read first: runs on other datasets may share the file
         features_s = {**features_s, **(json.loads(times_path.read_text()) if times_path.is_file() else {})}
         features_s.setdefault(name, result["timings"]["features_s"])
@@ -998,7 +931,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             alt = f"{name}:{args.alt_text_encoder}+{args.alt_image_encoder}"
             features_s.setdefault(alt, result["timings"]["alt_features_s"])
         times_path.write_text(json.dumps(features_s))
-        results.append(collect(result, ledger, args.ensemble_k))
+        results.append(collect(result, args))
         log(f"== {name} done in {result['timings']['total_s']:.0f}s")
     meta = {
         "date": time.strftime("%Y-%m-%d"),

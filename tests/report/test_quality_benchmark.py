@@ -1,12 +1,11 @@
-"""benchmarks/quality.py's choices: record keys stay stable, and the fine-tuned rows' encoder lr is chosen on
-validation only (the script trains for hours, so its selection logic is tested here with a fake trainer)."""
+"""benchmarks/quality.py's sweeps: the options and the sweep files make one valid sweep per head, with the encoders
+it reads and the variants it is named for (the selection itself is the sweep's, tested in tests/sweep)."""
 
 from __future__ import annotations
 
 import importlib.util
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -23,81 +22,59 @@ def quality():
     del sys.modules[spec.name]
 
 
-def base_trial(quality):
-    schedule = "epochs=10,patience=3,batch=32,limit=0"
-    return quality.Trial("mvsa_single", "concat", "grid", 3e-4, 0.2, "balanced", seed=0, schedule=schedule)
+def sweep_of(quality, head, *argv, dataset="mvsa_single"):
+    return quality.head_sweep(dataset, head, quality.parse_args(list(argv)))
 
 
-def test_later_fields_join_the_key_only_when_changed(quality):
-    trial = base_trial(quality)
-    assert "encoder_lr" not in trial.key and "image_dropout" not in trial.key  # older records keep their keys
-    assert trial.key == (
-        "class_weights=balanced|dataset=mvsa_single|dropout=0.2|finetune=False|head=concat|hidden=256|"
-        "label_smoothing=0.0|lr=0.0003|schedule=epochs=10,patience=3,batch=32,limit=0|seed=0|stage=grid"
-    )
-    changed = trial.with_(encoder_lr=5e-5)
-    assert "encoder_lr=5e-05" in changed.key and changed.slug != trial.slug
+def test_options_left_out_take_the_sweep_files_values(quality):
+    args = quality.parse_args([])
+    data = quality.read_sweep_file("mvsa_single")
+    assert args.lr == data["grid"]["lr"] and args.class_weights == data["grid"]["train.class_weights"]
+    assert args.seeds == len(data["seeds"]) and args.epochs == data["base"]["train"]["epochs"]
+    assert args.finetune_encoder_lr == data["variants"]["finetune"]["grid"]["optim.encoder_lr"]
+    assert quality.read_sweep_file("multioff")["grid"] == data["grid"]  # one grid described in the report
+    given = quality.parse_args(["--lr", "0.01", "--seeds", "2"])
+    sweep = quality.head_sweep("mvsa_single", "concat", given)
+    assert sweep["grid"]["lr"] == [0.01] and sweep["seeds"] == [0, 1]
 
 
-class FakeTrainer:
-    """Stands in for run_trial: validation macro-F1 from a table keyed by encoder lr, plus a little per seed."""
-
-    def __init__(self, val_by_lr: dict[float, float]):
-        self.val_by_lr, self.trials = val_by_lr, []
-
-    def __call__(self, trial, data, source, ledger, args):
-        self.trials.append(trial)
-        macro_f1 = self.val_by_lr[trial.encoder_lr] + 0.001 * trial.seed
-        return {"key": trial.key, "val": {"macro_f1": macro_f1, "accuracy": 0.5}}
-
-
-def args_for(**overrides):
-    args = {
-        "finetune_encoder_lr": [2e-5, 5e-5, 1e-4],
-        "finetune_seeds": 2,
-        "finetune_epochs": 3,
-        "finetune_small_grid_heads": [],
-    }
-    return SimpleNamespace(**{**args, **overrides})
+def test_each_head_reads_only_its_encoders_and_runs_the_variants_it_is_named_for(quality):
+    argv = ["--finetune-heads", "text_only,concat", "--encoder-heads", "text_only", "--ablate-heads", "multioff:concat"]
+    text = sweep_of(quality, "text_only", *argv)
+    assert text["base"]["model"]["image_encoder"] is None and text["base"]["model"]["head"]["name"] == "text_only"
+    assert set(text["variants"]) == {"finetune", "encoders"}
+    assert text["variants"]["encoders"]["overrides"] == {"model.text_encoder.name": "mpnet"}  # no image to swap
+    concat = sweep_of(quality, "concat", *argv)
+    assert set(concat["variants"]) == {"finetune"}  # the ablation was named for MultiOFF only
+    assert set(sweep_of(quality, "concat", *argv, dataset="multioff")["variants"]) == {"finetune", "label_smoothing"}
+    image = sweep_of(quality, "image_only")
+    assert image["base"]["model"]["text_encoder"] is None and image["variants"] == {}
 
 
-DATA = SimpleNamespace(spec=SimpleNamespace(name="mvsa_single", select="macro_f1"))
+@pytest.mark.parametrize(("small", "lrs"), [("concat", [2e-5]), ("mvsa_single:concat", [2e-5]),
+                                            ("multioff:concat", [2e-5, 5e-5, 1e-4])])  # fmt: skip
+def test_small_grid_heads_fine_tune_with_the_first_encoder_lr_only(quality, small, lrs):
+    argv = ["--finetune-heads", "concat", "--finetune-encoder-lr", "2e-5,5e-5,1e-4", "--finetune-seeds", "2"]
+    sweep = sweep_of(quality, "concat", *argv, "--finetune-small-grid-heads", small)
+    finetune = sweep["variants"]["finetune"]
+    assert finetune["grid"] == {"optim.encoder_lr": lrs} and finetune["seeds"] == [0, 1]
+    assert finetune["overrides"]["model.text_encoder.freeze"] is False
 
 
-def test_finetune_row_keeps_the_encoder_lr_best_on_validation(quality, monkeypatch):
-    trainer = FakeTrainer({2e-5: 0.70, 5e-5: 0.73, 1e-4: 0.71})
-    monkeypatch.setattr(quality, "run_trial", trainer)
-    row = quality.finetune_row("concat", base_trial(quality), DATA, None, None, args_for())
-    assert row["encoder_lr"] == 5e-5
-    assert [t.encoder_lr for t in trainer.trials] == [2e-5, 2e-5, 5e-5, 5e-5, 1e-4, 1e-4]  # every lr, every seed
-    chosen = [t for t in trainer.trials if t.encoder_lr == 5e-5]
-    assert row["keys"] == [t.key for t in chosen]
-    assert all(t.finetune and t.stage == "finetune" and "ft_epochs=3,encoder_lr=5e-05" in t.schedule for t in chosen)
-    assert [g["encoder_lr"] for g in row["grid"]] == [2e-5, 5e-5, 1e-4]
-    assert row["grid"][1]["val_rank"][0] == pytest.approx(0.7305)  # mean over the two seeds
+def test_every_head_and_variant_gives_a_valid_sweep(quality, tmp_path):
+    from mmfuse.sweep import sweep_from_dict
 
-
-def test_finetune_row_ties_go_to_the_first_lr(quality, monkeypatch):
-    monkeypatch.setattr(quality, "run_trial", FakeTrainer({2e-5: 0.70, 5e-5: 0.70, 1e-4: 0.70}))
-    row = quality.finetune_row("concat", base_trial(quality), DATA, None, None, args_for())
-    assert row["encoder_lr"] == 2e-5
-
-
-@pytest.mark.parametrize("small", ["concat", "mvsa_single:concat"])
-def test_small_grid_heads_try_the_first_lr_only(quality, monkeypatch, small):
-    trainer = FakeTrainer({2e-5: 0.60, 5e-5: 0.90, 1e-4: 0.95})
-    monkeypatch.setattr(quality, "run_trial", trainer)
-    args = args_for(finetune_small_grid_heads=[small])
-    row = quality.finetune_row("concat", base_trial(quality), DATA, None, None, args)
-    assert row["encoder_lr"] == 2e-5 and len(row["grid"]) == 1
-    assert {t.encoder_lr for t in trainer.trials} == {2e-5}
-
-
-def test_small_grid_heads_of_another_dataset_do_not_apply(quality, monkeypatch):
-    monkeypatch.setattr(quality, "run_trial", FakeTrainer({2e-5: 0.60, 5e-5: 0.90, 1e-4: 0.95}))
-    args = args_for(finetune_small_grid_heads=["multioff:concat"])
-    row = quality.finetune_row("concat", base_trial(quality), DATA, None, None, args)
-    assert row["encoder_lr"] == 1e-4 and len(row["grid"]) == 3
+    every = ",".join(quality.ALL_HEADS)
+    argv = ["--root", str(tmp_path), "--finetune-heads", every, "--ablate-heads", every, "--encoder-heads", every,
+            "--modality-dropout-heads", "concat,align,cross,cross_attention,early_fusion", "--limit", "48"]  # fmt: skip
+    for dataset in quality.DATASETS:
+        (tmp_path / dataset).mkdir()
+        for head in quality.ALL_HEADS:
+            sweep = sweep_from_dict(sweep_of(quality, head, *argv, dataset=dataset))
+            assert sweep.name == f"{dataset}-{head}" and sweep.spec.limit == {"train": 48, "val": 24, "test": 24}
+            assert sweep.base.train.selection_metric == quality.DATASETS[dataset].select
+            small = head in quality.parse_args([]).small_grid_heads
+            assert len(sweep.points) == (1 if small else 4)
 
 
 def test_the_command_line_reads_the_finetune_options_and_checks_head_names(quality):

@@ -35,6 +35,9 @@ def sweep(
     """Run, resume or join a hyperparameter sweep; write the ranked table of its trials.
 
     Run it again to resume (finished trials are kept); run it in several processes or (--storage) machines to share.
+    With `seeds: [0, 1, 2]` in the file, the trial chosen on validation is then trained with each seed (mean ± std on
+    val and test, in final.json); with `variants:`, variants of it too (e.g. a fine-tuning grid of
+    optim.encoder_lr with model.text_encoder.freeze=false), each chosen on validation.
     """
     import signal
 
@@ -49,6 +52,10 @@ def sweep(
         _echo("interrupted: the running trial was queued again; run the same command to resume")
         raise typer.Exit(code=130) from None
     _print_table(result.table, f"{spec.name}: ranked by val {result.metric}")
+    from mmfuse.sweep.final import summary_lines
+
+    for line in summary_lines(result.final):
+        typer.echo(line)
     state = "finished" if result.finished else "not finished (trials left or running elsewhere)"
     typer.echo(f"sweep {state}; table in {result.folder / 'trials.md'} and trials.csv")
 

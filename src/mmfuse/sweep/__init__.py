@@ -6,6 +6,7 @@ Typical use::
     sweep = load_sweep("examples/sweeps/mvsa_ten_experiments.yaml")
     result = run_sweep(sweep)                      # resumable; run it in several processes to share the work
     print(result.table)                            # ranked on validation; test metric of the selected trial only
+    result.final                                   # with `seeds` / `variants`: mean ± std over seeds, val and test
     folder = build_ensemble(result.folder, top_k=5)
     Ensemble.load(folder).predict_proba(examples)
 
@@ -23,6 +24,8 @@ _EXPORTS: dict[str, str] = {
     "build_ensemble": "mmfuse.sweep.ensemble",
     "greedy_selection": "mmfuse.sweep.ensemble",
     "load_predictor": "mmfuse.sweep.ensemble",
+    "read_final": "mmfuse.sweep.final",
+    "read_final_run": "mmfuse.sweep.final",
     "PruneOnEpoch": "mmfuse.sweep.runner",
     "SweepDir": "mmfuse.sweep.runner",
     "SweepResult": "mmfuse.sweep.runner",

@@ -12,10 +12,14 @@ The sweep folder::
         trials/trial-0007/       one run folder per trial (config, metrics.jsonl, checkpoints, val_predictions.npz)
         trials.csv, trials.md    the ranked table
         selected.json            the trial chosen on validation, and its test metrics
+        final.json, final/       the selected point with each of ``seeds``, and its ``variants`` (see
+                                 :mod:`mmfuse.sweep.final`)
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import logging
 import math
@@ -114,6 +118,8 @@ class SweepResult:
         selected: the trial chosen on validation, with its test metrics (``None`` before any trial completed).
         finished: no trial is left to run or running (the grid or budget is used up).
         ran: numbers of the trials this worker ran.
+        final: the seeds and variants of the selected point (``final.json``: each group's chosen point, mean and
+            std over seeds on val and test); ``None`` when the sweep has none, or before the search finished.
     """
 
     folder: Path
@@ -122,6 +128,7 @@ class SweepResult:
     selected: dict[str, Any] | None
     finished: bool
     ran: list[int]
+    final: dict[str, Any] | None = None
 
 
 class PruneOnEpoch:
@@ -143,10 +150,17 @@ class PruneOnEpoch:
 
 
 class SplitCache:
-    """Loaded splits by data config, so trials that share data read it once."""
+    """Loaded splits by data config, so trials that share data read it once.
 
-    def __init__(self) -> None:
+    Args:
+        limit: split name -> the number of its first examples that are kept (the sweep's ``limit``).
+        log: told how many examples each limit left out.
+    """
+
+    def __init__(self, limit: Mapping[str, int] | None = None, log: Callable[[str], None] | None = None) -> None:
         self._splits: dict[str, dict[str, Split]] = {}
+        self.limit = dict(limit or {})
+        self.log = log or logger.info
 
     def get(self, data: DataConfig) -> dict[str, Split]:
         key = data.model_dump_json()
@@ -156,6 +170,13 @@ class SplitCache:
                 raise SweepError(
                     "the sweep's data has no val split, which ranks the trials: set data.val, or data.split.val > 0"
                 )
+            for name, n in self.limit.items():
+                if name in splits and len(splits[name]) > n:
+                    self.log(f"limit: {name} split cut to its first {n} of {len(splits[name])} examples")
+                    kept, report = splits[name].examples[:n], copy.deepcopy(splits[name].report)
+                    report.count_examples(kept)
+                    report.notes.append(f"the sweep's limit kept the first {n} of {len(splits[name])} examples")
+                    splits[name] = dataclasses.replace(splits[name], examples=kept, report=report)
             self._splits[key] = splits
         return self._splits[key]
 
@@ -197,8 +218,10 @@ def run_sweep(
         finally:
             worker.write_table()
         selected = worker.test_selected()
+        finished = worker.finished(budget)
+        final = worker.run_final() if finished else None
         table = worker.write_table()
-    return SweepResult(worker.folder.path, table, worker.metric, selected, worker.finished(budget), worker.ran)
+    return SweepResult(worker.folder.path, table, worker.metric, selected, finished, worker.ran, final)
 
 
 class _Worker:
@@ -208,7 +231,7 @@ class _Worker:
         self.sweep, self.log = sweep, log
         self.folder = SweepDir(out if out is not None else sweep.spec.out_dir / sweep.name)
         self.folder.path.mkdir(parents=True, exist_ok=True)
-        self.splits = SplitCache()
+        self.splits = SplitCache(sweep.spec.limit, log)
         base_splits = self.splits.get(sweep.base.data)  # type: ignore[arg-type]
         classes = LabelMap.from_labels(e.label for e in base_splits["train"].examples).classes
         self.metric = selection_metric(sweep.metric_setting, len(classes))
@@ -470,10 +493,39 @@ class _Worker:
         self.study.set_user_attr(S_SELECTED, selected)
         return selected
 
+    def run_final(self) -> dict[str, Any] | None:
+        """Trains the selected point with the sweep's ``seeds`` and its ``variants`` (what is not done yet);
+        ``None`` when the sweep has neither, nothing was selected, or another worker is running them."""
+        from filelock import FileLock, Timeout
+
+        from mmfuse.sweep.final import FinalStage
+
+        if not (self.sweep.spec.seeds or self.sweep.variants):
+            return None
+        best = best_trial(self.study, self.metric)
+        selected = self.folder.read_selected()
+        if best is None or selected is None:
+            return None
+        lock = FileLock(str(self.folder.path / "final.lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            self.log("another worker is running the seeds and variants of the selected trial; run again to see them")
+            return None
+        try:
+            selected = {**selected, "result": best.user_attrs.get(A_RESULT) or {}}
+            return FinalStage(self.sweep, self.folder.path, self.metric, self.splits, selected, self.log).run()
+        finally:
+            lock.release()
+
     def write_table(self) -> pd.DataFrame:
+        from mmfuse.sweep.final import read_final, summary_lines
+
         selected = self.folder.read_selected()
         frame = trials_frame(self.study, self.metric, self.sweep.keys, selected)
-        write_tables(frame, self.folder.path, f"Sweep {self.sweep.name}", _summary_lines(frame, self.metric, selected))
+        final = read_final(self.folder.path) if self.sweep.spec.seeds or self.sweep.variants else None
+        lines = [*_summary_lines(frame, self.metric, selected), *summary_lines(final)]
+        write_tables(frame, self.folder.path, f"Sweep {self.sweep.name}", lines)
         return frame
 
 

@@ -19,10 +19,22 @@
     timeout: 3600                        # time budget in seconds (each worker starts no trial after it)
     pruner: {name: median, n_warmup_steps: 1}
     baselines: true                      # also train the unimodal baselines (text_only, image_only) for the table
+    seeds: [0, 1, 2]                     # then train the selected point with each seed: mean ± std on val and test
+    variants:                            # and variants of the selected point, each with the seeds
+      finetune:                          # a fine-tuning grid on top of the chosen head settings
+        overrides: {model.text_encoder.freeze: false, epochs: 3}
+        grid: {optim.encoder_lr: [2.0e-5, 5.0e-5]}   # the value whose seeds score best on validation is kept
+      label_smoothing: {overrides: {train.label_smoothing: 0.1}}
+    # limit: {train: 48, val: 24, test: 24}   # only the first examples of each split (a quick try)
 
 Keys are the same dotted keys as ``--set`` (:func:`mmfuse.config.resolve_key`: ``lr`` means ``optim.lr``). The file
 is validated once, here, like a config: every grid point and list entry is turned into a full config up front, and
 each searched value range is checked at both ends, so a typo fails before the first trial and not after an hour.
+Each variant is checked on top of every grid point or list entry (on the base config for a search).
+
+After the search, ``seeds`` and ``variants`` (:mod:`mmfuse.sweep.final`) train the point chosen on validation again:
+with each seed, so its numbers are a mean ± std and not one lucky run, and with each variant's overrides (a
+fine-tuning grid, an ablation), each chosen on validation too; only then is the test split evaluated.
 """
 
 from __future__ import annotations
@@ -187,6 +199,50 @@ class PrunerSpec(StrictSection):
         return {"name": data} if isinstance(data, str) else data
 
 
+class VariantSpec(StrictSection):
+    """A variant of the selected point (``variants:`` of the sweep file), trained after the search.
+
+    Attributes:
+        overrides: key -> value set on top of the selected point's overrides (``model.text_encoder.freeze: false``).
+        grid: key -> list of values; every combination is tried on top of ``overrides``, each with every seed, and
+            the one whose seeds score best on validation (mean; ties: mean accuracy, then the first) is the
+            variant's result. Default: the one point ``overrides``.
+        seeds: ``train.seed`` of the runs of each point; default: the sweep's ``seeds``, else the selected trial's
+            seed.
+    """
+
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    grid: dict[str, list[Any]] | None = None
+    seeds: list[int] | None = None
+
+    @field_validator("grid", mode="before")
+    @classmethod
+    def _grid_lists(cls, v: Any) -> Any:
+        return _check_grid_lists(v)
+
+    @field_validator("seeds")
+    @classmethod
+    def _seed_list(cls, v: list[int] | None) -> list[int] | None:
+        return _check_seeds(v)
+
+
+def _check_grid_lists(v: Any) -> Any:
+    if isinstance(v, Mapping):
+        for key, values in v.items():
+            if not isinstance(values, list) or not values:
+                raise ValueError(
+                    f"grid.{key} must be a non-empty list of values, got {values!r}; write e.g. [{values!r}] "
+                    "for a single value"
+                )
+    return v
+
+
+def _check_seeds(v: list[int] | None) -> list[int] | None:
+    if v is not None and (not v or len(set(v)) != len(v)):
+        raise ValueError(f"seeds must be a non-empty list of distinct integers, e.g. [0, 1, 2], got {v!r}")
+    return v
+
+
 class SweepSpec(StrictSection):
     """The sweep file, as written (see the module docstring).
 
@@ -208,6 +264,13 @@ class SweepSpec(StrictSection):
             in the table beside the trials, for comparison, but never selected, tested or ensembled, and do not
             count against ``n_trials``. A baseline is left out when the base config is already that head or has no
             encoder for its modality.
+        seeds: after the search, the selected point is trained with each of these ``train.seed`` values (a run
+            whose config equals the selected trial's is that trial, not trained again); validation and test
+            metrics are reported as mean ± sample std over the seeds (``final.json``). Default: no such runs.
+        variants: name -> :class:`VariantSpec`: variants of the selected point trained after the search (with the
+            sweep's ``seeds`` unless the variant names its own), each reported like the selected point.
+        limit: split name (``train``, ``val``, ``test``) -> number of examples: only the first ones of that split are
+            used (a quick try of a sweep; the splits' other examples are left out and the count is logged).
     """
 
     name: str | None = None
@@ -222,6 +285,33 @@ class SweepSpec(StrictSection):
     pruner: PrunerSpec | None = None
     out_dir: Path = Path("runs/sweeps")
     baselines: bool = True
+    seeds: list[int] | None = None
+    variants: dict[str, VariantSpec] = Field(default_factory=dict)
+    limit: dict[Literal["train", "val", "test"], int] | None = None
+
+    @field_validator("seeds")
+    @classmethod
+    def _seed_list(cls, v: list[int] | None) -> list[int] | None:
+        return _check_seeds(v)
+
+    @field_validator("variants")
+    @classmethod
+    def _variant_names(cls, v: dict[str, VariantSpec]) -> dict[str, VariantSpec]:
+        for name in v:
+            if name == "selected" or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+                raise ValueError(
+                    f"variant name {name!r} must be letters, digits, '.', '_' or '-' (it names a folder) and not "
+                    "'selected'"
+                )
+        return v
+
+    @field_validator("limit")
+    @classmethod
+    def _positive_limit(cls, v: dict[str, int] | None) -> dict[str, int] | None:
+        for split, n in (v or {}).items():
+            if n < 1:
+                raise ValueError(f"limit.{split} must be at least 1, got {n!r}")
+        return v
 
     @field_validator("name")
     @classmethod
@@ -233,14 +323,7 @@ class SweepSpec(StrictSection):
     @field_validator("grid", mode="before")
     @classmethod
     def _grid_lists(cls, v: Any) -> Any:
-        if isinstance(v, Mapping):
-            for key, values in v.items():
-                if not isinstance(values, list) or not values:
-                    raise ValueError(
-                        f"grid.{key} must be a non-empty list of values, got {values!r}; write e.g. [{values!r}] "
-                        "for a single value"
-                    )
-        return v
+        return _check_grid_lists(v)
 
     @model_validator(mode="after")
     def _one_mode(self) -> SweepSpec:
@@ -274,6 +357,8 @@ class Sweep:
         keys: every override key a trial may set, in the order of the file (table columns, Optuna parameters).
         source: the sweep file (``None`` when built from a mapping).
         baselines: unimodal head name -> the overrides of its baseline trial (empty with ``baselines: false``).
+        variants: variant name -> the override mappings of its points, each on top of the selected point's
+            (``overrides`` and one grid combination), in order.
     """
 
     spec: SweepSpec
@@ -283,10 +368,19 @@ class Sweep:
     keys: list[str] = field(default_factory=list)
     source: Path | None = None
     baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
+    variants: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def mode(self) -> str:
         return self.spec.mode
+
+    def seeds_of(self, variant: str | None = None) -> list[int]:
+        """The seeds of the selected point's runs (``variant=None``) or of a variant's; empty: no such runs."""
+        if variant is not None and self.spec.variants[variant].seeds is not None:
+            return list(self.spec.variants[variant].seeds or [])
+        if self.spec.seeds is not None:
+            return list(self.spec.seeds)
+        return []  # the selected point: no runs; a variant: one run with the selected trial's seed
 
     @property
     def metric_setting(self) -> str:
@@ -320,6 +414,8 @@ class Sweep:
             payload["search"] = self.spec.search.model_dump(mode="json")
         if self.baselines:
             payload["baselines"] = self.baselines
+        if self.spec.limit:  # the trials see fewer examples: another study
+            payload["limit"] = self.spec.limit
         text = json.dumps(payload, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -334,6 +430,7 @@ class Sweep:
             "points": self.points,
             "keys": self.keys,
             "baselines": self.baselines,
+            "variants": self.variants,
             "fingerprint": self.fingerprint(),
         }
 
@@ -388,7 +485,42 @@ def sweep_from_dict(data: Mapping[str, Any], *, base_dir: Path | None = None, so
         _check_search(sweep, where)
     if spec.baselines:
         sweep.baselines = _baselines(sweep)
+    sweep.variants = _variants(sweep, where)
     return sweep
+
+
+def _variants(sweep: Sweep, where: str) -> dict[str, list[dict[str, Any]]]:
+    """Each variant's points, checked on top of every point of the sweep (the base config for a search)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for name, variant in sweep.spec.variants.items():
+        label = f"variants.{name}"
+        grid = variant.grid or {}
+        keys = _keys([*variant.overrides, *grid], label)
+        for key in keys:
+            if resolve_key(key) == ("train", "seed"):
+                raise SweepError(f"{label}: key {key!r} cannot be set in a variant; list the seeds in `seeds`")
+        size = len(sweep.points or [{}])
+        for values in grid.values():
+            size *= len(values)
+        if size > MAX_POINTS:
+            raise SweepError(f"{label}: {size} combinations with the sweep's points (more than {MAX_POINTS})")
+        points = [
+            {**variant.overrides, **dict(zip(grid, combo, strict=True))} for combo in itertools.product(*grid.values())
+        ]
+        errors = []
+        for point in sweep.points or [{}]:
+            for i, extra in enumerate(points):
+                try:
+                    sweep.trial_config({**point, **extra})
+                except ConfigError as e:
+                    shown = ", ".join(f"{k}={v!r}" for k, v in {**point, **extra}.items())
+                    errors.append(f"{label} point {i} ({shown}): " + str(e).replace("\n", "\n    "))
+        if errors:
+            more = f"\n  ... and {len(errors) - 5} more" if len(errors) > 5 else ""
+            raise SweepError(f"invalid sweep{where}: {len(errors)} variant runs would not run:\n  "
+                             + "\n  ".join(errors[:5]) + more)  # fmt: skip
+        out[name] = points
+    return out
 
 
 def _baselines(sweep: Sweep) -> dict[str, dict[str, Any]]:
