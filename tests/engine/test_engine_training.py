@@ -17,9 +17,9 @@ import mmfuse.encoders
 from mmfuse.engine import trainer as trainer_module
 from mmfuse.engine.checkpoint import CheckpointError
 from mmfuse.engine.classifier import MultimodalClassifier
-from mmfuse.engine.features import FeatureStore
 from mmfuse.engine.run_dir import RunDir
 from mmfuse.engine.trainer import NonFiniteLossError, Trainer
+from mmfuse.features import FeatureStore
 
 # timing fields differ between identical runs; everything else in a metrics record must not
 _TIMING = ("seconds", "examples_per_s")

@@ -51,7 +51,7 @@ def stored_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _encoders(model: nn.Module) -> list[tuple[str, Any]]:
-    from mmfuse.engine.build import encoders_of
+    from mmfuse.features import encoders_of
 
     return list(encoders_of(model).values())
 

@@ -23,20 +23,20 @@ import numpy as np
 import torch
 from torch import nn
 
+from mmfuse.cache import source_for
 from mmfuse.config import TrainConfig, config_from, load_config, validate_config
 from mmfuse.data.labels import LabelMap
 from mmfuse.data.loading import Split, load_splits
 from mmfuse.engine import checkpoint as ckpt
-from mmfuse.engine.batches import InputMaker, compute_tables, make_loader
-from mmfuse.engine.build import build_model, plan_features, set_train_mode
+from mmfuse.engine.build import build_model, set_train_mode
 from mmfuse.engine.data_io import ExamplesLike, Inputs, inputs_of, predictions_frame
-from mmfuse.engine.features import FeatureSource, source_for
 from mmfuse.engine.inference import Outputs, run_model
 from mmfuse.engine.metrics import baseline_metrics, classification_metrics, evaluation_scalars, predict_labels
 from mmfuse.engine.missing_images import MissingImages, allowed_share, check_images, missing_images
 from mmfuse.engine.progress import is_main_process
 from mmfuse.engine.run_dir import Reporter, RunDir
 from mmfuse.engine.trainer import EpochCallback, Trainer
+from mmfuse.features import FeatureSource, InputMaker, compute_tables, make_loader, plan_features
 
 
 class NotFittedError(ValueError):
