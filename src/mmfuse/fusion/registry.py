@@ -44,7 +44,7 @@ def check_head_params(name: str, params: Mapping[str, Any]) -> None:
     if unknown:
         listed = ", ".join(f"{k}={v!r}" for k, v in allowed.items()) or "(none)"
         raise ValueError(
-            f"unknown hyperparameter(s) {', '.join(map(repr, unknown))} in params of fusion head {name!r}; "
+            f"unknown hyperparameter(s) {', '.join(map(repr, unknown))} in params of head {name!r}; "
             f"allowed (defaults): {listed}"
         )
     for key, value in params.items():
