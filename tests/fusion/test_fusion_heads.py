@@ -238,6 +238,25 @@ def test_unknown_param_lists_the_allowed_ones(name: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"normalize": 3}, r"params\.normalize of head 'concat' must be true or false \(default True\), got 3"),
+        ({"hidden": "wide"}, r"params\.hidden of head 'concat' must be a number \(default 256\), got 'wide'"),
+        ({"dropout": True}, r"params\.dropout of head 'concat' must be a number \(default 0\.1\), got True"),
+    ],
+)
+def test_param_of_the_wrong_kind_is_refused_as_a_config_refuses_it(params: dict, message: str) -> None:
+    """build_head and a config's ``model.head`` run the one check (``check_head_params``): same rule, same words."""
+    from mmfuse.config import ConfigError, config_from
+
+    text, image = fresh_encoders(TINY_ENCODER_KINDS[0])
+    with pytest.raises(ValueError, match=message):
+        build_head("concat", text_encoder=text, image_encoder=image, num_classes=2, **params)
+    with pytest.raises(ConfigError, match=message):
+        config_from(head="concat", **{f"head.params.{k}": v for k, v in params.items()})
+
+
+@pytest.mark.parametrize(
     ("name", "params", "message"),
     [
         ("concat", {"dropout": 1.5}, "dropout must be in"),

@@ -9,7 +9,7 @@ import optuna
 from optuna.distributions import CategoricalDistribution
 from rich.console import Console
 
-from mmfuse.config import _paths
+from mmfuse.config.overrides import _paths
 from mmfuse.engine.tables import frame_table
 from mmfuse.sweep.study import A_OVERRIDES, A_RESULT, A_RUN_DIR
 from mmfuse.sweep.table import to_markdown, trials_frame

@@ -1,8 +1,15 @@
-"""The fusion-head registry and :func:`build_head`, the one way the engine, CLI and server build a head."""
+"""The fusion-head registry and :func:`build_head`, the one way the engine, CLI and server build a head.
+
+A head's hyperparameters are the keyword arguments of its ``__init__`` (:func:`head_params`);
+:func:`check_head_params` is the one check of a given set of them, run by :func:`build_head` and by the config's
+``model.head`` section when a config is loaded (:mod:`mmfuse.config.schema`), so a bad one fails before any encoder is
+built and reads the same either way.
+"""
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
@@ -20,6 +27,35 @@ def head_params(name: str) -> dict[str, Any]:
     """Hyperparameters of head ``name`` with their defaults, e.g. ``{"hidden": 256, "dropout": 0.1, ...}``."""
     sig = inspect.signature(FUSION_HEADS.get(name).__init__)
     return {p.name: p.default for p in sig.parameters.values() if p.name not in _BUILD_ARGS}
+
+
+def check_head_params(name: str, params: Mapping[str, Any]) -> None:
+    """Refuses hyperparameters head ``name`` does not take, and values of the wrong kind: true/false where the
+    default is a bool, a number where it is a number. Ranges (``dropout`` in [0, 1), ``num_heads`` dividing ``dim``)
+    are each head's own ``__init__``'s to check.
+
+    Raises:
+        UnknownNameError: ``name`` is not registered (the message lists the known heads).
+        ValueError: an unknown hyperparameter (the message lists the allowed ones with their defaults) or a value of
+            the wrong kind (the message names the key and its default).
+    """
+    allowed = head_params(name)
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        listed = ", ".join(f"{k}={v!r}" for k, v in allowed.items()) or "(none)"
+        raise ValueError(
+            f"unknown hyperparameter(s) {', '.join(map(repr, unknown))} in params of head {name!r}; "
+            f"allowed (defaults): {listed}"
+        )
+    for key, value in params.items():
+        default = allowed[key]
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise ValueError(
+                f"params.{key} of head {name!r} must be true or false (default {default!r}), got {value!r}"
+            )
+        number = isinstance(default, (int, float)) and not isinstance(default, bool)
+        if number and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(f"params.{key} of head {name!r} must be a number (default {default!r}), got {value!r}")
 
 
 def build_head(
@@ -41,19 +77,16 @@ def build_head(
         text_encoder: built text encoder, or ``None`` for a head that reads no text.
         image_encoder: built image encoder, or ``None`` for a head that reads no image.
         num_classes: number of logits ``C``.
-        **params: the head's hyperparameters (see :func:`head_params`); unknown ones raise.
+        **params: the head's hyperparameters (see :func:`head_params`); unknown ones and values of the wrong kind
+            raise (:func:`check_head_params`).
 
     Raises:
         UnknownNameError: ``name`` is not registered (a ``ValueError``; the message lists the known heads).
-        ValueError: an unknown hyperparameter (the message lists the allowed ones), a bad value, or a missing
-            encoder for a modality the head reads.
+        ValueError: an unknown hyperparameter (the message lists the allowed ones), a value of the wrong kind or
+            out of range, or a missing encoder for a modality the head reads.
     """
     cls = FUSION_HEADS.get(name)
-    allowed = head_params(name)
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        listed = ", ".join(f"{k}={v!r}" for k, v in allowed.items()) or "(none)"
-        raise ValueError(f"unknown hyperparameter(s) {unknown} for fusion head {name!r}; allowed (defaults): {listed}")
+    check_head_params(name, params)
     if cls.uses_text is None:
         text_encoder = None
     if cls.uses_image is None:
