@@ -6,10 +6,22 @@ discovered by scanning folders. Unknown or duplicate names raise with the list o
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import difflib
+from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+
+
+def did_you_mean(word: str, choices: Iterable[str], *, n: int = 3, of: bool = False) -> str:
+    """``"; did you mean 'x'?"`` (or ``'x' or 'y'``) naming the choices closest to ``word``, or ``""`` when none is
+    close (:func:`difflib.get_close_matches` at its default cutoff). ``of``: say which word it is about
+    (``"; did you mean 'x' for 'w'?"``), for messages naming several."""
+    close = difflib.get_close_matches(str(word), list(dict.fromkeys(choices)), n=n)
+    if not close:
+        return ""
+    about = f" for {word!r}" if of else ""
+    return f"; did you mean {' or '.join(map(repr, close))}{about}?"
 
 
 class UnknownNameError(ValueError):
@@ -44,7 +56,8 @@ class Registry(Generic[T]):
             return self._entries[name]
         except KeyError:
             known = ", ".join(sorted(self._entries)) or "(none)"
-            raise UnknownNameError(f"unknown {self.kind} {name!r}; known: {known}") from None
+            hint = did_you_mean(name, self._entries)
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; known: {known}{hint}") from None
 
     def names(self) -> list[str]:
         return sorted(self._entries)

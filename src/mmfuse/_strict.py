@@ -8,6 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from mmfuse._registry import did_you_mean
+
 
 class StrictSection(BaseModel):
     """A pydantic model that refuses unknown keys with a message listing the allowed ones."""
@@ -21,5 +23,6 @@ class StrictSection(BaseModel):
             unknown = sorted(str(k) for k in data if k not in cls.model_fields)
             if unknown:
                 allowed = ", ".join(cls.model_fields)
-                raise ValueError(f"unknown key(s) {', '.join(map(repr, unknown))}; allowed keys: {allowed}")
+                hints = "".join(did_you_mean(k, cls.model_fields, n=1, of=len(unknown) > 1) for k in unknown)
+                raise ValueError(f"unknown key(s) {', '.join(map(repr, unknown))}; allowed keys: {allowed}{hints}")
         return data

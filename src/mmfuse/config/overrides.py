@@ -7,11 +7,14 @@ schema's validation (:mod:`mmfuse.config.schema`), which holds every rule.
 Override keys are dotted paths (``optim.lr=1e-4``, ``model.head.name=cross_attention``,
 ``model.head.params.hidden=0``). A shorter key is accepted when it names exactly one setting: ``head.name`` means
 ``model.head.name`` and ``lr`` means ``optim.lr``; an ambiguous one (``seed``: ``train.seed`` or
-``data.split.seed``?) is refused with the candidates. Values are parsed as YAML scalars or lists (``[1, 2]``).
+``data.split.seed``?) is refused with the candidates, and an unknown one with the settings it probably meant
+(``epoch`` -> ``train.epochs``, :func:`suggest_keys`), as is a key of a YAML file or keyword shortcut that stands in
+the wrong section (``train: {lr: ...}`` -> ``optim.lr``). Values are parsed as YAML scalars or lists (``[1, 2]``).
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 import types
 import typing
@@ -102,7 +105,7 @@ def load_config(
             parsed = str(Path(parsed).expanduser().absolute())  # typed on the command line: relative to the cwd
         set_path(data, parts, parsed)
     base_dir = Path(path).resolve().parent if path is not None else None
-    return validate_config(data, base_dir=base_dir, source=str(path) if path is not None else None)
+    return _validate(data, base_dir=base_dir, source=str(path) if path is not None else None)
 
 
 def config_from(config: TrainConfig | Mapping[str, Any] | None = None, **shortcuts: Any) -> TrainConfig:
@@ -127,7 +130,19 @@ def config_from(config: TrainConfig | Mapping[str, Any] | None = None, **shortcu
         if isinstance(value, str) and _kind(parts) == "section" and "name" in _fields_at(parts):
             parts = (*parts, "name")
         set_path(data, parts, value)
-    return validate_config(data)
+    return _validate(data)
+
+
+def _validate(data: dict[str, Any], *, base_dir: Path | None = None, source: str | None = None) -> TrainConfig:
+    """:func:`validate_config`, whose error also says where a misplaced key belongs (``train.lr``: did you mean
+    ``optim.lr``?)."""
+    try:
+        return validate_config(data, base_dir=base_dir, source=source)
+    except ConfigError as e:
+        hints = _misplaced_key_hints(data)
+        if not hints:
+            raise
+        raise ConfigError("\n".join([str(e), *hints])) from None
 
 
 # --------------------------------------------------------------------------------------------------- key paths
@@ -199,10 +214,76 @@ def resolve_key(key: str) -> tuple[str, ...]:
         listed = ", ".join(sorted(".".join(m) for m in matches))
         raise ConfigError(f"override key {key!r} is ambiguous; write the full path: one of {listed}")
     sections = ", ".join(TrainConfig.model_fields)
+    close = suggest_keys(key)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
     raise ConfigError(
         f"unknown override key {key!r}; a key is a dotted path starting with one of the sections {sections} "
-        f"(e.g. optim.lr, model.head.name), or the unambiguous end of one"
+        f"(e.g. optim.lr, model.head.name), or the unambiguous end of one{hint}"
     )
+
+
+def _free_key_paths() -> list[tuple[str, ...]]:
+    """Key paths under the free mappings: every fusion head's hyperparameters (``model.head.params.dropout``) and
+    every registered encoder's options (``model.text_encoder.options.pooling``)."""
+    from mmfuse.encoders.registry import IMAGE_ENCODERS, TEXT_ENCODERS, encoder_options
+    from mmfuse.fusion import FUSION_HEADS, head_params
+
+    out = [("model", "head", "params", p) for head in FUSION_HEADS for p in head_params(head)]
+    for section, registry in (("text_encoder", TEXT_ENCODERS), ("image_encoder", IMAGE_ENCODERS)):
+        for name in registry:
+            spec = registry.get(name)
+            options = [*encoder_options(spec.cls), *spec.defaults]
+            out += [("model", section, "options", o) for o in options if o not in spec.fixed]
+    return list(dict.fromkeys(out))
+
+
+def suggest_keys(key: str, *, limit: int = 3) -> list[str]:
+    """Full key paths that an unknown key probably meant, best first: ``epoch`` -> ``train.epochs``, ``dropout`` ->
+    ``model.head.params.dropout``, ``trainer.epochs`` -> ``train.epochs``; ``[]`` when nothing is close.
+
+    Every settable path counts, head hyperparameters and encoder options included. Paths whose last name is the
+    key's last name come first, then those whose last name contains it as a word (``train.image_dropout``); only
+    when there are none, paths whose end is spelled like the key (:func:`difflib.get_close_matches`)."""
+    parts = tuple(p for p in key.split(".") if p)
+    if not parts:
+        return []
+    by_suffix: dict[str, list[str]] = {}
+    for path in [*_paths(), *_free_key_paths()]:
+        if len(path) >= len(parts):
+            by_suffix.setdefault(".".join(path[-len(parts) :]), []).append(".".join(path))
+    wanted, leaf = ".".join(parts), parts[-1]
+
+    def similarity(suffix: str) -> float:
+        return difflib.SequenceMatcher(None, wanted, suffix).ratio()
+
+    named = [s for s in by_suffix if s.rsplit(".", 1)[-1] == leaf]
+    named += [s for s in by_suffix if s not in named and leaf in s.rsplit(".", 1)[-1].split("_")]
+    close = sorted(named, key=lambda s: (s.rsplit(".", 1)[-1] != leaf, -similarity(s)))
+    if not close:
+        close = difflib.get_close_matches(wanted, list(by_suffix), n=limit)
+    return list(dict.fromkeys(p for suffix in close for p in by_suffix[suffix]))[:limit]
+
+
+def _misplaced_key_hints(data: Mapping[str, Any]) -> list[str]:
+    """One line per key of ``data`` (a config mapping) that is not a setting where it stands and has no close name
+    there either (the section's own error suggests those), naming where a key like it lives: ``train.lr`` ->
+    ``optim.lr``, top-level ``epochs`` -> ``train.epochs``, ``model.head.dropout`` -> ``model.head.params.dropout``."""
+    hints = []
+
+    def walk(node: Mapping[str, Any], prefix: tuple[str, ...]) -> None:
+        fields = _fields_at(prefix)
+        for key, value in node.items():
+            path = (*prefix, str(key))
+            kind = _kind(path)
+            if kind == "section" and isinstance(value, Mapping):
+                walk(value, path)
+            elif kind is None and not difflib.get_close_matches(str(key), fields, n=1):
+                close = [c for c in suggest_keys(str(key)) if tuple(c.split(".")) != path]
+                if close:
+                    hints.append(f"  {'.'.join(path)} is not a setting; did you mean {' or '.join(close)}?")
+
+    walk(data, ())
+    return hints
 
 
 _MISSING = object()

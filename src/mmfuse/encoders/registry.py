@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import inspect
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from mmfuse._registry import Registry, UnknownNameError
+from mmfuse._registry import Registry, UnknownNameError, did_you_mean
 from mmfuse.encoders._common import is_local, load_pretrained
 from mmfuse.encoders.base import ImageEncoder, TextEncoder
 from mmfuse.encoders.clip import CLIP_MODEL_TYPES, CLIPVisionEncoder
@@ -166,7 +167,7 @@ def _resolve(
             )
         raise UnknownNameError(
             f"unknown {kind} encoder {name!r}; known: {', '.join(registry.names())}; or pass a local folder made "
-            f"with save_pretrained, or a Hugging Face hub id like 'org/name'"
+            f"with save_pretrained, or a Hugging Face hub id like 'org/name'{did_you_mean(name, registry.names())}"
         )
     from transformers import AutoConfig
 
@@ -183,14 +184,45 @@ def _resolve(
     return by_type[model_type], name, {}, {}
 
 
-def _build(name: str, kind: str, registry: Registry[EncoderSpec], by_type: dict[str, type], options: dict) -> Any:
-    cls, source, defaults, fixed = _resolve(name, kind, registry, by_type)
+def _checked_options(cls: type, name: str, kind: str, defaults: dict, fixed: dict, options: Mapping[str, Any]) -> dict:
+    """The options ``cls`` is built with (its defaults, then the name's, then ``options``); an option it does not take
+    raises, listing the allowed ones."""
     allowed = {k: v for k, v in encoder_options(cls).items() if k not in fixed}
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         listed = ", ".join(f"{k}={v!r}" for k, v in {**allowed, **defaults}.items()) or "(none)"
-        raise ValueError(f"unknown option(s) {unknown} for {kind} encoder {name!r}; allowed (defaults): {listed}")
+        hint = "".join(did_you_mean(k, allowed, n=1, of=len(unknown) > 1) for k in unknown)
+        raise ValueError(f"unknown option(s) {unknown} for {kind} encoder {name!r}; allowed (defaults): {listed}{hint}")
+    return {**allowed, **defaults, **options}
+
+
+def _build(name: str, kind: str, registry: Registry[EncoderSpec], by_type: dict[str, type], options: dict) -> Any:
+    cls, source, defaults, fixed = _resolve(name, kind, registry, by_type)
+    _checked_options(cls, name, kind, defaults, fixed, options)
     return cls(source, name=name, **fixed, **{**defaults, **options})
+
+
+def encoder_option_values(
+    name: str, kind: Literal["text", "image"], options: Mapping[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """Every option encoder ``name`` would be built with, given ``options``: the class's defaults, then the registered
+    name's own (``pooling="mean"`` for MiniLM), then ``options``. Nothing is downloaded or loaded: ``None`` for a hub
+    id, whose class is known once its config is fetched.
+
+    Raises:
+        UnknownNameError: an unknown short name (the message lists the known ones and the closest).
+        FileNotFoundError: a path that does not exist.
+        ValueError: an option the encoder does not take (the message lists the allowed ones).
+    """
+    registry, by_type = (TEXT_ENCODERS, _TEXT_MODEL_TYPES) if kind == "text" else (IMAGE_ENCODERS, _IMAGE_MODEL_TYPES)
+    if name in registry:
+        spec = registry.get(name)
+        cls, defaults, fixed = spec.cls, dict(spec.defaults), dict(spec.fixed)
+    elif isinstance(name, str) and not is_local(name) and _HUB_ID.match(name):
+        return None
+    else:
+        cls, _, defaults, fixed = _resolve(name, kind, registry, by_type)  # a local folder: reads its config.json
+    return _checked_options(cls, name, kind, defaults, fixed, options or {})
 
 
 def build_text_encoder(name: str, **options: Any) -> TextEncoder:

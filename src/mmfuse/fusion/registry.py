@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from mmfuse._registry import Registry
+from mmfuse._registry import Registry, did_you_mean
 from mmfuse.encoders.base import ImageEncoder, TextEncoder
 
 FUSION_HEADS: Registry[type[nn.Module]] = Registry("fusion head")
@@ -43,9 +43,10 @@ def check_head_params(name: str, params: Mapping[str, Any]) -> None:
     unknown = sorted(set(params) - set(allowed))
     if unknown:
         listed = ", ".join(f"{k}={v!r}" for k, v in allowed.items()) or "(none)"
+        hint = "".join(did_you_mean(k, allowed, n=1, of=len(unknown) > 1) for k in unknown)
         raise ValueError(
             f"unknown hyperparameter(s) {', '.join(map(repr, unknown))} in params of head {name!r}; "
-            f"allowed (defaults): {listed}"
+            f"allowed (defaults): {listed}{hint}"
         )
     for key, value in params.items():
         default = allowed[key]
