@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 import mmfuse
 from mmfuse.cli import app
 from mmfuse.config import TrainConfig, load_config
-from mmfuse.encoders import TEXT_ENCODERS, encoder_options
+from mmfuse.encoders import TEXT_ENCODERS, build_text_encoder, encoder_options
 from mmfuse.fusion import head_params
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "configs"
@@ -100,6 +100,18 @@ def test_show_defaults_marks_what_differs(cfg_file: Path) -> None:
     assert "epochs: 2  # default: 10" in lines
     assert "batch_size: 32" in lines and "dropout: 0.1" in lines  # defaults stay unmarked
     assert yaml.safe_load(result.stdout) == shown(cfg_file, "-s", "train.epochs=2")  # comments only
+
+
+def test_show_defaults_of_a_null_encoder_and_a_local_folder() -> None:
+    from _tiny import tiny_bert_dir
+
+    result = invoke("config", "show", "--defaults", "-s", "model.image_encoder=null", "-s", "head.name=text_only")
+    assert result.exit_code == 0, result.output
+    line = next(li for li in result.stdout.splitlines() if li.strip().startswith("image_encoder:"))
+    assert line.strip().startswith("image_encoder: null  # default: {name: efficientnet-lite0")
+    assert "options: {image_size: 224, resize: stretch}" in line  # the default encoder's own option defaults
+    folder = shown("-s", f"text_encoder={tiny_bert_dir()}")["model"]["text_encoder"]
+    assert folder["options"] == encoder_options(type(build_text_encoder(str(tiny_bert_dir()))))
 
 
 @pytest.mark.parametrize(

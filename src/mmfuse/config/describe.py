@@ -65,8 +65,9 @@ def default_values(config: TrainConfig) -> dict[str, Any]:
     for kind in ("text", "image"):
         chosen = getattr(config.model, f"{kind}_encoder")
         default = out["model"][f"{kind}_encoder"]
-        if chosen is not None and default is not None:  # the chosen encoder's options' defaults
-            default["options"] = _jsonable(_option_values(chosen.name, kind, {}) or {})
+        if default is not None:  # the chosen encoder's options' defaults (the default encoder's when it is null)
+            name = default["name"] if chosen is None else chosen.name
+            default["options"] = _jsonable(_option_values(name, kind, {}) or {})
     return out
 
 
