@@ -222,6 +222,8 @@ def test_schema_to_a_file(tmp_path: Path, schema: dict[str, Any]) -> None:
     result = invoke("config", "schema", "-o", out)
     assert result.exit_code == 0 and str(out) in result.stderr
     assert json.loads(out.read_text(encoding="utf-8")) == schema
+    result = invoke("config", "schema", "-o", tmp_path)  # a folder
+    assert result.exit_code == 2 and result.stderr.startswith(f"error: cannot write the schema to {str(tmp_path)!r}")
 
 
 # ---------------------------------------------------------------------------------------------------- version

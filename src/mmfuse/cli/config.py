@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from mmfuse.cli._errors import guard
+from mmfuse.cli._errors import fail, guard
 
 app = typer.Typer(help="Show the resolved config with every default, or its JSON Schema.", no_args_is_help=True)
 
@@ -51,6 +51,9 @@ def schema(
     if out is None:
         typer.echo(text, nl=False)
         return
-    guard(lambda: out.parent.mkdir(parents=True, exist_ok=True))
-    out.write_text(text, encoding="utf-8")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
+    except OSError as e:
+        fail(f"cannot write the schema to {str(out)!r} ({e.strerror or e}); pass -o a file path you can write")
     typer.echo(f"wrote the config's JSON Schema to {out}", err=True)
