@@ -18,8 +18,10 @@ from pydantic import BaseModel
 
 from mmfuse.config.schema import EncoderConfig, HeadConfig, TrainConfig
 
-# The JSON Schema dialect pydantic writes (``$defs``, ``anyOf``, ``const``)
-SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+# Declared as draft-07, the newest draft the YAML language server (VS Code's YAML extension) supports: pydantic's
+# schema uses nothing newer (``$defs`` is reached by a JSON pointer in ``$ref``, which draft-07 resolves as well),
+# and the head rules below use draft-07's ``if``/``then``.
+SCHEMA_DIALECT = "http://json-schema.org/draft-07/schema#"
 
 
 def resolved_config(config: TrainConfig) -> tuple[dict[str, Any], list[str]]:
