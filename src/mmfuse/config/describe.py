@@ -39,7 +39,7 @@ def resolved_config(config: TrainConfig) -> tuple[dict[str, Any], list[str]]:
     data = config.to_dict()
     notes: list[str] = []
     head = data["model"]["head"]
-    head["params"] = {**head_params(config.model.head.name), **head["params"]}
+    head["params"] = _jsonable({**head_params(config.model.head.name), **head["params"]})
     for kind in ("text", "image"):
         encoder = data["model"][f"{kind}_encoder"]
         if encoder is not None:
@@ -63,7 +63,7 @@ def default_values(config: TrainConfig) -> dict[str, Any]:
     out = TrainConfig().to_dict()
     if config.data is not None:
         out["data"] = _field_defaults(DataConfig)
-    out["model"]["head"]["params"] = head_params(config.model.head.name)
+    out["model"]["head"]["params"] = _jsonable(head_params(config.model.head.name))
     for kind in ("text", "image"):
         chosen = getattr(config.model, f"{kind}_encoder")
         default = out["model"][f"{kind}_encoder"]
