@@ -6,7 +6,10 @@ schema: every wrong key or value is a :class:`ConfigError` that names the key pa
 and the allowed values or keys.
 
 - :mod:`mmfuse.config.schema`: the sections (pydantic models) and every rule a config must satisfy.
-- :mod:`mmfuse.config.overrides`: YAML reading, ``key=value`` overrides, keyword shortcuts and (short) key paths.
+- :mod:`mmfuse.config.overrides`: YAML reading, ``key=value`` overrides, keyword shortcuts and (short) key paths,
+  and the "did you mean" of an unknown key.
+- :mod:`mmfuse.config.describe`: the resolved config with every default filled in, and its JSON Schema
+  (``mmfuse config show`` / ``mmfuse config schema``).
 """
 
 from mmfuse.config.overrides import config_from, load_config, parse_value, read_yaml, resolve_key, set_path
