@@ -4,7 +4,7 @@
 
     from mmfuse.export import export_run, OnnxPredictor
     result = export_run("runs/cross_attention-20250101-120000")     # -> runs/.../export/model.onnx, checked,
-                                                                      #    and its preprocessing: export/model.preprocessing/
+                                                                      #  + export/model.preprocessing/
     predictor = OnnxPredictor(result.path)                            # what `mmfuse serve --onnx` runs
 
 or ``mmfuse export RUN --format onnx``. Needs ``onnx``, ``onnxruntime`` and ``onnxscript`` (the ``serve`` extra).
