@@ -64,32 +64,10 @@ class OnnxPredictor(Predictor):
         reads_text = any(n in TEXT_INPUTS for n in names)
         reads_image = "pixel_values" in names
         config = self.metadata.get("config")
-        wanted = [m for m, need in (("text", reads_text and text_encoder is None),
-                                    ("image", reads_image and image_encoder is None)) if need]  # fmt: skip
-        self.preprocessing = "given"
-        problem = preprocessing_problem(self.path, self.metadata, wanted) if wanted else None
-        if wanted and problem is None:
-            loaded = _load_preprocessing(self.path.with_name(self.metadata["preprocessing"]["folder"]), wanted)
-            text_encoder = text_encoder or loaded.get("text")
-            image_encoder = image_encoder or loaded.get("image")
-            self.preprocessing = str(self.path.with_name(self.metadata["preprocessing"]["folder"]))
-        elif wanted:
-            if config is None:
-                raise ValueError(
-                    f"{str(self.path)!r} carries neither its preprocessing files ({problem}) nor a model config to "
-                    "rebuild its tokenizer and image preprocessing from; pass text_encoder= / image_encoder=, or "
-                    "export it again with `mmfuse export RUN --format onnx`"
-                )
-            log.warning(
-                "%s: %s; rebuilding the %s encoder(s) from the config stored in the file instead, which loads their "
-                "full PyTorch weights only to tokenize and preprocess images. Export again with `mmfuse export RUN "
-                "--format onnx` to ship the tokenizer and image-processor files beside the .onnx file",
-                self.path, problem, " and ".join(wanted),
-            )  # fmt: skip
-            built = _preprocessing_encoders(config, text="text" in wanted, image="image" in wanted)
-            text_encoder = text_encoder or built.get("text")
-            image_encoder = image_encoder or built.get("image")
-            self.preprocessing = "encoders rebuilt from the config"
+        text_encoder, image_encoder, self.preprocessing = _preprocessing(
+            self.path, self.metadata, text_encoder if reads_text else None, image_encoder if reads_image else None,
+            text=reads_text, image=reads_image,
+        )  # fmt: skip
         model_cfg = (config or {}).get("model", {})
         super().__init__(
             text_encoder=text_encoder if reads_text else None,
@@ -121,6 +99,38 @@ class OnnxPredictor(Predictor):
                 raise ValueError(f"the ONNX model needs input {name!r}, but the preprocessing gave {sorted(inputs)}")
         wanted = [n for n in self.output_names if n != "probabilities"]
         return dict(zip(wanted, self.session.run(wanted, feeds), strict=True))
+
+
+def _preprocessing(
+    path: Path, metadata: dict[str, Any], text_encoder: Any, image_encoder: Any, *, text: bool, image: bool
+) -> tuple[Any, Any, str]:
+    """What gives ``tokenize`` / ``preprocess`` for each modality the file reads, and where it came from: the
+    encoders given, else the preprocessing folder beside the file, else (warning) the encoders rebuilt from the
+    config in the metadata."""
+    wanted = [m for m, need in (("text", text and text_encoder is None), ("image", image and image_encoder is None))
+              if need]  # fmt: skip
+    if not wanted:
+        return text_encoder, image_encoder, "given"
+    problem = preprocessing_problem(path, metadata, wanted)
+    if problem is None:
+        folder = path.with_name(metadata["preprocessing"]["folder"])
+        loaded = _load_preprocessing(folder, wanted)
+        return text_encoder or loaded.get("text"), image_encoder or loaded.get("image"), str(folder)
+    config = metadata.get("config")
+    if config is None:
+        raise ValueError(
+            f"{str(path)!r} carries neither its preprocessing files ({problem}) nor a model config to rebuild its "
+            "tokenizer and image preprocessing from; pass text_encoder= / image_encoder=, or export it again with "
+            "`mmfuse export RUN --format onnx`"
+        )
+    log.warning(
+        "%s: %s; rebuilding the %s encoder(s) from the config stored in the file instead, which loads their full "
+        "PyTorch weights only to tokenize and preprocess images. Export again with `mmfuse export RUN --format onnx` "
+        "to ship the tokenizer and image-processor files beside the .onnx file",
+        path, problem, " and ".join(wanted),
+    )  # fmt: skip
+    built = _preprocessing_encoders(config, text="text" in wanted, image="image" in wanted)
+    return text_encoder or built.get("text"), image_encoder or built.get("image"), "encoders rebuilt from the config"
 
 
 @dataclass(frozen=True)
