@@ -129,6 +129,8 @@ class HFImagePreprocessor:
         source: hub id or folder with ``preprocessor_config.json``.
     """
 
+    kind = "hf_image_processor"
+
     def __init__(self, source: str | Path) -> None:
         from transformers import AutoImageProcessor
 
@@ -137,8 +139,6 @@ class HFImagePreprocessor:
     def __call__(self, image: Image.Image) -> torch.Tensor:
         pixels = self.processor(images=_as_rgb(image), return_tensors="pt")["pixel_values"]  # (1, 3, H, W)
         return pixels[0].to(torch.float32)
-
-    kind = "hf_image_processor"
 
     def identity(self) -> dict[str, Any]:
         """Every setting of the processor (sizes, crop, resampling, mean/std, ...)."""
@@ -171,6 +171,7 @@ class LitePreprocessor:
             ``image_size`` and takes the centre square.
     """
 
+    kind = "efficientnet_lite"
     mean = 127.0
     std = 128.0
 
@@ -196,8 +197,6 @@ class LitePreprocessor:
             image = image.crop((left, top, left + s, top + s))
         x = (np.asarray(image, dtype=np.float32) - self.mean) / self.std  # (H, W, 3)
         return torch.from_numpy(x.transpose(2, 0, 1).copy())
-
-    kind = "efficientnet_lite"
 
     def identity(self) -> dict[str, Any]:
         return {
