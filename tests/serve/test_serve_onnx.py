@@ -110,6 +110,35 @@ def test_a_stale_export_is_made_again(checkpoint, exported, tmp_path, monkeypatc
     assert predictor.metadata["checkpoint_digest"] == module.checkpoint_digest(other)
 
 
+def test_an_export_without_its_preprocessing_files_is_made_again(checkpoint, exported, tmp_path, monkeypatch, caplog):
+    """An export of this checkpoint whose preprocessing folder is missing (an older mmfuse, or the .onnx copied
+    alone) is exported again with ``onnx=True``, saying why, so the server does not load the encoders' weights."""
+    import logging
+    import shutil
+
+    from mmfuse.export import OnnxPredictor, preprocessing_dir
+    from mmfuse.export import onnx_export as module
+    from mmfuse.serve import load_predictor
+
+    run = tmp_path / "run"
+    shutil.copytree(checkpoint, run)
+    shutil.rmtree(preprocessing_dir(run / "export" / "model.onnx"))
+    calls = []
+    real = module.export_run
+
+    def torchscript_export(run, out=None, **kwargs):
+        calls.append(run)
+        return real(run, out, **{**kwargs, "exporter": "torchscript"})
+
+    monkeypatch.setattr(module, "export_run", torchscript_export)
+    with caplog.at_level(logging.WARNING, logger="mmfuse.serve"):
+        predictor = load_predictor(run, onnx=True)
+    assert calls == [run]
+    assert "preprocessing folder" in caplog.text and "is missing" in caplog.text and "exporting again" in caplog.text
+    assert isinstance(predictor, OnnxPredictor)
+    assert predictor.preprocessing == str(preprocessing_dir(run / "export" / "model.onnx"))
+
+
 def test_a_file_mmfuse_did_not_export_is_refused(tmp_path):
     import onnx
     from onnx import TensorProto, helper

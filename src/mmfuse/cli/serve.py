@@ -127,7 +127,8 @@ def export(
 
     Inputs: input_ids, attention_mask (token_type_ids), pixel_values. Outputs: logits, probabilities, and where the
     head has them attention and image_reliance. Batch and sequence axes are dynamic; the file's metadata holds the
-    classes, threshold and config, so `mmfuse serve FILE.onnx` runs it.
+    classes, threshold and config, and the folder FILE.preprocessing/ beside it the tokenizer and image-processor
+    files (no weights; copy it along), so `mmfuse serve FILE.onnx` runs it without loading the encoders.
     """
     with _user_errors():
         if fmt.lower() != "onnx":
@@ -150,6 +151,9 @@ def export(
     if result.fallback_reason:
         typer.echo(f"  (dynamo exporter failed: {result.fallback_reason})")
     typer.echo(f"  inputs:  {', '.join(result.inputs)}\n  outputs: {', '.join(result.outputs)}")
+    typer.echo(f"  preprocessing: {result.preprocessing} (tokenizer, image processor; keep it beside the file)")
+    for modality, why in result.preprocessing_skipped.items():
+        typer.echo(f"  {modality} preprocessing not saved ({why}): serving this file rebuilds that encoder")
     if result.max_abs_diff:
         worst = max(result.max_abs_diff.values())
         typer.echo(f"  onnxruntime vs PyTorch: max |difference| {worst:.2e} over {', '.join(result.max_abs_diff)}")

@@ -1,10 +1,13 @@
 """Text and image encoders behind one interface (:class:`~mmfuse.encoders.base.Encoder`).
 
 Build them by name with :func:`build_text_encoder` / :func:`build_image_encoder`; ``minilm`` and
-``efficientnet-lite0`` work offline. Nothing here imports the training engine, the CLI or the server.
+``efficientnet-lite0`` work offline. ``encoder.save_preprocessing(folder)`` and :func:`load_preprocessing` keep an
+encoder's tokenizer / image preprocessing apart from its weights. Nothing here imports the training engine, the CLI
+or the server.
 """
 
 from mmfuse.encoders._common import EncoderLoadError
+from mmfuse.encoders._preprocess import PreprocessingError, load_preprocessing
 from mmfuse.encoders.base import Encoder, EncoderOutput, ImageEncoder, TextEncoder
 from mmfuse.encoders.clip import CLIPVisionEncoder
 from mmfuse.encoders.efficientnet import EfficientNetLiteEncoder
@@ -31,8 +34,10 @@ __all__ = [
     "HFResNetEncoder",
     "HFTextEncoder",
     "ImageEncoder",
+    "PreprocessingError",
     "TextEncoder",
     "build_image_encoder",
     "build_text_encoder",
     "encoder_options",
+    "load_preprocessing",
 ]

@@ -1,10 +1,18 @@
-"""Image preprocessing as small picklable callables (settings only, no model weights), one per encoder family.
+"""Preprocessing as small picklable objects (settings only, no model weights), one per encoder family: the text
+tokenizer (:class:`HFTokenizer`) and the image preprocessing (:class:`HFImagePreprocessor`, :class:`LitePreprocessor`).
 
-No torchvision: transformers' PIL-backend image processors, or PIL + numpy.
+Each one saves itself to a folder (:func:`save_preprocessor`) and loads back from it alone
+(:func:`load_preprocessing`), so a server can turn requests into model inputs without building the encoder and
+loading its weights. The folder holds the library's own files (``save_pretrained`` of the tokenizer or image
+processor, where there is one) and ``mmfuse_preprocessing.json``: which class, and the settings mmfuse applies on top
+(``max_length``, ...).
+
+No torchvision: transformers' tokenizers and PIL-backend image processors, or PIL + numpy.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,6 +24,95 @@ from mmfuse.encoders._common import jsonable, load_pretrained
 
 ResizeMode = Literal["stretch", "crop"]
 RESIZE_MODES: tuple[str, ...] = ("stretch", "crop")
+PREPROCESSING_FILE = "mmfuse_preprocessing.json"
+PREPROCESSING_FORMAT = 1
+TEXT_INPUT_NAMES: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class PreprocessingError(ValueError):
+    """A folder that holds no preprocessing mmfuse saved, or a preprocessor that cannot be saved."""
+
+
+def _tokenizer_hash_text(tokenizer: Any) -> str:
+    """The tokenizer's vocabulary and rules as text, without what the last call set (truncation, padding)."""
+    if hasattr(tokenizer, "backend_tokenizer"):  # fast tokenizer: vocabulary, normaliser (lower-casing), ...
+        data = json.loads(tokenizer.backend_tokenizer.to_str())
+        for transient in ("truncation", "padding"):  # set by the last call; ours are fixed (see HFTokenizer)
+            data.pop(transient, None)
+        return json.dumps(data, sort_keys=True)
+    return json.dumps(sorted(tokenizer.get_vocab().items())) + repr(sorted(tokenizer.init_kwargs.items()))
+
+
+class HFTokenizer:
+    """A transformers tokenizer with the settings mmfuse tokenizes with: padding to the longest text of the batch,
+    truncation to ``max_length`` tokens (special tokens included), and only the inputs the model takes.
+
+    Args:
+        tokenizer: a loaded transformers tokenizer.
+        max_length: tokens per text after truncation.
+        input_names: the model inputs to return, a subset of ``input_ids``, ``attention_mask``, ``token_type_ids``.
+    """
+
+    kind = "hf_tokenizer"
+    padding = "longest"
+    truncation = True
+
+    def __init__(self, tokenizer: Any, *, max_length: int, input_names: list[str] | tuple[str, ...]) -> None:
+        unknown = [n for n in input_names if n not in TEXT_INPUT_NAMES]
+        if unknown or "input_ids" not in input_names or "attention_mask" not in input_names:
+            raise ValueError(
+                f"input_names must hold input_ids and attention_mask, and only names from {list(TEXT_INPUT_NAMES)}; "
+                f"got {list(input_names)!r}"
+            )
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
+            raise ValueError(f"max_length must be an int >= 2 (tokens per text), got {max_length!r}")
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.input_names = list(input_names)
+
+    def __call__(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """Tokenizes ``texts``, padded to the longest and truncated to ``max_length``: ``input_ids`` and
+        ``attention_mask`` (and ``token_type_ids`` where the model takes them), each ``(B, T)``."""
+        if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
+            raise ValueError(f"tokenize takes a list of strings, got {type(texts).__name__}; wrap one text as [text]")
+        if not texts:
+            raise ValueError("tokenize got an empty list; pass at least one text")
+        bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+        if bad:
+            raise ValueError(
+                f"tokenize takes strings; item {bad[0]} is {type(texts[bad[0]]).__name__}: {texts[bad[0]]!r}"
+            )
+        enc = self.tokenizer(
+            list(texts), padding=self.padding, truncation=self.truncation, max_length=self.max_length,
+            return_tensors="pt",
+        )  # fmt: skip
+        return {k: enc[k] for k in self.input_names if k in enc}
+
+    tokenize = __call__  # the name a TextEncoder gives it, so this object stands in for the encoder's tokenize
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "max_length": self.max_length,
+            "padding": self.padding,
+            "truncation": self.truncation,
+            "input_names": list(self.input_names),
+        }
+
+    def save_files(self, folder: Path) -> None:
+        self.tokenizer.save_pretrained(str(folder))
+
+    @classmethod
+    def load(cls, folder: Path, settings: dict[str, Any]) -> HFTokenizer:
+        from transformers import AutoTokenizer
+
+        if settings.get("padding") != cls.padding or settings.get("truncation") is not cls.truncation:
+            raise PreprocessingError(
+                f"{str(folder)!r} tokenizes with padding={settings.get('padding')!r}, "
+                f"truncation={settings.get('truncation')!r}; this mmfuse tokenizes with padding={cls.padding!r}, "
+                f"truncation={cls.truncation!r}: export the model again with this mmfuse"
+            )
+        tokenizer = load_pretrained(AutoTokenizer.from_pretrained, folder, "tokenizer")
+        return cls(tokenizer, max_length=settings["max_length"], input_names=settings["input_names"])
 
 
 def _as_rgb(image: Image.Image) -> Image.Image:
@@ -32,6 +129,8 @@ class HFImagePreprocessor:
         source: hub id or folder with ``preprocessor_config.json``.
     """
 
+    kind = "hf_image_processor"
+
     def __init__(self, source: str | Path) -> None:
         from transformers import AutoImageProcessor
 
@@ -45,6 +144,22 @@ class HFImagePreprocessor:
         """Every setting of the processor (sizes, crop, resampling, mean/std, ...)."""
         return jsonable({"processor": type(self.processor).__name__, **self.processor.to_dict()})
 
+    def settings(self) -> dict[str, Any]:
+        return {"processor": type(self.processor).__name__}  # the settings themselves: preprocessor_config.json
+
+    def save_files(self, folder: Path) -> None:
+        self.processor.save_pretrained(str(folder))
+
+    @classmethod
+    def load(cls, folder: Path, settings: dict[str, Any]) -> HFImagePreprocessor:
+        loaded = cls(folder)
+        if type(loaded.processor).__name__ != settings.get("processor"):
+            raise PreprocessingError(
+                f"{str(folder)!r} loads as a {type(loaded.processor).__name__}, but a {settings.get('processor')} "
+                "was saved there (another transformers version?); export the model again with this installation"
+            )
+        return loaded
+
 
 class LitePreprocessor:
     """EfficientNet-Lite preprocessing, as the TF-Lite models were trained: RGB 0..255, ``(x - 127) / 128``.
@@ -56,6 +171,7 @@ class LitePreprocessor:
             ``image_size`` and takes the centre square.
     """
 
+    kind = "efficientnet_lite"
     mean = 127.0
     std = 128.0
 
@@ -90,3 +206,102 @@ class LitePreprocessor:
             "mean": self.mean,
             "std": self.std,
         }
+
+    def settings(self) -> dict[str, Any]:
+        return self.identity()
+
+    def save_files(self, folder: Path) -> None:
+        pass  # its settings are all there is
+
+    @classmethod
+    def load(cls, folder: Path, settings: dict[str, Any]) -> LitePreprocessor:
+        loaded = cls(image_size=settings["image_size"], resize=settings["resize"])
+        if jsonable(loaded.identity()) != jsonable(settings):
+            raise PreprocessingError(
+                f"{str(folder)!r} holds EfficientNet-Lite preprocessing {settings}, which this mmfuse does not apply "
+                f"({loaded.identity()}); export the model again with this mmfuse"
+            )
+        return loaded
+
+
+# kind -> class. Each class has ``kind``, ``settings()`` (JSON-able), ``save_files(folder)`` (the library's own files,
+# if any) and the classmethod ``load(folder, settings)``.
+PREPROCESSORS: dict[str, Any] = {
+    HFTokenizer.kind: HFTokenizer,
+    HFImagePreprocessor.kind: HFImagePreprocessor,
+    LitePreprocessor.kind: LitePreprocessor,
+}
+MODALITIES = {HFTokenizer.kind: "text", HFImagePreprocessor.kind: "image", LitePreprocessor.kind: "image"}
+
+
+def save_preprocessor(preprocessor: Any, folder: str | Path) -> Path:
+    """Writes ``preprocessor`` (one of :data:`PREPROCESSORS`) to ``folder`` (created; must be empty or absent):
+    the library's files and ``mmfuse_preprocessing.json``. :func:`load_preprocessing` reads it back.
+
+    Raises:
+        PreprocessingError: ``preprocessor`` is not one mmfuse can save, or ``folder`` holds files already.
+    """
+    kind = getattr(preprocessor, "kind", None)
+    if PREPROCESSORS.get(kind) is not type(preprocessor):
+        raise PreprocessingError(
+            f"cannot save a {type(preprocessor).__name__} as preprocessing; savable: "
+            f"{', '.join(c.__name__ for c in PREPROCESSORS.values())} (an encoder of your own can make its "
+            "tokenize / preprocess one of these, or override save_preprocessing)"
+        )
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()):
+        raise PreprocessingError(f"{str(folder)!r} is not empty; save preprocessing to a new folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    preprocessor.save_files(folder)
+    entry = {
+        "format_version": PREPROCESSING_FORMAT,
+        "kind": kind,
+        "modality": MODALITIES[kind],
+        "settings": jsonable(preprocessor.settings()),
+    }
+    (folder / PREPROCESSING_FILE).write_text(json.dumps(entry, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return folder
+
+
+def load_preprocessing(folder: str | Path, modality: str | None = None) -> Any:
+    """The preprocessing ``encoder.save_preprocessing(folder)`` (:func:`save_preprocessor`) wrote, without any model
+    weights.
+
+    Returns an object with the encoder's preprocessing interface: for text an :class:`HFTokenizer`, whose
+    ``tokenize(texts)`` gives the same tensors as the encoder's ``tokenize``; for an image a preprocessor whose
+    ``preprocessor(image)`` gives the same tensor as the encoder's ``preprocess``.
+
+    Args:
+        modality: ``"text"`` or ``"image"`` to insist on one (a wrong folder then fails here, not at the first
+            request).
+
+    Raises:
+        FileNotFoundError: ``folder`` holds no saved preprocessing.
+        PreprocessingError: a damaged or unknown entry, another modality, or files that do not load (a
+            ``ValueError``).
+    """
+    folder = Path(folder)
+    path = folder / PREPROCESSING_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no preprocessing saved in {str(folder)!r} (no {PREPROCESSING_FILE}); save it with "
+            "encoder.save_preprocessing(folder), or export the model again with `mmfuse export RUN --format onnx`"
+        )
+    try:
+        entry = json.loads(path.read_text(encoding="utf-8"))
+        kind, settings, version = entry["kind"], entry["settings"], entry["format_version"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise PreprocessingError(f"{str(path)!r} is damaged ({type(exc).__name__}: {exc}); save it again") from None
+    if not isinstance(version, int) or version > PREPROCESSING_FORMAT:
+        raise PreprocessingError(
+            f"{str(path)!r} has preprocessing format {version!r}; this mmfuse reads up to {PREPROCESSING_FORMAT}: "
+            "upgrade mmfuse, or save it again with this one"
+        )
+    if kind not in PREPROCESSORS:
+        raise PreprocessingError(f"{str(path)!r} holds unknown preprocessing {kind!r}; known: {sorted(PREPROCESSORS)}")
+    if modality is not None and MODALITIES[kind] != modality:
+        raise PreprocessingError(f"{str(folder)!r} holds {MODALITIES[kind]} preprocessing, not {modality}")
+    try:
+        return PREPROCESSORS[kind].load(folder, settings)
+    except KeyError as exc:
+        raise PreprocessingError(f"{str(path)!r} lacks the setting {exc}; save it again") from None

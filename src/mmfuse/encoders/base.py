@@ -2,17 +2,22 @@
 
 An encoder owns its preprocessing (tokenizer or image preprocessing), so the data pipeline never
 needs to know which model it feeds, and the feature cache can key entries on
-``cache_identity()``: the model's weights and its preprocessing.
+``cache_identity()``: the model's weights and its preprocessing. The preprocessing also stands alone:
+``encoder.save_preprocessing(folder)`` writes it, and :func:`~mmfuse.encoders.load_preprocessing` reads it back
+without the model's weights (what a server of an exported model needs).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 from torch import nn
+
+from mmfuse.encoders._preprocess import PreprocessingError, save_preprocessor
 
 
 @dataclass
@@ -110,6 +115,28 @@ class Encoder(nn.Module):
         """
         raise NotImplementedError
 
+    @property
+    def preprocessor(self) -> Any:
+        """The preprocessing alone, no weights: for a text encoder what ``tokenize`` calls, for an image encoder
+        ``preprocess``. The built-in encoders return an object :meth:`save_preprocessing` can save."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its preprocessing alone")
+
+    def save_preprocessing(self, folder: str | Path) -> Path:
+        """Writes this encoder's preprocessing to ``folder`` (new or empty): the tokenizer or image-processor files
+        and the settings mmfuse applies (``max_length``, image size, ...). :func:`~mmfuse.encoders.load_preprocessing`
+        gives back an object whose ``tokenize(texts)`` / ``(image)`` output equals this encoder's, without loading
+        its weights.
+
+        Raises:
+            PreprocessingError: the preprocessing is not one mmfuse can save (an encoder of your own: make
+                :attr:`preprocessor` a built-in preprocessor, or override this), or ``folder`` is not empty.
+        """
+        try:
+            preprocessor = self.preprocessor
+        except NotImplementedError as exc:
+            raise PreprocessingError(f"cannot save the preprocessing of {type(self).__name__}: {exc}") from None
+        return save_preprocessor(preprocessor, folder)
+
 
 class TextEncoder(Encoder):
     """Text encoder: ``tokenize`` turns strings into model inputs, ``forward`` into :class:`EncoderOutput`."""
@@ -146,6 +173,11 @@ class ImageEncoder(Encoder):
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         raise NotImplementedError
+
+    @property
+    def preprocessor(self) -> Any:
+        """``preprocess`` (the built-in encoders make it a small savable object, see the class docstring)."""
+        return self.preprocess
 
     def forward(self, pixel_values: torch.Tensor) -> EncoderOutput:  # type: ignore[override]
         raise NotImplementedError

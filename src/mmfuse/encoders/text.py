@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +18,7 @@ from mmfuse.encoders._common import (
     load_pretrained,
     set_trainable,
 )
+from mmfuse.encoders._preprocess import HFTokenizer, _tokenizer_hash_text
 from mmfuse.encoders.base import EncoderOutput, TextEncoder
 
 Pooling = Literal["cls", "mean"]
@@ -114,6 +114,7 @@ class HFTextEncoder(TextEncoder):
         self.num_layers = len(self._stack.layer)
         forward_params = inspect.signature(self.model.forward).parameters
         self._input_names = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in forward_params]
+        self._preprocessor = HFTokenizer(self.tokenizer, max_length=max_length, input_names=self._input_names)
         self._embeds_take_token_types = "token_type_ids" in inspect.signature(self.model.embeddings.forward).parameters
         self._fingerprint = WeightsFingerprint()
         self._tokenizer_hash: str | None = None
@@ -125,25 +126,18 @@ class HFTextEncoder(TextEncoder):
 
     # --- tokenizer -----------------------------------------------------------------------------------------------
 
+    @property
+    def preprocessor(self) -> HFTokenizer:
+        """The tokenizer with this encoder's settings, no weights: what :meth:`tokenize` calls."""
+        return self._preprocessor
+
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """Tokenizes ``texts``, padded to the longest and truncated to ``max_length``.
 
         Returns ``input_ids`` and ``attention_mask`` (and ``token_type_ids`` where the model takes them), each
         ``(B, T)`` with ``T <= max_length``.
         """
-        if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
-            raise ValueError(f"tokenize takes a list of strings, got {type(texts).__name__}; wrap one text as [text]")
-        if not texts:
-            raise ValueError("tokenize got an empty list; pass at least one text")
-        bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
-        if bad:
-            raise ValueError(
-                f"tokenize takes strings; item {bad[0]} is {type(texts[bad[0]]).__name__}: {texts[bad[0]]!r}"
-            )
-        enc = self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        )
-        return {k: enc[k] for k in self._input_names if k in enc}
+        return self._preprocessor(texts)
 
     # --- encoding ------------------------------------------------------------------------------------------------
 
@@ -206,13 +200,7 @@ class HFTextEncoder(TextEncoder):
         and pooling settings."""
         if self._tokenizer_hash is None:
             tok = self.tokenizer
-            if hasattr(tok, "backend_tokenizer"):  # fast tokenizer: vocabulary, normaliser (lower-casing), ...
-                data = json.loads(tok.backend_tokenizer.to_str())
-                for transient in ("truncation", "padding"):  # set by the last call; ours are fixed, listed below
-                    data.pop(transient, None)
-                text = json.dumps(data, sort_keys=True)
-            else:
-                text = json.dumps(sorted(tok.get_vocab().items())) + repr(sorted(tok.init_kwargs.items()))
+            text = _tokenizer_hash_text(tok)  # padding and truncation: ours are fixed, listed below
             self._tokenizer_hash = hashlib.sha256(f"{type(tok).__name__}|{text}".encode()).hexdigest()
         return jsonable(
             {

@@ -3,7 +3,8 @@
 ::
 
     from mmfuse.export import export_run, OnnxPredictor
-    result = export_run("runs/cross_attention-20250101-120000")     # -> runs/.../export/model.onnx, checked
+    result = export_run("runs/cross_attention-20250101-120000")     # -> runs/.../export/model.onnx, checked,
+                                                                      #  + export/model.preprocessing/
     predictor = OnnxPredictor(result.path)                            # what `mmfuse serve --onnx` runs
 
 or ``mmfuse export RUN --format onnx``. Needs ``onnx``, ``onnxruntime`` and ``onnxscript`` (the ``serve`` extra).
@@ -22,6 +23,8 @@ _EXPORTS: dict[str, str] = {
     "default_onnx_path": "mmfuse.export.onnx_export",
     "export_onnx": "mmfuse.export.onnx_export",
     "export_run": "mmfuse.export.onnx_export",
+    "preprocessing_dir": "mmfuse.export.onnx_export",
+    "preprocessing_problem": "mmfuse.export.onnx_export",
     "read_metadata": "mmfuse.export.onnx_export",
     "OnnxPredictor": "mmfuse.export.runtime",
 }

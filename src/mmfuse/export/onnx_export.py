@@ -9,8 +9,15 @@ The graph takes the encoders' raw inputs and returns what the server needs:
   ``(batch, sequence, N)`` over the N image regions and ``image_reliance`` ``(batch,)``.
 
 The batch and sequence axes are dynamic. The file carries its own metadata (``metadata_props["mmfuse"]``, JSON):
-classes, the tuned threshold, the head, the model config (so the server rebuilds the same tokenizer and image
-preprocessing), and a digest of the checkpoint it came from.
+classes, the tuned threshold, the head, the model config, a digest of the checkpoint it came from, and where its
+preprocessing is. The preprocessing (the encoders' tokenizer and image-processor files, no weights) is written beside
+the file, one folder per ``.onnx`` so ``model.onnx`` and ``model-last.onnx`` can share a folder::
+
+    export/model.onnx
+    export/model.preprocessing/text/     tokenizer.json, tokenizer_config.json, mmfuse_preprocessing.json
+    export/model.preprocessing/image/    preprocessor_config.json (HF image processors), mmfuse_preprocessing.json
+
+so :class:`~mmfuse.export.OnnxPredictor` tokenizes and resizes exactly as in training without loading the encoders.
 
 Exporter: ``torch.onnx.export`` with ``dynamo=True`` (PyTorch's default since 2.9: ``torch.export`` then onnxscript)
 is tried first; if it fails, the TorchScript exporter (``dynamo=False``, deprecated but ~5x faster here) is used
@@ -24,6 +31,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 import warnings
 from collections.abc import Sequence
@@ -47,6 +55,8 @@ __all__ = [
     "default_onnx_path",
     "export_onnx",
     "export_run",
+    "preprocessing_dir",
+    "preprocessing_problem",
     "read_metadata",
 ]
 
@@ -78,6 +88,9 @@ class ExportResult:
             text length than the export's); empty when not verified.
         seconds: time taken by the export alone.
         fallback_reason: why the dynamo exporter was abandoned, when it was.
+        preprocessing: the folder beside ``path`` holding the preprocessing (:func:`preprocessing_dir`).
+        preprocessing_skipped: modality -> why its preprocessing could not be saved (an encoder of your own); a
+            server of this file rebuilds that encoder instead.
     """
 
     path: Path
@@ -87,6 +100,8 @@ class ExportResult:
     max_abs_diff: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     fallback_reason: str | None = None
+    preprocessing: Path | None = None
+    preprocessing_skipped: dict[str, str] = field(default_factory=dict)
 
     @property
     def size_bytes(self) -> int:
@@ -199,15 +214,19 @@ def export_onnx(
     if out.suffix.lower() != ".onnx":
         raise ValueError(f"the output file must end in .onnx, got {str(out)!r}; e.g. --out model.onnx")
     tmp = out.with_name(out.name + ".tmp")
+    prep_dir = preprocessing_dir(out)
+    prep_tmp = prep_dir.with_name(prep_dir.name + ".tmp")
     was_training = head.training
     head.eval()
     try:
         trace_inputs = example_inputs(head, _TRACE_TEXTS, _random_images(2, seed=0))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        preprocessing, skipped = _save_preprocessing(head, trace_inputs, prep_tmp)
+        preprocessing["folder"] = prep_dir.name
         with torch.inference_mode():
             probe = head(_fusion_inputs(trace_inputs))
         outputs = ["logits", "probabilities", *(k for k in OPTIONAL_OUTPUTS if getattr(probe, k) is not None)]
         graph = OnnxGraph(head, outputs).eval()
-        out.parent.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         used, reason = _export_with_fallback(graph, trace_inputs, outputs, tmp, exporter, fallback, opset)
         seconds = time.perf_counter() - start
@@ -222,21 +241,104 @@ def export_onnx(
             "inputs": list(trace_inputs),
             "outputs": outputs,
             "config": config,
+            "preprocessing": preprocessing,
             **(extra_metadata or {}),
         }
         _finish(tmp, trace_inputs, metadata)
         result = ExportResult(
             path=out, exporter=used, inputs=list(trace_inputs), outputs=outputs, seconds=seconds,
-            fallback_reason=reason,
+            fallback_reason=reason, preprocessing=prep_dir, preprocessing_skipped=skipped,
         )  # fmt: skip
         if verify:
             result.max_abs_diff = _verify(graph, tmp, outputs, atol)
+        # the folder first: a crash between the two renames leaves a file whose digest does not match the folder,
+        # which a server notices (preprocessing_problem), never a new folder silently paired with an old file
+        shutil.rmtree(prep_dir, ignore_errors=True)
+        os.replace(prep_tmp, prep_dir)
         os.replace(tmp, out)
         return result
     finally:
         head.train(was_training)
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
+        shutil.rmtree(prep_tmp, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------- preprocessing
+
+
+def preprocessing_dir(path: str | Path) -> Path:
+    """The folder an export writes its preprocessing to: ``<stem>.preprocessing`` beside the ``.onnx`` file."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.preprocessing")
+
+
+def _folder_digest(folder: Path) -> str:
+    """SHA-256 of every file under ``folder`` (relative names and bytes, in name order)."""
+    h = hashlib.sha256()
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(f"{file.relative_to(folder).as_posix()}|{file.stat().st_size}|".encode())
+        h.update(file.read_bytes())
+    return h.hexdigest()
+
+
+def _save_preprocessing(
+    head: nn.Module, inputs: dict[str, torch.Tensor], folder: Path
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Saves the preprocessing of each encoder the graph reads from to ``folder/<modality>``; returns the metadata
+    entry (modalities saved, digest) and modality -> why it could not be saved (logged)."""
+    from mmfuse.encoders import PreprocessingError
+
+    shutil.rmtree(folder, ignore_errors=True)  # a leftover of an interrupted export
+    folder.mkdir(parents=True)
+    used = {"text": any(k in TEXT_INPUTS for k in inputs), "image": "pixel_values" in inputs}
+    saved: list[str] = []
+    skipped: dict[str, str] = {}
+    for modality in ("text", "image"):
+        if not used[modality]:
+            continue
+        encoder = getattr(head, f"{modality}_encoder")
+        try:
+            encoder.save_preprocessing(folder / modality)
+            saved.append(modality)
+        except PreprocessingError as e:
+            skipped[modality] = str(e)
+            log.warning(
+                "the %s preprocessing is not saved beside the export (%s); a server of this file will rebuild the "
+                "%s encoder from the config, loading its weights",
+                modality, e, modality,
+            )  # fmt: skip
+    entry: dict[str, Any] = {"modalities": saved, "digest": _folder_digest(folder)}
+    if skipped:
+        entry["skipped"] = skipped
+    return entry, skipped
+
+
+def preprocessing_problem(path: str | Path, metadata: dict[str, Any], modalities: Sequence[str] = ()) -> str | None:
+    """Why the preprocessing folder of the export ``path`` (with ``metadata``, :func:`read_metadata`) cannot serve
+    ``modalities`` (default: every modality the graph reads), or ``None`` when it can.
+
+    Reasons: an export made before mmfuse shipped preprocessing beside the file, a folder that is missing (the
+    ``.onnx`` copied alone) or differs from what the export wrote, a modality whose preprocessing was not saved.
+    """
+    path = Path(path)
+    entry = metadata.get("preprocessing")
+    if not isinstance(entry, dict) or not isinstance(entry.get("folder"), str):
+        return "it was exported without its preprocessing files (by an older mmfuse)"
+    folder = path.with_name(entry["folder"])
+    names = metadata.get("inputs", [])
+    wanted = list(modalities) or [
+        m for m, used in (("text", any(n in TEXT_INPUTS for n in names)), ("image", "pixel_values" in names)) if used
+    ]
+    missing = [m for m in wanted if m not in entry.get("modalities", [])]
+    if missing:
+        why = "; ".join(f"{m}: {entry.get('skipped', {}).get(m, 'not saved')}" for m in missing)
+        return f"its {' and '.join(missing)} preprocessing was not saved at export ({why})"
+    if not folder.is_dir():
+        return f"its preprocessing folder {str(folder)!r} is missing (copy it along with the .onnx file)"
+    if _folder_digest(folder) != entry.get("digest"):
+        return f"its preprocessing folder {str(folder)!r} differs from the one exported with the file"
+    return None
 
 
 def _fusion_inputs(named: dict[str, torch.Tensor]) -> FusionInputs:

@@ -67,15 +67,25 @@ def _onnx(path: Path, threads: int | None) -> Predictor:
 
 
 def _current_export(run: Path, checkpoint: str) -> Path:
-    """The run's ONNX export of ``checkpoint``, exported now if missing or stale."""
-    from mmfuse.export.onnx_export import checkpoint_digest, default_onnx_path, export_run, read_metadata
+    """The run's ONNX export of ``checkpoint``, exported now if missing, stale, or without its preprocessing files."""
+    from mmfuse.export.onnx_export import (
+        checkpoint_digest,
+        default_onnx_path,
+        export_run,
+        preprocessing_problem,
+        read_metadata,
+    )
 
     path = default_onnx_path(run, checkpoint)
     if path.is_file():
         try:
-            if read_metadata(path).get("checkpoint_digest") == checkpoint_digest(run, checkpoint):
+            metadata = read_metadata(path)
+            if metadata.get("checkpoint_digest") != checkpoint_digest(run, checkpoint):
+                log.warning("%s was exported from another checkpoint; exporting again", path)
+            elif (problem := preprocessing_problem(path, metadata)) is not None:
+                log.warning("%s: %s; exporting again", path, problem)
+            else:
                 return path
-            log.warning("%s was exported from another checkpoint; exporting again", path)
         except ValueError as e:
             log.warning("%s is unusable (%s); exporting again", path, e)
     else:
