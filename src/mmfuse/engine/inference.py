@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from mmfuse.engine.batches import InputMaker
 from mmfuse.engine.build import set_train_mode
+from mmfuse.model.prediction import probabilities
 
 
 @dataclass
@@ -37,7 +38,7 @@ class Outputs:
 
     @property
     def proba(self) -> np.ndarray:
-        return torch.softmax(torch.from_numpy(self.logits).double(), dim=-1).numpy()
+        return probabilities(self.logits)
 
 
 @torch.inference_mode()

@@ -21,14 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from mmfuse.engine.metrics import (
-    HIGHER_IS_BETTER,
-    baseline_metrics,
-    classification_metrics,
-    headline,
-    predict_labels,
-    tune_threshold,
-)
+from mmfuse.engine.metrics import HIGHER_IS_BETTER, baseline_metrics, classification_metrics, headline, tune_threshold
+from mmfuse.model.prediction import predict_labels
 
 ENSEMBLE_JSON = "ensemble.json"
 FORMAT = "mmfuse-ensemble"
@@ -84,7 +78,8 @@ class Ensemble:
     """A weighted average of the probabilities of several trained runs (same classes).
 
     Args:
-        members: loaded classifiers.
+        members: loaded models (:class:`~mmfuse.model.TorchPredictor`, or anything with its ``run_examples``,
+            ``classes``, ``config`` and ``train_class_counts``).
         weights: one weight per member (normalized to sum to 1).
         threshold: binary decision threshold tuned on validation for the ensemble (``None``: argmax).
         runs: the members' run folders.
@@ -135,7 +130,7 @@ class Ensemble:
             FileNotFoundError: no ``ensemble.json``, or a member run folder is missing.
             EnsembleError: not an mmfuse ensemble, or members that do not fit together.
         """
-        from mmfuse.engine.classifier import MultimodalClassifier
+        from mmfuse.model.predictor import TorchPredictor
 
         path = Path(path)
         file = path if path.is_file() else path / ENSEMBLE_JSON
@@ -155,7 +150,7 @@ class Ensemble:
             if not run.is_dir():
                 raise FileNotFoundError(f"ensemble member {str(run)!r} not found; the ensemble needs its run folders")
             runs.append(run)
-            members.append(MultimodalClassifier.load(run, device=device))
+            members.append(TorchPredictor.from_run(run, device=device))
             weights.append(float(member["weight"]))
         return cls(members, weights, threshold=info.get("threshold"), runs=runs, info=info)
 
@@ -176,7 +171,7 @@ class Ensemble:
         for member, weight in zip(self.members, self.weights, strict=True):
             if weight == 0:
                 continue
-            out, found = member.run_outputs(
+            out, found = member.run_examples(
                 inputs, task=task, max_missing_images=max_missing_images, labeled=labeled, warn=missing is None
             )
             p = weight * out.proba
@@ -362,9 +357,9 @@ def _val_predictions(runs: Sequence[Path]) -> tuple[list[str], np.ndarray, list[
 
 def _predict_val(run: Path) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
     from mmfuse.data.loading import load_splits
-    from mmfuse.engine.classifier import MultimodalClassifier
+    from mmfuse.model.predictor import TorchPredictor
 
-    clf = MultimodalClassifier.load(run)
+    clf = TorchPredictor.from_run(run, device=None)
     if clf.config.data is None:
         raise EnsembleError(f"run {str(run)!r} has no data config to find its validation split")
     val = load_splits(clf.config.data)["val"]
