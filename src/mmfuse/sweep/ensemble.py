@@ -78,8 +78,9 @@ class Ensemble:
     """A weighted average of the probabilities of several trained runs (same classes).
 
     Args:
-        members: loaded models (:class:`~mmfuse.model.TorchPredictor`, or anything with its ``run_examples``,
-            ``classes``, ``config`` and ``train_class_counts``).
+        members: loaded models (:class:`~mmfuse.model.TorchPredictor`), or fitted
+            :class:`~mmfuse.engine.classifier.MultimodalClassifier` objects (their :meth:`predictor
+            <mmfuse.engine.classifier.MultimodalClassifier.predictor>` is used).
         weights: one weight per member (normalized to sum to 1).
         threshold: binary decision threshold tuned on validation for the ensemble (``None``: argmax).
         runs: the members' run folders.
@@ -103,7 +104,7 @@ class Ensemble:
         total = float(sum(weights))
         if total <= 0 or any(w < 0 for w in weights):
             raise EnsembleError(f"weights must be >= 0 and not all 0, got {list(weights)}")
-        self.members = list(members)
+        self.members = [m.predictor() if callable(getattr(m, "predictor", None)) else m for m in members]
         self.weights = [float(w) / total for w in weights]
         self.threshold = threshold
         self.runs = list(runs)
