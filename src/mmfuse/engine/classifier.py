@@ -27,7 +27,7 @@ from mmfuse.data.labels import LabelMap
 from mmfuse.data.loading import Split, load_splits
 from mmfuse.engine.data_io import ExamplesLike, inputs_of, predictions_frame
 from mmfuse.engine.features import FeatureSource, source_for
-from mmfuse.engine.metrics import baseline_metrics, classification_metrics, evaluation_scalars
+from mmfuse.engine.metrics import evaluation, evaluation_scalars
 from mmfuse.engine.run_dir import RunDir
 from mmfuse.engine.trainer import EpochCallback, Trainer
 from mmfuse.model import checkpoint as ckpt
@@ -216,21 +216,9 @@ class MultimodalClassifier:
         out, missing = self.predictor().run_examples(
             inputs, labeled=True, task="evaluate", max_missing_images=max_missing_images
         )
-        proba, y = out.proba, out.labels
-        result: dict[str, Any] = {
-            "split": name or (examples.name if isinstance(examples, Split) else str(examples)[:60]),
-            "n": len(y),
-            "classes": label_map.classes,
-            "metrics": classification_metrics(y, proba, label_map.classes),
-        }
-        if label_map.num_classes == 2 and self.threshold is not None:
-            result["threshold"] = self.threshold
-            result["metrics_at_threshold"] = classification_metrics(
-                y, proba, label_map.classes, threshold=self.threshold
-            )
-        train_y = np.repeat(np.arange(label_map.num_classes), self.train_class_counts or 0)
-        if len(train_y):
-            result["baselines"] = baseline_metrics(train_y, y, label_map.classes, seed=self.config.train.seed)
+        split = name or (examples.name if isinstance(examples, Split) else str(examples)[:60])
+        result = evaluation(out.labels, out.proba, label_map.classes, split=split, threshold=self.threshold,
+                            train_class_counts=self.train_class_counts, seed=self.config.train.seed)  # fmt: skip
         if missing is not None:
             result["missing_images"] = missing.to_dict()
         return result

@@ -162,6 +162,34 @@ def baseline_metrics(
     return {name: classification_metrics(y, proba, classes) for name, proba in probas.items()}
 
 
+def evaluation(
+    y: np.ndarray,
+    proba: np.ndarray,
+    classes: Sequence[str],
+    *,
+    split: str,
+    threshold: float | None = None,
+    train_class_counts: Sequence[int] | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """What ``evaluate`` returns (a classifier's or an ensemble's): ``split``, ``n``, ``classes``, ``metrics``; for
+    binary tasks with a tuned ``threshold`` that and ``metrics_at_threshold``; with training-label counts the
+    majority-class and random ``baselines`` (drawn with ``seed``)."""
+    result: dict[str, Any] = {
+        "split": split,
+        "n": len(y),
+        "classes": list(classes),
+        "metrics": classification_metrics(y, proba, classes),
+    }
+    if len(classes) == 2 and threshold is not None:
+        result["threshold"] = threshold
+        result["metrics_at_threshold"] = classification_metrics(y, proba, classes, threshold=threshold)
+    train_y = np.repeat(np.arange(len(classes)), train_class_counts or 0)
+    if len(train_y):
+        result["baselines"] = baseline_metrics(train_y, y, classes, seed=seed)
+    return result
+
+
 def headline(metrics: dict[str, Any]) -> dict[str, Any]:
     """The scalar metrics only (no per-class scores, no confusion matrix): one row of a table or a JSON line."""
     return {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from mmfuse.engine.metrics import HIGHER_IS_BETTER, baseline_metrics, classification_metrics, headline, tune_threshold
+from mmfuse.engine.metrics import HIGHER_IS_BETTER, classification_metrics, evaluation, headline, tune_threshold
 from mmfuse.model.prediction import predict_labels
 
 ENSEMBLE_JSON = "ensemble.json"
@@ -216,18 +216,9 @@ class Ensemble:
             raise ValueError(f"{unlabeled} of {len(items)} examples have no label; evaluate needs labels (use predict)")
         y = np.array([self.classes.index(e.label) for e in items])  # type: ignore[arg-type]
         proba, _, missing = self._combined(inputs, "evaluate", max_missing_images, labeled=True)
-        result: dict[str, Any] = {
-            "split": name or (examples.name if isinstance(examples, Split) else str(examples)[:60]),
-            "n": len(y),
-            "classes": self.classes,
-            "metrics": classification_metrics(y, proba, self.classes),
-        }
-        if len(self.classes) == 2 and self.threshold is not None:
-            result["threshold"] = self.threshold
-            result["metrics_at_threshold"] = classification_metrics(y, proba, self.classes, threshold=self.threshold)
-        train_y = np.repeat(np.arange(len(self.classes)), self.train_class_counts or 0)
-        if len(train_y):
-            result["baselines"] = baseline_metrics(train_y, y, self.classes, seed=self.config.train.seed)
+        split = name or (examples.name if isinstance(examples, Split) else str(examples)[:60])
+        result = evaluation(y, proba, self.classes, split=split, threshold=self.threshold,
+                            train_class_counts=self.train_class_counts, seed=self.config.train.seed)  # fmt: skip
         if missing is not None:
             result["missing_images"] = missing.to_dict()
         return result
