@@ -19,7 +19,7 @@ from mmfuse.cache import FeatureCache, feature_source
 from mmfuse.cache.shards import SUFFIX, read_header
 from mmfuse.data import Example
 from mmfuse.encoders import Encoder
-from mmfuse.engine.features import FeatureTable, compute_features, default_store
+from mmfuse.features import FeatureTable, compute_features, default_store
 
 
 def assert_tables_close(got: FeatureTable, want: FeatureTable, *, atol: float = 1e-5) -> None:

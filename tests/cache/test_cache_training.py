@@ -92,7 +92,8 @@ def test_runs_use_the_configured_disk_cache(tmp_path: Path, synth_splits: dict) 
 
 
 def test_cache_off_and_disabled_use_the_process_memo(tmp_path: Path) -> None:
-    from mmfuse.engine.features import FeatureStore, source_for
+    from mmfuse.cache import source_for
+    from mmfuse.features import FeatureStore
 
     assert isinstance(source_for(True, "off"), FeatureStore)
     assert isinstance(source_for(False, str(tmp_path)), FeatureStore)

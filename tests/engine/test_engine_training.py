@@ -16,9 +16,9 @@ from safetensors.torch import load_file
 import mmfuse.encoders
 from mmfuse.engine import trainer as trainer_module
 from mmfuse.engine.classifier import MultimodalClassifier
-from mmfuse.engine.features import FeatureStore
 from mmfuse.engine.run_dir import RunDir
 from mmfuse.engine.trainer import NonFiniteLossError, Trainer
+from mmfuse.features import FeatureStore
 from mmfuse.model.checkpoint import CheckpointError
 
 # timing fields differ between identical runs; everything else in a metrics record must not

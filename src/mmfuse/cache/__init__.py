@@ -27,6 +27,7 @@ _EXPORTS: dict[str, str] = {
     "CacheStats": "mmfuse.cache.source",
     "FeatureCache": "mmfuse.cache.source",
     "feature_source": "mmfuse.cache.source",
+    "source_for": "mmfuse.cache.source",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,6 +1,6 @@
 """Shard files: a batch of cache entries of one encoder in one safetensors file, written atomically.
 
-A shard holds, for ``n`` inputs (rows), the tensors of a :class:`~mmfuse.engine.features.FeatureTable`:
+A shard holds, for ``n`` inputs (rows), the tensors of a :class:`~mmfuse.features.FeatureTable`:
 
 - ``pooled`` ``(n, D)`` float32; ``present`` ``(n,)`` bool (images only);
 - with sequences: ``values`` ``(M, D_seq)`` float32 packed rows, ``valid`` ``(M,)`` bool, ``offsets`` ``(n + 1,)``
@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-    from mmfuse.engine.features import FeatureTable
+    from mmfuse.features import FeatureTable
 
 FORMAT = "mmfuse-features/1"
 SUFFIX = ".safetensors"
@@ -243,7 +243,7 @@ def load_shard(header: ShardHeader, *, need_sequence: bool) -> FeatureTable:
         CorruptShardError: see :func:`read_tensors`.
         FileNotFoundError: the file is gone.
     """
-    from mmfuse.engine.features import FeatureTable
+    from mmfuse.features import FeatureTable
 
     if need_sequence and not header.sequence:
         raise ValueError(f"shard {str(header.path)!r} holds pooled vectors only; it cannot serve sequences")

@@ -1,11 +1,11 @@
-"""The persistent feature cache as a :class:`~mmfuse.engine.features.FeatureSource`.
+"""The persistent feature cache as a :class:`~mmfuse.features.FeatureSource`.
 
 :class:`FeatureCache` answers ``get(encoder, examples, need_sequence=...)`` in three steps, each cheaper than the next:
 
 1. an in-process memo of whole tables (a sweep's second model in the same process pays nothing);
 2. the folder of the encoder's identity under ``<root>/features/``: shards of entries keyed by each input's content,
    read back and checked (identity, CRC-32), gathered into the requested row order;
-3. only the inputs found nowhere are encoded, with :func:`~mmfuse.engine.features.compute_features` (images decoded
+3. only the inputs found nowhere are encoded, with :func:`~mmfuse.features.compute_features` (images decoded
    in DataLoader workers, batched forward under ``torch.inference_mode``), and written as new shards, one per
    ``shard_examples`` inputs, so an interrupted encoding keeps what it finished.
 
@@ -54,7 +54,7 @@ from mmfuse.cache.shards import (
 )
 from mmfuse.data.example import Example
 from mmfuse.encoders.base import Encoder, TextEncoder
-from mmfuse.engine.features import FeatureSource, FeatureTable, compute_features, default_store
+from mmfuse.features import FeatureSource, FeatureTable, compute_features, default_store
 
 logger = logging.getLogger("mmfuse.cache")
 
@@ -143,7 +143,7 @@ class FeatureCache:
         self._lock = threading.Lock()
         self._write_failed = False
 
-    # FeatureStore-compatible counters (engine logs read these, see mmfuse.engine.features.describe)
+    # FeatureStore-compatible counters (engine logs read these, see mmfuse.features.describe)
     @property
     def hits(self) -> int:
         return self.stats.memo_hits
@@ -575,7 +575,7 @@ _SHARED: dict[Path, FeatureCache] = {}
 def feature_source(cache_dir: str | os.PathLike[str] | None = None) -> FeatureSource:
     """The feature source the engine should use: this process's :class:`FeatureCache` for the resolved cache folder
     (one per folder, so every model trained in the process shares its memo), or the in-process memo
-    (:func:`~mmfuse.engine.features.default_store`) when the persistent cache is off.
+    (:func:`~mmfuse.features.default_store`) when the persistent cache is off.
 
     Args:
         cache_dir: config ``cache.dir`` / ``--cache-dir``; ``None`` uses ``MMFUSE_CACHE_DIR`` or the default folder.
@@ -587,3 +587,12 @@ def feature_source(cache_dir: str | os.PathLike[str] | None = None) -> FeatureSo
     if key not in _SHARED:
         _SHARED[key] = FeatureCache(key)
     return _SHARED[key]
+
+
+def source_for(enabled: bool, folder: str | None) -> FeatureSource:
+    """Where a run gets features of frozen encoders, as its ``cache`` config says: the persistent feature cache
+    (:func:`feature_source`: ``folder``, else ``$MMFUSE_CACHE_DIR``, else ``~/.cache/mmfuse``; one per folder and
+    process), or the in-process memo when ``enabled`` is false or the folder is ``off``."""
+    if not enabled:
+        return default_store()
+    return feature_source(folder)

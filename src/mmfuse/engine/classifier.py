@@ -22,14 +22,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from mmfuse.cache import source_for
 from mmfuse.config import TrainConfig, config_from, load_config
 from mmfuse.data.labels import LabelMap
 from mmfuse.data.loading import Split, load_splits
 from mmfuse.engine.data_io import ExamplesLike, inputs_of, predictions_frame
-from mmfuse.engine.features import FeatureSource, source_for
 from mmfuse.engine.metrics import evaluation, evaluation_scalars
 from mmfuse.engine.run_dir import RunDir
 from mmfuse.engine.trainer import EpochCallback, Trainer
+from mmfuse.features import FeatureSource
 from mmfuse.model import checkpoint as ckpt
 from mmfuse.model.prediction import Prediction
 from mmfuse.model.predictor import TorchPredictor

@@ -12,7 +12,7 @@ from torch import nn
 from transformers import get_scheduler
 
 from mmfuse.config import ConfigError, OptimConfig
-from mmfuse.engine.build import encoders_of
+from mmfuse.features import encoders_of
 
 _SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
 

@@ -6,7 +6,7 @@ processes (``split_batches``, so the effective batch is ``train.batch_size`` wha
 are computed on predictions gathered from every process, and only the main process writes files.
 
 Determinism: weights and dropout draw from the global RNG seeded by ``train.seed``; the data order of epoch ``e``
-comes from a generator seeded with ``seed + e`` (:class:`~mmfuse.engine.batches.EpochSampler`); the last checkpoint
+comes from a generator seeded with ``seed + e`` (:class:`~mmfuse.engine.sampler.EpochSampler`); the last checkpoint
 stores the RNG states, so a resumed run continues exactly where the uninterrupted one would have.
 """
 
@@ -32,14 +32,14 @@ from mmfuse.data.example import Example
 from mmfuse.data.labels import LabelMap
 from mmfuse.data.report import SplitReport
 from mmfuse.engine import checkpoint as ckpt
-from mmfuse.engine.batches import EpochSampler, InputMaker, compute_tables, make_loader
-from mmfuse.engine.build import build_model, plan_features, set_train_mode
 from mmfuse.engine.data_io import data_counts, data_warnings
-from mmfuse.engine.features import FeatureSource, default_store
-from mmfuse.engine.inference import Outputs, run_model
 from mmfuse.engine.metrics import classification_metrics, headline, improves, selection_metric, tune_threshold
 from mmfuse.engine.optim import build_optimizer, build_scheduler, class_weight_tensor, current_lrs, optimizer_steps
 from mmfuse.engine.run_dir import Reporter, RunDir, Timer
+from mmfuse.engine.sampler import EpochSampler
+from mmfuse.features import FeatureSource, InputMaker, compute_tables, default_store, make_loader, plan_features
+from mmfuse.model.build import build_model, set_train_mode
+from mmfuse.model.inference import Outputs, run_model
 from mmfuse.model.spec import ModelSpec
 
 logger = logging.getLogger("mmfuse.engine")

@@ -97,7 +97,7 @@ class OnnxPredictor(Predictor):
 def _preprocessing_encoders(config: dict[str, Any], *, text: bool, image: bool) -> dict[str, Any]:
     """The run's encoders rebuilt from its config (only their tokenizer / preprocessing are used)."""
     from mmfuse.config import validate_config
-    from mmfuse.engine.build import build_encoder
+    from mmfuse.model.build import build_encoder
 
     model = validate_config(config).model
     out: dict[str, Any] = {}

@@ -4,8 +4,10 @@ A head is a complete model: it is built from already-built encoders (``text_enco
 ``None`` for the modality a unimodal head does not read), owns them as submodules, and maps a
 :class:`FusionInputs` batch to a :class:`FusionOutput`. It computes no loss; the engine owns the loss.
 
-A batch carries either raw encoder inputs (token ids, pixels) or features a frozen encoder produced earlier
-(the feature cache); :func:`encode_text` / :func:`encode_image` use whichever is present.
+A batch carries either raw encoder inputs (token ids, pixels) or features a frozen encoder produced earlier;
+:func:`encode_text` / :func:`encode_image` use whichever is present. Which one a training or evaluation batch
+carries is decided once, above this layer, by the feature plan (:class:`mmfuse.features.FeaturePlan`); the server
+and the ONNX export always pass raw inputs.
 
 Every head class declares what it reads, for the engine and the feature cache:
 

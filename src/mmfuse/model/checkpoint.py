@@ -29,7 +29,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mmfuse.config import ConfigError
-from mmfuse.engine.build import build_model, encoder_records, set_train_mode
+from mmfuse.features import encoders_of
+from mmfuse.model.build import build_model, encoder_records, set_train_mode
 from mmfuse.model.spec import ModelSpec
 
 FORMAT_VERSION = 2
@@ -45,18 +46,12 @@ class CheckpointError(ValueError):
 
 def stored_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The state-dict entries a checkpoint stores: all but those of fully frozen encoders (copied to CPU)."""
-    skip = [prefix for prefix, enc in _encoders(model) if enc.is_frozen]
+    skip = [prefix for prefix, enc in encoders_of(model).values() if enc.is_frozen]
     return {
         k: v.detach().cpu().contiguous().clone()
         for k, v in model.state_dict().items()
         if not any(k.startswith(p) for p in skip)
     }
-
-
-def _encoders(model: nn.Module) -> list[tuple[str, Any]]:
-    from mmfuse.engine.build import encoders_of
-
-    return list(encoders_of(model).values())
 
 
 def save_checkpoint(

@@ -35,9 +35,9 @@ from mmfuse.model.spec import head_name
 if TYPE_CHECKING:
     from mmfuse.config import TrainConfig
     from mmfuse.engine.data_io import ExamplesLike, Inputs
-    from mmfuse.engine.features import FeatureSource
-    from mmfuse.engine.inference import Outputs
     from mmfuse.engine.missing_images import MissingImages
+    from mmfuse.features import FeatureSource
+    from mmfuse.model.inference import Outputs
 
 __all__ = ["Prediction", "Predictor", "TorchPredictor", "grid_shape", "head_name"]
 
@@ -313,7 +313,7 @@ class TorchPredictor(Predictor):
     def features(self) -> FeatureSource:
         """Where features of frozen encoders come from."""
         if self._features is None:
-            from mmfuse.engine.features import source_for
+            from mmfuse.cache import source_for
 
             self._features = source_for(self.config.cache.enabled, self.config.cache.dir)
         return self._features
@@ -364,13 +364,12 @@ class TorchPredictor(Predictor):
         """
         # the dataset path's helpers; a server's request path needs none of them
         from mmfuse.data.labels import LabelMap
-        from mmfuse.engine.batches import InputMaker, compute_tables, make_loader
-        from mmfuse.engine.build import plan_features
         from mmfuse.engine.data_io import inputs_of
-        from mmfuse.engine.inference import run_model
         from mmfuse.engine.missing_images import allowed_share, check_images, missing_images
         from mmfuse.engine.progress import is_main_process
         from mmfuse.engine.run_dir import Reporter
+        from mmfuse.features import InputMaker, compute_tables, make_loader, plan_features
+        from mmfuse.model.inference import run_model
 
         model, cfg = self.model, self.config
         inputs = inputs_of(examples, cfg.data, labeled=True if labeled else None)

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from mmfuse.engine.batches import InputMaker
-from mmfuse.engine.build import set_train_mode
+from mmfuse.features import InputMaker
+from mmfuse.model.build import set_train_mode
 from mmfuse.model.prediction import probabilities
 
 

@@ -1,53 +1,22 @@
-"""From a validated :class:`~mmfuse.config.ModelConfig` to a model, and what the engine needs to know about it.
+"""From a validated :class:`~mmfuse.config.ModelConfig` to a model, and what checkpoints and the engine need to
+know about it.
 
-The model is the fusion head (which owns its encoders). Besides building it, this module answers: where do the
-encoders sit inside the model, which of them are frozen, and which encoder outputs can be computed once per dataset
-(:class:`FeaturePlan`).
+The model is the fusion head (which owns its encoders). Besides building it, this module keeps frozen encoders in
+eval mode and describes each encoder for checkpoints. Which encoder outputs are computed once per dataset is the
+feature plan's question (:mod:`mmfuse.features.plan`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from torch import nn
 
 from mmfuse.config import ConfigError, EncoderConfig, ModelConfig
 from mmfuse.encoders.base import Encoder
-
-MODALITIES = ("text", "image")
-
-
-@dataclass(frozen=True)
-class FeaturePlan:
-    """How the model gets each modality during training and evaluation.
-
-    Attributes:
-        text: ``raw`` (the model runs the text encoder on token ids: it is trained, or the head reads ``tokens``),
-            ``pooled`` / ``sequence`` (features of the frozen encoder, computed once), or ``None`` (no text).
-        image: ``raw`` (the model runs the image encoder on pixels), ``pooled`` / ``grid`` (precomputed), or
-            ``None`` (no image).
-    """
-
-    text: Literal["raw", "pooled", "sequence"] | None
-    image: Literal["raw", "pooled", "grid"] | None
-
-    @property
-    def needs_pixels(self) -> bool:
-        return self.image == "raw"
-
-    def precomputes(self, modality: str) -> bool:
-        return getattr(self, modality) not in (None, "raw")
-
-    @property
-    def precomputed(self) -> int:
-        """How many modalities get precomputed features (what a feature pass's progress counts per example)."""
-        return sum(self.precomputes(m) for m in ("text", "image"))
-
-    def needs_sequence(self, modality: str) -> bool:
-        return getattr(self, modality) in ("sequence", "grid")
+from mmfuse.features.plan import encoders_of
 
 
 def build_encoder(modality: str, cfg: EncoderConfig) -> Encoder:
@@ -104,37 +73,6 @@ def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
         )
     except (ValueError, TypeError) as e:
         raise ConfigError(f"model.head ({cfg.head.name}): {e}") from e
-
-
-def encoders_of(model: nn.Module) -> dict[str, tuple[str, Encoder]]:
-    """``modality -> (state-dict prefix, encoder)`` for each encoder the model owns."""
-    found: dict[str, tuple[str, Encoder]] = {}
-    for modality in MODALITIES:
-        encoder = getattr(model, f"{modality}_encoder", None)
-        if encoder is None:
-            continue
-        for name, module in model.named_modules():
-            if module is encoder:
-                found[modality] = (f"{name}." if name else "", encoder)
-                break
-    return found
-
-
-def plan_features(model: nn.Module, *, precompute: bool = True) -> FeaturePlan:
-    """Which encoder outputs can be computed once: those of fully frozen encoders whose pooled, sequence or grid
-    output the head reads (never ``tokens``, never a fine-tuned encoder)."""
-    encoders = encoders_of(model)
-    uses = {"text": getattr(model, "uses_text", None), "image": getattr(model, "uses_image", None)}
-    plan: dict[str, Any] = {}
-    for modality in MODALITIES:
-        use = uses[modality]
-        if use is None or modality not in encoders:
-            plan[modality] = None
-        elif precompute and use in ("pooled", "sequence", "grid") and encoders[modality][1].is_frozen:
-            plan[modality] = use
-        else:
-            plan[modality] = "raw"
-    return FeaturePlan(**plan)
 
 
 def set_train_mode(model: nn.Module, training: bool) -> None:

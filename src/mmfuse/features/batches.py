@@ -1,14 +1,16 @@
-"""From examples to batches the model reads: data loaders, a seeded epoch sampler, and batch -> FusionInputs.
+"""From examples to batches the model reads: precomputed tables, data loaders, and batch -> FusionInputs.
 
-The DataLoader yields batches of :func:`~mmfuse.data.collate_examples` (ids, texts, labels, and pixels only when the
-model runs its image encoder). :class:`InputMaker` turns one into :class:`~mmfuse.fusion.FusionInputs`: it tokenizes
-texts for a text encoder that runs in the model, and looks up precomputed features of frozen encoders by each
-example's row index.
+:func:`compute_tables` gets the features the plan precomputes (from a :class:`~mmfuse.features.table.FeatureSource`).
+The DataLoader of :func:`make_loader` yields batches of :func:`~mmfuse.data.collate_examples` (ids, texts, labels,
+and pixels only when the model runs its image encoder). :class:`InputMaker` turns one into
+:class:`~mmfuse.fusion.FusionInputs`: it tokenizes texts for a text encoder that runs in the model, and looks up
+precomputed features of frozen encoders by each example's row index. The order of examples (a sampler) is the
+caller's: the engine's :class:`~mmfuse.engine.sampler.EpochSampler` for training.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,34 +21,9 @@ from mmfuse.data.dataset import MultimodalDataset, collate_examples
 from mmfuse.data.example import Example
 from mmfuse.data.labels import LabelMap
 from mmfuse.encoders.base import ImageEncoder, TextEncoder
-from mmfuse.engine.build import FeaturePlan
-from mmfuse.engine.features import FeatureSource, FeatureTable
+from mmfuse.features.plan import MODALITIES, FeaturePlan
+from mmfuse.features.table import FeatureSource, FeatureTable
 from mmfuse.fusion.base import FusionInputs
-
-
-class EpochSampler(Sampler[int]):
-    """A shuffled order of ``range(n)`` that depends only on ``seed + epoch``.
-
-    Every process of a multi-process run draws the same order (each then takes its part of each batch), and a
-    resumed run draws, for epoch ``e``, the order the uninterrupted run drew: the data order never depends on the
-    global RNG state. ``set_epoch`` is called by accelerate's data loader (and by the engine).
-    """
-
-    def __init__(self, n: int, seed: int, shuffle: bool = True) -> None:
-        self.n, self.seed, self.shuffle = n, seed, shuffle
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
-        if not self.shuffle:
-            return iter(range(self.n))
-        rng = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.n, generator=rng).tolist())
-
-    def __len__(self) -> int:
-        return self.n
 
 
 @dataclass
@@ -70,7 +47,7 @@ def compute_tables(
 ) -> Tables:
     """Features of the model's frozen encoders for ``examples``, as the plan asks (nothing when it asks none)."""
     tables = Tables()
-    for modality in ("text", "image"):
+    for modality in MODALITIES:
         if not plan.precomputes(modality):
             continue
         encoder = getattr(model, f"{modality}_encoder")
@@ -127,14 +104,24 @@ class InputMaker:
     def __call__(self, batch: dict[str, Any], device: torch.device | str) -> FusionInputs:
         rows = batch["index"].cpu()
         inputs = FusionInputs(image_present=batch["image_present"])
-        if self.plan.text == "raw":
+        if self.plan.reads_raw("text"):
             assert self.text_encoder is not None
             inputs.text_inputs = self.text_encoder.tokenize(list(batch["texts"]))
-        elif self.tables.text is not None:
-            inputs.text_features = self.tables.text.batch(rows)
-        if self.plan.image == "raw":
+        elif self.plan.precomputes("text"):
+            inputs.text_features = self._table("text").batch(rows)
+        if self.plan.reads_raw("image"):
             inputs.pixel_values = batch["pixel_values"]
-        elif self.tables.image is not None:
-            inputs.image_features = self.tables.image.batch(rows)
-            inputs.image_present = self.tables.image.present_of(rows)
+        elif self.plan.precomputes("image"):
+            table = self._table("image")
+            inputs.image_features = table.batch(rows)
+            inputs.image_present = table.present_of(rows)
         return inputs.to(device)
+
+    def _table(self, modality: str) -> FeatureTable:
+        table = getattr(self.tables, modality)
+        if table is None:
+            raise ValueError(
+                f"the feature plan precomputes {modality}, but no {modality} table was given; "
+                "build the tables with compute_tables(model, plan, examples, source, ...)"
+            )
+        return table
