@@ -10,6 +10,10 @@
     clf.evaluate(test_examples)              # metrics beside the majority-class and random baselines
     clf.save("model/")
     clf = MultimodalClassifier.load("runs/concat-20250101-120000")   # a run folder or a checkpoint folder
+
+Inference runs on the one path of :mod:`mmfuse.model` (:meth:`MultimodalClassifier.predictor` is the fitted model as a
+:class:`~mmfuse.model.TorchPredictor`, what ``mmfuse serve`` and ensembles run too); a saved model's ``meta.json``
+describes the model alone (:class:`~mmfuse.model.ModelSpec`), the training config stays in ``config.yaml``.
 """
 
 from __future__ import annotations
