@@ -66,8 +66,8 @@ CAPTIONS = [
 def make_checkpoint(folder: Path, head: str) -> Path:
     """An untrained ``head`` over MiniLM + EfficientNet-Lite0, saved as a checkpoint folder."""
     from mmfuse.data.labels import LabelMap
-    from mmfuse.engine.build import build_model
     from mmfuse.engine.classifier import MultimodalClassifier
+    from mmfuse.model.build import build_model
 
     clf = MultimodalClassifier(head=head, text_encoder="minilm", image_encoder="efficientnet-lite0")
     torch.manual_seed(0)

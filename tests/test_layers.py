@@ -2,9 +2,11 @@
 the packages above it.
 
 Layers, bottom up: ``data``, ``encoders``, ``fusion`` (the model library), ``features`` (feature plan, tables, the
-in-process store, the batch maker), ``cache`` (the persistent feature cache, a feature source), then the tools that
-drive them (``engine``, ``serve``, ``export``, ``report``, ``sweep``, ``cli``). A row of :data:`FORBIDDEN` names, for
-one layer, the packages it must never import, directly or through another module.
+in-process store, the batch maker), ``cache`` (the persistent feature cache, a feature source), ``model`` (a saved
+model and the one inference path: build, checkpoints, predictor), then the tools that drive them (``engine``,
+``serve``, ``export``, ``report``, ``sweep``, ``cli``). A row of :data:`FORBIDDEN` names, for one layer, the packages
+it must never import, directly or through another module: serving and exporting a model never load the trainer or
+accelerate.
 """
 
 from __future__ import annotations
@@ -16,16 +18,21 @@ import sys
 import pytest
 
 _TOOLS = ("mmfuse.engine", "mmfuse.serve", "mmfuse.export", "mmfuse.report", "mmfuse.sweep", "mmfuse.cli")
+_ABOVE = ("mmfuse.model", *_TOOLS)  # what the layers up to the cache must not import
+_NOT_FOR_SERVING = ("mmfuse.engine.trainer", "mmfuse.sweep", "mmfuse.cli", "mmfuse.report", "accelerate")
 
 # layer package -> packages it must not import (a name also forbids its submodules)
 FORBIDDEN: dict[str, tuple[str, ...]] = {
     "mmfuse.data": (
-        "mmfuse.encoders", "mmfuse.fusion", "mmfuse.features", "mmfuse.cache", *_TOOLS, "mmfuse.config", "accelerate",
+        "mmfuse.encoders", "mmfuse.fusion", "mmfuse.features", "mmfuse.cache", *_ABOVE, "mmfuse.config", "accelerate",
     ),
-    "mmfuse.encoders": ("mmfuse.fusion", "mmfuse.features", "mmfuse.cache", *_TOOLS, "mmfuse.config", "accelerate"),
-    "mmfuse.fusion": ("mmfuse.features", "mmfuse.cache", *_TOOLS, "mmfuse.config", "accelerate"),
-    "mmfuse.features": ("mmfuse.cache", *_TOOLS, "mmfuse.config", "accelerate"),
-    "mmfuse.cache": (*_TOOLS, "accelerate"),
+    "mmfuse.encoders": ("mmfuse.fusion", "mmfuse.features", "mmfuse.cache", *_ABOVE, "mmfuse.config", "accelerate"),
+    "mmfuse.fusion": ("mmfuse.features", "mmfuse.cache", *_ABOVE, "mmfuse.config", "accelerate"),
+    "mmfuse.features": ("mmfuse.cache", *_ABOVE, "mmfuse.config", "accelerate"),
+    "mmfuse.cache": (*_ABOVE, "accelerate"),
+    "mmfuse.model": (*_TOOLS, "accelerate"),
+    "mmfuse.serve": _NOT_FOR_SERVING,
+    "mmfuse.export": _NOT_FOR_SERVING,
 }  # fmt: skip
 
 # Imports the layer and every module under it, then prints what the interpreter has loaded.

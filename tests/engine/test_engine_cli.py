@@ -49,7 +49,7 @@ def test_train_evaluate_predict_resume(fake_encoders, cfg_file: Path, tmp_path: 
     for which in ("best", "last"):
         assert (run / "checkpoints" / which / "model.safetensors").is_file()
         meta = json.loads((run / "checkpoints" / which / "meta.json").read_text())
-        assert meta["classes"] == ["0", "1"] and meta["config"]["model"]["head"]["name"] == "concat"
+        assert meta["classes"] == ["0", "1"] and meta["model"]["head"]["name"] == "concat"
     assert (run / "checkpoints" / "last" / "training_state.pt").is_file()
     assert json.loads((run / "checkpoints" / "last" / "meta.json").read_text())["epoch"] == 2
     log = (run / "train.log").read_text()

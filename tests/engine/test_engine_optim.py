@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from mmfuse.config import ConfigError, ModelConfig, OptimConfig, TrainingConfig
-from mmfuse.engine.build import build_model
 from mmfuse.engine.optim import build_optimizer, build_scheduler, class_weight_tensor, optimizer_steps
 from mmfuse.engine.trainer import make_accelerator
+from mmfuse.model.build import build_model
 
 
 @pytest.fixture

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mmfuse.engine.metrics import improves, predict_labels, tune_threshold
+from mmfuse.engine.metrics import improves, tune_threshold
+from mmfuse.model.prediction import predict_labels
 
 
 def test_a_better_selection_value_improves_whatever_the_loss() -> None:

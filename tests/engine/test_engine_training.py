@@ -15,11 +15,11 @@ from safetensors.torch import load_file
 
 import mmfuse.encoders
 from mmfuse.engine import trainer as trainer_module
-from mmfuse.engine.checkpoint import CheckpointError
 from mmfuse.engine.classifier import MultimodalClassifier
 from mmfuse.engine.run_dir import RunDir
 from mmfuse.engine.trainer import NonFiniteLossError, Trainer
 from mmfuse.features import FeatureStore
+from mmfuse.model.checkpoint import CheckpointError
 
 # timing fields differ between identical runs; everything else in a metrics record must not
 _TIMING = ("seconds", "examples_per_s")
@@ -286,7 +286,7 @@ def test_early_stopping_keeps_the_best_epoch(
 
 
 def _stored(clf: MultimodalClassifier) -> dict[str, torch.Tensor]:
-    from mmfuse.engine.checkpoint import stored_state
+    from mmfuse.model.checkpoint import stored_state
 
     return stored_state(clf.model)
 

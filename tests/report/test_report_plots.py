@@ -6,15 +6,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mmfuse.model.prediction import grid_shape
 from mmfuse.report import gallery_groups, plots
 from mmfuse.report import html as H
 
 
 @pytest.mark.parametrize(
-    ("n", "shape"), [(49, (7, 7)), (16, (4, 4)), (4, (2, 2)), (12, (3, 4)), (50, (5, 10)), (7, None), (1, (1, 1))]
+    ("n", "shape"), [(49, (7, 7)), (16, (4, 4)), (4, (2, 2)), (12, (3, 4)), (50, (5, 10)), (7, (1, 7)), (1, (1, 1))]
 )
-def test_grid_shape(n, shape):
-    assert plots.grid_shape(n) == shape
+def test_grid_shape_of_a_square_image(n, shape):
+    """The one grid rule (the server's, the report's): the most square factorisation, rows <= cols on a tie."""
+    assert grid_shape(n) == shape
 
 
 def test_gallery_groups_pick_right_wrong_and_uncertain_without_repeats():
@@ -73,8 +75,8 @@ def test_calibration_error_is_zero_when_confidence_matches_accuracy():
 
 def test_attention_card_keeps_the_image_aspect_and_marks_the_peak(tmp_path):
     image = np.full((100, 300, 3), 255, dtype=np.uint8)
-    attention = np.zeros((2, 16))
-    attention[:, 5] = 1.0  # row 1, column 1 of a 4x4 grid
+    attention = np.zeros((4, 4))
+    attention[1, 1] = 1.0  # row 1, column 1 of a 4x4 grid
     path = plots.save_image(plots.attention_card(image, attention), tmp_path / "card.png")
     drawn = np.asarray(Image.open(path).convert("RGB"), dtype=float)
     h, w = drawn.shape[:2]
@@ -88,3 +90,6 @@ def test_attention_card_keeps_the_image_aspect_and_marks_the_peak(tmp_path):
     assert plots.attention_card(None, None).size == (plots.CARD_SIDE, plots.CARD_SIDE)
     plain = np.asarray(plots.attention_card(image, np.ones(7) / 7))  # 7 regions are not a grid: image only
     assert (plain == 255).all()
+    flat = np.zeros(16)
+    flat[5] = 1.0  # the same peak given over the regions in row-major order
+    assert (np.asarray(plots.attention_card(image, flat)) == np.asarray(Image.open(path).convert("RGB"))).all()

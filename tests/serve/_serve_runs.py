@@ -36,8 +36,8 @@ def make_checkpoint(
     ``MultimodalClassifier.load`` reads. The encoder folders are copied beside it, so the checkpoint outlives this
     process (a server or CLI started in a subprocess can load it)."""
     from mmfuse.data.labels import LabelMap
-    from mmfuse.engine.build import build_model
     from mmfuse.engine.classifier import MultimodalClassifier
+    from mmfuse.model.build import build_model
 
     encoders = folder / "encoders"
     text_dir, image_dir = encoders / "tiny-bert", encoders / f"tiny-{image}"

@@ -10,12 +10,15 @@
     clf.evaluate(test_examples)              # metrics beside the majority-class and random baselines
     clf.save("model/")
     clf = MultimodalClassifier.load("runs/concat-20250101-120000")   # a run folder or a checkpoint folder
+
+Inference runs on the one path of :mod:`mmfuse.model` (:meth:`MultimodalClassifier.predictor` is the fitted model as a
+:class:`~mmfuse.model.TorchPredictor`, what ``mmfuse serve`` and ensembles run too); a saved model's ``meta.json``
+describes the model alone (:class:`~mmfuse.model.ModelSpec`), the training config stays in ``config.yaml``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,45 +27,22 @@ import torch
 from torch import nn
 
 from mmfuse.cache import source_for
-from mmfuse.config import TrainConfig, config_from, load_config, validate_config
+from mmfuse.config import TrainConfig, config_from, load_config
 from mmfuse.data.labels import LabelMap
 from mmfuse.data.loading import Split, load_splits
-from mmfuse.engine import checkpoint as ckpt
-from mmfuse.engine.build import build_model, set_train_mode
-from mmfuse.engine.data_io import ExamplesLike, Inputs, inputs_of, predictions_frame
-from mmfuse.engine.inference import Outputs, run_model
-from mmfuse.engine.metrics import baseline_metrics, classification_metrics, evaluation_scalars, predict_labels
-from mmfuse.engine.missing_images import MissingImages, allowed_share, check_images, missing_images
-from mmfuse.engine.progress import is_main_process
-from mmfuse.engine.run_dir import Reporter, RunDir
+from mmfuse.engine.data_io import ExamplesLike, inputs_of, predictions_frame
+from mmfuse.engine.metrics import evaluation, evaluation_scalars
+from mmfuse.engine.run_dir import RunDir
 from mmfuse.engine.trainer import EpochCallback, Trainer
-from mmfuse.features import FeatureSource, InputMaker, compute_tables, make_loader, plan_features
+from mmfuse.features import FeatureSource
+from mmfuse.model import checkpoint as ckpt
+from mmfuse.model.prediction import Prediction
+from mmfuse.model.predictor import TorchPredictor
+from mmfuse.model.spec import ModelSpec
 
 
 class NotFittedError(ValueError):
     """The classifier has no trained model yet: call fit() or load()."""
-
-
-@dataclass
-class Prediction:
-    """One example's prediction with what the head shows of its reasoning.
-
-    Attributes:
-        id: the example id.
-        label: predicted class name.
-        proba: probabilities per class name.
-        attention: ``(Q, N)`` attention of text tokens (or one pooled query) over image regions; ``None`` for
-            heads without attention.
-        image_reliance: how much the image contributed, in ``[0, 1]``; ``None`` for heads without it.
-        image_present: ``False`` when the image was missing or unreadable and a blank stood in.
-    """
-
-    id: str
-    label: str
-    proba: dict[str, float]
-    attention: np.ndarray | None = None
-    image_reliance: float | None = None
-    image_present: bool = True
 
 
 class MultimodalClassifier:
@@ -184,35 +164,24 @@ class MultimodalClassifier:
         of them (a share; default ``data.max_missing_images``, else 0.5) raise
         :class:`~mmfuse.engine.missing_images.TooManyMissingImagesError`. The same holds for every method below.
         """
-        return self._run(examples, max_missing=max_missing_images)[0].proba
+        return self.predictor().predict_proba(examples, max_missing_images=max_missing_images)
 
     def predict(
         self, examples: ExamplesLike, *, threshold: float | None = None, max_missing_images: float | None = None
     ) -> list[str]:
         """Predicted class names; binary tasks use ``threshold`` on P(class 1) when given (e.g. the tuned
         :attr:`threshold`), else the most probable class."""
-        labels = predict_labels(self.predict_proba(examples, max_missing_images=max_missing_images), threshold)
-        return [self._label_map().decode(int(i)) for i in labels]
+        predictor = self.predictor()
+        return predictor.label_names(
+            predictor.predict_proba(examples, max_missing_images=max_missing_images), threshold
+        )
 
     def predict_details(
         self, examples: ExamplesLike, *, threshold: float | None = None, max_missing_images: float | None = None
     ) -> list[Prediction]:
-        """Per example: label, probabilities, whether its image was read, and where the head has them, attention
-        maps and image reliance."""
-        out, _ = self._run(examples, details=True, max_missing=max_missing_images)
-        proba, classes = out.proba, self.classes
-        labels = predict_labels(proba, threshold)
-        return [
-            Prediction(
-                id=out.ids[i],
-                label=classes[int(labels[i])],
-                proba={c: float(p) for c, p in zip(classes, proba[i], strict=True)},
-                attention=out.attention[i] if out.attention is not None else None,
-                image_reliance=float(out.image_reliance[i]) if out.image_reliance is not None else None,
-                image_present=bool(out.image_present[i]) if out.image_present is not None else True,
-            )
-            for i in range(len(out.ids))
-        ]
+        """Per example a :class:`~mmfuse.model.prediction.Prediction`: id, label, probabilities, whether its image
+        was read, and where the head has them, the attention grid over image regions and image reliance."""
+        return self.predictor().predict_examples(examples, threshold=threshold, max_missing_images=max_missing_images)
 
     def predictions_table(
         self, examples: ExamplesLike, *, threshold: float | None = None, max_missing_images: float | None = None
@@ -220,8 +189,9 @@ class MultimodalClassifier:
         """The predictions as a DataFrame: ``id, proba, label, image_present`` for binary tasks (Hateful Memes
         format, plus whether the image was read), else ``id``, one ``proba_<class>`` column per class, ``label``,
         ``image_present``. Works on unlabeled examples."""
-        out, _ = self._run(examples, max_missing=max_missing_images)
-        labels = [self.classes[int(i)] for i in predict_labels(out.proba, threshold)]
+        predictor = self.predictor()
+        out, _ = predictor.run_examples(examples, max_missing_images=max_missing_images)
+        labels = predictor.label_names(out.proba, threshold)
         return predictions_frame(out.ids, out.proba, self.classes, labels, out.image_present)
 
     def evaluate(
@@ -248,92 +218,47 @@ class MultimodalClassifier:
         unlabeled = sum(e.label is None for e in items)
         if unlabeled:
             raise ValueError(f"{unlabeled} of {len(items)} examples have no label; evaluate needs labels (use predict)")
-        out, missing = self._run(inputs, labeled=True, task="evaluate", max_missing=max_missing_images)
-        proba, y = out.proba, out.labels
-        result: dict[str, Any] = {
-            "split": name or (examples.name if isinstance(examples, Split) else str(examples)[:60]),
-            "n": len(y),
-            "classes": label_map.classes,
-            "metrics": classification_metrics(y, proba, label_map.classes),
-        }
-        if label_map.num_classes == 2 and self.threshold is not None:
-            result["threshold"] = self.threshold
-            result["metrics_at_threshold"] = classification_metrics(
-                y, proba, label_map.classes, threshold=self.threshold
-            )
-        train_y = np.repeat(np.arange(label_map.num_classes), self.train_class_counts or 0)
-        if len(train_y):
-            result["baselines"] = baseline_metrics(train_y, y, label_map.classes, seed=self.config.train.seed)
+        out, missing = self.predictor().run_examples(
+            inputs, labeled=True, task="evaluate", max_missing_images=max_missing_images
+        )
+        split = name or (examples.name if isinstance(examples, Split) else str(examples)[:60])
+        result = evaluation(out.labels, out.proba, label_map.classes, split=split, threshold=self.threshold,
+                            train_class_counts=self.train_class_counts, seed=self.config.train.seed)  # fmt: skip
         if missing is not None:
             result["missing_images"] = missing.to_dict()
         return result
 
-    def run_outputs(
-        self,
-        examples: ExamplesLike | Inputs,
-        *,
-        task: str = "predict",
-        max_missing_images: float | None = None,
-        labeled: bool = False,
-        warn: bool = True,
-    ) -> tuple[Outputs, MissingImages | None]:
-        """The model's raw outputs on ``examples`` (what an ensemble combines), and for a model that reads images,
-        the examples it got a blank image for.
-
-        Args:
-            examples: examples, a split, a data file, or :class:`~mmfuse.engine.data_io.Inputs`.
-            task: ``predict`` or ``evaluate``: the default allowed share of missing images, and the messages' words.
-            max_missing_images: the allowed share of examples without a usable image (see :meth:`predict_proba`).
-            labeled: read labels (required).
-            warn: warn about missing images (an ensemble warns once, not once per member).
+    def predictor(self) -> TorchPredictor:
+        """The fitted or loaded model behind the one inference path (:class:`~mmfuse.model.TorchPredictor`), run
+        with this classifier's config (data, cache, eval batch) and feature source; what ``predict*`` and
+        ``evaluate`` use, and what an ensemble combines.
 
         Raises:
-            TooManyMissingImagesError: more examples without a usable image than allowed.
+            NotFittedError: no model yet.
         """
-        return self._run(examples, labeled=labeled, task=task, max_missing=max_missing_images, warn=warn)
-
-    def _run(
-        self,
-        examples: ExamplesLike | Inputs,
-        *,
-        labeled: bool = False,
-        details: bool = False,
-        task: str = "predict",
-        max_missing: float | None = None,
-        warn: bool = True,
-    ) -> tuple[Outputs, MissingImages | None]:
-        """The model's outputs on ``examples``, and for a model that reads images, the examples it got a blank
-        image for (checked against the allowed share before and after running)."""
         model, label_map = self._model(), self._label_map()
-        cfg = self.config
-        inputs = inputs_of(examples, cfg.data, labeled=True if labeled else None)
-        items = inputs.examples
-        if not items:
-            raise ValueError("no examples to predict")
-        reads_images = getattr(model, "image_encoder", None) is not None
-        limit = allowed_share(task, max_missing, cfg.data)
-        where = {"report": inputs.report, "source": inputs.source, "image_root": inputs.image_root}
-        if reads_images:  # fail before the model runs when the paths already say so
-            check_images(missing_images(items, **where), task=task, limit=limit, data=cfg.data, warn=False)
-        plan = plan_features(model, precompute=cfg.cache.enabled)
-        reporter = Reporter(quiet=cfg.run.quiet, main=is_main_process())
-        with reporter.bar(len(items) * plan.precomputed, f"features {task}") as bar:
-            tables = compute_tables(
-                model, plan, items, self.source, device=self.device, batch_size=cfg.train.eval_batch,
-                num_workers=cfg.train.num_workers, progress=bar.update,
-            )  # fmt: skip
-        loader = make_loader(
-            items, label_map=label_map if labeled else None, plan=plan, batch_size=cfg.train.eval_batch,
-            image_encoder=getattr(model, "image_encoder", None), num_workers=cfg.train.num_workers,
-        )  # fmt: skip
-        maker = InputMaker(plan, tables, getattr(model, "text_encoder", None))
-        with reporter.bar(len(items), task) as bar:
-            out = run_model(model, loader, maker, device=self.device, details=details, bar=bar)
-        if not reads_images:
-            return out, None
-        missing = missing_images(items, out.image_present, **where)
-        check_images(missing, task=task, limit=limit, data=cfg.data, warn=warn)
-        return out, missing
+        return TorchPredictor(
+            model,
+            classes=label_map.classes,
+            threshold=self.threshold,
+            head=self.config.model.head.name,
+            encoders=self.spec().encoder_names(),
+            source=self.run_dir.path if self.run_dir is not None else None,
+            device=self.device,
+            train_class_counts=self.train_class_counts,
+            config=self.config,
+            features=self.source,
+        )
+
+    def spec(self) -> ModelSpec:
+        """What the fitted or loaded model is (its config's ``model``, classes, threshold, training-label counts):
+        what :meth:`save` writes to ``meta.json``."""
+        return ModelSpec(
+            model=self.config.model,
+            classes=self._label_map().classes,
+            threshold=self.threshold,
+            train_class_counts=self.train_class_counts,
+        )
 
     def _model(self) -> nn.Module:
         if self.model is None:
@@ -348,16 +273,11 @@ class MultimodalClassifier:
     # --------------------------------------------------------------------------------------------- persistence
 
     def save(self, path: str | Path) -> Path:
-        """Writes a checkpoint folder (trainable weights, metadata, ``config.yaml``, ``label_map.json``) that
-        :meth:`load` reads back."""
+        """Writes a checkpoint folder that :meth:`load` (and :meth:`TorchPredictor.from_run
+        <mmfuse.model.TorchPredictor.from_run>`, ``mmfuse serve``) reads back: trainable weights, ``meta.json`` with
+        the model spec, and beside them the training config (``config.yaml``) and ``label_map.json``."""
         model = self._model()
-        meta = {
-            "config": self.config.to_dict(),
-            "classes": self.classes,
-            "threshold": self.threshold,
-            "train_class_counts": self.train_class_counts,
-        }
-        folder = ckpt.save_checkpoint(path, model, meta)
+        folder = ckpt.save_checkpoint(path, model, self.spec().to_meta())
         (folder / "config.yaml").write_text(self.config.to_yaml(), encoding="utf-8")
         self._label_map().save(folder / "label_map.json")
         return folder
@@ -368,26 +288,22 @@ class MultimodalClassifier:
     ) -> MultimodalClassifier:
         """Loads a run folder (its ``checkpoints/<checkpoint>``) or a checkpoint folder.
 
-        Frozen encoders are rebuilt from their names and checked against the fingerprints recorded at training.
+        The model comes from the checkpoint's spec (:meth:`TorchPredictor.from_run
+        <mmfuse.model.TorchPredictor.from_run>`); the config (data, eval batch) from the ``config.yaml`` beside it
+        or in its run folder. Frozen encoders are rebuilt from their names and checked against the fingerprints
+        recorded at training.
 
         Raises:
             FileNotFoundError: no checkpoint at ``path``.
             CheckpointError: a damaged checkpoint, or rebuilt encoders that differ from the trained ones.
         """
+        predictor = TorchPredictor.from_run(path, checkpoint=checkpoint, device=device)
+        clf = cls(predictor.config)
+        clf.label_map = LabelMap(predictor.classes)
+        clf.model, clf.device = predictor.model, predictor.device
+        clf.threshold = predictor.tuned_threshold
+        clf.train_class_counts = predictor.train_class_counts
         folder = ckpt.resolve_checkpoint(path, checkpoint)
-        meta = ckpt.read_meta(folder)
-        config = validate_config(meta["config"])
-        clf = cls(config)
-        clf.label_map = LabelMap(meta["classes"])
-        model = build_model(config.model, clf.label_map.num_classes)
-        ckpt.load_weights(model, folder, meta)
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() and config.train.device == "auto" else "cpu"
-        clf.device = torch.device(device)
-        set_train_mode(model, False)
-        clf.model = model.to(clf.device)
-        clf.threshold = meta.get("threshold")
-        clf.train_class_counts = meta.get("train_class_counts")
         run = folder.parent.parent
         if (run / "config.yaml").is_file() and folder.parent.name == "checkpoints":
             clf.run_dir = RunDir(run)

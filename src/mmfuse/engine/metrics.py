@@ -1,5 +1,7 @@
 """Classification metrics (scikit-learn), baselines computed the same way, and the binary decision threshold.
 
+Labels from probabilities follow the one rule of :func:`~mmfuse.model.prediction.predict_labels`.
+
 Every function takes integer labels ``y`` ``(N,)`` and class probabilities ``proba`` ``(N, C)`` in the label map's
 class order. For binary tasks the positive class is class 1 (the second in the label map: ``"1"`` of ``0/1``
 labels, ``offensive`` of ``non-offensive/offensive``).
@@ -21,6 +23,8 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
     roc_auc_score,
 )
+
+from mmfuse.model.prediction import predict_labels
 
 HIGHER_IS_BETTER = {"accuracy": True, "macro_f1": True, "weighted_f1": True, "auroc": True, "loss": False}
 """Metrics a run can select on, and their direction."""
@@ -55,13 +59,6 @@ def improves(name: str, val: dict[str, Any], best: float | None, best_loss: floa
         return True
     tied = value is not None and best is not None and value == best
     return name != "loss" and tied and is_better("loss", val.get("loss"), best_loss)
-
-
-def predict_labels(proba: np.ndarray, threshold: float | None = None) -> np.ndarray:
-    """Class ids: argmax, or for binary tasks with a ``threshold``, ``1`` where ``P(class 1) >= threshold``."""
-    if threshold is not None and proba.shape[1] == 2:
-        return (proba[:, 1] >= threshold).astype(np.int64)
-    return proba.argmax(axis=1)
 
 
 def auroc(y: np.ndarray, proba: np.ndarray) -> float | None:
@@ -163,6 +160,34 @@ def baseline_metrics(
     """:func:`classification_metrics` of the majority-class and random baselines on labels ``y``."""
     probas = baseline_probas(train_y, len(y), len(classes), seed)
     return {name: classification_metrics(y, proba, classes) for name, proba in probas.items()}
+
+
+def evaluation(
+    y: np.ndarray,
+    proba: np.ndarray,
+    classes: Sequence[str],
+    *,
+    split: str,
+    threshold: float | None = None,
+    train_class_counts: Sequence[int] | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """What ``evaluate`` returns (a classifier's or an ensemble's): ``split``, ``n``, ``classes``, ``metrics``; for
+    binary tasks with a tuned ``threshold`` that and ``metrics_at_threshold``; with training-label counts the
+    majority-class and random ``baselines`` (drawn with ``seed``)."""
+    result: dict[str, Any] = {
+        "split": split,
+        "n": len(y),
+        "classes": list(classes),
+        "metrics": classification_metrics(y, proba, classes),
+    }
+    if len(classes) == 2 and threshold is not None:
+        result["threshold"] = threshold
+        result["metrics_at_threshold"] = classification_metrics(y, proba, classes, threshold=threshold)
+    train_y = np.repeat(np.arange(len(classes)), train_class_counts or 0)
+    if len(train_y):
+        result["baselines"] = baseline_metrics(train_y, y, classes, seed=seed)
+    return result
 
 
 def headline(metrics: dict[str, Any]) -> dict[str, Any]:

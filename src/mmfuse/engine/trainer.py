@@ -32,14 +32,15 @@ from mmfuse.data.example import Example
 from mmfuse.data.labels import LabelMap
 from mmfuse.data.report import SplitReport
 from mmfuse.engine import checkpoint as ckpt
-from mmfuse.engine.build import build_model, set_train_mode
 from mmfuse.engine.data_io import data_counts, data_warnings
-from mmfuse.engine.inference import Outputs, run_model
 from mmfuse.engine.metrics import classification_metrics, headline, improves, selection_metric, tune_threshold
 from mmfuse.engine.optim import build_optimizer, build_scheduler, class_weight_tensor, current_lrs, optimizer_steps
 from mmfuse.engine.run_dir import Reporter, RunDir, Timer
 from mmfuse.engine.sampler import EpochSampler
 from mmfuse.features import FeatureSource, InputMaker, compute_tables, default_store, make_loader, plan_features
+from mmfuse.model.build import build_model, set_train_mode
+from mmfuse.model.inference import Outputs, run_model
+from mmfuse.model.spec import ModelSpec
 
 logger = logging.getLogger("mmfuse.engine")
 
@@ -379,16 +380,19 @@ class Trainer:
         )
 
     def _meta(self, record: dict[str, Any]) -> dict[str, Any]:
+        spec = ModelSpec(
+            model=self.cfg.model,
+            classes=list(self.classes),
+            threshold=record["val"].get("threshold"),
+            train_class_counts=_class_counts(self.train_y, len(self.classes)),
+        )
         return {
             "mmfuse_version": __version__,
-            "config": self.cfg.to_dict(),
-            "classes": self.classes,
+            **spec.to_meta(),
             "epoch": record["epoch"],
             "step": self.state.step,
             "val": record["val"],
             "selection_metric": self.metric,
-            "threshold": record["val"].get("threshold"),
-            "train_class_counts": _class_counts(self.train_y, len(self.classes)),
         }
 
     def _checkpoint(self, record: dict[str, Any], improved: bool) -> None:

@@ -46,6 +46,7 @@ from torch import nn
 
 import mmfuse
 from mmfuse.fusion.base import FusionInputs
+from mmfuse.model.spec import head_name as registered_head_name
 
 __all__ = [
     "EXPORTERS",
@@ -196,7 +197,8 @@ def export_onnx(
         classes: class names in logit order.
         threshold: the run's tuned threshold (binary tasks).
         head_name: the head's registered name (default: looked up from the model's class).
-        config: the run's config as a dict (``TrainConfig.to_dict()``), so a server can rebuild its preprocessing.
+        config: the model's config as ``{"model": ModelConfig dict}`` (what :func:`export_run` writes; a whole
+            ``TrainConfig.to_dict()`` works too), so a server can rebuild its preprocessing.
         exporter: ``dynamo`` (default) or ``torchscript``.
         fallback: when the dynamo exporter fails, try the TorchScript one.
         opset: ONNX opset.
@@ -235,7 +237,7 @@ def export_onnx(
             "mmfuse_version": mmfuse.__version__,
             "torch_version": torch.__version__,
             "exporter": used,
-            "head": head_name or _head_name(head),
+            "head": head_name or registered_head_name(head),
             "classes": [str(c) for c in classes],
             "threshold": threshold,
             "inputs": list(trace_inputs),
@@ -446,15 +448,6 @@ def _verify(graph: OnnxGraph, path: Path, outputs: list[str], atol: float) -> di
     return diffs
 
 
-def _head_name(head: nn.Module) -> str:
-    from mmfuse.fusion import FUSION_HEADS
-
-    for name in FUSION_HEADS.names():
-        if type(head) is FUSION_HEADS.get(name):
-            return name
-    return type(head).__name__
-
-
 # ----------------------------------------------------------------------------------------------- runs
 
 
@@ -466,7 +459,7 @@ def default_onnx_path(run: str | Path, checkpoint: str = "best") -> Path:
 
 def checkpoint_digest(run: str | Path, checkpoint: str = "best") -> str:
     """SHA-256 of the checkpoint's weights and metadata: tells whether an export is of this checkpoint."""
-    from mmfuse.engine.checkpoint import META, WEIGHTS, resolve_checkpoint
+    from mmfuse.model.checkpoint import META, WEIGHTS, resolve_checkpoint
 
     folder = resolve_checkpoint(run, checkpoint)
     h = hashlib.sha256()
@@ -501,17 +494,16 @@ def export_run(
         CheckpointError: a damaged checkpoint.
         ExportError: the export failed or does not match PyTorch.
     """
-    from mmfuse.engine.classifier import MultimodalClassifier
+    from mmfuse.model.checkpoint import load_model
 
-    clf = MultimodalClassifier.load(run, checkpoint=checkpoint, device="cpu")
-    assert clf.model is not None
+    model, spec, _ = load_model(run, checkpoint=checkpoint, device="cpu")
     return export_onnx(
-        clf.model,
+        model,
         out if out is not None else default_onnx_path(run, checkpoint),
-        classes=clf.classes,
-        threshold=clf.threshold,
-        head_name=clf.config.model.head.name,
-        config=clf.config.to_dict(),
+        classes=spec.classes,
+        threshold=spec.threshold,
+        head_name=spec.head,
+        config={"model": spec.model.model_dump(mode="json")},
         exporter=exporter,
         fallback=fallback,
         opset=opset,

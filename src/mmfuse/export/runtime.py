@@ -157,7 +157,7 @@ def _preprocessing_encoders(config: dict[str, Any], *, text: bool, image: bool) 
     """The run's encoders rebuilt from its config (only their tokenizer / preprocessing are used): the fallback for
     exports without preprocessing files, which loads every encoder weight."""
     from mmfuse.config import validate_config
-    from mmfuse.engine.build import build_encoder
+    from mmfuse.model.build import build_encoder
 
     model = validate_config(config).model
     out: dict[str, Any] = {}

@@ -45,7 +45,7 @@ class Evaluation:
         y: true class ids ``(N,)``.
         proba: ``(N, C)`` probabilities.
         classes: class names.
-        attention: per example ``(Q, N)`` attention over image regions (heads that have it).
+        attention: per example the ``(h, w)`` attention grid over image regions (heads that have it).
         reliance: ``(N,)`` image reliance (heads that have it).
         threshold: binary decision threshold tuned on validation.
         missing_images: examples predicted from a blank image because theirs was missing or unreadable.
@@ -410,8 +410,7 @@ def _card(ev: Evaluation, i: int, png: Path) -> str:
     if ev.reliance is not None:
         meta.append(f"image reliance {float(ev.reliance[i]):.2f}")
     if ev.attention is not None and ev.attention[i] is not None and ev.attention[i].size:
-        weights = np.asarray(ev.attention[i], dtype=float)
-        weights = weights.mean(axis=0) if weights.ndim == 2 else weights
+        weights = np.asarray(ev.attention[i], dtype=float)  # the (h, w) grid, summing to 1
         meta.append(f"attention peak {weights.max() * weights.size:.1f}× uniform")
     return (
         f'<div class="card"><img src="{H.data_uri(png)}" alt="image of example {H.esc(example.id)}">'

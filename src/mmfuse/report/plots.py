@@ -17,6 +17,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
+from mmfuse.model.prediction import grid_shape
+
 PALETTE = ["#3b6fb6", "#e07b39", "#4c9f70", "#c0504d", "#8064a2", "#4bacc6", "#9b8e3d", "#d16fa8"]
 DPI = 110
 
@@ -243,18 +245,6 @@ def importance_plot(importances: Mapping[str, float]) -> Figure:
     return fig
 
 
-def grid_shape(n: int) -> tuple[int, int] | None:
-    """The ``(rows, columns)`` of ``n`` image regions in row-major order: a square when ``n`` is one, else the most
-    square factorisation with at least 2 rows; ``None`` when ``n`` has none (a prime: not a grid)."""
-    side = math.isqrt(n)
-    if side * side == n:
-        return side, side
-    for rows in range(side, 1, -1):
-        if n % rows == 0:
-            return rows, n // rows
-    return None
-
-
 CARD_SIDE = 320
 """Pixels of the longer side of a gallery image."""
 
@@ -266,9 +256,10 @@ def attention_card(image: np.ndarray | None, attention: np.ndarray | None, crop:
 
     Args:
         image: ``(H, W, 3)`` uint8, or ``None`` (a grey placeholder).
-        attention: ``(Q, N)`` attention of Q queries over N regions in row-major order (averaged over the queries),
-            or ``(N,)``; ``None``, or N that is not a grid, draws the image alone. Drawn where the encoder looked: the
-            whole image, or the centre square when it crops.
+        attention: ``(h, w)`` attention over the region grid (a :class:`~mmfuse.model.prediction.Prediction`'s),
+            or ``(N,)`` over N regions in row-major order, laid out by :func:`~mmfuse.model.prediction.grid_shape`;
+            ``None``, or a single row of regions (N prime: not a grid), draws the image alone. Drawn where the
+            encoder looked: the whole image, or the centre square when it crops.
         crop: the encoder's centre crop as a share of the short side (``None``: it resizes the whole image).
     """
     from matplotlib import colormaps
@@ -284,12 +275,11 @@ def attention_card(image: np.ndarray | None, attention: np.ndarray | None, crop:
     )
     if attention is None:
         return picture
-    weights = np.asarray(attention, dtype=float)
-    weights = weights.mean(axis=0) if weights.ndim == 2 else weights
-    shape = grid_shape(weights.size)
-    if shape is None:
+    heat = np.asarray(attention, dtype=float)
+    if heat.ndim == 1:
+        heat = heat.reshape(grid_shape(heat.size))
+    if heat.shape[0] == 1 and heat.size > 1:
         return picture
-    heat = weights.reshape(shape)
     heat = (heat - heat.min()) / max(float(np.ptp(heat)), 1e-12)
     w, h = picture.size
     if crop is None:

@@ -23,9 +23,9 @@ _EXPORTS: dict[str, str] = {
     "decode_image": "mmfuse.serve.images",
     "load_predictor": "mmfuse.serve.loading",
     "run_server": "mmfuse.serve.loading",
-    "Prediction": "mmfuse.serve.predictor",
-    "Predictor": "mmfuse.serve.predictor",
-    "TorchPredictor": "mmfuse.serve.predictor",
+    "Prediction": "mmfuse.model.prediction",
+    "Predictor": "mmfuse.model.predictor",
+    "TorchPredictor": "mmfuse.model.predictor",
     "ServeSettings": "mmfuse.serve.settings",
 }
 

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from mmfuse.serve.predictor import Predictor, TorchPredictor
+from mmfuse.model.predictor import Predictor, TorchPredictor
 from mmfuse.serve.settings import ServeSettings
 
 __all__ = ["load_predictor", "run_server"]
@@ -42,7 +42,7 @@ def load_predictor(
     if not _has_checkpoint(path, checkpoint):
         if path.is_dir() and (path / ONNX_FILE).is_file():
             return _onnx(path / ONNX_FILE, threads)
-        from mmfuse.engine.checkpoint import resolve_checkpoint
+        from mmfuse.model.checkpoint import resolve_checkpoint
 
         resolve_checkpoint(path, checkpoint)  # raises FileNotFoundError saying what is missing
     if not onnx:
@@ -51,7 +51,7 @@ def load_predictor(
 
 
 def _has_checkpoint(path: Path, checkpoint: str) -> bool:
-    from mmfuse.engine.checkpoint import resolve_checkpoint
+    from mmfuse.model.checkpoint import resolve_checkpoint
 
     try:
         resolve_checkpoint(path, checkpoint)

@@ -21,14 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from mmfuse.engine.metrics import (
-    HIGHER_IS_BETTER,
-    baseline_metrics,
-    classification_metrics,
-    headline,
-    predict_labels,
-    tune_threshold,
-)
+from mmfuse.engine.metrics import HIGHER_IS_BETTER, classification_metrics, evaluation, headline, tune_threshold
+from mmfuse.model.prediction import predict_labels
 
 ENSEMBLE_JSON = "ensemble.json"
 FORMAT = "mmfuse-ensemble"
@@ -84,7 +78,9 @@ class Ensemble:
     """A weighted average of the probabilities of several trained runs (same classes).
 
     Args:
-        members: loaded classifiers.
+        members: loaded models (:class:`~mmfuse.model.TorchPredictor`), or fitted
+            :class:`~mmfuse.engine.classifier.MultimodalClassifier` objects (their :meth:`predictor
+            <mmfuse.engine.classifier.MultimodalClassifier.predictor>` is used).
         weights: one weight per member (normalized to sum to 1).
         threshold: binary decision threshold tuned on validation for the ensemble (``None``: argmax).
         runs: the members' run folders.
@@ -108,7 +104,7 @@ class Ensemble:
         total = float(sum(weights))
         if total <= 0 or any(w < 0 for w in weights):
             raise EnsembleError(f"weights must be >= 0 and not all 0, got {list(weights)}")
-        self.members = list(members)
+        self.members = [m.predictor() if callable(getattr(m, "predictor", None)) else m for m in members]
         self.weights = [float(w) / total for w in weights]
         self.threshold = threshold
         self.runs = list(runs)
@@ -135,7 +131,7 @@ class Ensemble:
             FileNotFoundError: no ``ensemble.json``, or a member run folder is missing.
             EnsembleError: not an mmfuse ensemble, or members that do not fit together.
         """
-        from mmfuse.engine.classifier import MultimodalClassifier
+        from mmfuse.model.predictor import TorchPredictor
 
         path = Path(path)
         file = path if path.is_file() else path / ENSEMBLE_JSON
@@ -155,7 +151,7 @@ class Ensemble:
             if not run.is_dir():
                 raise FileNotFoundError(f"ensemble member {str(run)!r} not found; the ensemble needs its run folders")
             runs.append(run)
-            members.append(MultimodalClassifier.load(run, device=device))
+            members.append(TorchPredictor.from_run(run, device=device))
             weights.append(float(member["weight"]))
         return cls(members, weights, threshold=info.get("threshold"), runs=runs, info=info)
 
@@ -176,7 +172,7 @@ class Ensemble:
         for member, weight in zip(self.members, self.weights, strict=True):
             if weight == 0:
                 continue
-            out, found = member.run_outputs(
+            out, found = member.run_examples(
                 inputs, task=task, max_missing_images=max_missing_images, labeled=labeled, warn=missing is None
             )
             p = weight * out.proba
@@ -220,18 +216,9 @@ class Ensemble:
             raise ValueError(f"{unlabeled} of {len(items)} examples have no label; evaluate needs labels (use predict)")
         y = np.array([self.classes.index(e.label) for e in items])  # type: ignore[arg-type]
         proba, _, missing = self._combined(inputs, "evaluate", max_missing_images, labeled=True)
-        result: dict[str, Any] = {
-            "split": name or (examples.name if isinstance(examples, Split) else str(examples)[:60]),
-            "n": len(y),
-            "classes": self.classes,
-            "metrics": classification_metrics(y, proba, self.classes),
-        }
-        if len(self.classes) == 2 and self.threshold is not None:
-            result["threshold"] = self.threshold
-            result["metrics_at_threshold"] = classification_metrics(y, proba, self.classes, threshold=self.threshold)
-        train_y = np.repeat(np.arange(len(self.classes)), self.train_class_counts or 0)
-        if len(train_y):
-            result["baselines"] = baseline_metrics(train_y, y, self.classes, seed=self.config.train.seed)
+        split = name or (examples.name if isinstance(examples, Split) else str(examples)[:60])
+        result = evaluation(y, proba, self.classes, split=split, threshold=self.threshold,
+                            train_class_counts=self.train_class_counts, seed=self.config.train.seed)  # fmt: skip
         if missing is not None:
             result["missing_images"] = missing.to_dict()
         return result
@@ -362,9 +349,9 @@ def _val_predictions(runs: Sequence[Path]) -> tuple[list[str], np.ndarray, list[
 
 def _predict_val(run: Path) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
     from mmfuse.data.loading import load_splits
-    from mmfuse.engine.classifier import MultimodalClassifier
+    from mmfuse.model.predictor import TorchPredictor
 
-    clf = MultimodalClassifier.load(run)
+    clf = TorchPredictor.from_run(run, device=None)
     if clf.config.data is None:
         raise EnsembleError(f"run {str(run)!r} has no data config to find its validation split")
     val = load_splits(clf.config.data)["val"]

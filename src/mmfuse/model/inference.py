@@ -10,8 +10,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from mmfuse.engine.build import set_train_mode
 from mmfuse.features import InputMaker
+from mmfuse.model.build import set_train_mode
+from mmfuse.model.prediction import probabilities
 
 
 @dataclass
@@ -37,7 +38,7 @@ class Outputs:
 
     @property
     def proba(self) -> np.ndarray:
-        return torch.softmax(torch.from_numpy(self.logits).double(), dim=-1).numpy()
+        return probabilities(self.logits)
 
 
 @torch.inference_mode()

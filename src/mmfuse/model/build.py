@@ -1,4 +1,5 @@
-"""From a validated :class:`~mmfuse.config.ModelConfig` to a model, and what the engine needs to know about it.
+"""From a validated :class:`~mmfuse.config.ModelConfig` to a model, and what checkpoints and the engine need to
+know about it.
 
 The model is the fusion head (which owns its encoders). Besides building it, this module keeps frozen encoders in
 eval mode and describes each encoder for checkpoints. Which encoder outputs are computed once per dataset is the

@@ -1,0 +1,247 @@
+"""Saved models: trainable weights in safetensors and a self-describing ``meta.json``; loading one needs no trainer.
+
+A checkpoint folder holds:
+
+- ``model.safetensors``: every weight of the model except those of fully frozen encoders, which are unchanged
+  pretrained weights (often 100 MB): they are rebuilt from their names at load time, and their identity
+  fingerprint is checked against the one recorded here.
+- ``meta.json``: format version and the :class:`~mmfuse.model.spec.ModelSpec` (encoders and head, class names,
+  tuned threshold, training-label counts, the encoders' identities: preprocessing, tokenizer, weights), plus what
+  the trainer adds (epoch, step, validation metrics, mmfuse version).
+- ``training_state.pt`` (checkpoints that can resume a run): written and read by
+  :mod:`mmfuse.engine.checkpoint`.
+
+:func:`load_model` turns a folder into a model in eval mode and its spec. Format 1 (the whole training config in
+``meta.json`` under ``config``) is still read. Folders are written to a temporary sibling and renamed into place,
+so an interrupted save leaves the previous checkpoint whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from mmfuse.config import ConfigError
+from mmfuse.features import encoders_of
+from mmfuse.model.build import build_model, encoder_records, set_train_mode
+from mmfuse.model.spec import ModelSpec
+
+FORMAT_VERSION = 2
+"""2: ``meta.json`` holds the model spec (``model``, ``classes``, ...); 1: the whole training config (``config``)."""
+WEIGHTS = "model.safetensors"
+META = "meta.json"
+STATE = "training_state.pt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, damaged, or does not match the model or config it is loaded into."""
+
+
+def stored_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state-dict entries a checkpoint stores: all but those of fully frozen encoders (copied to CPU)."""
+    skip = [prefix for prefix, enc in encoders_of(model).values() if enc.is_frozen]
+    return {
+        k: v.detach().cpu().contiguous().clone()
+        for k, v in model.state_dict().items()
+        if not any(k.startswith(p) for p in skip)
+    }
+
+
+def save_checkpoint(
+    folder: str | Path, model: nn.Module, meta: dict[str, Any], training_state: dict[str, Any] | None = None
+) -> Path:
+    """Writes a checkpoint folder (replacing one that exists) and returns its path.
+
+    Args:
+        folder: the checkpoint folder.
+        model: the model (its stored state: see :func:`stored_state`).
+        meta: :meth:`ModelSpec.to_meta` and whatever else to record (epoch, metrics); the format version and the
+            encoder records are added.
+        training_state: what resuming needs (see :mod:`mmfuse.engine.checkpoint`), or ``None``.
+    """
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(stored_state(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
+    full_meta = {"format_version": FORMAT_VERSION, **meta, "encoders": encoder_records(model)}
+    (tmp / META).write_text(json.dumps(full_meta, indent=2, default=str) + "\n", encoding="utf-8")
+    if training_state is not None:
+        torch.save(training_state, tmp / STATE)
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
+    """The checkpoint folder of ``path``: a checkpoint folder itself, or a run folder (its ``checkpoints/<which>``).
+
+    Raises:
+        FileNotFoundError: no checkpoint there.
+    """
+    path = Path(path)
+    if (path / META).is_file():
+        return path
+    candidate = path / "checkpoints" / which
+    if (candidate / META).is_file():
+        return candidate
+    if not path.exists():
+        raise FileNotFoundError(f"{str(path)!r} not found; pass a run folder (runs/<name>) or a checkpoint folder")
+    raise FileNotFoundError(
+        f"no checkpoint in {str(path)!r}: expected {META} there or in checkpoints/{which}/ "
+        "(a run writes its first checkpoint after its first epoch)"
+    )
+
+
+def read_meta(folder: str | Path) -> dict[str, Any]:
+    """Reads ``meta.json`` of a checkpoint folder.
+
+    Raises:
+        FileNotFoundError: no ``meta.json``.
+        CheckpointError: not JSON, or written by a newer format.
+    """
+    path = Path(folder) / META
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint metadata {str(path)!r} not found")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"checkpoint metadata {str(path)!r} is not valid JSON ({e})") from None
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {str(folder)!r} has format version {version!r}; this mmfuse reads up to {FORMAT_VERSION}: "
+            "upgrade mmfuse"
+        )
+    return meta
+
+
+def check_matches(meta: dict[str, Any], *, head: str, classes: list[str], folder: str | Path) -> None:
+    """Refuses a checkpoint of another head or other classes than the config and label map it is loaded for.
+
+    Raises:
+        CheckpointError: naming what differs.
+    """
+    saved_head = ModelSpec.from_meta(meta, source=f"checkpoint {str(folder)!r}").head
+    if saved_head != head:
+        raise CheckpointError(
+            f"checkpoint {str(folder)!r} is of fusion head {saved_head!r}, but the config asks for {head!r}; "
+            "set model.head.name to match, or start a new run"
+        )
+    if meta.get("classes") != classes:
+        raise CheckpointError(
+            f"checkpoint {str(folder)!r} was trained on classes {meta.get('classes')}, but the data has {classes}; "
+            "use the data it was trained on, or start a new run"
+        )
+
+
+def load_weights(model: nn.Module, folder: str | Path, meta: dict[str, Any]) -> None:
+    """Loads stored weights into ``model`` (built from the checkpoint's spec) and checks the rebuilt frozen
+    encoders against the recorded fingerprints.
+
+    Raises:
+        CheckpointError: a weight missing or unexpected (another architecture or head params), a shape mismatch,
+            or a frozen encoder whose fingerprint changed (other weights or preprocessing than at training).
+    """
+    folder = Path(folder)
+    _check_encoders(model, meta, folder)
+    path = folder / WEIGHTS
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint weights {str(path)!r} not found")
+    weights = load_file(str(path))
+    expected = set(stored_state(model))
+    missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint {str(folder)!r} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            f" ({len(missing)} / {len(unexpected)} in all); was it trained with other head params or encoders?"
+        )
+    current = model.state_dict()
+    reshaped = [
+        f"{k}: {list(v.shape)} here, {list(current[k].shape)} in the model"
+        for k, v in weights.items()
+        if v.shape != current[k].shape
+    ]
+    if reshaped:
+        raise CheckpointError(
+            f"checkpoint {str(folder)!r} does not fit this model: {len(reshaped)} weights have other shapes "
+            f"({'; '.join(reshaped[:3])}); was it trained with other head params (model.head.params) or encoders?"
+        )
+    try:
+        model.load_state_dict(weights, strict=False)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {str(folder)!r} does not fit this model: {e}") from None
+
+
+def _check_encoders(model: nn.Module, meta: dict[str, Any], folder: Path) -> None:
+    saved = meta.get("encoders", {})
+    for modality, record in encoder_records(model).items():
+        old = saved.get(modality)
+        if old is None:
+            raise CheckpointError(f"checkpoint {str(folder)!r} has no {modality} encoder, but the model has one")
+        if record["frozen"] and old.get("frozen") and record["fingerprint"] != old.get("fingerprint"):
+            raise CheckpointError(
+                f"the {modality} encoder {record['name']!r} rebuilt for checkpoint {str(folder)!r} differs from the "
+                f"one it was trained with (fingerprint {record['fingerprint']} != {old.get('fingerprint')}): its "
+                "weights or preprocessing changed. Install the encoder version used in training, or retrain"
+            )
+
+
+def load_model(
+    path: str | Path, *, checkpoint: str = "best", device: str | torch.device = "cpu"
+) -> tuple[nn.Module, ModelSpec, Path]:
+    """A saved model, rebuilt from its spec, with its weights, in eval mode on ``device``.
+
+    Frozen encoders are rebuilt from their names and checked against the fingerprints recorded at training.
+
+    Args:
+        path: a run folder (its ``checkpoints/<checkpoint>``) or a checkpoint folder.
+        checkpoint: ``best`` or ``last`` for a run folder.
+        device: where the model goes.
+
+    Returns:
+        The model, its spec and the checkpoint folder.
+
+    Raises:
+        FileNotFoundError: no checkpoint at ``path``.
+        CheckpointError: a damaged checkpoint, or rebuilt encoders that differ from the trained ones.
+    """
+    folder = resolve_checkpoint(path, checkpoint)
+    meta = read_meta(folder)
+    try:
+        spec = ModelSpec.from_meta(meta, source=f"checkpoint {str(folder)!r}")
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None
+    model = build_model(spec.model, len(spec.classes))
+    load_weights(model, folder, meta)
+    set_train_mode(model, False)
+    return model.to(torch.device(device)), spec, folder
+
+
+def run_config_data(folder: Path, meta: dict[str, Any], spec: ModelSpec) -> dict[str, Any]:
+    """The training config a checkpoint was made with, as a mapping whose ``model`` is the spec's: format 1 stored
+    it in ``meta.json``; format 2 leaves it in ``config.yaml`` beside the checkpoint (``save``) or in its run
+    folder; without either, only ``model`` (every other section takes its defaults)."""
+    if isinstance(meta.get("config"), dict):
+        data = dict(meta["config"])
+    else:
+        from mmfuse.config import read_yaml
+
+        candidates = [folder / "config.yaml"]
+        if folder.parent.name == "checkpoints":
+            candidates.append(folder.parent.parent / "config.yaml")
+        found = next((p for p in candidates if p.is_file()), None)
+        data = read_yaml(found) if found is not None else {}
+    data["model"] = spec.model.model_dump(mode="json")
+    return data

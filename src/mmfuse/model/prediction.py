@@ -1,0 +1,106 @@
+"""What a prediction is, once for every backend: probabilities from logits, the label rule, the attention grid.
+
+:class:`Prediction` is what :meth:`MultimodalClassifier.predict_details
+<mmfuse.engine.classifier.MultimodalClassifier.predict_details>`, the HTTP server and the ONNX runtime return;
+:func:`predict_labels` is the one decision rule (metrics, ensembles and the server use it too); :func:`grid_shape`
+lays image regions out on their grid (the report draws with it).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["Prediction", "attention_grid", "grid_shape", "predict_labels", "probabilities"]
+
+
+@dataclass
+class Prediction:
+    """One item's prediction.
+
+    Attributes:
+        label: predicted class name.
+        probabilities: class name -> probability (softmax of the logits), in class order.
+        threshold: the decision threshold on P(second class) for binary tasks; ``None`` (argmax) otherwise.
+        image_reliance: how much the image contributed, in ``[0, 1]``; ``None`` for heads without it.
+        attention: ``(h, w)`` attention over the image's region grid (row-major, top-left first), averaged over the
+            valid text tokens (or the one pooled query), summing to 1; ``None`` for heads without attention.
+        id: the example id (predictions of examples; ``None`` for items of an HTTP request).
+        image_present: ``False`` when the image was missing or unreadable and a blank stood in.
+    """
+
+    label: str
+    probabilities: dict[str, float]
+    threshold: float | None = None
+    image_reliance: float | None = None
+    attention: np.ndarray | None = None
+    id: str | None = None
+    image_present: bool = True
+
+    @property
+    def proba(self) -> dict[str, float]:
+        """Same as :attr:`probabilities`."""
+        return self.probabilities
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (what the HTTP API returns)."""
+        out: dict[str, Any] = {
+            "label": self.label,
+            "probabilities": self.probabilities,
+            "threshold": self.threshold,
+            "image_reliance": self.image_reliance,
+            "attention": None,
+        }
+        if self.attention is not None:
+            out["attention"] = {"grid": list(self.attention.shape), "weights": self.attention.round(6).tolist()}
+        return out
+
+
+def probabilities(logits: np.ndarray) -> np.ndarray:
+    """``(N, C)`` logits → class probabilities, softmax in float64 (every backend's probabilities come from here)."""
+    return torch.softmax(torch.from_numpy(np.asarray(logits)).double(), dim=-1).numpy()
+
+
+def predict_labels(proba: np.ndarray, threshold: float | None = None) -> np.ndarray:
+    """Class ids: argmax, or for binary tasks with a ``threshold``, ``1`` where ``P(class 1) >= threshold``."""
+    if threshold is not None and proba.shape[1] == 2:
+        return (proba[:, 1] >= threshold).astype(np.int64)
+    return proba.argmax(axis=1)
+
+
+def grid_shape(regions: int, height: int = 1, width: int = 1) -> tuple[int, int]:
+    """``(rows, cols)`` of a row-major grid of ``regions`` cells over an image of ``height × width`` pixels: the
+    factorisation ``rows × cols = regions`` whose aspect ratio is closest to the image's (7 × 7 for 49 regions of a
+    square image; rows <= cols on a tie). Encoders flatten their feature map row-major (see their ``forward``)."""
+    if regions <= 0:
+        raise ValueError(f"regions must be positive, got {regions}")
+    target = height / max(width, 1)
+    shapes = [(r, regions // r) for r in range(1, regions + 1) if regions % r == 0]
+    # distance of the aspect ratios in log space, rounded so that mirror ties (3 x 4, 4 x 3 of a square) are equal
+    return min(shapes, key=lambda rc: (round(abs(math.log(rc[0] / rc[1] / target)), 9), rc[0]))
+
+
+def attention_grid(attention: np.ndarray, valid: np.ndarray | None = None, image_size: tuple[int, int] = (1, 1)):
+    """``(B, Q, N)`` attention (or ``(B, N)``: one query) → ``(B, h, w)``: the mean over the valid query rows (text
+    tokens, or the one pooled query), renormalised to sum to 1, laid out on the region grid of an image of
+    ``image_size`` (height, width) pixels.
+
+    Args:
+        attention: the head's attention weights.
+        valid: ``(B, Q)`` bool, the rows to average (the text's attention mask); ``None``: all rows.
+        image_size: the model input's ``(height, width)``, for the grid's shape.
+    """
+    att = np.asarray(attention, dtype=np.float64)
+    if att.ndim == 2:  # (B, N): one query
+        att = att[:, None, :]
+    b, q, n = att.shape
+    rows = np.ones((b, q), dtype=bool) if valid is None or valid.shape[1] != q else np.asarray(valid, dtype=bool)
+    counts = np.maximum(rows.sum(axis=1, keepdims=True), 1)
+    mean = (att * rows[:, :, None]).sum(axis=1) / counts  # (B, N)
+    mean = mean / np.maximum(mean.sum(axis=1, keepdims=True), 1e-12)
+    h, w = grid_shape(n, *image_size)
+    return mean.reshape(b, h, w)
