@@ -72,8 +72,8 @@ def make_checkpoint(folder: Path, head: str) -> Path:
     import torch
 
     from mmfuse.data.labels import LabelMap
-    from mmfuse.engine.build import build_model
     from mmfuse.engine.classifier import MultimodalClassifier
+    from mmfuse.model.build import build_model
 
     clf = MultimodalClassifier(head=head, text_encoder="minilm", image_encoder="efficientnet-lite0")
     torch.manual_seed(0)

@@ -149,7 +149,7 @@ def encode_once(
     Returns the seconds it took and the pooled features by modality and split (for the linear-probe reference).
     """
     from mmfuse.config import EncoderConfig
-    from mmfuse.engine.build import build_encoder
+    from mmfuse.model.build import build_encoder
 
     start, pooled = time.perf_counter(), {}
     for modality, name in (("text", text), ("image", image)):

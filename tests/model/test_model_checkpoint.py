@@ -107,7 +107,7 @@ banned = ("accelerate", "mmfuse.engine.trainer")
 def loaded():
     return sorted(m for m in sys.modules if m in banned or m.startswith(tuple(b + "." for b in banned)))
 import mmfuse.export, mmfuse.export.onnx_export, mmfuse.export.runtime
-import mmfuse.serve, mmfuse.serve.app, mmfuse.serve.loading, mmfuse.serve.predictor
+import mmfuse.serve, mmfuse.serve.app, mmfuse.serve.loading
 imported = loaded()
 from mmfuse.export.onnx_export import checkpoint_digest
 from mmfuse.serve import load_predictor

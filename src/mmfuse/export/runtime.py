@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from mmfuse.export.onnx_export import TEXT_INPUTS, preprocessing_problem, read_metadata
-from mmfuse.serve.predictor import Predictor
+from mmfuse.model.predictor import Predictor
 
 __all__ = ["OnnxPredictor"]
 

@@ -52,9 +52,10 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
 
 import mmfuse
 from mmfuse.data.images import ImageDecodeError, ImageError, ImageTooLargeError
+from mmfuse.model.prediction import Prediction
+from mmfuse.model.predictor import Predictor
 from mmfuse.serve.batching import MicroBatcher, QueueFullError
 from mmfuse.serve.images import decode_base64, decode_image
-from mmfuse.serve.predictor import Prediction, Predictor
 from mmfuse.serve.settings import ServeSettings
 
 __all__ = ["create_app"]
@@ -539,7 +540,7 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
     """The FastAPI app serving ``predictor``.
 
     Args:
-        predictor: a :class:`~mmfuse.serve.predictor.TorchPredictor` or :class:`~mmfuse.export.OnnxPredictor`.
+        predictor: a :class:`~mmfuse.model.TorchPredictor` or :class:`~mmfuse.export.OnnxPredictor`.
         settings: batching and limits (defaults: :class:`ServeSettings`).
 
     The request batcher starts with the app's lifespan (uvicorn runs it; in tests use ``with TestClient(app)``).

@@ -588,12 +588,12 @@ def _save_val_predictions(clf: Any, val: Split, run_dir: Path) -> None:
 
 def _resumable(run_dir: Path) -> list[dict[str, Any]] | None:
     """The epoch records up to the last checkpoint of an interrupted trial's folder (``None``: start afresh)."""
-    from mmfuse.engine import checkpoint as ckpt
     from mmfuse.engine.run_dir import RunDir
+    from mmfuse.model.checkpoint import read_meta
 
     run = RunDir(run_dir)
     try:
-        epoch = int(ckpt.read_meta(run.last)["epoch"])
+        epoch = int(read_meta(run.last)["epoch"])
     except (FileNotFoundError, ValueError, KeyError):
         return None
     if not run.config.is_file():
