@@ -94,11 +94,20 @@ def test_classifier_server_and_predictor_give_the_same_predictions(checkpoint):
     predictor = TorchPredictor.from_run(checkpoint)
     served = predictor.predict(texts, [predictor.prepare_image(Image.open(folder / f"{i}.png")) for i in range(2)])
     assert [d.id for d in details] == ["0", "1"] and all(d.image_present for d in details)
-    for d, s in zip(details, served, strict=True):
+    for d, s, d_text in zip(details, served, texts, strict=True):
         assert d.label == s.label and d.attention.shape == s.attention.shape == (4, 4)
         # the same model on the same pixels and tokens, batched alike: the same floats up to float32 rounding
         assert np.allclose(list(d.probabilities.values()), list(s.probabilities.values()), rtol=0, atol=1e-6)
         assert np.allclose(d.attention, s.attention, rtol=0, atol=1e-6)
+        # the per-token maps the grid averages: one row per valid token (no padding rows), each a distribution
+        # over the 16 regions; their renormalised mean is the grid (float32 softmax rows sum to 1 within 1e-6)
+        tokens = d.token_attention
+        n_tokens = int(predictor.model.text_encoder.tokenize([d_text])["attention_mask"].sum())
+        assert tokens.shape == (n_tokens, 16)
+        assert np.allclose(tokens.sum(axis=1), 1.0, rtol=0, atol=1e-5)
+        mean = tokens.astype(np.float64).mean(axis=0)
+        assert np.allclose(mean / mean.sum(), d.attention.reshape(-1), rtol=0, atol=1e-6)
+    assert all(s.token_attention is None for s in served)  # the HTTP path returns only the grid
 
 
 _PROBE = """

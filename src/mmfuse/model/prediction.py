@@ -31,6 +31,8 @@ class Prediction:
             valid text tokens (or the one pooled query), summing to 1; ``None`` for heads without attention.
         id: the example id (predictions of examples; ``None`` for items of an HTTP request).
         image_present: ``False`` when the image was missing or unreadable and a blank stood in.
+        token_attention: ``(Q, N)`` the attention of each valid text token (or the one pooled query) over the N
+            image regions, before averaging into :attr:`attention` (predictions of examples; ``None`` otherwise).
     """
 
     label: str
@@ -40,6 +42,7 @@ class Prediction:
     attention: np.ndarray | None = None
     id: str | None = None
     image_present: bool = True
+    token_attention: np.ndarray | None = None
 
     @property
     def proba(self) -> dict[str, float]:

@@ -435,6 +435,7 @@ class TorchPredictor(Predictor):
                 attention=grids[i] if grids is not None else None,
                 id=out.ids[i],
                 image_present=bool(out.image_present[i]) if out.image_present is not None else True,
+                token_attention=out.attention[i] if out.attention is not None else None,
             )
             for i in range(len(out.ids))
         ]
