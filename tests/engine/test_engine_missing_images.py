@@ -17,8 +17,8 @@ from _engine_support import make_config
 from typer.testing import CliRunner
 
 from mmfuse.cli import app
+from mmfuse.data.missing_images import MissingImagesWarning, TooManyMissingImagesError
 from mmfuse.engine.classifier import MultimodalClassifier
-from mmfuse.engine.missing_images import MissingImagesWarning, TooManyMissingImagesError
 
 
 def invoke(*args: object):

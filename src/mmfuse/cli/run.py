@@ -83,7 +83,7 @@ def evaluate(
     """Metrics table, per-class report and confusion matrix, beside the majority-class and random baselines."""
     import json
 
-    from mmfuse.engine.data_io import split_examples
+    from mmfuse.data.inputs import split_examples
     from mmfuse.engine.tables import evaluation_view
     from mmfuse.sweep.ensemble import load_predictor
 
@@ -133,7 +133,7 @@ def _warnings_to_stderr() -> Iterator[None]:
     import logging
     import warnings
 
-    from mmfuse.engine.missing_images import MissingImagesWarning
+    from mmfuse.data.missing_images import MissingImagesWarning
 
     class _Stderr(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:

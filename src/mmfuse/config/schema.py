@@ -225,7 +225,7 @@ class RunConfig(StrictSection):
         name: the run folder's name; default ``<head>-<YYYYmmdd-HHMMSS>``.
         quiet: no progress bars or per-epoch lines on the console (the log file keeps everything). Off a terminal
             the progress lines (one every ``$MMFUSE_PROGRESS_SECONDS``, default 30 s) stay: see
-            :mod:`mmfuse.engine.progress`.
+            :mod:`mmfuse.progress`.
         overwrite: reuse an existing run folder, deleting its contents; otherwise an existing one is an error.
     """
 

@@ -9,6 +9,10 @@ Typical use::
     dataset = MultimodalDataset(splits["train"].examples, label_map=label_map, image_preprocess=encoder.preprocess)
     loader = DataLoader(dataset, batch_size=32, collate_fn=collate_examples, num_workers=2)
 
+The inputs of predict / evaluate (examples, a split or a data file: :mod:`mmfuse.data.inputs`) and the count of
+their missing images (:mod:`mmfuse.data.missing_images`) live here too, so the model layer can predict without the
+training engine.
+
 Names load on first use (as in the top-level package), so ``import mmfuse.data`` and the CLI stay fast: torch and
 scikit-learn are imported only by what needs them.
 """

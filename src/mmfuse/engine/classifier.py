@@ -28,9 +28,9 @@ from torch import nn
 
 from mmfuse.cache import source_for
 from mmfuse.config import TrainConfig, config_from, load_config
+from mmfuse.data.inputs import ExamplesLike, inputs_of, predictions_frame
 from mmfuse.data.labels import LabelMap
 from mmfuse.data.loading import Split, load_splits
-from mmfuse.engine.data_io import ExamplesLike, inputs_of, predictions_frame
 from mmfuse.engine.metrics import evaluation, evaluation_scalars
 from mmfuse.engine.run_dir import RunDir
 from mmfuse.engine.trainer import EpochCallback, Trainer
@@ -160,9 +160,9 @@ class MultimodalClassifier:
         """``(N, C)`` class probabilities (columns in :attr:`classes` order).
 
         Examples whose image is missing or unreadable are predicted from a blank image, counted and named in a
-        :class:`~mmfuse.engine.missing_images.MissingImagesWarning` (and the log); more than ``max_missing_images``
+        :class:`~mmfuse.data.missing_images.MissingImagesWarning` (and the log); more than ``max_missing_images``
         of them (a share; default ``data.max_missing_images``, else 0.5) raise
-        :class:`~mmfuse.engine.missing_images.TooManyMissingImagesError`. The same holds for every method below.
+        :class:`~mmfuse.data.missing_images.TooManyMissingImagesError`. The same holds for every method below.
         """
         return self.predictor().predict_proba(examples, max_missing_images=max_missing_images)
 

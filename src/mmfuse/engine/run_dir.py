@@ -1,4 +1,5 @@
-"""The run folder, and the console/log output of a run.
+"""The run folder of a training run (what a run shows on the console and in its log is
+:class:`mmfuse.progress.Reporter`).
 
 Layout::
 
@@ -15,21 +16,12 @@ Layout::
 from __future__ import annotations
 
 import json
-import logging
 import shutil
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from mmfuse.config import RunConfig
-from mmfuse.engine.progress import LineClock, Progress
-
-logger = logging.getLogger("mmfuse.engine")
 
 
 class RunExistsError(ValueError):
@@ -101,59 +93,6 @@ class RunDir:
 
     def read_summary(self) -> dict[str, Any]:
         return json.loads(self.summary.read_text(encoding="utf-8")) if self.summary.is_file() else {}
-
-
-class Reporter:
-    """What a run shows: progress and messages on the console (unless quiet or not the main process), and
-    every message and progress line in the run's log file.
-
-    Args:
-        quiet: no progress bars and no console messages (the log still gets them; off a terminal the periodic
-            progress lines stay on the console too, see :mod:`mmfuse.engine.progress`).
-        main: whether this is the main process (others stay silent).
-
-    Raises:
-        ValueError: a bad ``$MMFUSE_PROGRESS_SECONDS``.
-    """
-
-    def __init__(self, quiet: bool = False, main: bool = True) -> None:
-        self.quiet = quiet or not main
-        self.main = main
-        self.lines = LineClock.from_env() if main else LineClock(None)  # one pace for all the run's steps
-
-    def info(self, message: str) -> None:
-        logger.info(message)
-        if not self.quiet:
-            tqdm.write(message, file=sys.stderr)
-
-    def warning(self, message: str) -> None:
-        logger.warning(message)
-        if self.main:
-            tqdm.write(f"warning: {message}", file=sys.stderr)
-
-    def bar(self, total: int, desc: str, unit: str = "ex") -> Progress:
-        """Progress of one step: a bar on a terminal (unless quiet), periodic lines off one and in the log."""
-        return Progress(total, desc, unit=unit, quiet=self.quiet, enabled=self.main, lines=self.lines)
-
-    @contextmanager
-    def log_to(self, path: Path) -> Iterator[None]:
-        """Also writes the ``mmfuse`` loggers' records to ``path`` while the context is open (main process)."""
-        if not self.main:
-            yield
-            return
-        handler = logging.FileHandler(path, encoding="utf-8")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root = logging.getLogger("mmfuse")
-        old_level = root.level
-        root.addHandler(handler)
-        if root.level == logging.NOTSET or root.level > logging.INFO:
-            root.setLevel(logging.INFO)
-        try:
-            yield
-        finally:
-            root.removeHandler(handler)
-            root.setLevel(old_level)
-            handler.close()
 
 
 class Timer:

@@ -29,18 +29,19 @@ from torch import nn
 from mmfuse import __version__
 from mmfuse.config import ConfigError, TrainConfig, TrainingConfig
 from mmfuse.data.example import Example
+from mmfuse.data.inputs import data_counts, data_warnings
 from mmfuse.data.labels import LabelMap
 from mmfuse.data.report import SplitReport
 from mmfuse.engine import checkpoint as ckpt
-from mmfuse.engine.data_io import data_counts, data_warnings
 from mmfuse.engine.metrics import classification_metrics, headline, improves, selection_metric, tune_threshold
 from mmfuse.engine.optim import build_optimizer, build_scheduler, class_weight_tensor, current_lrs, optimizer_steps
-from mmfuse.engine.run_dir import Reporter, RunDir, Timer
+from mmfuse.engine.run_dir import RunDir, Timer
 from mmfuse.engine.sampler import EpochSampler
 from mmfuse.features import FeatureSource, InputMaker, compute_tables, default_store, make_loader, plan_features
 from mmfuse.model.build import build_model, set_train_mode
 from mmfuse.model.inference import Outputs, run_model
 from mmfuse.model.spec import ModelSpec
+from mmfuse.progress import Reporter
 
 logger = logging.getLogger("mmfuse.engine")
 

@@ -62,7 +62,7 @@ def run_model(
         accelerator: when given, logits and labels are gathered across processes with ``gather_for_metrics``
             (which drops the samples repeated to even out the last batch).
         details: also collect attention maps and image reliance (single process).
-        bar: a progress bar (:class:`~mmfuse.engine.progress.Progress`) to advance by each batch's examples (across
+        bar: a progress bar (:class:`~mmfuse.progress.Progress`) to advance by each batch's examples (across
             processes).
     """
     set_train_mode(model, False)

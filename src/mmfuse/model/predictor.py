@@ -34,8 +34,8 @@ from mmfuse.model.spec import head_name
 
 if TYPE_CHECKING:
     from mmfuse.config import TrainConfig
-    from mmfuse.engine.data_io import ExamplesLike, Inputs
-    from mmfuse.engine.missing_images import MissingImages
+    from mmfuse.data.inputs import ExamplesLike, Inputs
+    from mmfuse.data.missing_images import MissingImages
     from mmfuse.features import FeatureSource
     from mmfuse.model.inference import Outputs
 
@@ -345,13 +345,13 @@ class TorchPredictor(Predictor):
         ``train.eval_batch``), and for a model that reads images, the examples it got a blank image for.
 
         Examples whose image is missing or unreadable are predicted from a blank image, counted and named in a
-        :class:`~mmfuse.engine.missing_images.MissingImagesWarning` (and the log); more than ``max_missing_images``
+        :class:`~mmfuse.data.missing_images.MissingImagesWarning` (and the log); more than ``max_missing_images``
         of them (a share; default ``data.max_missing_images``, else 0.5 to predict and 0 to evaluate) raise
-        :class:`~mmfuse.engine.missing_images.TooManyMissingImagesError`, checked before and after running.
+        :class:`~mmfuse.data.missing_images.TooManyMissingImagesError`, checked before and after running.
 
         Args:
             examples: examples, a split, a data file (read with ``config.data``), or
-                :class:`~mmfuse.engine.data_io.Inputs`.
+                :class:`~mmfuse.data.inputs.Inputs`.
             labeled: read labels (required).
             details: also collect attention maps and image reliance.
             task: ``predict`` or ``evaluate``: the default allowed share of missing images, and the messages' words.
@@ -363,13 +363,12 @@ class TorchPredictor(Predictor):
             TooManyMissingImagesError: more examples without a usable image than allowed.
         """
         # the dataset path's helpers; a server's request path needs none of them
+        from mmfuse.data.inputs import inputs_of
         from mmfuse.data.labels import LabelMap
-        from mmfuse.engine.data_io import inputs_of
-        from mmfuse.engine.missing_images import allowed_share, check_images, missing_images
-        from mmfuse.engine.progress import is_main_process
-        from mmfuse.engine.run_dir import Reporter
+        from mmfuse.data.missing_images import allowed_share, check_images, missing_images
         from mmfuse.features import InputMaker, compute_tables, make_loader, plan_features
         from mmfuse.model.inference import run_model
+        from mmfuse.progress import Reporter, is_main_process
 
         model, cfg = self.model, self.config
         inputs = inputs_of(examples, cfg.data, labeled=True if labeled else None)

@@ -263,7 +263,7 @@ def _data_preview(data: Any, out: Path, say: Callable[[str], None]) -> str:
 
 def _evaluate(predictor: Any, split: str, say: Callable[[str], None], *, details: bool) -> Evaluation | str:
     """The predictor's outputs on ``split`` of its data, or why there are none."""
-    from mmfuse.engine.data_io import split_examples
+    from mmfuse.data.inputs import split_examples
 
     try:
         examples = split_examples(split, predictor.config.data).examples

@@ -165,7 +165,7 @@ class Ensemble:
     ) -> tuple[np.ndarray, np.ndarray | None, Any]:
         """The weighted mean probabilities, whether each example's image was read by every member that reads
         images, and what the first such member found missing (members warn once between them)."""
-        from mmfuse.engine.data_io import inputs_of
+        from mmfuse.data.inputs import inputs_of
 
         inputs = inputs_of(examples, self.config.data, labeled=True if labeled else None)
         total, present, missing = None, None, None
@@ -193,7 +193,7 @@ class Ensemble:
         self, examples: Any, *, threshold: float | None = None, max_missing_images: float | None = None
     ):
         """As :meth:`MultimodalClassifier.predictions_table`."""
-        from mmfuse.engine.data_io import inputs_of, predictions_frame
+        from mmfuse.data.inputs import inputs_of, predictions_frame
 
         inputs = inputs_of(examples, self.config.data)
         proba, present, _ = self._combined(inputs, "predict", max_missing_images)
@@ -206,8 +206,8 @@ class Ensemble:
         self, examples: Any, *, name: str | None = None, max_missing_images: float | None = None
     ) -> dict[str, Any]:
         """As :meth:`MultimodalClassifier.evaluate`: metrics beside the majority-class and random baselines."""
+        from mmfuse.data.inputs import inputs_of
         from mmfuse.data.loading import Split
-        from mmfuse.engine.data_io import inputs_of
 
         inputs = inputs_of(examples, self.config.data, labeled=True)
         items = inputs.examples

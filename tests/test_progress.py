@@ -8,8 +8,7 @@ import logging
 
 import pytest
 
-from mmfuse.engine.progress import ENV_SECONDS, LineClock, Progress, is_main_process, progress_seconds
-from mmfuse.engine.run_dir import Reporter
+from mmfuse.progress import ENV_SECONDS, LineClock, Progress, Reporter, is_main_process, progress_seconds
 
 
 class FakeClock:

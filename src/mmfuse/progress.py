@@ -14,6 +14,9 @@ everywhere.
 
 Only the main process of a multi-process (accelerate) run shows anything. Lines are checked for after each batch
 (no background thread), so one batch slower than the interval delays the next line.
+
+:class:`Reporter` is what a run (training, predicting, evaluating) shows: its messages and the bars of its steps,
+at one pace. The module imports no other part of mmfuse, so every layer from the model up can use it.
 """
 
 from __future__ import annotations
@@ -23,12 +26,15 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TextIO
 
 from tqdm.auto import tqdm
 
 logger = logging.getLogger("mmfuse.progress")
+run_logger = logging.getLogger("mmfuse.engine")  # a run's messages (Reporter), under the name they have always had
 
 ENV_SECONDS = "MMFUSE_PROGRESS_SECONDS"
 DEFAULT_SECONDS = 30.0
@@ -61,7 +67,7 @@ def progress_seconds() -> float | None:
 class LineClock:
     """When the next progress line is due: ``interval`` seconds after the last line (or after this clock was made).
 
-    One clock shared by the steps of a run (its :class:`~mmfuse.engine.run_dir.Reporter`) keeps the pace across
+    One clock shared by the steps of a run (its :class:`Reporter`) keeps the pace across
     them: twenty 25-second epochs still give a line every 30 s.
 
     Args:
@@ -194,6 +200,59 @@ class Progress:
             print(text, file=self.stream, flush=True)
         self.lines.mark()
         self.printed = self.n
+
+
+class Reporter:
+    """What a run shows: progress and messages on the console (unless quiet or not the main process), and
+    every message and progress line in the run's log file.
+
+    Args:
+        quiet: no progress bars and no console messages (the log still gets them; off a terminal the periodic
+            progress lines stay on the console too, see the module docstring).
+        main: whether this is the main process (others stay silent).
+
+    Raises:
+        ValueError: a bad ``$MMFUSE_PROGRESS_SECONDS``.
+    """
+
+    def __init__(self, quiet: bool = False, main: bool = True) -> None:
+        self.quiet = quiet or not main
+        self.main = main
+        self.lines = LineClock.from_env() if main else LineClock(None)  # one pace for all the run's steps
+
+    def info(self, message: str) -> None:
+        run_logger.info(message)
+        if not self.quiet:
+            tqdm.write(message, file=sys.stderr)
+
+    def warning(self, message: str) -> None:
+        run_logger.warning(message)
+        if self.main:
+            tqdm.write(f"warning: {message}", file=sys.stderr)
+
+    def bar(self, total: int, desc: str, unit: str = "ex") -> Progress:
+        """Progress of one step: a bar on a terminal (unless quiet), periodic lines off one and in the log."""
+        return Progress(total, desc, unit=unit, quiet=self.quiet, enabled=self.main, lines=self.lines)
+
+    @contextmanager
+    def log_to(self, path: Path) -> Iterator[None]:
+        """Also writes the ``mmfuse`` loggers' records to ``path`` while the context is open (main process)."""
+        if not self.main:
+            yield
+            return
+        handler = logging.FileHandler(path, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root = logging.getLogger("mmfuse")
+        old_level = root.level
+        root.addHandler(handler)
+        if root.level == logging.NOTSET or root.level > logging.INFO:
+            root.setLevel(logging.INFO)
+        try:
+            yield
+        finally:
+            root.removeHandler(handler)
+            root.setLevel(old_level)
+            handler.close()
 
 
 def _isatty(stream: Any) -> bool:
