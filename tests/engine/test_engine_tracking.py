@@ -1,0 +1,107 @@
+"""Experiment tracking (``train.report_to``): what a fit writes to TensorBoard and MLflow, read back through the
+libraries' own readers; the config's and the missing extra's errors."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from _engine_support import make_config
+
+from mmfuse.config import ConfigError, validate_config
+from mmfuse.engine.classifier import MultimodalClassifier
+from mmfuse.engine.tracking import TrackerNotInstalledError
+
+# TensorBoard stores scalars as float32: values read back agree with the run's float64 numbers to float32 precision
+F32 = {"rel": 1e-6, "abs": 1e-7}
+
+# 70 training examples in batches of 16: 5 optimizer steps per epoch
+STEPS_PER_EPOCH = 5
+
+
+def _event_accumulator(folder: Path):
+    event_accumulator = pytest.importorskip(
+        "tensorboard.backend.event_processing.event_accumulator",
+        reason='the track extra is not installed (pip install "mmfuse[track]")',
+    )
+    ea = event_accumulator.EventAccumulator(str(folder), size_guidance={event_accumulator.SCALARS: 0})
+    ea.Reload()
+    return ea
+
+
+def _hparams(folder: Path) -> dict[str, object]:
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    ea = _event_accumulator(folder)
+    content = ea.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    info = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+    return {k: v.WhichOneof("kind") and getattr(v, v.WhichOneof("kind")) for k, v in info.hparams.items()}
+
+
+@pytest.mark.parametrize("report_to", [["wandb"], "comet", ["tensorboard", 3]])
+def test_report_to_names_the_unknown_tracker_and_the_allowed_ones(report_to) -> None:
+    with pytest.raises(ConfigError, match=r"train\.report_to.*tensorboard.*mlflow") as info:
+        validate_config({"train": {"report_to": report_to}})
+    assert "none" in str(info.value) and "all" in str(info.value)
+
+
+def test_report_to_accepts_the_hugging_face_spellings() -> None:
+    assert validate_config({}).train.report_to == []
+    assert validate_config({"train": {"report_to": "none"}}).train.report_to == []
+    assert validate_config({"train": {"report_to": "all"}}).train.report_to == ["tensorboard", "mlflow"]
+    assert validate_config({"train": {"report_to": "mlflow"}}).train.report_to == ["mlflow"]
+    with pytest.raises(ConfigError, match="log_every_steps"):
+        validate_config({"train": {"log_every_steps": 0}})
+
+
+@pytest.mark.parametrize("tracker", ["tensorboard", "mlflow"])
+def test_a_missing_tracker_package_names_the_extra_before_the_run_starts(
+    tracker, fake_encoders, synthetic_root: Path, synthetic_splits, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setitem(sys.modules, tracker, None)  # import and find_spec of it fail, as when it is not installed
+    cfg = make_config(synthetic_root, tmp_path, train={"report_to": [tracker]})
+    with pytest.raises(TrackerNotInstalledError, match=r'pip install "mmfuse\[track\]"') as info:
+        MultimodalClassifier(cfg).fit(synthetic_splits["train"], synthetic_splits["val"])
+    assert tracker in str(info.value) and "report_to=none" in str(info.value)
+    assert not (tmp_path / "run").exists()  # nothing was written
+
+
+def test_tensorboard_reads_back_loss_lr_validation_test_metrics_and_config(
+    fake_encoders, synthetic_root: Path, tmp_path: Path
+) -> None:
+    cfg = make_config(
+        synthetic_root, tmp_path, train={"report_to": ["tensorboard"], "log_every_steps": STEPS_PER_EPOCH}
+    )
+    clf = MultimodalClassifier(cfg).fit()  # the data config's train/val, then its labeled test split
+    ea = _event_accumulator(tmp_path / "run" / "tensorboard")
+    history = clf.history
+    epoch_ends = [r["step"] for r in history]
+    assert epoch_ends == [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]
+    # logged once per epoch here, the loss since the last log is the epoch's mean training loss
+    loss = ea.Scalars("train/loss")
+    assert [e.step for e in loss] == epoch_ends
+    assert [e.value for e in loss] == pytest.approx([r["train_loss"] for r in history], **F32)
+    assert [e.value for e in ea.Scalars("train/lr")] == pytest.approx([r["lr"]["head"] for r in history], **F32)
+    for metric in ("accuracy", "macro_f1", "loss"):
+        val = ea.Scalars(f"val/{metric}")
+        assert [e.step for e in val] == epoch_ends
+        assert [e.value for e in val] == pytest.approx([r["val"][metric] for r in history], **F32)
+    test = ea.Scalars("test/accuracy")
+    assert [e.step for e in test] == [epoch_ends[-1]]
+    assert test[0].value == pytest.approx(clf.summary["test"]["accuracy"], **F32)
+    hparams = _hparams(tmp_path / "run" / "tensorboard")
+    assert hparams["model.head.name"] == "concat"
+    assert hparams["optim.lr"] == pytest.approx(3e-3)
+    assert hparams["train.report_to"] == "['tensorboard']"
+
+
+def test_tensorboard_logs_every_n_steps(fake_encoders, synthetic_root: Path, synthetic_splits, tmp_path: Path) -> None:
+    cfg = make_config(synthetic_root, tmp_path, train={"report_to": "tensorboard", "log_every_steps": 3})
+    clf = MultimodalClassifier(cfg).fit(synthetic_splits["train"], synthetic_splits["val"])
+    ea = _event_accumulator(tmp_path / "run" / "tensorboard")
+    last = clf.history[-1]["step"]
+    assert [e.step for e in ea.Scalars("train/loss")] == list(range(3, last + 1, 3))
+    assert [e.step for e in ea.Scalars("train/lr")] == list(range(3, last + 1, 3))
+    assert "test/accuracy" not in ea.Tags()["scalars"]  # no test split given: none logged
+
