@@ -3,6 +3,8 @@ libraries' own readers; the config's and the missing extra's errors."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -105,3 +107,72 @@ def test_tensorboard_logs_every_n_steps(fake_encoders, synthetic_root: Path, syn
     assert [e.step for e in ea.Scalars("train/lr")] == list(range(3, last + 1, 3))
     assert "test/accuracy" not in ea.Tags()["scalars"]  # no test split given: none logged
 
+
+# ------------------------------------------------------------------------------------------------------ MLflow
+
+
+def _mlflow_runs(uri: str, experiment: str, monkeypatch):
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return mlflow.search_runs(experiment_names=[experiment]), mlflow.MlflowClient(uri)
+
+
+def _history(client, run_id: str, key: str) -> list[tuple[int, float]]:
+    return [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
+
+
+def _check_mlflow_run(runs, client, clf: MultimodalClassifier, tmp_path: Path) -> None:
+    """One finished run named after the run folder: config as parameters, per-step loss and lr, per-epoch val
+    metrics, test metrics at the last step, summary.json (with the test metrics) and config.yaml as artifacts.
+    MLflow stores metrics as float64: they read back exactly."""
+    assert len(runs) == 1
+    run = runs.iloc[0]
+    assert run["status"] == "FINISHED" and run["tags.mlflow.runName"] == "run"
+    assert run["params.model.head.name"] == "concat" and float(run["params.optim.lr"]) == 3e-3
+    assert run["params.train.report_to"] == "['mlflow']"
+    run_id, history = run["run_id"], clf.history
+    epoch_ends = [r["step"] for r in history]
+    expected = {
+        "train/loss": [r["train_loss"] for r in history],
+        "train/lr": [r["lr"]["head"] for r in history],
+        "val/macro_f1": [r["val"]["macro_f1"] for r in history],
+    }
+    for key, values in expected.items():
+        assert _history(client, run_id, key) == list(zip(epoch_ends, values, strict=True)), key
+    assert _history(client, run_id, "test/accuracy") == [(epoch_ends[-1], clf.summary["test"]["accuracy"])]
+    assert {a.path for a in client.list_artifacts(run_id)} == {"summary.json", "config.yaml"}
+    summary = json.loads(Path(client.download_artifacts(run_id, "summary.json", str(tmp_path))).read_text())
+    assert summary["test"]["accuracy"] == clf.summary["test"]["accuracy"]
+
+
+@pytest.mark.slow  # MLflow's import and its SQLite store take ~20 s on a 2-core machine
+def test_mlflow_default_store_in_out_dir_reads_back(
+    fake_encoders, synthetic_root: Path, tmp_path: Path, mlflow_db: Path, monkeypatch
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    out = tmp_path / "runs"
+    out.mkdir()
+    shutil.copy(mlflow_db, out / "mlflow.db")  # the default store, its tables made already (faster)
+    cfg = make_config(
+        synthetic_root, out, train={"report_to": ["mlflow"], "log_every_steps": STEPS_PER_EPOCH},
+        run={"experiment": "tiny"},
+    )  # fmt: skip
+    clf = MultimodalClassifier(cfg).fit()
+    runs, client = _mlflow_runs(f"sqlite:///{out / 'mlflow.db'}", "tiny", monkeypatch)
+    _check_mlflow_run(runs, client, clf, tmp_path / "download")
+    assert (out / "mlartifacts").is_dir()  # artifacts beside the store, not in the working directory
+
+
+@pytest.mark.slow  # starts a real mlflow server (~60 s on a loaded 2-core machine)
+def test_mlflow_server_reads_back(
+    fake_encoders, synthetic_root: Path, tmp_path: Path, mlflow_server: str, monkeypatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "tiny-on-server")
+    cfg = make_config(synthetic_root, tmp_path, train={"report_to": ["mlflow"], "log_every_steps": STEPS_PER_EPOCH})
+    clf = MultimodalClassifier(cfg).fit()
+    runs, client = _mlflow_runs(mlflow_server, "tiny-on-server", monkeypatch)
+    _check_mlflow_run(runs, client, clf, tmp_path / "download")
+    assert not (tmp_path / "mlflow.db").exists()  # $MLFLOW_TRACKING_URI: nothing in the out_dir
