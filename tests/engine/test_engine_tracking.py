@@ -22,11 +22,14 @@ F32 = {"rel": 1e-6, "abs": 1e-7}
 STEPS_PER_EPOCH = 5
 
 
+@pytest.fixture
+def tensorboard_installed() -> None:
+    pytest.importorskip("tensorboard", reason='the track extra is not installed (pip install "mmfuse[track]")')
+
+
 def _event_accumulator(folder: Path):
-    event_accumulator = pytest.importorskip(
-        "tensorboard.backend.event_processing.event_accumulator",
-        reason='the track extra is not installed (pip install "mmfuse[track]")',
-    )
+    from tensorboard.backend.event_processing import event_accumulator
+
     ea = event_accumulator.EventAccumulator(str(folder), size_guidance={event_accumulator.SCALARS: 0})
     ea.Reload()
     return ea
@@ -70,7 +73,7 @@ def test_a_missing_tracker_package_names_the_extra_before_the_run_starts(
 
 
 def test_tensorboard_reads_back_loss_lr_validation_test_metrics_and_config(
-    fake_encoders, synthetic_root: Path, tmp_path: Path
+    tensorboard_installed, fake_encoders, synthetic_root: Path, tmp_path: Path
 ) -> None:
     cfg = make_config(
         synthetic_root, tmp_path, train={"report_to": ["tensorboard"], "log_every_steps": STEPS_PER_EPOCH}
@@ -98,7 +101,9 @@ def test_tensorboard_reads_back_loss_lr_validation_test_metrics_and_config(
     assert hparams["train.report_to"] == "['tensorboard']"
 
 
-def test_tensorboard_logs_every_n_steps(fake_encoders, synthetic_root: Path, synthetic_splits, tmp_path: Path) -> None:
+def test_tensorboard_logs_every_n_steps(
+    tensorboard_installed, fake_encoders, synthetic_root: Path, synthetic_splits, tmp_path: Path
+) -> None:
     cfg = make_config(synthetic_root, tmp_path, train={"report_to": "tensorboard", "log_every_steps": 3})
     clf = MultimodalClassifier(cfg).fit(synthetic_splits["train"], synthetic_splits["val"])
     ea = _event_accumulator(tmp_path / "run" / "tensorboard")
