@@ -181,3 +181,33 @@ def test_mlflow_server_reads_back(
     runs, client = _mlflow_runs(mlflow_server, "tiny-on-server", monkeypatch)
     _check_mlflow_run(runs, client, clf, tmp_path / "download")
     assert not (tmp_path / "mlflow.db").exists()  # $MLFLOW_TRACKING_URI: nothing in the out_dir
+
+
+@pytest.mark.slow  # two launched processes
+def test_two_processes_log_once_the_loss_of_every_process(
+    tensorboard_installed, fake_encoders, synthetic_root: Path, tmp_path: Path
+) -> None:
+    """Only the main process writes, and the logged loss is the mean over both processes' halves of the batches (the
+    epoch's training loss when logged once per epoch), not the main process's half alone."""
+    import os
+    import subprocess
+
+    sections = {
+        "train": {"report_to": ["tensorboard"], "log_every_steps": STEPS_PER_EPOCH, "class_weights": "balanced"}
+    }
+    cfg = make_config(synthetic_root, tmp_path, **sections)
+    config = tmp_path / "two.yaml"
+    config.write_text(cfg.to_yaml(), encoding="utf-8")
+    launcher = Path(__file__).with_name("_launch_train.py")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(launcher)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run([*command, str(config)], env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    folder = tmp_path / "run" / "tensorboard"
+    history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert "x2" in (tmp_path / "run" / "train.log").read_text()
+    loss = _event_accumulator(folder).Scalars("train/loss")
+    assert [e.step for e in loss] == [r["step"] for r in history]
+    assert [e.value for e in loss] == pytest.approx([r["train_loss"] for r in history], **F32)
+    # one writer: the training events file and the hyperparameters' one, both from the main process
+    assert len(list(folder.glob("events.out.tfevents.*"))) == 2
