@@ -211,3 +211,29 @@ def test_two_processes_log_once_the_loss_of_every_process(
     assert [e.value for e in loss] == pytest.approx([r["train_loss"] for r in history], **F32)
     # one writer: the training events file and the hyperparameters' one, both from the main process
     assert len(list(folder.glob("events.out.tfevents.*"))) == 2
+
+
+@pytest.mark.slow  # MLflow's import and its SQLite store
+def test_mlflow_status_of_a_pruned_and_of_a_failed_run(
+    fake_encoders, synthetic_root: Path, synthetic_splits, tmp_path: Path, mlflow_db: Path, monkeypatch
+) -> None:
+    import optuna
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    shutil.copy(mlflow_db, tmp_path / "mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)  # an experiment made through $MLFLOW_TRACKING_URI keeps artifacts in ./mlruns
+    stops = {"pruned": optuna.TrialPruned("pruned at epoch 1"), "failed": RuntimeError("broken callback")}
+    for name, error in stops.items():
+
+        def stop(record, error=error):
+            raise error
+
+        cfg = make_config(synthetic_root, tmp_path, train={"report_to": ["mlflow"]}, run={"name": name})
+        with pytest.raises(type(error)):
+            MultimodalClassifier(cfg).fit(synthetic_splits["train"], synthetic_splits["val"], callbacks=[stop])
+    runs, client = _mlflow_runs(uri, "mmfuse", monkeypatch)
+    status = dict(zip(runs["tags.mlflow.runName"], runs["status"], strict=True))
+    assert status == {"pruned": "KILLED", "failed": "FAILED"}
+    for run_id in runs["run_id"]:  # the epoch that ran was logged before the callback stopped the run
+        assert [step for step, _ in _history(client, run_id, "val/accuracy")] == [STEPS_PER_EPOCH]

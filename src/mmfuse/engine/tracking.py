@@ -97,6 +97,16 @@ def scalars(metrics: Mapping[str, Any], prefix: str) -> dict[str, float]:
     }
 
 
+def ended_status(error: BaseException) -> str:
+    """The tracking status of a run that ended with ``error``: ``KILLED`` when it was stopped on purpose (Ctrl-C, a
+    sweep's pruner), ``FAILED`` otherwise."""
+    if not isinstance(error, Exception):
+        return "KILLED"
+    from optuna import TrialPruned
+
+    return "KILLED" if isinstance(error, TrialPruned) else "FAILED"
+
+
 # ----------------------------------------------------------------------------------------------------- backends
 
 

@@ -39,7 +39,7 @@ from mmfuse.engine.metrics import classification_metrics, headline, improves, se
 from mmfuse.engine.optim import build_optimizer, build_scheduler, class_weight_tensor, current_lrs, optimizer_steps
 from mmfuse.engine.run_dir import Reporter, RunDir, Timer
 from mmfuse.engine.sampler import EpochSampler
-from mmfuse.engine.tracking import Tracking, check_installed, scalars
+from mmfuse.engine.tracking import Tracking, check_installed, ended_status, scalars
 from mmfuse.features import FeatureSource, InputMaker, compute_tables, default_store, make_loader, plan_features
 
 logger = logging.getLogger("mmfuse.engine")
@@ -252,7 +252,7 @@ class Trainer:
         try:
             result = train()
         except BaseException as e:
-            self.tracking.finish("FAILED" if isinstance(e, Exception) else "KILLED")
+            self.tracking.finish(ended_status(e))
             raise
         for path in (self.run.summary, self.run.config):
             self.tracking.log_artifact(path)
