@@ -4,6 +4,7 @@ libraries' own readers; the config's and the missing extra's errors."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import sys
 from pathlib import Path
@@ -237,3 +238,44 @@ def test_mlflow_status_of_a_pruned_and_of_a_failed_run(
     assert status == {"pruned": "KILLED", "failed": "FAILED"}
     for run_id in runs["run_id"]:  # the epoch that ran was logged before the callback stopped the run
         assert [step for step, _ in _history(client, run_id, "val/accuracy")] == [STEPS_PER_EPOCH]
+
+
+@pytest.mark.slow  # MLflow's import and its SQLite store
+def test_a_resumed_run_continues_its_tensorboard_and_mlflow_runs(
+    tensorboard_installed, fake_encoders, synthetic_root: Path, synthetic_splits, tmp_path: Path, mlflow_db: Path,
+    monkeypatch, caplog,
+) -> None:  # fmt: skip
+    """Interrupted in epoch 2 after logging steps 6 and 7, then resumed from the epoch-1 checkpoint to train longer:
+    TensorBoard shows each step once (the interrupted attempt's steps 6-7 are purged), MLflow has one run that
+    ends finished, and the parameter that changed on resume is named."""
+    from mmfuse.engine.trainer import Trainer
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    shutil.copy(mlflow_db, tmp_path / "mlflow.db")
+    cfg = make_config(synthetic_root, tmp_path, train={"report_to": "all", "log_every_steps": 1})
+    real_loss, calls = Trainer._loss, []
+
+    def interrupted_at_step_8(self, batch):
+        calls.append(1)
+        if len(calls) == 2 * STEPS_PER_EPOCH - 2:
+            raise KeyboardInterrupt
+        return real_loss(self, batch)
+
+    monkeypatch.setattr(Trainer, "_loss", interrupted_at_step_8)
+    with pytest.raises(KeyboardInterrupt):
+        MultimodalClassifier(cfg).fit(synthetic_splits["train"], synthetic_splits["val"])
+    monkeypatch.setattr(Trainer, "_loss", real_loss)
+    with caplog.at_level(logging.WARNING, logger="mmfuse"):
+        clf = MultimodalClassifier.resume(tmp_path / "run", overrides=["train.epochs=3"])
+    last = clf.history[-1]["step"]
+    assert last == 3 * STEPS_PER_EPOCH
+    ea = _event_accumulator(tmp_path / "run" / "tensorboard")
+    assert [e.step for e in ea.Scalars("train/loss")] == list(range(1, last + 1))
+    runs, client = _mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "mmfuse", monkeypatch)
+    assert len(runs) == 1 and runs["status"].iloc[0] == "FINISHED"
+    run_id = runs["run_id"].iloc[0]
+    assert [s for s, _ in _history(client, run_id, "val/accuracy")] == [r["step"] for r in clf.history]
+    assert {s for s, _ in _history(client, run_id, "train/loss")} == set(range(1, last + 1))
+    assert runs["params.train.epochs"].iloc[0] == "2"  # MLflow parameters cannot change ...
+    assert any("changed on resume: train.epochs (2 -> 3)" in r.getMessage() for r in caplog.records)  # ... so said

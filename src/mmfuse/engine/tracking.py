@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import logging
 import math
 import os
@@ -44,6 +45,7 @@ logger = logging.getLogger("mmfuse.engine")
 
 INSTALL_HINT = 'pip install "mmfuse[track]"'
 DEFAULT_EXPERIMENT = "mmfuse"
+MLFLOW_RUN_FILE = "mlflow_run.json"  # in the run folder: the MLflow run a resume continues
 # the package each tracker needs (import name, what to install)
 _PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
 
@@ -55,7 +57,9 @@ class TrackerNotInstalledError(ValueError):
 class Tracker(Protocol):
     """One tracking backend: a run that receives hyperparameters, metrics and files."""
 
-    def start(self, run_name: str, params: Mapping[str, Any]) -> None: ...
+    def start(self, run_name: str, params: Mapping[str, Any], *, resumed_at: int | None = None) -> None:
+        """Opens the run (``resumed_at``: the step a resumed run continues after; later events are stale)."""
+        ...
 
     def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None: ...
 
@@ -117,16 +121,18 @@ class TensorBoardTracker:
         self.log_dir = Path(log_dir)
         self._writer: Any = None
 
-    def _open(self) -> Any:
+    def _open(self, purge_step: int | None = None) -> Any:
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(log_dir=str(self.log_dir))
+            self._writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=purge_step)
         return self._writer
 
-    def start(self, run_name: str, params: Mapping[str, Any]) -> None:
+    def start(self, run_name: str, params: Mapping[str, Any], *, resumed_at: int | None = None) -> None:
+        # a resumed run hides the events an interrupted attempt logged after its last checkpoint (purge_step)
+        writer = self._open(None if resumed_at is None else resumed_at + 1)
         # run_name ".": the hyperparameters go into the run's own folder, not a timestamped sub-run
-        self._open().add_hparams(dict(params), {}, run_name=".")
+        writer.add_hparams(dict(params), {}, run_name=".")
 
     def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
         writer = self._open()
@@ -150,6 +156,8 @@ class MLflowTracker:
         experiment: experiment name (created when absent, with ``artifact_location`` when given).
         parent_run_id: make the run a child of this one (``mlflow.parentRunId``: nested in the MLflow UI).
         artifact_location: where a newly created experiment keeps its artifacts (``None``: the store's default).
+        run_file: a JSON file that records the run id (in the run folder), so that a resumed run continues the
+            same MLflow run.
     """
 
     def __init__(
@@ -159,12 +167,13 @@ class MLflowTracker:
         *,
         parent_run_id: str | None = None,
         artifact_location: str | None = None,
+        run_file: Path | None = None,
     ) -> None:
         from mlflow import MlflowClient
 
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.tracking_uri, self.experiment = tracking_uri, experiment
-        self.parent_run_id, self.artifact_location = parent_run_id, artifact_location
+        self.parent_run_id, self.artifact_location, self.run_file = parent_run_id, artifact_location, run_file
         self.run_id: str | None = None
 
     def _experiment_id(self) -> str:
@@ -181,14 +190,29 @@ class MLflowTracker:
                 raise
             return found.experiment_id
 
-    def start(self, run_name: str, params: Mapping[str, Any]) -> None:
+    def start(self, run_name: str, params: Mapping[str, Any], *, resumed_at: int | None = None) -> None:
         from mlflow.entities import Param
         from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
 
-        tags = {"mlflow.parentRunId": self.parent_run_id} if self.parent_run_id else {}
-        run = self.client.create_run(self._experiment_id(), run_name=run_name, tags=tags)
-        self.run_id = run.info.run_id
         items = [(k, str(v)) for k, v in params.items()]
+        earlier = self._earlier_run() if resumed_at is not None else None
+        if earlier is not None:
+            self.run_id = earlier.info.run_id
+            self.client.update_run(self.run_id, status="RUNNING")
+            kept = earlier.data.params  # MLflow parameters cannot change: log only new keys, name the changed ones
+            changed = [f"{k} ({kept[k]} -> {v})" for k, v in items if k in kept and kept[k] != v[:MAX_PARAM_VAL_LENGTH]]
+            if changed:
+                logger.warning(
+                    f"MLflow run {self.run_id} keeps the parameters it started with; changed on resume: "
+                    f"{', '.join(changed)} (the resumed config is the run's config.yaml artifact)"
+                )
+            items = [(k, v) for k, v in items if k not in kept]
+        else:
+            tags = {"mlflow.parentRunId": self.parent_run_id} if self.parent_run_id else {}
+            run = self.client.create_run(self._experiment_id(), run_name=run_name, tags=tags)
+            self.run_id = run.info.run_id
+            if self.run_file is not None:
+                self.run_file.write_text(json.dumps({"run_id": self.run_id}) + "\n", encoding="utf-8")
         long = [k for k, v in items if len(v) > MAX_PARAM_VAL_LENGTH]
         if long:
             logger.warning(
@@ -198,6 +222,22 @@ class MLflowTracker:
         batch = [Param(k, v[:MAX_PARAM_VAL_LENGTH]) for k, v in items]
         for i in range(0, len(batch), MAX_PARAMS_TAGS_PER_BATCH):
             self.client.log_batch(self.run_id, params=batch[i : i + MAX_PARAMS_TAGS_PER_BATCH])
+
+    def _earlier_run(self) -> Any:
+        """The MLflow run this run folder logged to before it was interrupted, when this store has it."""
+        from mlflow.exceptions import MlflowException
+
+        if self.run_file is None or not self.run_file.is_file():
+            return None
+        run_id = json.loads(self.run_file.read_text(encoding="utf-8"))["run_id"]
+        try:
+            return self.client.get_run(run_id)
+        except MlflowException:
+            logger.warning(
+                f"MLflow run {run_id} (from {self.run_file}) is not in {self.tracking_uri}; the resumed run starts a "
+                "new MLflow run"
+            )
+            return None
 
     def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
         from mlflow.entities import Metric
@@ -271,21 +311,26 @@ class Tracking:
             if parent is not None:
                 child = MLflowTracker(
                     parent.tracking_uri, parent.experiment, parent_run_id=parent.run_id,
-                    artifact_location=parent.artifact_location,
+                    artifact_location=parent.artifact_location, run_file=Path(run_path) / MLFLOW_RUN_FILE,
                 )  # fmt: skip
                 trackers.append(child)
             else:
                 uri, experiment, artifacts = mlflow_target(config.run.out_dir, config.run.experiment)
-                trackers.append(MLflowTracker(uri, experiment, artifact_location=artifacts))
+                run_file = Path(run_path) / MLFLOW_RUN_FILE
+                trackers.append(MLflowTracker(uri, experiment, artifact_location=artifacts, run_file=run_file))
         return cls(trackers)
 
     def __bool__(self) -> bool:
         return bool(self.trackers)
 
-    def start(self, run_name: str, config: TrainConfig) -> None:
+    def start(self, run_name: str, config: TrainConfig, *, resumed_at: int | None = None) -> None:
+        """Opens every tracker's run with the config as hyperparameters; ``resumed_at``: the optimizer step a resumed
+        run continues after (TensorBoard hides later events of the interrupted attempt; MLflow continues the run
+        recorded in the run folder, whose metric history keeps them)."""
         params = flatten(config.to_dict())
+        self.step = resumed_at or 0
         for tracker in self.trackers:
-            tracker.start(run_name, params)
+            tracker.start(run_name, params, resumed_at=resumed_at)
 
     def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
         metrics = {k: v for k, v in metrics.items() if not math.isnan(v)}  # undefined metrics (one class) stay out

@@ -244,11 +244,11 @@ class Trainer:
                 self._restore()
             else:
                 self._write_run_files()
-            return self._tracked(lambda: self._finish(self._loop(), timer))
+            return self._tracked(lambda: self._finish(self._loop(), timer), resume)
 
-    def _tracked(self, train: Callable[[], FitResult]) -> FitResult:
+    def _tracked(self, train: Callable[[], FitResult], resume: bool) -> FitResult:
         """Runs ``train`` inside the trackers' run: config first, summary and config files last, status at the end."""
-        self.tracking.start(self.run.path.name, self.cfg)
+        self.tracking.start(self.run.path.name, self.cfg, resumed_at=self.state.step if resume else None)
         try:
             result = train()
         except BaseException as e:
