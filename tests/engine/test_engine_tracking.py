@@ -73,6 +73,22 @@ def test_a_missing_tracker_package_names_the_extra_before_the_run_starts(
     assert not (tmp_path / "run").exists()  # nothing was written
 
 
+def test_the_cli_says_which_extra_to_install_and_exits_2(
+    fake_encoders, synthetic_root: Path, tmp_path: Path, monkeypatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from mmfuse.cli import app
+
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as when it is not installed
+    config = tmp_path / "config.yaml"
+    config.write_text(make_config(synthetic_root, tmp_path).to_yaml(), encoding="utf-8")
+    result = CliRunner().invoke(app, ["train", str(config), "train.report_to=[mlflow]"])
+    assert result.exit_code == 2, result.output
+    assert "error: train.report_to=['mlflow'] needs mlflow" in result.stderr
+    assert 'pip install "mmfuse[track]"' in result.stderr and "Traceback" not in result.output
+
+
 def test_tensorboard_reads_back_loss_lr_validation_test_metrics_and_config(
     tensorboard_installed, fake_encoders, synthetic_root: Path, tmp_path: Path
 ) -> None:
