@@ -129,6 +129,7 @@ def test_existing_run_folder_is_refused(fake_encoders, cfg_file: Path) -> None:
         (["head.params.bogus=1"], ["'bogus'", "params of head 'concat'", "hidden="]),
         (["head.params.hidden=wide"], ["params.hidden", "number"]),
         (["train.class_weights=[1, 2, 3]"], ["3 weights", "2 classes"]),
+        (["train.report_to=[wandb]"], ["train.report_to", "'wandb'", "'tensorboard', 'mlflow'"]),
     ],
 )
 def test_config_errors_exit_2_with_message(fake_encoders, cfg_file: Path, args: list[str], expected: list[str]) -> None:

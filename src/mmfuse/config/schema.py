@@ -152,6 +152,8 @@ class OptimConfig(StrictSection):
     grad_accum: int = Field(default=1, ge=1)
 
 
+REPORT_TO = ("tensorboard", "mlflow")  # the experiment trackers train.report_to may name
+
 SelectionMetric = Literal["auto", "accuracy", "macro_f1", "weighted_f1", "auroc", "loss"]
 
 
@@ -180,6 +182,11 @@ class TrainingConfig(StrictSection):
         threads: torch's intra-op CPU threads in this process; ``null`` keeps torch's default (one per core). Set 1
             when several runs or sweep workers share the CPU: oversubscribed threads spin-wait for each other and
             made training ~30x slower in our measurements (docs/benchmarks.md).
+        report_to: experiment trackers to send the run to (the Hugging Face Trainer convention): a list of
+            ``tensorboard`` and/or ``mlflow``, ``none`` (the default) or ``all`` (both). They need the ``track`` extra
+            (``pip install "mmfuse[track]"``); see :mod:`mmfuse.engine.tracking` for what is logged where.
+        log_every_steps: log the training loss (mean since the last log) and learning rate to the trackers every
+            this many optimizer steps.
     """
 
     epochs: int = Field(default=10, ge=1)
@@ -196,6 +203,26 @@ class TrainingConfig(StrictSection):
     deterministic: bool = False
     device: Literal["auto", "cpu"] = "auto"
     threads: int | None = Field(default=None, ge=1)
+    report_to: list[Literal["tensorboard", "mlflow"]] = Field(default_factory=list)
+    log_every_steps: int = Field(default=50, ge=1)
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _trackers(cls, v: Any) -> Any:
+        known = list(REPORT_TO)
+        if v is None or v == "none":
+            return []
+        if v == "all":
+            return known
+        names = [v] if isinstance(v, str) else v
+        if not isinstance(names, (list, tuple)) or any(not isinstance(n, str) for n in names):
+            raise ValueError(f"must be a list of tracker names ({', '.join(known)}), 'none' or 'all', got {v!r}")
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ValueError(
+                f"unknown tracker(s) {unknown}; allowed: {known}, or 'none' / 'all' (e.g. train.report_to=[mlflow])"
+            )
+        return list(dict.fromkeys(names))
 
     @field_validator("class_weights", mode="before")
     @classmethod
@@ -227,12 +254,15 @@ class RunConfig(StrictSection):
             the progress lines (one every ``$MMFUSE_PROGRESS_SECONDS``, default 30 s) stay: see
             :mod:`mmfuse.progress`.
         overwrite: reuse an existing run folder, deleting its contents; otherwise an existing one is an error.
+        experiment: the MLflow experiment the run is logged to (with ``train.report_to`` naming ``mlflow``);
+            default ``$MLFLOW_EXPERIMENT_NAME``, else ``mmfuse``.
     """
 
     out_dir: Path = Path("runs")
     name: str | None = None
     quiet: bool = False
     overwrite: bool = False
+    experiment: str | None = Field(default=None, min_length=1)
 
     @field_validator("name")
     @classmethod

@@ -139,6 +139,7 @@ class MultimodalClassifier:
             with trainer.reporter.log_to(result.run_dir.log):
                 self.summary["test"] = evaluation_scalars(self.evaluate(test, max_missing_images=1.0))
             result.run_dir.write_summary(self.summary)
+            trainer.tracking.log_final(self.summary["test"], artifact=result.run_dir.summary)
         return self
 
     @classmethod

@@ -11,6 +11,8 @@ Layout::
         checkpoints/last/      the same, for --resume
         train.log              everything the run reported
         summary.json           best epoch, its val metrics, threshold, test metrics, status
+        tensorboard/           TensorBoard event files (train.report_to naming tensorboard)
+        mlflow_run.json        the MLflow run id, which a resume continues (train.report_to naming mlflow)
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ from mmfuse.engine.metrics import classification_metrics, headline, improves, se
 from mmfuse.engine.optim import build_optimizer, build_scheduler, class_weight_tensor, current_lrs, optimizer_steps
 from mmfuse.engine.run_dir import RunDir, Timer
 from mmfuse.engine.sampler import EpochSampler
+from mmfuse.engine.tracking import Tracking, check_installed, ended_status, scalars
 from mmfuse.features import FeatureSource, InputMaker, compute_tables, default_store, make_loader, plan_features
 from mmfuse.model.build import build_model, set_train_mode
 from mmfuse.model.inference import Outputs, run_model
@@ -158,11 +159,13 @@ class Trainer:
         self.data_reports = dict(data_reports or {})
         counts = dict(zip(self.classes, _class_counts(self.train_y, len(self.classes)), strict=True))
         self.data_warnings = data_warnings(self.data_reports, counts)
+        self.tracking = Tracking()  # train.report_to's trackers, made with the run folder
 
     # ------------------------------------------------------------------------------------------------- setup
 
     def _setup(self, run_dir: RunDir | None) -> None:
         cfg = self.cfg
+        check_installed(cfg.train.report_to)  # a missing tracker package fails before anything is written
         self.accelerator = acc = make_accelerator(cfg.train, cfg.optim.grad_accum)
         self.reporter = Reporter(quiet=cfg.run.quiet, main=acc.is_main_process)
         for name, size in (("train.batch_size", cfg.train.batch_size), ("train.eval_batch_size", cfg.train.eval_batch)):
@@ -175,6 +178,7 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.model = build_model(cfg.model, len(self.classes))
         self.run = run_dir or self._create_run_dir()
+        self.tracking = Tracking.for_run(cfg, self.run.path, main=acc.is_main_process)
         self.plan = plan_features(self.model, precompute=cfg.cache.enabled)
         self.loss_weight = class_weight_tensor(cfg.train.class_weights, self.train_y, self.classes)
 
@@ -242,8 +246,20 @@ class Trainer:
                 self._restore()
             else:
                 self._write_run_files()
-            status = self._loop()
-            return self._finish(status, timer)
+            return self._tracked(lambda: self._finish(self._loop(), timer), resume)
+
+    def _tracked(self, train: Callable[[], FitResult], resume: bool) -> FitResult:
+        """Runs ``train`` inside the trackers' run: config first, summary and config files last, status at the end."""
+        self.tracking.start(self.run.path.name, self.cfg, resumed_at=self.state.step if resume else None)
+        try:
+            result = train()
+        except BaseException as e:
+            self.tracking.finish(ended_status(e))
+            raise
+        for path in (self.run.summary, self.run.config):
+            self.tracking.log_artifact(path)
+        self.tracking.finish()
+        return result
 
     def _loop(self) -> str:
         cfg = self.cfg.train
@@ -261,6 +277,8 @@ class Trainer:
             record = {"epoch": epoch, **train_stats, "val": val, "best": improved}
             self._checkpoint(record, improved)
             self.reporter.info(_epoch_line(record, self.metric, cfg.epochs))
+            epoch_loss = {"train/epoch_loss": record["train_loss"], "epoch": epoch}
+            self.tracking.log_metrics(self.state.step, {**scalars(val, "val"), **epoch_loss})
             for callback in self.callbacks:
                 callback(record)
             patience = cfg.early_stopping_patience
@@ -275,6 +293,7 @@ class Trainer:
         self.train_loader.set_epoch(epoch)  # data order = f(seed + epoch)
         start, seen = time.perf_counter(), len(self.train_examples)
         loss_sum, weight_sum = torch.zeros((), device=acc.device), torch.zeros((), device=acc.device)
+        interval = torch.zeros(2, device=acc.device)  # loss and weight sums since the last tracker log
         bar = self.reporter.bar(len(self.train_examples), f"epoch {epoch}/{cfg.train.epochs}")
         with bar:
             for batch in self.train_loader:
@@ -292,6 +311,10 @@ class Trainer:
                 n = len(batch["ids"])
                 loss_sum += batch_sum
                 weight_sum += batch_weight
+                if cfg.train.report_to:
+                    interval += torch.stack([batch_sum, batch_weight])
+                    if acc.sync_gradients and self.state.step % cfg.train.log_every_steps == 0:
+                        interval = self._log_step(interval)
                 bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
                 bar.update(n * acc.num_processes)
         totals = acc.reduce(torch.stack([loss_sum, weight_sum]), "sum")
@@ -303,6 +326,16 @@ class Trainer:
             "seconds": seconds,
             "step": self.state.step,
         }
+
+    def _log_step(self, interval: torch.Tensor) -> torch.Tensor:
+        """Sends the trackers the mean loss of the batches since the last log (over every process: each process
+        takes part in the sum) and the learning rates; returns the emptied sums."""
+        totals = self.accelerator.reduce(interval, "sum") if self.accelerator.num_processes > 1 else interval
+        metrics = {"train/lr" if g == "head" else f"train/lr_{g}": lr for g, lr in current_lrs(self.optimizer).items()}
+        if totals[1] > 0:
+            metrics["train/loss"] = float(totals[0] / totals[1])
+        self.tracking.log_metrics(self.state.step, metrics)
+        return torch.zeros_like(interval)
 
     def _loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The loss to backpropagate, and this process's sum of example losses and of their weights (for the epoch's

@@ -41,6 +41,7 @@ from mmfuse.data.config import DataConfig
 from mmfuse.data.labels import LabelMap
 from mmfuse.data.loading import Split, load_splits
 from mmfuse.engine.metrics import HIGHER_IS_BETTER, evaluation_scalars, headline, selection_metric
+from mmfuse.engine.tracking import nested_under
 from mmfuse.sweep.spec import Sweep, SweepError, load_sweep
 from mmfuse.sweep.study import (
     A_BASELINE,
@@ -213,14 +214,16 @@ def run_sweep(
     budget = n_trials if n_trials is not None else sweep.spec.n_trials
     with _quiet_optuna():
         worker = _Worker(sweep, out, storage, log or logger.info)
-        try:
-            worker.loop(budget, timeout if timeout is not None else sweep.spec.timeout)
-        finally:
-            worker.write_table()
-        selected = worker.test_selected()
-        finished = worker.finished(budget)
-        final = worker.run_final() if finished else None
-        table = worker.write_table()
+        # with train.report_to naming mlflow: one MLflow run for this worker, each trial's run nested under it
+        with nested_under(sweep.base, worker.folder.path, sweep.name):
+            try:
+                worker.loop(budget, timeout if timeout is not None else sweep.spec.timeout)
+            finally:
+                worker.write_table()
+            selected = worker.test_selected()
+            finished = worker.finished(budget)
+            final = worker.run_final() if finished else None
+            table = worker.write_table()
     return SweepResult(worker.folder.path, table, worker.metric, selected, finished, worker.ran, final)
 
 

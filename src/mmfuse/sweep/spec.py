@@ -407,6 +407,8 @@ class Sweep:
         base = self.base.to_dict()
         base.pop("run", None)
         base.pop("cache", None)
+        for key in ("report_to", "log_every_steps"):  # where a run is logged does not change it
+            base["train"].pop(key, None)
         if base.get("data"):
             base["data"].pop("root", None)
         payload = {"base": base, "mode": self.mode, "points": self.points}
