@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from mmfuse.engine.metrics import HIGHER_IS_BETTER, classification_metrics, headline
+from mmfuse.sweep.table import metric_text, short_value
 
 FINAL_JSON = "final.json"
 SELECTED = "selected"
@@ -133,7 +134,7 @@ class FinalStage:
         else:
             run_dir = where / label
             cfg = self.sweep.trial_config(overrides, run_dir)
-            self.log(f"{group} {label} started: " + " ".join(f"{k}={_short(v)}" for k, v in overrides.items()))
+            self.log(f"{group} {label} started: " + " ".join(f"{k}={short_value(v)}" for k, v in overrides.items()))
             clf, seconds = self._train(cfg)
             run_rel = str(run_dir.relative_to(self.folder))
         splits = self.splits.get(cfg.data)
@@ -165,7 +166,7 @@ class FinalStage:
         record_path.write_text(json.dumps(record, indent=2, default=float) + "\n", encoding="utf-8")
         if not reused:
             value = record["val"].get(self.metric)
-            self.log(f"{group} {label} done: val {self.metric} {_fmt(value)} in {seconds:.1f}s")
+            self.log(f"{group} {label} done: val {self.metric} {metric_text(value)} in {seconds:.1f}s")
         return record
 
     def _train(self, cfg: Any) -> tuple[Any, float]:
@@ -251,19 +252,4 @@ def _pm(mean: Mapping[str, float], std: Mapping[str, float], metric: str) -> str
 def _changes(point: Mapping[str, Any], points: Sequence[Mapping[str, Any]]) -> str:
     """The settings that tell ``point`` from the other points of its grid."""
     varied = [k for k, v in point.items() if any(p.get(k, object()) != v for p in points)]
-    return " ".join(f"{k}={_short(point[k])}" for k in varied)
-
-
-def _short(value: Any) -> str:
-    text = (
-        f"{value:.4g}"
-        if isinstance(value, float)
-        else json.dumps(value)
-        if isinstance(value, (list, dict))
-        else str(value)
-    )
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _fmt(value: Any) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
+    return " ".join(f"{k}={short_value(point[k])}" for k in varied)

@@ -65,7 +65,7 @@ from mmfuse.sweep.study import (
     requeue,
     worker_id,
 )
-from mmfuse.sweep.table import best_trial, real_trials, trials_frame, write_tables
+from mmfuse.sweep.table import best_trial, metric_text, real_trials, short_value, trials_frame, write_tables
 
 logger = logging.getLogger("mmfuse.sweep")
 
@@ -356,7 +356,7 @@ class _Worker:
         trial.set_user_attr(A_OVERRIDES, overrides)
         trial.set_user_attr(A_RUN_DIR, str(_relative(run_dir, self.folder.path)))
         trial.set_user_attr(A_WORKER, self.worker)
-        shown = " ".join(f"{k}={_short(v)}" for k, v in overrides.items()) or "(base config)"
+        shown = " ".join(f"{k}={short_value(v)}" for k, v in overrides.items()) or "(base config)"
         if A_BASELINE in trial.user_attrs:
             shown = f"unimodal baseline {trial.user_attrs[A_BASELINE]}"
         retry = trial.user_attrs.get(A_RETRY_OF)
@@ -491,7 +491,7 @@ class _Worker:
             result = MultimodalClassifier.load(run_dir).evaluate(test, name="test", max_missing_images=1.0)
             selected["test"] = evaluation_scalars(result)
             self.log(f"selected trial {best.number} (val {self.metric} {best.value:.4f}): test {self.metric} "
-                     f"{_fmt(selected['test'].get(self.metric))}")  # fmt: skip
+                     f"{metric_text(selected['test'].get(self.metric))}")  # fmt: skip
         self.folder.selected.write_text(json.dumps(selected, indent=2, default=float) + "\n", encoding="utf-8")
         self.study.set_user_attr(S_SELECTED, selected)
         return selected
@@ -567,16 +567,17 @@ def _summary_lines(frame: pd.DataFrame, metric: str, selected: dict[str, Any] | 
     baselines = frame[(frame["baseline"] != "") & (frame["state"] == "complete")] if not frame.empty else frame
     if not baselines.empty:
         pairs = zip(baselines["baseline"], baselines[f"val_{metric}"], strict=True)
-        shown = ", ".join(f"{b} {_fmt(v)}" for b, v in pairs)
+        shown = ", ".join(f"{b} {metric_text(v)}" for b, v in pairs)
         lines.append(
             f"Unimodal baselines (the base config with only the head swapped; never selected): val {metric} {shown}."
         )
     if selected:
         test = selected.get("test") or {}
-        tested = (f"test {metric} {_fmt(test.get(metric))} (measured on the selected trial only)" if test
+        tested = (f"test {metric} {metric_text(test.get(metric))} (measured on the selected trial only)" if test
                   else selected.get("note", "not tested yet"))  # fmt: skip
         lines.append(
-            f"Selected on validation: trial {selected['trial']} (val {metric} {_fmt(selected['val'])}); {tested}."
+            f"Selected on validation: trial {selected['trial']} (val {metric} {metric_text(selected['val'])}); "
+            f"{tested}."
         )
     return lines
 
@@ -623,21 +624,6 @@ def _relative(path: Path, root: Path) -> Path:
         return path.resolve().relative_to(root.resolve())
     except ValueError:
         return path.resolve()
-
-
-def _short(value: Any) -> str:
-    text = (
-        f"{value:.4g}"
-        if isinstance(value, float)
-        else json.dumps(value)
-        if isinstance(value, (list, dict))
-        else str(value)
-    )
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _fmt(value: Any) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
 
 
 @contextmanager

@@ -8,6 +8,7 @@ the table's own columns are named so that no config key can take their place (``
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -174,3 +175,20 @@ def write_tables(frame: pd.DataFrame, folder: Path, title: str, lines: Sequence[
     text = f"# {title}\n\n" + "".join(f"{line}\n" for line in lines) + ("\n" if lines else "") + to_markdown(frame)
     md.write_text(text, encoding="utf-8")
     return csv, md
+
+
+def short_value(value: Any) -> str:
+    """A setting's value as sweep logs and tables show it (floats to 4 digits, at most 40 characters)."""
+    text = (
+        f"{value:.4g}"
+        if isinstance(value, float)
+        else json.dumps(value)
+        if isinstance(value, (list, dict))
+        else str(value)
+    )
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def metric_text(value: Any) -> str:
+    """A metric as sweep logs show it: 4 decimals, ``n/a`` when missing."""
+    return "n/a" if value is None else f"{value:.4f}"
