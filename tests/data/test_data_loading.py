@@ -412,3 +412,15 @@ def test_report_summary_and_dict(tmp_path: Path, write_image: Callable, write_js
     assert "2 examples from 7 rows" in text and "skipped images: 5" in text
     data = json.loads(json.dumps(report.to_dict()))
     assert data["usable"] is True and len(data["skipped_images"]) == 5
+
+
+def test_a_file_without_an_id_column_numbers_its_rows_and_says_so(tmp_path: Path, write_image: Callable) -> None:
+    write_image(tmp_path / "a.png")
+    (tmp_path / "data.csv").write_text("text,image,label\nhello,a.png,0\nworld,a.png,1\n")
+    split = load_examples("data.csv", DataConfig(root=tmp_path, train="data.csv"))
+    assert [e.id for e in split.examples] == ["0", "1"]
+    assert any("no 'id' column" in note and "row number" in note for note in split.report.notes)
+    # a column named on purpose that the file lacks is still an error naming it
+    cfg = DataConfig(root=tmp_path, train="data.csv", columns={"id": "id"})
+    with pytest.raises(MissingColumnError, match=r"column 'id' \(columns\.id\) not found"):
+        load_examples("data.csv", cfg)

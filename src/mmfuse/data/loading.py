@@ -129,6 +129,9 @@ def load_examples(path: str | Path, cfg: DataConfig, *, labeled: bool | None = N
     file = _split_file(Path(path), root)
     raw = read_file(file, cfg.format, delimiter=cfg.delimiter, fallback_encodings=cfg.fallback_encodings)
     labeled = _is_labeled(raw, cfg, labeled)
+    row_ids = _ids_are_row_numbers(raw, cfg)
+    if row_ids:
+        cfg = cfg.model_copy(update={"columns": cfg.columns.model_copy(update={"id": None})})
     _require_columns(raw, cfg, labeled)
     report = SplitReport(
         name=name or file.stem,
@@ -137,6 +140,11 @@ def load_examples(path: str | Path, cfg: DataConfig, *, labeled: bool | None = N
         rows=len(raw.rows),
         file_encoding=raw.encoding,
     )
+    if row_ids:
+        report.notes.append(
+            "no 'id' column: each example's id is its row number (0-based); set columns.id to the column that "
+            "holds the ids, if one does"
+        )
     candidates = _read_rows(raw, cfg, root, labeled, report)
     _check_images(candidates, cfg)
     examples = _apply_image_policy(candidates, cfg, report, file, root)
@@ -186,6 +194,14 @@ def _is_labeled(raw: RawFile, cfg: DataConfig, labeled: bool | None) -> bool:
     if labeled and column is None:
         raise ValueError("labels were required but columns.label is not set; set it to the label column's name")
     return labeled
+
+
+def _ids_are_row_numbers(raw: RawFile, cfg: DataConfig) -> bool:
+    """Whether the file has no ``id`` column while ``columns.id`` is left at its default: then ids are row numbers
+    (a column named explicitly and missing stays an error)."""
+    explicit = "id" in cfg.columns.model_fields_set
+    readable = raw.has_header or bool(raw.fields)
+    return cfg.columns.id == "id" and not explicit and readable and "id" not in raw.fields
 
 
 def _require_columns(raw: RawFile, cfg: DataConfig, labeled: bool) -> None:
