@@ -11,11 +11,13 @@ import pandas as pd
 
 from mmfuse.data.config import DataConfig, load_data_config
 from mmfuse.data.example import Example
-from mmfuse.data.loading import Split, load_examples, load_splits
+from mmfuse.data.loading import Split, load_examples, load_records, load_splits
 from mmfuse.data.report import Problem, SplitReport
 
-ExamplesLike = Sequence[Example] | Split | str | Path
-"""Examples, a loaded split, or the path of a data file (JSONL/CSV read with the run's column mapping)."""
+ExamplesLike = Sequence[Example] | Split | str | Path | pd.DataFrame | Sequence[Mapping]
+"""Examples, a loaded split, the path of a data file (JSONL/CSV read with the run's column mapping), or rows in
+memory: a pandas DataFrame or a list of dicts (read with the same column mapping; relative image paths resolve
+against the working directory)."""
 
 _CONFIG_SUFFIXES = (".yaml", ".yml")
 
@@ -55,7 +57,37 @@ def inputs_of(source: ExamplesLike | Inputs, data: DataConfig | None, *, labeled
     if isinstance(source, (str, Path)):
         split = file_examples(source, data, labeled=labeled)
         return Inputs(split.examples, repr(str(source)), split.report, _image_root(Path(source), data))
-    return Inputs(list(source))
+    if isinstance(source, pd.DataFrame) or (
+        isinstance(source, (list, tuple)) and source and all(isinstance(r, Mapping) for r in source)
+    ):
+        split = records_examples(source, data, labeled=labeled)
+        return Inputs(split.examples, f"the {split.name}", split.report, Path.cwd())
+    items = list(source)
+    strays = [type(e).__name__ for e in items if not isinstance(e, Example)]
+    if strays:
+        raise TypeError(
+            f"{len(strays)} of {len(items)} items are not Example but {strays[0]}; pass a list of Example, a pandas "
+            "DataFrame or a list of dicts (columns as in data.columns), or a data file path"
+        )
+    return Inputs(items)
+
+
+def records_examples(records: pd.DataFrame | Sequence[Mapping], data: DataConfig | None, *,
+                     labeled: bool | None = None) -> Split:  # fmt: skip
+    """Reads rows in memory (a DataFrame or a list of dicts) with the run's data config (columns, templates, label
+    map). Relative image paths resolve against the working directory, and absolute ones are accepted (the rows come
+    from the caller's own code, not from a file that could point anywhere); missing images become blanks, as for a
+    data file, so every row gets a prediction.
+
+    Raises:
+        BadRowError: a row whose values are of the wrong kind (naming the row and column), unless ``on_bad_row`` is
+            ``skip``.
+        MissingColumnError: a configured column the rows do not have (listing the ones they have).
+    """
+    name = "DataFrame" if isinstance(records, pd.DataFrame) else "records"
+    base = data or DataConfig(root=Path.cwd(), train="<records>")
+    cfg = base.model_copy(update={"root": Path.cwd(), "on_missing_image": "blank", "allow_outside_root": True})
+    return load_records(records, cfg, labeled=labeled, name=name, root=Path.cwd())
 
 
 def file_examples(path: str | Path, data: DataConfig | None, *, labeled: bool | None = None) -> Split:

@@ -25,7 +25,7 @@ from mmfuse.data.images import (
     ImageOutsideRootError,
     check_image,
 )
-from mmfuse.data.readers import BadRowError, MissingColumnError, RawFile, read_file
+from mmfuse.data.readers import BadRowError, MissingColumnError, RawFile, RawRow, read_file
 from mmfuse.data.report import Problem, SplitReport
 from mmfuse.data.text import decode_text
 
@@ -128,22 +128,70 @@ def load_examples(path: str | Path, cfg: DataConfig, *, labeled: bool | None = N
     root = _root(cfg)
     file = _split_file(Path(path), root)
     raw = read_file(file, cfg.format, delimiter=cfg.delimiter, fallback_encodings=cfg.fallback_encodings)
+    return _load_raw(raw, cfg, root, labeled=labeled, name=name or file.stem, source=_display(file, root))
+
+
+def load_records(
+    records: Any, cfg: DataConfig, *, labeled: bool | None = None, name: str = "records", root: Path | None = None
+) -> Split:
+    """Loads rows given in memory, a pandas DataFrame or a list of dicts, with the config's columns, templates and
+    policies, exactly as rows of a file: every bad row, missing image or odd text is counted in the report.
+
+    Args:
+        records: a DataFrame (its cells; NaN/None are empty) or a sequence of mappings, one per example.
+        cfg: the data config (columns, label map, image policy).
+        labeled: as :func:`load_examples`.
+        name: what the rows are called in messages and the report.
+        root: where relative image paths resolve (default: ``cfg``'s root).
+
+    Raises:
+        TypeError: ``records`` is neither.
+        BadRowError, ImageError, MissingColumnError: as :func:`load_examples`.
+    """
+    import pandas as pd
+
+    raw = RawFile(path=Path(f"<{name}>"), has_header=True)
+    rows: list[tuple[str, Any]]
+    if isinstance(records, pd.DataFrame):
+        frame = records.astype(object).where(records.notna(), None)
+        rows = [(f"row {label!r}", row) for label, row in zip(frame.index, frame.to_dict("records"), strict=True)]
+        raw.fields = [str(c) for c in frame.columns]
+    elif isinstance(records, (list, tuple)) and all(isinstance(r, Mapping) for r in records):
+        rows = [(f"row {i}", dict(r)) for i, r in enumerate(records)]
+        raw.fields = list(dict.fromkeys(str(k) for r in records for k in r))
+    else:
+        raise TypeError(
+            f"rows must be a pandas DataFrame or a list of dicts, got {type(records).__name__}; "
+            "pass a DataFrame, a list of dicts, a list of Example, or a data file path"
+        )
+    for where, values in rows:
+        clean = {str(k): (os.fspath(v) if isinstance(v, os.PathLike) else _plain(v)) for k, v in values.items()}
+        raw.rows.append(RawRow(where=where, values=clean))
+    base = root if root is not None else _root(cfg)
+    return _load_raw(raw, cfg, base, labeled=labeled, name=name, source=name, in_memory=True)
+
+
+def _plain(value: Any) -> Any:
+    """A NumPy scalar as the Python value it holds (DataFrame cells), anything else as it is."""
+    item = getattr(value, "item", None)
+    return item() if callable(item) and type(value).__module__ == "numpy" else value
+
+
+def _load_raw(
+    raw: RawFile, cfg: DataConfig, root: Path, *, labeled: bool | None, name: str, source: str, in_memory: bool = False
+) -> Split:
+    """The rows of ``raw`` as a split: columns checked, rows read, images checked, the report filled."""
+    file = raw.path
     labeled = _is_labeled(raw, cfg, labeled)
-    row_ids = _ids_are_row_numbers(raw, cfg)
+    row_ids, cfg_id = _ids_are_row_numbers(raw, cfg, in_memory), cfg.columns.id
     if row_ids:
         cfg = cfg.model_copy(update={"columns": cfg.columns.model_copy(update={"id": None})})
     _require_columns(raw, cfg, labeled)
-    report = SplitReport(
-        name=name or file.stem,
-        source=_display(file, root),
-        labeled=labeled,
-        rows=len(raw.rows),
-        file_encoding=raw.encoding,
-    )
+    report = SplitReport(name=name, source=source, labeled=labeled, rows=len(raw.rows), file_encoding=raw.encoding)
     if row_ids:
         report.notes.append(
-            "no 'id' column: each example's id is its row number (0-based); set columns.id to the column that "
-            "holds the ids, if one does"
+            f"no {cfg_id!r} column: each example's id is its row number (0-based); set columns.id to the column "
+            "that holds the ids, if one does"
         )
     candidates = _read_rows(raw, cfg, root, labeled, report)
     _check_images(candidates, cfg)
@@ -196,12 +244,14 @@ def _is_labeled(raw: RawFile, cfg: DataConfig, labeled: bool | None) -> bool:
     return labeled
 
 
-def _ids_are_row_numbers(raw: RawFile, cfg: DataConfig) -> bool:
-    """Whether the file has no ``id`` column while ``columns.id`` is left at its default: then ids are row numbers
-    (a column named explicitly and missing stays an error)."""
-    explicit = "id" in cfg.columns.model_fields_set
-    readable = raw.has_header or bool(raw.fields)
-    return cfg.columns.id == "id" and not explicit and readable and "id" not in raw.fields
+def _ids_are_row_numbers(raw: RawFile, cfg: DataConfig, in_memory: bool = False) -> bool:
+    """Whether the rows have no id column while ``columns.id`` is left at its default (or the rows are in memory,
+    where the config was written for files): then ids are row numbers. In a file, a column named explicitly and
+    missing stays an error."""
+    column = cfg.columns.id
+    if column is None or not (raw.has_header or raw.fields) or column in raw.fields:
+        return False
+    return in_memory or (column == "id" and "id" not in cfg.columns.model_fields_set)
 
 
 def _require_columns(raw: RawFile, cfg: DataConfig, labeled: bool) -> None:
