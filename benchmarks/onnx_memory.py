@@ -67,22 +67,6 @@ print(json.dumps({
 """
 
 
-def make_checkpoint(folder: Path, head: str) -> Path:
-    """An untrained ``head`` over MiniLM + EfficientNet-Lite0, saved as a checkpoint folder."""
-    import torch
-
-    from mmfuse.data.labels import LabelMap
-    from mmfuse.engine.classifier import MultimodalClassifier
-    from mmfuse.model.build import build_model
-
-    clf = MultimodalClassifier(head=head, text_encoder="minilm", image_encoder="efficientnet-lite0")
-    torch.manual_seed(0)
-    clf.model = build_model(clf.config.model, 2)
-    clf.label_map = LabelMap(["benign", "hateful"])
-    clf.threshold = 0.5
-    return clf.save(folder / "checkpoint")
-
-
 def old_export(new: Path, folder: Path) -> Path:
     """``new`` as an older mmfuse wrote it: no preprocessing folder beside it, no metadata entry naming one."""
     import onnx
@@ -103,6 +87,8 @@ def old_export(new: Path, folder: Path) -> Path:
 def prepare(root: Path, run: Path | None, head: str) -> None:
     """Makes the checkpoint (unless ``run``), the export and its old-style copy under ``root``; writes
     ``root/prepared.json``."""
+    from serve_load import make_checkpoint  # the serving benchmark's untrained model (this script's folder)
+
     from mmfuse.export import export_run, preprocessing_dir
 
     run = run or make_checkpoint(root / "run", head)

@@ -46,6 +46,7 @@ from torch import nn
 
 import mmfuse
 from mmfuse.fusion.base import FusionInputs
+from mmfuse.model.predictor import TEXT_INPUTS
 from mmfuse.model.spec import head_name as registered_head_name
 
 __all__ = [
@@ -67,7 +68,6 @@ Exporter = Literal["dynamo", "torchscript"]
 EXPORTERS: tuple[str, ...] = ("dynamo", "torchscript")
 METADATA_KEY = "mmfuse"
 FORMAT_VERSION = 1
-TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 OPTIONAL_OUTPUTS = ("attention", "image_reliance")
 DEFAULT_OPSET = 18
 

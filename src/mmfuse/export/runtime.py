@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmfuse.export.onnx_export import TEXT_INPUTS, preprocessing_problem, read_metadata
-from mmfuse.model.predictor import Predictor
+from mmfuse.export.onnx_export import preprocessing_problem, read_metadata
+from mmfuse.model.predictor import TEXT_INPUTS, Predictor
 
 __all__ = ["OnnxPredictor"]
 

@@ -115,7 +115,8 @@ class FinalStage:
     def _run(self, group: str, label: str, overrides: dict[str, Any]) -> dict[str, Any]:
         where = self.folder / "final" / group
         record_path, predictions = where / f"{label}.json", where / f"{label}.npz"
-        key = config_key(self.sweep.trial_config(overrides))
+        base_cfg = self.sweep.trial_config(overrides)
+        key = config_key(base_cfg)
         if record_path.is_file() and predictions.is_file():
             record = json.loads(record_path.read_text(encoding="utf-8"))
             if record.get("config_key") == key:
@@ -128,7 +129,7 @@ class FinalStage:
             rel = str(self.selected.get("run_dir") or "")
             run_dir = Path(rel) if Path(rel).is_absolute() else self.folder / rel
             clf = MultimodalClassifier.load(run_dir)
-            cfg = self.sweep.trial_config(overrides)
+            cfg = base_cfg
             seconds = float((self.selected.get("result") or {}).get("seconds") or 0.0)
             run_rel = rel
         else:
