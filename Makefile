@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # torch first, with the exact pin: on our machines it resolves to a local CPU build, while an
 # unpinned torch pulled in by a dependency would download GBs of CUDA packages.
 TORCH  ?= torch==2.13.0
-EXTRAS ?= offline,serve,track,dev
+EXTRAS ?= offline,serve,track,lora,datasets,dev
 
 .PHONY: install browser demo test test-fast test-numerics test-slow lint format clean
 
