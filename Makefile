@@ -5,9 +5,9 @@ BIN    := $(VENV)/bin
 # torch first, with the exact pin: on our machines it resolves to a local CPU build, while an
 # unpinned torch pulled in by a dependency would download GBs of CUDA packages.
 TORCH  ?= torch==2.13.0
-EXTRAS ?= offline,serve,track,lora,datasets,dev
+EXTRAS ?= offline,serve,track,lora,datasets,postgres,dev
 
-.PHONY: install browser demo test test-fast test-numerics test-slow lint format clean
+.PHONY: install browser postgres demo test test-fast test-numerics test-slow lint format clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,7 +42,7 @@ test-fast: lint
 test-numerics: install
 	ATEN_CPU_CAPABILITY=default $(BIN)/python -m pytest -m numerics -q
 
-test-slow: install browser
+test-slow: install browser postgres
 	$(BIN)/python -m pytest -m "slow" -q
 
 # The browser tests (marker `browser`, part of the slow suite) drive Debian's chromium. Installed here when missing
@@ -53,6 +53,16 @@ browser:
 	  ( $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends chromium ) >/dev/null 2>&1 \
 	    && echo "installed chromium for the browser tests" \
 	    || echo "WARNING: could not install chromium (apt-get install chromium); the browser tests will be skipped"; }
+
+# The distributed-sweep tests (marker `postgres`, part of the slow suite) start their own PostgreSQL server in a
+# temporary folder with Debian's initdb/pg_ctl (/usr/lib/postgresql/<version>/bin). Installed here when missing and
+# this user may run apt-get; otherwise those tests are skipped and say why.
+postgres:
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo -n ); \
+	  ( $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends postgresql ) >/dev/null 2>&1 \
+	    && echo "installed postgresql for the distributed-sweep tests" \
+	    || echo "WARNING: could not install postgresql (apt-get install postgresql); the postgres tests will be skipped"; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache demo-output

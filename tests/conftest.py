@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -103,3 +104,35 @@ def mlflow_server(mlflow_db: Path, tmp_path_factory: pytest.TempPathFactory) -> 
             except subprocess.TimeoutExpired:
                 os.killpg(server.pid, signal.SIGKILL)
                 server.wait()
+
+
+# ------------------------------------------------------------------------------------------- PostgreSQL
+
+
+_DATABASES = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[object]:
+    """A real PostgreSQL server for the session (see tests/_postgres.py), stopped and deleted afterwards; skips, saying
+    why, when none can be started here (no initdb, or root without a `postgres` user)."""
+    from _postgres import PostgresServer, Unavailable
+
+    try:
+        server = PostgresServer()
+    except Unavailable as e:
+        pytest.skip(str(e))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: object, request: pytest.FixtureRequest) -> str:
+    """The ``postgresql://`` URL of a new, empty database on the session's server (one per test)."""
+    import re
+
+    name = re.sub(r"[^a-z0-9_]", "_", request.node.name.lower())[:40] + f"_{next(_DATABASES)}"
+    return postgres_server.create_database(name)  # type: ignore[attr-defined]

@@ -62,7 +62,9 @@ from mmfuse.sweep.study import (
     open_study,
     point_params,
     reclaim_dead,
+    reclaim_stale,
     requeue,
+    storage_url,
     worker_id,
 )
 from mmfuse.sweep.table import best_trial, metric_text, real_trials, short_value, trials_frame, write_tables
@@ -238,7 +240,9 @@ class _Worker:
         base_splits = self.splits.get(sweep.base.data)  # type: ignore[arg-type]
         classes = LabelMap.from_labels(e.label for e in base_splits["train"].examples).classes
         self.metric = selection_metric(sweep.metric_setting, len(classes))
-        self.url = storage or default_storage_url(self.folder.path)
+        self.url, note = storage_url(storage or default_storage_url(self.folder.path))
+        if note:
+            log(note)
         self.gate = Gate(self.url)
         with self.gate.hold():
             self.storage = make_storage(self.url)
@@ -306,6 +310,9 @@ class _Worker:
             try:
                 for number in reclaim_dead(self.study, self.storage):
                     self.log(f"trial {number}: its worker process died; queued again")
+                for number, host in reclaim_stale(self.study):
+                    grace = self.storage.grace_period
+                    self.log(f"trial {number}: no heartbeat from its worker on {host} for {grace}s; queued again")
                 if not self._has_work(budget):
                     return
                 before = len(self.ran)

@@ -2,7 +2,8 @@
 
 Every sweep, grid or search, is one Optuna study in an RDB storage: by default a SQLite file in the sweep folder,
 or any URL Optuna's ``RDBStorage`` takes (``postgresql://...``, ``mysql+pymysql://...``), which several workers on
-several machines share.
+several machines share. ``postgresql://`` goes through SQLAlchemy's default driver when it is installed, else through
+psycopg 3 (the ``postgres`` extra; ``postgresql+psycopg://`` names it).
 
 - **Unimodal baselines** (``text_only``, ``image_only`` on the base config) are enqueued first, by the worker that
   creates the study, as waiting trials that carry the baseline's name and no parameters.
@@ -12,6 +13,8 @@ several machines share.
 - **SQLite** does not lock rows, so on a SQLite storage workers on this machine also take a file lock beside the
   database around the few steps that pick or create a trial (``<db>.lock``). Optuna itself advises against SQLite
   for many workers; for a handful it is fine, and for several machines use PostgreSQL or MySQL.
+- **A new database** gets Optuna's tables from whichever worker comes first; the others, failing to create the same
+  tables at the same moment, open the storage again (see :func:`make_storage`).
 - **Interrupted trials are re-queued**, never silently lost: a worker stopped by Ctrl-C re-queues its trial before it
   exits; a trial whose worker was killed is found either by its process being gone (same host) or by Optuna's
   heartbeat going stale (any host), marked failed, and re-queued with the same parameters, resuming from the
@@ -44,6 +47,8 @@ HEARTBEAT_S = 30
 """Seconds between heartbeats of a running trial."""
 GRACE_S = 180
 """A running trial without a heartbeat for this long belongs to a dead worker and is re-queued."""
+OPEN_ATTEMPTS = 5
+"""Tries to open a storage whose tables another worker may be creating at the same moment."""
 READY_WAIT_S = 120.0
 """How long a joining worker waits for the creating worker to finish queueing a grid."""
 
@@ -124,34 +129,98 @@ class Gate:
             self.release()
 
 
+POSTGRES_EXTRA = 'pip install "mmfuse[postgres]" (psycopg 3)'
+
+
+def storage_url(url: str) -> tuple[str, str | None]:
+    """The URL SQLAlchemy opens for ``url``, and a note when it differs.
+
+    ``postgresql://`` names no driver: SQLAlchemy takes its default (psycopg2 before SQLAlchemy 2.1, psycopg 3
+    since). When that one is not installed and the other is (psycopg 3 is the ``postgres`` extra), the URL names the
+    other (``postgresql+psycopg://``). Other URLs are returned as they are (a malformed one is reported by
+    :func:`make_storage`).
+
+    Raises:
+        SweepError: a PostgreSQL URL whose driver is not installed.
+    """
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+        if parsed.get_backend_name() != "postgresql":
+            return url, None
+        driver = parsed.get_driver_name()
+    except Exception:  # not a URL, or an unknown dialect: make_storage says so
+        return url, None
+    if driver not in ("psycopg", "psycopg2") or _importable(driver):
+        return url, None
+    other = "psycopg2" if driver == "psycopg" else "psycopg"
+    if "+" not in parsed.drivername and _importable(other):  # postgresql://, and SQLAlchemy's default is missing
+        mapped = parsed.set(drivername=f"postgresql+{other}").render_as_string(hide_password=False)
+        return mapped, (
+            f"storage {masked(url)}: {driver} (SQLAlchemy's default driver for postgresql://) is not installed; "
+            f"using {other} (postgresql+{other}://)"
+        )
+    fix = POSTGRES_EXTRA
+    if "+" in parsed.drivername and driver == "psycopg2":
+        fix = f"pip install psycopg2 (or {POSTGRES_EXTRA} and write postgresql+psycopg://)"
+    raise SweepError(
+        f"the sweep storage {masked(url)!r} needs the PostgreSQL driver {driver}, which is not installed: {fix}"
+    )
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
 def make_storage(url: str) -> optuna.storages.RDBStorage:
     """Opens (creating its tables if needed) the RDB storage at ``url``, with heartbeats and re-queueing of trials
     whose worker died.
 
+    Workers started at once on a new database all try to create Optuna's tables; on PostgreSQL all but one fail on
+    a duplicate table or type. Those open the storage again (up to ``OPEN_ATTEMPTS`` times): by then the tables
+    exist.
+
     Raises:
         SweepError: a malformed URL, a missing database driver, or a database that cannot be reached.
     """
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    engine_url = storage_url(url)[0]
     db = sqlite_file(url)
     kwargs: dict[str, Any] = {}
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
         kwargs["connect_args"] = {"timeout": 60}  # seconds a writer waits for another's transaction
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                url,
-                engine_kwargs=kwargs,
-                heartbeat_interval=HEARTBEAT_S,
-                grace_period=GRACE_S,
-                heartbeat_stale_trial_callback=requeue,
-            )
-    except Exception as e:  # SQLAlchemy and driver errors of many kinds
-        raise SweepError(
-            f"cannot open the sweep storage {masked(url)!r}: {type(e).__name__}: {e}; pass a URL like "
-            "sqlite:////abs/path/study.db, postgresql://user:pass@host/db (needs psycopg2) or "
-            "mysql+pymysql://user:pass@host/db (needs PyMySQL)"
-        ) from None
+    for attempt in range(1, OPEN_ATTEMPTS + 1):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    engine_url,
+                    engine_kwargs=kwargs,
+                    heartbeat_interval=HEARTBEAT_S,
+                    grace_period=GRACE_S,
+                    heartbeat_stale_trial_callback=requeue,
+                )
+        except (IntegrityError, ProgrammingError) as e:  # another worker created the same table first
+            if attempt == OPEN_ATTEMPTS:
+                raise _open_error(url, e) from None
+            logger.info("opening %s: %s; trying again", masked(url), type(e.orig).__name__)
+            time.sleep(0.2 * attempt)  # the other worker commits its tables meanwhile
+        except Exception as e:  # SQLAlchemy and driver errors of many kinds
+            raise _open_error(url, e) from None
+    raise AssertionError("unreachable")
+
+
+def _open_error(url: str, e: Exception) -> SweepError:
+    return SweepError(
+        f"cannot open the sweep storage {masked(url)!r}: {type(e).__name__}: {e}; pass a URL like "
+        f"sqlite:////abs/path/study.db, postgresql://user:pass@host/db (needs psycopg: {POSTGRES_EXTRA}) or "
+        "mysql+pymysql://user:pass@host/db (needs PyMySQL)"
+    )
 
 
 def point_params(sweep: Sweep) -> tuple[list[dict[str, Any]], dict[str, list[Any]]]:
@@ -328,4 +397,24 @@ def reclaim_dead(study: optuna.Study, storage: optuna.storages.RDBStorage) -> li
             continue  # another worker reclaimed it first
         requeue(study, storage.get_trial(trial_id))
         reclaimed.append(trial.number)
+    return reclaimed
+
+
+def reclaim_stale(study: optuna.Study) -> list[tuple[int, str]]:
+    """Fails and re-queues running trials without a heartbeat for ``GRACE_S`` seconds (a worker on any host that
+    died), as Optuna does before each trial it starts; called before looking for work too, because a worker that
+    finds no waiting trial starts none. Returns each reclaimed trial's number and its worker's host.
+    """
+    running = {t.number: t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    if not running:
+        return []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # one worker wins each trial; its callback (requeue) queues it
+    reclaimed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        # a trial that failed on its own error meanwhile carries the error; a stale one does not
+        if trial.number in running and A_ERROR not in trial.user_attrs:
+            worker = running[trial.number].user_attrs.get(A_WORKER)
+            reclaimed.append((trial.number, str(worker.get("host", "?")) if isinstance(worker, dict) else "?"))
     return reclaimed
