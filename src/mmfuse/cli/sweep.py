@@ -24,7 +24,11 @@ def sweep(
     out: Annotated[Path | None, typer.Option("--out", help="Sweep folder (default: <out_dir>/<name>).")] = None,
     storage: Annotated[
         str | None,
-        typer.Option("--storage", help="Optuna RDB storage URL shared by workers (default: SQLite in the folder)."),
+        typer.Option(
+            "--storage",
+            help="Optuna RDB storage URL shared by workers, e.g. postgresql://user:pass@host/db (extra postgres); "
+            "default: SQLite in the folder.",
+        ),
     ] = None,
     n_trials: Annotated[int | None, typer.Option("--n-trials", min=1, help="Trial budget of the study.")] = None,
     timeout: Annotated[float | None, typer.Option("--timeout", min=0, help="This worker's time budget (s).")] = None,
