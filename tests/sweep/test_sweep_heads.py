@@ -59,6 +59,7 @@ def test_a_head_changes_its_epochs_grid_seeds_and_variants(base_config):
             },
             heads={
                 "text_only": {"variants": ["enc"]},
+                "image_only": {"variants": []},
                 "concat": {
                     "overrides": {"train.epochs": 1},
                     "grid": {"lr": [1e-3]},
@@ -69,6 +70,7 @@ def test_a_head_changes_its_epochs_grid_seeds_and_variants(base_config):
         )
     )
     text, concat = sweep.heads["text_only"], sweep.heads["concat"]
+    assert sweep.heads["image_only"].variants == {}  # an empty list: no variant
     assert concat.base.train.epochs == 1 and text.base.train.epochs == 2
     assert concat.points == [{"lr": 1e-3}] and len(text.points) == 2
     assert concat.seeds_of(None) == [0] and concat.seeds_of("ls") == [5] and list(concat.variants) == ["ls"]

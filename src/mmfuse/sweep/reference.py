@@ -8,7 +8,8 @@ the run's feature source (``cache`` of the base config), so the encoders run onc
 
 The sweep folder gets::
 
-    <sweep>/baselines.json             each row: its features, the chosen C and class weights, val and test metrics
+    <sweep>/baselines.json             each row: its features, the chosen C and class weights, val and test metrics;
+                                       the seconds each encoder's features took (``features_s``)
     <sweep>/baselines/logistic-text.npz          its validation and test probabilities (val_proba, test_labels, ...)
     <sweep>/baselines/logistic-text+image.npz
 
@@ -74,8 +75,10 @@ def logistic_baselines(
         if done.get("key") == key and set(done.get("logistic", {})) == set(rows):
             return done
     y = {s: np.array([label_map.encode(e.label) for e in splits[s].examples]) for s in parts}
-    pooled = _pooled(config, splits, parts, {m for mods in rows.values() for m in mods}, need_sequence, log)
-    out: dict[str, Any] = {"key": key, "metric": metric, "classes": label_map.classes, "logistic": {}}
+    seconds: dict[str, float] = {}
+    pooled = _pooled(config, splits, parts, {m for mods in rows.values() for m in mods}, need_sequence, log, seconds)
+    out: dict[str, Any] = {"key": key, "metric": metric, "classes": label_map.classes, "features_s": seconds,
+                           "logistic": {}}  # fmt: skip
     (folder / "baselines").mkdir(parents=True, exist_ok=True)
     for name, mods in rows.items():
         x = {s: np.hstack([pooled[m][s] for m in mods]) for s in parts}
@@ -140,7 +143,10 @@ def read_baseline_predictions(folder: str | Path, name: str) -> dict[str, np.nda
 
 
 def _pooled(config: Any, splits: dict[str, Any], parts: Sequence[str], modalities: set[str],
-            need_sequence: Sequence[str], log: Callable[[str], None]) -> dict[str, dict[str, np.ndarray]]:  # fmt: skip
+            need_sequence: Sequence[str], log: Callable[[str], None],
+            seconds: dict[str, float]) -> dict[str, dict[str, np.ndarray]]:  # fmt: skip
+    """Each modality's pooled features by split, from the config's feature source; ``seconds``: time by modality
+    (the first, cold computation is what a rerun reads back from ``baselines.json``)."""
     from mmfuse.cache import source_for
     from mmfuse.model.build import build_encoder
 
@@ -151,7 +157,7 @@ def _pooled(config: Any, splits: dict[str, Any], parts: Sequence[str], modalitie
             continue
         cfg = getattr(config.model, f"{modality}_encoder")
         encoder = build_encoder(modality, cfg)
-        out[modality] = {}
+        out[modality], begin = {}, time.perf_counter()
         for split in parts:
             start = time.perf_counter()
             table = source.get(encoder, splits[split].examples, need_sequence=modality in need_sequence,
@@ -159,6 +165,7 @@ def _pooled(config: Any, splits: dict[str, Any], parts: Sequence[str], modalitie
             out[modality][split] = table.pooled.numpy()
             log(f"baselines: {modality} features of {split} ({cfg.name}, {len(splits[split])} examples) in "
                 f"{time.perf_counter() - start:.1f}s")  # fmt: skip
+        seconds[modality] = time.perf_counter() - begin
         del encoder
     return out
 

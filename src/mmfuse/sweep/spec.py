@@ -706,7 +706,9 @@ def _head_sweep(spec: SweepSpec, head: str, name: str, base_dir: Path, source: P
     if own.seeds is not None:
         data["seeds"] = list(own.seeds)
     variants = {}
-    for variant, change in (own.variants or {v: HeadVariant() for v in spec.variants}).items():
+    for variant, change in (
+        own.variants if own.variants is not None else {v: HeadVariant() for v in spec.variants}
+    ).items():
         if variant not in spec.variants:
             raise SweepError(f"{label}.variants{where}: {variant!r} is not one of the sweep's variants "
                              f"({', '.join(spec.variants) or 'none'})")  # fmt: skip
