@@ -214,6 +214,27 @@ def test_running_again_trains_and_fits_nothing(heads_sweep):
     assert (folder / "baselines.json").read_text() == before
 
 
+def test_a_sweep_of_one_head_fits_the_logistic_reference_too(base_config, tmp_path):
+    data = {**_spec(base_config, grid={"lr": [1e-3]}, baselines=["unimodal", "logistic"]), "limit": {"train": 24}}
+    result = run_sweep(sweep_from_dict(data), out=tmp_path / "one", log=lambda line: None)
+    assert set(result.baselines["logistic"]) == {"text", "text+image"}
+    assert set(result.table["baseline"]) == {"", "text_only", "image_only"}  # the unimodal heads as trials
+    assert "Logistic regression on frozen pooled features" in (tmp_path / "one" / "trials.md").read_text()
+
+
+def test_heads_on_the_command_line_must_be_the_files(base_config, tmp_path):
+    from mmfuse.sweep import load_sweep
+
+    file = tmp_path / "s.yaml"
+    file.write_text(yaml.safe_dump(_spec(base_config, heads=["text_only", "concat"])))
+    assert list(load_sweep(file, heads=["concat"]).heads) == ["concat"]
+    with pytest.raises(SweepError, match="not among the heads"):
+        load_sweep(file, heads=["align"])
+    file.write_text(yaml.safe_dump(_spec(base_config)))
+    with pytest.raises(SweepError, match="compares no heads"):
+        load_sweep(file, heads=["concat"])
+
+
 def test_greedy_ensemble_from_the_cli(heads_sweep, tmp_path):
     _, folder, _, _, _ = heads_sweep
     out = build_ensemble(folder, top_k=2, rounds=5, out=tmp_path / "greedy")

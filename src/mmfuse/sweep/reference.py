@@ -136,6 +136,18 @@ def read_baselines(folder: str | Path) -> dict[str, Any] | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
+def reference_line(folder: str | Path, metric: str) -> str:
+    """The summary line of the logistic rows for a sweep's ``trials.md`` (never selected: a reference)."""
+    rows = (read_baselines(folder) or {}).get("logistic") or {}
+    if not rows:
+        return "Logistic-regression reference: not fitted yet (or no text encoder in the base config)."
+    shown = ", ".join(
+        f"{name} {_text(r['val'].get(metric))} (test {_text((r.get('test') or {}).get(metric))})"
+        for name, r in rows.items()
+    )
+    return f"Logistic regression on frozen pooled features (baselines.json; never selected): val {metric} {shown}."
+
+
 def read_baseline_predictions(folder: str | Path, name: str) -> dict[str, np.ndarray]:
     """The saved probabilities of one logistic row (``val_proba``, ``val_labels``, ``test_proba``, ...)."""
     with np.load(Path(folder) / "baselines" / f"logistic-{name}.npz") as data:

@@ -566,6 +566,10 @@ class _Worker:
         frame = trials_frame(self.study, self.metric, self.sweep.keys, selected)
         final = read_final(self.folder.path) if self.sweep.spec.seeds or self.sweep.variants else None
         lines = [*_summary_lines(frame, self.metric, selected), *summary_lines(final)]
+        if "logistic" in self.sweep.spec.baseline_kinds:
+            from mmfuse.sweep.reference import reference_line
+
+            lines.append(reference_line(self.folder.path, self.metric))
         write_tables(frame, self.folder.path, f"Sweep {self.sweep.name}", lines)
         return frame
 
