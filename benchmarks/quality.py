@@ -1,31 +1,33 @@
 """Real-data quality benchmark: every fusion head and both unimodal heads on MVSA-Single and MultiOFF.
 
-The runs are sweeps: ``benchmarks/quality/<dataset>.yaml`` is run once per head through :mod:`mmfuse.sweep` (this
-script's options replace the file's values, and each head's config names only the encoders it reads), and the sweep
-folders are rendered into the report. For each dataset and head, a small hyperparameter grid (learning rate x dropout
-x class weights) is trained on frozen offline encoders (MiniLM-L6 text, EfficientNet-Lite0 image) whose features come
-from the persistent feature cache, so each encoder runs once per dataset. The grid point with the best validation
-score (MVSA-Single: macro-F1, MultiOFF: AUROC; ties: the first point) is kept, the test split is never looked at for
-any choice, and that point is trained with every seed (the sweep's ``seeds``); test metrics are mean +- sample std
-over the seeds. Optional extras are the sweep's ``variants``, each reusing a head's chosen hyperparameters: rows with
-the text encoder fine-tuned (``--finetune-heads``; with several ``--finetune-encoder-lr``, each head keeps the one best
-on validation), a label-smoothing ablation (``--ablate-heads``), modality dropout (``--modality-dropout-heads``), other
-offline encoders (``--encoder-heads``; the default mpnet + efficientnet-lite2 need the README's ``offline-large`` and
-mpnet installs). What is not a sweep stays here: the features computed up front (timed, and the pooled ones feed the
-logistic-regression reference rows), those rows, the ensemble of the heads that were best on validation (from the
-saved probabilities, no training), the targets of issue 7 (each judged on the row that scored best on validation,
-never on the best test value) and the report.
+The benchmark is two sweep files, ``benchmarks/quality/<dataset>.yaml``, run by :mod:`mmfuse.sweep` like any
+user's sweep: each compares the seven heads (``heads:``; each head's config names only the encoders it reads),
+searches each head's small grid (learning rate x dropout x class weights) on frozen offline encoders (MiniLM-L6
+text, EfficientNet-Lite0 image) whose features come from the persistent feature cache, keeps each head's point best
+on validation (MVSA-Single: macro-F1, MultiOFF: AUROC; ties: the first point), trains it with every seed
+(``seeds``), runs the variants each head lists (the text encoder fine-tuned with an encoder-lr grid, label
+smoothing, modality dropout, other encoders), fits the logistic-regression reference rows on the frozen pooled
+features (``baselines: [logistic]``) and ensembles the 3 heads best on validation (``ensemble:``). The test split
+is never looked at for any choice. On its own::
 
-Writes ``docs/benchmarks.md`` and ``docs/benchmarks.json``. Each head's sweep folder is
-``<work>/sweeps/<dataset>-<head>-<hash of its sweep>``, so an interrupted run continues where it stopped, running
-the same command again only re-renders the docs, and changed options make new sweeps. The fine-tuned and other
-extra runs keep their predictions but not their checkpoints.
+    mmfuse sweep benchmarks/quality/mvsa_single.yaml --out runs/quality/mvsa_single   # the documented run, hours
+
+This script runs those files with its options applied (a value left out is the file's), then renders the sweep
+folders into ``docs/benchmarks.md`` and ``docs/benchmarks.json``: the published references, the majority class,
+every row's test mean +- sample std over seeds, the grids, the targets of issue 7 (each judged on the row that
+scored best on validation, never on the best test value) and the times. By default it runs the frozen rows only
+(``--variants all`` adds the files' variants, as docs/benchmarks.md's run did); ``--dry-run`` writes the resolved
+sweep files and prints the ``mmfuse sweep`` commands instead of running them.
+
+Each dataset's sweep folder is ``<work>/sweeps/<dataset>-<hash of its resolved sweep>``, so an interrupted run
+continues where it stopped, running the same command again only re-renders the docs, and changed options make new
+sweeps. The seed and variant runs keep their predictions but not their checkpoints (the trials keep theirs: they
+are the ensemble's members).
 
 ::
 
     .venv/bin/python benchmarks/quality.py                                  # all heads, frozen (about an hour, 2 cores)
-    # docs/benchmarks.md's own command (its first lines) adds the extras: about 4 more hours on 2 CPU cores
-    .venv/bin/python benchmarks/quality.py --finetune-heads concat,text_only --finetune-seeds 1
+    .venv/bin/python benchmarks/quality.py --variants all                   # docs/benchmarks.md's run: ~5 more hours
     .venv/bin/python benchmarks/quality.py --limit 48 --heads concat,text_only --seeds 2 --lr 1e-3 \\
         --dropout 0.1 --class-weights none --epochs 2 --work /tmp/q-smoke --docs /tmp/q-smoke/docs   # smoke run
 """
@@ -33,8 +35,8 @@ extra runs keep their predictions but not their checkpoints.
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
-import itertools
 import json
 import os
 import platform
@@ -49,8 +51,8 @@ import numpy as np
 
 DATASETS_ROOT = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 SWEEPS_DIR = Path(__file__).resolve().parent / "quality"  # one sweep file per dataset
-ALL_HEADS = ("text_only", "image_only", "concat", "align", "cross", "cross_attention", "early_fusion")
 UNIMODAL = ("text_only", "image_only")
+FUSION = ("concat", "align", "cross", "cross_attention", "early_fusion")
 TEXT_ENCODER, IMAGE_ENCODER = "minilm", "efficientnet-lite0"
 
 
@@ -67,7 +69,6 @@ class DatasetSpec:
     positive: str | None = None  # the class whose F1 is reported (binary tasks)
     published: tuple[dict[str, Any], ...] = ()
     targets: tuple[tuple[str, float], ...] = ()  # (metric key, minimum) on the test mean
-    notes: str = ""
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -124,83 +125,47 @@ class Data:
     splits: dict[str, list]
     classes: list[str]
     y: dict[str, np.ndarray]
-    encode_s: float = 0.0
 
 
 def load_data(spec: DatasetSpec, root: Path, limit: int) -> Data:
+    """The splits as the sweep reads them (the first examples of each with ``limit``, as the sweep's ``limit``)."""
     from mmfuse.data import DataConfig, load_splits
     from mmfuse.data.labels import LabelMap
 
     splits = load_splits(DataConfig(root=root / spec.folder, preset=spec.preset))
     examples = {name: list(split.examples) for name, split in splits.items()}
     if limit:
-        small = max(limit // 2, 16)
-        examples = {n: ex[: limit if n == "train" else small] for n, ex in examples.items()}
+        kept = split_limit(limit)
+        examples = {n: ex[: kept[n]] for n, ex in examples.items()}
     label_map = LabelMap.from_labels(e.label for e in examples["train"])
     y = {n: np.array([label_map.encode(e.label) for e in ex]) for n, ex in examples.items()}
     return Data(spec, examples, label_map.classes, y)
 
 
-def encode_once(
-    data: Data, source: Any, text: str = TEXT_ENCODER, image: str = IMAGE_ENCODER
-) -> tuple[float, dict[str, dict[str, np.ndarray]]]:
-    """Fills the feature cache with both encoders' full outputs (sequence/grid, which also serve pooled requests).
-
-    Returns the seconds it took and the pooled features by modality and split (for the linear-probe reference).
-    """
-    from mmfuse.config import EncoderConfig
-    from mmfuse.model.build import build_encoder
-
-    start, pooled = time.perf_counter(), {}
-    for modality, name in (("text", text), ("image", image)):
-        encoder = build_encoder(modality, EncoderConfig(name=name))
-        pooled[modality] = {}
-        for split, examples in data.splits.items():
-            t = time.perf_counter()
-            table = source.get(encoder, examples, need_sequence=True, batch_size=64, num_workers=2)
-            pooled[modality][split] = table.pooled.numpy()
-            took = time.perf_counter() - t
-            log(f"  features {data.spec.name}/{split} {modality} ({name}): {len(examples)} examples, {took:.1f}s")
-        del encoder
-    return time.perf_counter() - start, pooled
+def split_limit(limit: int) -> dict[str, int]:
+    """``--limit``: this many train examples, half as many (at least 16) val and test examples."""
+    small = max(limit // 2, 16)
+    return {"train": limit, "val": small, "test": small}
 
 
 def logistic_probe(data: Data, x: dict[str, np.ndarray]) -> dict[str, Any]:
-    """scikit-learn logistic regression on the standardized features ``x`` (by split), C and class weights chosen
-    on validation; the test scores are only reported. Deterministic, so one "seed"."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
+    """The sweep's logistic-regression reference (:func:`mmfuse.sweep.reference.fit_logistic`) on features ``x``
+    (by split), scored as this report scores (used by benchmarks/encoder_probe.py)."""
+    from mmfuse.sweep.reference import fit_logistic
 
-    spec = data.spec
-    scaler = StandardScaler().fit(x["train"])
-    x = {split: scaler.transform(v) for split, v in x.items()}
-    start, best = time.perf_counter(), None
-    for c, cw in itertools.product((0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0), (None, "balanced")):
-        model = LogisticRegression(C=c, class_weight=cw, max_iter=3000).fit(x["train"], data.y["train"])
-        val = scores(spec, data.y["val"], model.predict_proba(x["val"]), data.classes)
-        rank = (val[spec.select] or 0.0, val["accuracy"])
-        if best is None or rank > best[0]:
-            best = (rank, model, val, f"C {c:g}, cw {cw or 'none'}")
-    assert best is not None
-    _, model, val, chosen = best
-    test = scores(spec, data.y["test"], model.predict_proba(x["test"]), data.classes)
-    return {"test_mean": test, "val_mean": val, "chosen": chosen, "fit_s": time.perf_counter() - start}
-
-
-def linear_probes(data: Data, pooled: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, Any]]:
-    """Reference rows: :func:`logistic_probe` (the published MultiOFF baseline's kind of model) on the pooled text
-    features, and on text and image features side by side."""
-    rows = {}
-    for name, modalities in (("text", ("text",)), ("text + image", ("text", "image"))):
-        x = {split: np.hstack([pooled[m][split] for m in modalities]) for split in data.splits}
-        rows[f"Logistic regression on frozen {name} features"] = logistic_probe(data, x)
-    return rows
+    row, probas = fit_logistic(x, data.y, data.classes, data.spec.select)
+    return {
+        "test_mean": scores(data.spec, data.y["test"], probas["test"], data.classes),
+        "val_mean": scores(data.spec, data.y["val"], probas["val"], data.classes),
+        "chosen": row["chosen_text"],
+        "fit_s": row["seconds"],
+    }
 
 
 # --------------------------------------------------------------------------------------------------- sweeps
 
 
-# option of this script -> where the sweep files hold it (a value left out of the command line is read from there)
+# option of this script -> where the sweep files hold it (a value left out of the command line is the file's)
 SWEEP_KEYS: dict[str, tuple[str, ...]] = {
     "lr": ("grid", "lr"),
     "dropout": ("grid", "head.params.dropout"),
@@ -210,20 +175,6 @@ SWEEP_KEYS: dict[str, tuple[str, ...]] = {
     "patience": ("base", "train", "early_stopping_patience"),
     "batch_size": ("base", "train", "batch_size"),
     "seeds": ("seeds",),
-    "finetune_seeds": ("variants", "finetune", "seeds"),
-    "finetune_epochs": ("variants", "finetune", "overrides", "train.epochs"),
-    "finetune_encoder_lr": ("variants", "finetune", "grid", "optim.encoder_lr"),
-    "label_smoothing": ("variants", "label_smoothing", "overrides", "train.label_smoothing"),
-    "image_dropout": ("variants", "modality_dropout", "overrides", "train.image_dropout"),
-    "alt_text_encoder": ("variants", "encoders", "overrides", "model.text_encoder.name"),
-    "alt_image_encoder": ("variants", "encoders", "overrides", "model.image_encoder.name"),
-}
-SEED_COUNTS = ("seeds", "finetune_seeds")  # a number of seeds here, a list 0..n-1 in the sweep file
-VARIANT_HEADS = {  # variant of the sweep files -> the option naming the [dataset:]heads that run it
-    "finetune": "finetune_heads",
-    "label_smoothing": "ablate_heads",
-    "modality_dropout": "modality_dropout_heads",
-    "encoders": "encoder_heads",
 }
 
 
@@ -233,118 +184,69 @@ def read_sweep_file(dataset: str) -> dict[str, Any]:
     return yaml.safe_load((SWEEPS_DIR / f"{dataset}.yaml").read_text(encoding="utf-8"))
 
 
-def _dig(data: dict[str, Any], path: tuple[str, ...]) -> Any:
-    for part in path:
-        data = data[part]
-    return data
-
-
 def _put(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
     for part in path[:-1]:
         data = data.setdefault(part, {})
     data[path[-1]] = value
 
 
-def fill_defaults(args: argparse.Namespace) -> None:
-    """Options not given on the command line take the sweep file's values (the first dataset's file)."""
-    data = read_sweep_file(args.datasets[0])
-    for name, path in SWEEP_KEYS.items():
-        if getattr(args, name) is None:
-            value = _dig(data, path)
-            setattr(args, name, len(value) if name in SEED_COUNTS else value)
-
-
-def lists_head(items: Sequence[str], dataset: str, head: str) -> bool:
-    """Whether a ``[dataset:]head`` list names this head for this dataset."""
-    return head in items or f"{dataset}:{head}" in items
-
-
-def head_sweep(dataset: str, head: str, args: argparse.Namespace) -> dict[str, Any]:
-    """The dataset's sweep file for one head, with this command's options: the head and the encoders it reads, its
-    grid (the first point only for ``--small-grid-heads``), epochs and seeds, and the variants it is named for."""
-    from mmfuse.fusion import FUSION_HEADS
-
+def dataset_sweep(dataset: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The dataset's sweep file with this command's options: the grid, seeds and base settings given, the heads
+    and variants chosen, the data and cache folders, the split limit, the ensemble's size."""
     data = read_sweep_file(dataset)
     for name, path in SWEEP_KEYS.items():
         value = getattr(args, name)
-        _put(data, path, list(range(value)) if name in SEED_COUNTS else value)
-    cls = FUSION_HEADS.get(head)
-    reads = {"text": cls.uses_text is not None, "image": cls.uses_image is not None}
-    base = data["base"]
-    base["data"]["root"] = str(args.root / dataset)
-    base["cache"] = {"dir": str(args.cache_dir or args.work / "cache")}
-    base["model"]["head"]["name"] = head
-    for modality, used in reads.items():
-        if not used:  # a head's config names only the encoders it reads
-            base["model"][f"{modality}_encoder"] = None
-    base["train"]["epochs"] = per_head_value(args.epochs_of, dataset, head, args.epochs)
-    if head in args.small_grid_heads:
-        data["grid"] = {key: values[:1] for key, values in data["grid"].items()}
-    data.update(name=f"{dataset}-{head}", seeds=list(range(per_head_value(args.seeds_of, dataset, head, args.seeds))))
+        if value is not None:
+            _put(data, path, list(range(value)) if name == "seeds" else value)
+    data["base"]["data"]["root"] = str(args.root / dataset)
+    data["base"]["cache"] = {"dir": str(args.cache_dir or args.work / "cache")}
+    heads = data["heads"]
+    data["heads"] = {h: copy.deepcopy(own) or {} for h, own in heads.items() if h in (args.heads or heads)}
+    keep = list(data["variants"]) if args.variants == ["all"] else args.variants
+    data["variants"] = {k: v for k, v in data["variants"].items() if k in keep}
+    for own in data["heads"].values():
+        if own.get("variants") is not None:
+            own["variants"] = [v for v in own["variants"] if v in data["variants"]]
     if args.limit:
-        small = max(args.limit // 2, 16)
-        data["limit"] = {"train": args.limit, "val": small, "test": small}
-    variants = {}
-    for name, option in VARIANT_HEADS.items():
-        if not lists_head(getattr(args, option), dataset, head):
-            continue
-        variant = data["variants"][name]
-        overrides = variant.get("overrides", {})
-        for modality, used in reads.items():  # e.g. no image encoder to swap for text_only
-            prefix = f"model.{modality}_encoder."
-            if not used:
-                overrides = {k: v for k, v in overrides.items() if not k.startswith(prefix)}
-        variant["overrides"] = overrides
-        if name == "finetune" and lists_head(args.finetune_small_grid_heads, dataset, head):
-            variant["grid"] = {key: values[:1] for key, values in variant["grid"].items()}
-        variant.setdefault("seeds", list(range(args.seeds)))  # not --seeds-per-head: the extras use --seeds
-        variants[name] = variant
-    data["variants"] = variants
+        data["limit"] = split_limit(args.limit)
+    if args.ensemble_k is not None:
+        data["ensemble"] = {**data.get("ensemble", {}), "top_k": args.ensemble_k}
+    if data.get("ensemble") and len(data["heads"]) < max(data["ensemble"].get("top_k", 3), 2):
+        del data["ensemble"]  # fewer heads than the ensemble combines: no ensemble row
     return data
 
 
-def run_head(dataset: str, head: str, args: argparse.Namespace) -> Path:
-    """Runs (or resumes, or only reads) the head's sweep; returns its folder (named by what defines the sweep)."""
+def sweep_folder(dataset: str, data: dict[str, Any], work: Path) -> Path:
+    digest = hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return work / "sweeps" / f"{dataset}-{digest}"
+
+
+def run_dataset(dataset: str, args: argparse.Namespace) -> Path:
+    """Runs (or resumes, or only reads) the dataset's sweep; returns its folder (named by what defines it)."""
     from mmfuse.sweep import run_sweep, sweep_from_dict
 
-    data = head_sweep(dataset, head, args)
-    digest = hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    folder = args.work / "sweeps" / f"{dataset}-{head}-{digest}"
+    data = dataset_sweep(dataset, args)
+    folder = sweep_folder(dataset, data, args.work)
     sweep = sweep_from_dict(data, base_dir=SWEEPS_DIR, source=SWEEPS_DIR / f"{dataset}.yaml")
-    result = run_sweep(sweep, out=folder, log=lambda line: log(f"  {dataset}/{head}: {line}"))
-    if not result.finished or result.final is None:
+    result = run_sweep(sweep, out=folder, log=lambda line: log(f"  {dataset}: {line}"))
+    if not result.finished:
         raise SystemExit(f"the sweep in {folder} did not finish; run the same command again to resume it")
-    for checkpoints in (folder / "final").glob("*/*/checkpoints"):  # models are not kept, their predictions are
+    for checkpoints in folder.glob("heads/*/final/*/*/checkpoints"):  # the seeds' models: only predictions kept
         shutil.rmtree(checkpoints, ignore_errors=True)
     return folder
 
 
-def run_dataset(spec: DatasetSpec, args: argparse.Namespace) -> dict[str, Any]:
-    """Features and the logistic-regression probes, then every head's sweep."""
-    from mmfuse.cache import FeatureCache
+def write_sweep_files(args: argparse.Namespace) -> None:
+    """``--dry-run``: the resolved sweep files, and the commands that run them."""
+    import yaml
 
-    t0 = time.perf_counter()
-    source = FeatureCache(args.cache_dir or args.work / "cache")
-    data = load_data(spec, args.root, args.limit)
-    log(f"== {spec.name}: " + ", ".join(f"{k} {len(v)}" for k, v in data.splits.items()) + f"; classes {data.classes}")
-    encode_s, pooled = encode_once(data, source)
-    log(f"  features ready in {encode_s:.1f}s")
-    timings: dict[str, float] = {"features_s": encode_s}
-    probes_path = args.work / f"probes-{spec.name}-limit{args.limit}.json"  # deterministic: computed once
-    if probes_path.is_file():
-        probes = json.loads(probes_path.read_text(encoding="utf-8"))
-    else:
-        probes = linear_probes(data, pooled)
-        probes_path.write_text(json.dumps(probes), encoding="utf-8")
-    if any(h.rpartition(":")[0] in ("", spec.name) for h in args.encoder_heads):  # features first, timed apart
-        timings["alt_features_s"], _ = encode_once(data, source, args.alt_text_encoder, args.alt_image_encoder)
-    folders = {}
-    for head in [h for h in args.heads if f"{spec.name}:{h}" not in args.skip]:
-        t = time.perf_counter()
-        folders[head] = run_head(spec.name, head, args)
-        timings[f"search_{head}_s"] = time.perf_counter() - t
-    timings["total_s"] = time.perf_counter() - t0
-    return {"data": data, "folders": folders, "timings": timings, "probes": probes}
+    for dataset in args.datasets:
+        data = dataset_sweep(dataset, args)
+        data["base"]["data"]["root"] = str(Path(data["base"]["data"]["root"]).resolve())
+        path = args.work / f"{dataset}.yaml"
+        path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+        print(f"mmfuse sweep {path} --out {sweep_folder(dataset, data, args.work)}")
+    print(f"then: python benchmarks/quality.py {' '.join(args.argv)} (renders the finished sweeps)")
 
 
 # --------------------------------------------------------------------------------------------------- metrics
@@ -374,7 +276,7 @@ def rank_value(spec: DatasetSpec, val_scores: Sequence[dict[str, Any]]) -> tuple
     )
 
 
-# --------------------------------------------------------------------------------------------------- results
+# --------------------------------------------------------------------------------------------------- sweep folders
 
 
 @dataclass
@@ -417,37 +319,44 @@ def hparams_of(config: Any) -> dict[str, Any]:
     }
 
 
-def aggregate(runs: list[Run], data: Data) -> dict[str, Any]:
-    """Mean and sample std over seeds of the test scores (and of val), with training time."""
-    tests = [r.test(data.spec, data.classes) for r in runs]
-    vals = [r.val(data.spec, data.classes) for r in runs]
-    keys = [k for k in tests[0] if all(t.get(k) is not None for t in tests)]
-    return {
-        "n_seeds": len(runs),
-        "seeds": [r.record["seed"] for r in runs],
-        "test_mean": {k: float(np.mean([t[k] for t in tests])) for k in keys},
-        "test_std": {k: float(np.std([t[k] for t in tests], ddof=1)) for k in keys} if len(tests) > 1 else {},
-        "test_per_seed": tests,
-        "val_mean": {k: float(np.mean([v[k] for v in vals])) for k, x in vals[0].items() if x is not None},
-        "fit_s_mean": float(np.mean([r.record["seconds"] for r in runs])),
-        "epochs_run": [r.record["epochs_run"] for r in runs],
-        "hparams": hparams_of(runs[0].config),
-    }
+def aggregate(tests: list[dict[str, Any]], vals: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    """A row: test mean and sample std over seeds (:func:`mmfuse.sweep.final.mean_std`), val mean, and ``extra``."""
+    from mmfuse.sweep.final import mean_std
+
+    test_mean, test_std = mean_std(tests)
+    return {"n_seeds": len(tests), "test_mean": test_mean, "test_std": test_std, "test_per_seed": tests,
+            "val_mean": mean_std(vals)[0], **extra}  # fmt: skip
+
+
+def runs_row(runs: list[Run], data: Data) -> dict[str, Any]:
+    return aggregate(
+        [r.test(data.spec, data.classes) for r in runs],
+        [r.val(data.spec, data.classes) for r in runs],
+        seeds=[r.record["seed"] for r in runs],
+        fit_s_mean=float(np.mean([r.record["seconds"] for r in runs])),
+        epochs_run=[r.record["epochs_run"] for r in runs],
+        hparams=hparams_of(runs[0].config),
+    )
 
 
 def group_runs(folder: Path, final: dict[str, Any], group: str) -> list[Run]:
     return [Run.read(folder, group, label) for label in final["groups"][group]["runs"]]
 
 
+GRID_HPARAMS = ("lr", "dropout", "class_weights", "hidden")
+
+
 def read_head(folder: Path, data: Data) -> dict[str, Any]:
     """A head's row, its grid (validation ranking) and its variants' rows, from its sweep folder."""
+    import pandas as pd
+
     from mmfuse.config import load_config
-    from mmfuse.sweep import read_final, sweep_table
+    from mmfuse.sweep import read_final
 
     spec = data.spec
     final = read_final(folder)
     assert final is not None and final["metric"] == spec.select, (folder, final and final["metric"])
-    frame, _ = sweep_table(folder)
+    frame = pd.read_csv(folder / "trials.csv", keep_default_na=False)
     grid, trial_s = [], 0.0
     for _, t in frame.sort_values("trial").iterrows():
         with np.load(folder / t["run_dir"] / "val_predictions.npz") as npz:
@@ -458,7 +367,7 @@ def read_head(folder: Path, data: Data) -> dict[str, Any]:
         trial_s += float(t["train_s"])
     seeds = group_runs(folder, final, "selected")
     trained = [r for r in seeds if r.record["reused_trial"] is None]
-    row = aggregate(seeds, data)
+    row = runs_row(seeds, data)
     row["search_fit_s"] = trial_s + sum(r.record["seconds"] for r in trained)
     row["search_trials"] = len(frame) + len(trained)
     row["grid"] = grid
@@ -466,7 +375,7 @@ def read_head(folder: Path, data: Data) -> dict[str, Any]:
     for name, group in final["groups"].items():
         if name == "selected":
             continue
-        variants[name] = aggregate(group_runs(folder, final, name), data)
+        variants[name] = runs_row(group_runs(folder, final, name), data)
         if name == "finetune":
             variants[name]["encoder_lr_grid"] = [
                 {"encoder_lr": p["overrides"]["optim.encoder_lr"],
@@ -474,65 +383,74 @@ def read_head(folder: Path, data: Data) -> dict[str, Any]:
                                                     for lab in p["runs"]]))}
                 for p in group["points"]
             ]  # fmt: skip
-    return {"row": row, "variants": variants, "seeds": seeds}
+    return {"row": row, "variants": variants}
 
 
-GRID_HPARAMS = ("lr", "dropout", "class_weights", "hidden")
+def probe_rows(folder: Path, data: Data) -> dict[str, dict[str, Any]]:
+    """The sweep's logistic-regression reference rows (``baselines.json``), scored as this report scores."""
+    from mmfuse.sweep.reference import read_baseline_predictions, read_baselines
+
+    rows = {}
+    for name, row in ((read_baselines(folder) or {}).get("logistic") or {}).items():
+        arrays = read_baseline_predictions(folder, name)
+        label = name.replace("+", " + ")
+        rows[f"Logistic regression on frozen {label} features"] = {
+            "test_mean": scores(data.spec, arrays["test_labels"], arrays["test_proba"], data.classes),
+            "val_mean": scores(data.spec, arrays["val_labels"], arrays["val_proba"], data.classes),
+            "chosen": row["chosen_text"],
+            "fit_s": row["seconds"],
+        }
+    return rows
 
 
-def ensemble_row(rows: dict[str, dict[str, Any]], heads: dict[str, Any], data: Data, k: int):
-    """Average probabilities of the k heads whose chosen grid point scored best on validation, seed by seed."""
-    spec = data.spec
-    ranked = sorted(heads, key=lambda h: max(tuple(g["val_rank"]) for g in rows[h]["grid"]), reverse=True)
-    members = ranked[:k]
-    n_seeds = min(len(heads[h]["seeds"]) for h in members)
+def ensemble_row(folder: Path, rows: dict[str, dict[str, Any]], data: Data) -> dict[str, Any] | None:
+    """The sweep's ensemble of the heads best on validation (``ensemble/``): each seed's combined probabilities."""
+    path = folder / "ensemble" / "ensemble.json"
+    if not path.is_file():
+        return None
+    info = json.loads(path.read_text(encoding="utf-8"))
+    members = [m["head"] for m in info["members"]]
     tests, vals = [], []
-    for s in range(n_seeds):
-        runs = [heads[h]["seeds"][s].arrays for h in members]
-        vals.append(scores(spec, data.y["val"], np.mean([p["val_proba"] for p in runs], axis=0), data.classes))
-        tests.append(scores(spec, data.y["test"], np.mean([p["test_proba"] for p in runs], axis=0), data.classes))
-    keys = [key for key in tests[0] if tests[0][key] is not None]
-    return {
-        "members": members,
-        "n_seeds": n_seeds,
-        "test_mean": {key: float(np.mean([t[key] for t in tests])) for key in keys},
-        "test_std": {key: float(np.std([t[key] for t in tests], ddof=1)) for key in keys} if n_seeds > 1 else {},
-        "val_mean": {key: float(np.mean([v[key] for v in vals])) for key in keys},
-        "fit_s_mean": float(sum(rows[h]["fit_s_mean"] for h in members)),
-    }
+    for i in range(len(info["seeds"]["seeds"])):
+        with np.load(folder / "ensemble" / f"seed-{i}.npz") as npz:
+            vals.append(scores(data.spec, npz["val_labels"], npz["val_proba"], data.classes))
+            tests.append(scores(data.spec, npz["test_labels"], npz["test_proba"], data.classes))
+    return aggregate(tests, vals, members=members, weights=info["weights"],
+                     fit_s_mean=float(sum(rows[h]["fit_s_mean"] for h in members)))  # fmt: skip
 
 
-def collect(result: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    """Rows of one dataset's table: baseline, each head, extras, ensemble; plus target checks."""
-    from mmfuse.engine.metrics import baseline_metrics
+def variant_label(kind: str, head: str, row: dict[str, Any]) -> str:
+    if kind != "encoders":
+        return kind.replace("_", " ")
     from mmfuse.fusion import FUSION_HEADS
 
-    data = result["data"]
-    spec = data.spec
+    cls = FUSION_HEADS.get(head)
+    used = (cls.uses_text is not None, cls.uses_image is not None)
+    return " / ".join(row["hparams"][f"{m}_encoder"] for m, u in zip(("text", "image"), used, strict=True) if u)
+
+
+def collect(dataset: str, folder: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Rows of one dataset's table from its sweep folder: baselines, each head, variants, ensemble; targets."""
+    from mmfuse.engine.metrics import baseline_metrics
+    from mmfuse.sweep.heads import head_folders
+
+    spec = DATASETS[dataset]
+    data = load_data(spec, args.root, args.limit)
     base = baseline_metrics(data.y["train"], data.y["test"], data.classes)["majority"]
     majority = {"accuracy": base["accuracy"], "macro_f1": base["macro_f1"], "weighted_f1": base["weighted_f1"],
                 "auroc": base["auroc"]}  # fmt: skip
     if spec.positive:
         majority["f1_positive"] = base["per_class"][spec.positive]["f1"]
-    heads = {h: read_head(folder, data) for h, folder in result["folders"].items()}
+    heads = {h: read_head(path, data) for h, path in head_folders(folder).items()}
     rows = {h: r["row"] for h, r in heads.items()}
+    info = json.loads((folder / "sweep.json").read_text(encoding="utf-8"))
     extras = {}
-    for kind, option in VARIANT_HEADS.items():
-        for item in getattr(args, option):  # in the option's order
-            dataset, _, h = item.rpartition(":")
-            if dataset not in ("", spec.name) or kind not in heads.get(h, {}).get("variants", {}):
-                continue
-            row = heads[h]["variants"][kind]
-            label = kind.replace("_", " ")
-            if kind == "encoders":
-                cls = FUSION_HEADS.get(h)
-                used = (cls.uses_text is not None, cls.uses_image is not None)
-                label = " / ".join(
-                    row["hparams"][f"{m}_encoder"] for m, u in zip(("text", "image"), used, strict=True) if u
-                )
-            extras[f"{h} + {label}"] = row
-    k = args.ensemble_k
-    ensemble = ensemble_row(rows, heads, data, k) if len(heads) >= max(k, 2) else None
+    for kind in info["spec"]["variants"]:  # in the sweep file's order, then the heads'
+        for h, r in heads.items():
+            if kind in r["variants"]:
+                extras[f"{h} + {variant_label(kind, h, r['variants'][kind])}"] = r["variants"][kind]
+    ensemble = ensemble_row(folder, rows, data)
+    baselines = json.loads((folder / "baselines.json").read_text()) if (folder / "baselines.json").is_file() else {}
     return {
         "dataset": spec.name,
         "title": spec.title,
@@ -543,11 +461,42 @@ def collect(result: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         "rows": rows,
         "extras": extras,
         "ensemble": ensemble,
-        "probes": result["probes"],
+        "probes": probe_rows(folder, data),
         "published": list(spec.published),
         "targets": check_targets(spec, rows, extras, ensemble),
-        "timings_this_invocation": result["timings"],
-        "sweeps": {h: str(folder) for h, folder in result["folders"].items()},
+        "timings": {"features_s": float(sum((baselines.get("features_s") or {}).values()))},
+        "sweep": str(folder),
+        "setup": setup_of(info),
+    }
+
+
+def setup_of(info: dict[str, Any]) -> dict[str, Any]:
+    """What the report's setup and scope lines say, read from the resolved sweep (``sweep.json``)."""
+    spec, heads = info["spec"], info["heads"]
+    first = next(iter(heads.values()))
+    train = first["base"]["train"]
+    n_points = max(len(h["points"]) for h in heads.values())
+    variants = {kind: [h for h, s in heads.items() if kind in s["variants"]] for kind in spec["variants"]}
+    finetune = spec["variants"].get("finetune") or {}
+    return {
+        "grid": spec["grid"],
+        "hidden": first["base"]["model"]["head"]["params"].get("hidden"),
+        "batch_size": train["batch_size"],
+        "patience": train["early_stopping_patience"],
+        "epochs": spec["base"]["train"]["epochs"],
+        "epochs_of": {
+            h: s["base"]["train"]["epochs"]
+            for h, s in heads.items()
+            if s["base"]["train"]["epochs"] != spec["base"]["train"]["epochs"]
+        },
+        "seeds": spec["seeds"] or [0],
+        "seeds_of": {h: len(s["spec"]["seeds"]) for h, s in heads.items() if s["spec"]["seeds"] != spec["seeds"]},
+        "small_grid_heads": [h for h, s in heads.items() if len(s["points"]) < n_points],
+        "ensemble_k": (spec.get("ensemble") or {}).get("top_k"),
+        "variants": variants,
+        "variant_overrides": {k: v["overrides"] for k, v in spec["variants"].items()},
+        "finetune_encoder_lr": (finetune.get("grid") or {}).get("optim.encoder_lr", []),
+        "finetune_seeds": len(finetune.get("seeds") or spec["seeds"] or [0]),
     }
 
 
@@ -572,13 +521,12 @@ def check_targets(spec: DatasetSpec, rows: dict[str, dict[str, Any]], extras: di
                         "chosen": chosen, "value": value, "met": value is not None and value >= minimum,
                         "meeting": meeting, "rows": len(ranked)})  # fmt: skip
     if spec.name == "mvsa_single":
-        fusion_heads = [h for h in ALL_HEADS if h not in UNIMODAL]
         tuned_uni = {"text_only + finetune": extras.get("text_only + finetune"), "image_only": rows.get("image_only")}
         regimes = {
-            "frozen encoders": ({h: rows[h] for h in UNIMODAL if h in rows}, {h: rows.get(h) for h in fusion_heads}),
+            "frozen encoders": ({h: rows[h] for h in UNIMODAL if h in rows}, {h: rows.get(h) for h in FUSION}),
             "text encoder fine-tuned": (
                 {h: r for h, r in tuned_uni.items() if r},
-                {h: extras.get(f"{h} + finetune") for h in fusion_heads},
+                {h: extras.get(f"{h} + finetune") for h in FUSION},
             ),
         }
         for regime, (uni, fusion) in regimes.items():
@@ -615,8 +563,7 @@ def hparam_text(h: dict[str, Any]) -> str:
     if h.get("image_dropout"):
         parts.append(f"image dropout {h['image_dropout']:g}")
     if h.get("finetune"):
-        # records older than the encoder_lr field were all trained with Trial's default
-        parts.append(f"text encoder fine-tuned (lr {h.get('encoder_lr') or 2e-5:g})")
+        parts.append(f"text encoder fine-tuned (lr {h['encoder_lr']:g})")
     for modality, default in (("text", TEXT_ENCODER), ("image", IMAGE_ENCODER)):
         if h.get(f"{modality}_encoder") not in (None, default):
             parts.append(f"{modality} encoder {h[f'{modality}_encoder']}")
@@ -637,29 +584,23 @@ def table(ds: dict[str, Any]) -> list[str]:
     for p in ds["published"]:
         row(f"Published: {p['method']}", {p["metric"]: p["value"]}, None, "", "", "", "")
     for name, r in ds["probes"].items():
-        row(
-            name,
-            r["test_mean"],
-            None,
-            fmt(spec.select, r["val_mean"][spec.select]),
-            r["chosen"],
-            f"{r['fit_s']:.0f}",
-            "1",
-        )
-    order = [h for h in ALL_HEADS if h in ds["rows"]] + [h for h in ds["rows"] if h not in ALL_HEADS]
-    for name, r in [*((h, ds["rows"][h]) for h in order), *ds["extras"].items()]:
+        val = fmt(spec.select, r["val_mean"][spec.select])
+        row(name, r["test_mean"], None, val, r["chosen"], f"{r['fit_s']:.0f}", "1")
+    for name, r in [*ds["rows"].items(), *ds["extras"].items()]:
         val = fmt(spec.select, r["val_mean"].get(spec.select))
         row(f"`{name}`", r["test_mean"], r["test_std"], val, hparam_text(r["hparams"]), f"{r['fit_s_mean']:.0f}",
             str(r["n_seeds"]))  # fmt: skip
     e = ds.get("ensemble")
     if e:
         val = fmt(spec.select, e["val_mean"].get(spec.select))
+        how = "mean of probabilities" if e["weights"] == "equal" else "greedy weights on validation"
         row(f"Ensemble of the {len(e['members'])} best heads on val ({', '.join(e['members'])})", e["test_mean"],
-            e["test_std"], val, "mean of probabilities", f"{e['fit_s_mean']:.0f}", str(e["n_seeds"]))  # fmt: skip
+            e["test_std"], val, how, f"{e['fit_s_mean']:.0f}", str(e["n_seeds"]))  # fmt: skip
     return lines
 
 
-def render(results: list[dict[str, Any]], args: argparse.Namespace, meta: dict[str, Any]) -> str:
+def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    setup = results[0]["setup"]
     out = [
         "# Quality on real data",
         "",
@@ -673,7 +614,7 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, meta: dict[s
         "",
         "## Setup",
         "",
-        *setup_lines(args),
+        *setup_lines(setup, meta),
     ]
     for ds in results:
         out += ["", f"## {ds['title']}", "", *table(ds), ""]
@@ -685,8 +626,8 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, meta: dict[s
             out.append(f"- `{h}` ({r['search_trials']} trials, {r['search_fit_s']:.0f} s): {grid}")
         lr_grids = {n: r["encoder_lr_grid"] for n, r in ds["extras"].items() if len(r.get("encoder_lr_grid", [])) > 1}
         if lr_grids:
-            out += ["", f"Text encoder learning rate of the fine-tuned rows (validation, mean of {args.finetune_seeds} "
-                    "seed(s) each):", ""]  # fmt: skip
+            out += ["", f"Text encoder learning rate of the fine-tuned rows (validation, mean of "
+                    f"{ds['setup']['finetune_seeds']} seed(s) each):", ""]  # fmt: skip
             for name, grid in lr_grids.items():
                 cells = "; ".join(f"{g['encoder_lr']:g}: {fmt(ds['selection_metric'], g['val_rank'][0])}" for g in grid)
                 out.append(f"- `{name}`: {cells}")
@@ -701,15 +642,12 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, meta: dict[s
     out += [target_line(ds["dataset"], t) for ds in results for t in ds["targets"]]
     out += ["", "## Time", ""]
     for ds in results:
-        t = ds["timings_this_invocation"]
-        parts = [f"features (both encoders, all splits) {meta['features_s'].get(ds['dataset'], t['features_s']):.0f} s"]
-        alt = {k.split(":", 1)[1]: v for k, v in meta["features_s"].items() if k.startswith(f"{ds['dataset']}:")}
-        parts += [f"features of `{k.replace('+', '` + `')}` {v:.0f} s" for k, v in alt.items()]
+        parts = [f"features (both encoders, all splits) {ds['timings']['features_s']:.0f} s"]
         parts += [f"`{h}` {r['search_fit_s']:.0f} s" for h, r in ds["rows"].items()]
         out.append(f"- {ds['dataset']}: " + ", ".join(parts) + " (training wall time, summed over trials)")
-    out += ["", "## What was run, and what was not", "", *scope_lines(args)]
-    if args.notes and Path(args.notes).is_file():
-        out += ["", Path(args.notes).read_text(encoding="utf-8").strip()]
+    out += ["", "## What was run, and what was not", "", *scope_lines(setup)]
+    if meta.get("notes"):
+        out += ["", meta["notes"]]
     return "\n".join(out) + "\n"
 
 
@@ -734,62 +672,65 @@ def target_line(dataset: str, t: dict[str, Any]) -> str:
     return f"- {dataset}, {t['scope']}: {t['target']}: {status} ({where})"
 
 
-def setup_lines(args: argparse.Namespace) -> list[str]:
-    small = ", ".join(f"`{h}`" for h in args.small_grid_heads) or "none"
-    epochs = ", ".join(f"`{h}` {e}" for h, e in args.epochs_of.items())
-    seeds = ", ".join(f"`{h}` {n} seed(s)" for h, n in args.seeds_of.items())
-    return [
+def _heads(names: Sequence[str]) -> str:
+    return ", ".join(f"`{h}`" for h in names)
+
+
+def setup_lines(s: dict[str, Any], meta: dict[str, Any]) -> list[str]:
+    grid = s["grid"]
+    epochs = ", ".join(f"`{h}` {e}" for h, e in s["epochs_of"].items())
+    seeds = ", ".join(f"`{h}` {n} seed(s)" for h, n in s["seeds_of"].items())
+    lines = [
         f"- Encoders: `{TEXT_ENCODER}` (all-MiniLM-L6-v2, pooled / token states) and `{IMAGE_ENCODER}` (pooled / "
         "7x7 grid), offline, frozen; their features computed once per dataset into the persistent feature cache.",
-        f"- Grid per head (seed 0): lr {args.lr} x dropout {args.dropout} x "
-        f"class weights {args.class_weights}, hidden {args.hidden}; heads that try only the first point: {small}.",
-        f"- Training: AdamW, cosine schedule, batch {args.batch_size}, up to {args.epochs} epochs"
+        f"- Grid per head (seed 0): lr {grid['lr']} x dropout {grid['head.params.dropout']} x "
+        f"class weights {grid['train.class_weights']}, hidden {s['hidden']}; heads that try only the first point: "
+        f"{_heads(s['small_grid_heads']) or 'none'}.",
+        f"- Training: AdamW, cosine schedule, batch {s['batch_size']}, up to {s['epochs']} epochs"
         + (f" ({epochs})" if epochs else "")
-        + f", early stopping after {args.patience} epochs without improvement; the best epoch on validation "
+        + f", early stopping after {s['patience']} epochs without improvement; the best epoch on validation "
         "(MVSA-Single macro-F1, MultiOFF AUROC) is kept.",
         f"- Hyperparameters chosen by the validation score of the grid; the chosen point then trained with seeds "
-        f"0..{args.seeds - 1}"
+        f"{s['seeds'][0]}..{s['seeds'][-1]}"
         + (f" ({seeds})" if seeds else "")
         + ". MultiOFF's `F1 offensive @ val threshold` uses the threshold tuned on validation for "
         "that F1; every other number uses the argmax.",
-        f"- CPU only, {args.threads or 'default'} torch thread(s) per process.",
-        f"- Ensemble: mean of the predicted probabilities of the {args.ensemble_k} heads whose chosen grid point "
-        "scored best on validation, seed by seed.",
+        f"- CPU only, {meta['threads'] or 'default'} torch thread(s) per process.",
     ]
+    if s["ensemble_k"]:
+        lines.append(f"- Ensemble: mean of the predicted probabilities of the {s['ensemble_k']} heads whose chosen "
+                     "grid point scored best on validation, seed by seed.")  # fmt: skip
+    return lines
 
 
-def scope_lines(args: argparse.Namespace) -> list[str]:
-    ft = ", ".join(f"`{h}`" for h in args.finetune_heads)
+def scope_lines(s: dict[str, Any]) -> list[str]:
+    variants, over = s["variants"], s["variant_overrides"]
     lines = []
-    if ft:
-        lrs = " or ".join(f"{lr:g}" for lr in args.finetune_encoder_lr)
-        if len(args.finetune_encoder_lr) > 1:
+    if variants.get("finetune"):
+        lrs = " or ".join(f"{lr:g}" for lr in s["finetune_encoder_lr"])
+        if len(s["finetune_encoder_lr"]) > 1:
             lrs += ", chosen per head on validation"
-            if args.finetune_small_grid_heads:
-                small = ", ".join(f"`{h}`" for h in args.finetune_small_grid_heads)
-                lrs += f"; {small}: {args.finetune_encoder_lr[0]:g} only"
+        epochs = over["finetune"].get("train.epochs")
         lines.append(
             f"- Text encoder fine-tuned (MiniLM, encoder lr {lrs}, head hyperparameters from the frozen row's choice, "
-            f"{args.finetune_epochs} epochs, {args.finetune_seeds} seed(s)): {ft} only."
+            f"{epochs} epochs, {s['finetune_seeds']} seed(s)): {_heads(variants['finetune'])} only."
         )
     else:
-        lines.append("- Text encoder fine-tuned: not run (pass `--finetune-heads`).")
-    for item in args.skip:
-        lines.append(f"- Not run: `{item}` (see the notes below).")
-    if args.ablate_heads:
-        lines.append(f"- Label smoothing {args.label_smoothing:g} on the chosen point: " + ", ".join(
-            f"`{h}`" for h in args.ablate_heads) + ".")  # fmt: skip
-    if args.encoder_heads:
-        heads = ", ".join(f"`{h}`" for h in args.encoder_heads)
+        lines.append("- Text encoder fine-tuned: not run (pass `--variants all`, or a list naming `finetune`).")
+    if variants.get("label_smoothing"):
+        ls = over["label_smoothing"]["train.label_smoothing"]
+        lines.append(f"- Label smoothing {ls:g} on the chosen point: {_heads(variants['label_smoothing'])}.")
+    if variants.get("encoders"):
+        text, image = over["encoders"]["model.text_encoder.name"], over["encoders"]["model.image_encoder.name"]
         lines.append(
-            f"- Other offline encoders (`{args.alt_text_encoder}` text, `{args.alt_image_encoder}` image, frozen) with "
-            f"the head hyperparameters chosen for the default encoders: {heads}."
+            f"- Other offline encoders (`{text}` text, `{image}` image, frozen) with the head hyperparameters chosen "
+            f"for the default encoders: {_heads(variants['encoders'])}."
         )
-    if args.modality_dropout_heads:
-        heads = ", ".join(f"`{h}`" for h in args.modality_dropout_heads)
+    if variants.get("modality_dropout"):
+        p = over["modality_dropout"]["train.image_dropout"]
         lines.append(
-            f"- Modality dropout (each training example's image hidden with probability {args.image_dropout:g}) on "
-            f"the chosen point: {heads}."
+            f"- Modality dropout (each training example's image hidden with probability {p:g}) on the chosen point: "
+            f"{_heads(variants['modality_dropout'])}."
         )
     return lines
 
@@ -808,69 +749,36 @@ def csv_list(kind: type) -> Any:
     return parse
 
 
-def per_head_value(table: dict[str, int], dataset: str, head: str, default: int) -> int:
-    """``dataset:head=N`` wins over ``head=N``, which wins over the default."""
-    return table.get(f"{dataset}:{head}", table.get(head, default))
-
-
-def per_head(text: str) -> dict[str, int]:
-    out = {}
-    for item in csv_list(str)(text):
-        head, _, value = item.partition("=")
-        out[head] = int(value)
-    return out
-
-
 FILE = " (default: benchmarks/quality/<dataset>.yaml's)"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    import sys
+
     doc = __doc__ or ""
     p = argparse.ArgumentParser(description=doc.split("::")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     add = p.add_argument
     add("--datasets", type=csv_list(str), default=list(DATASETS), help="comma-separated: mvsa_single,multioff")
-    add("--heads", type=csv_list(str), default=list(ALL_HEADS), help="comma-separated heads (default: all seven)")
+    add("--heads", type=csv_list(str), default=None, help="comma-separated heads" + FILE)
+    add("--variants", type=csv_list(str), default=[],
+        help="variants of the sweep files that run: 'all', or names (finetune,label_smoothing,modality_dropout,"
+             "encoders); each for the heads the file names for it (default: none, the frozen rows)")  # fmt: skip
     add("--seeds", type=int, default=None, help="seeds of each chosen configuration (test mean ± std)" + FILE)
-    add("--seeds-per-head", dest="seeds_of", type=per_head, default={}, help="e.g. mvsa_single:early_fusion=1,cross=2")
     add("--lr", type=csv_list(float), default=None, help="grid: head learning rates" + FILE)
     add("--dropout", type=csv_list(float), default=None, help="grid: head dropout" + FILE)
     add("--class-weights", type=csv_list(str), default=None, help="grid: none,balanced" + FILE)
     add("--hidden", type=int, default=None, help="hidden width of every head's classifier" + FILE)
-    add("--small-grid-heads", type=csv_list(str), default=["early_fusion"], help="heads trying grid point 1 only")
-    add("--epochs", type=int, default=None, help="most epochs of a head" + FILE)
-    add("--epochs-per-head", dest="epochs_of", type=per_head, default={"early_fusion": 2},
-        help="e.g. early_fusion=2,mvsa_single:early_fusion=1 (a [dataset:]head list)")  # fmt: skip
+    add("--epochs", type=int, default=None, help="most epochs of a head (a head's own setting wins)" + FILE)
     add("--patience", type=int, default=None, help="early stopping patience (epochs)" + FILE)
     add("--batch-size", type=int, default=None, help="training batch size" + FILE)
-    add(
-        "--finetune-heads",
-        type=csv_list(str),
-        default=[],
-        help="[dataset:]heads also trained with the text encoder fine-tuned",
-    )
-    add("--finetune-seeds", type=int, default=None, help="seeds of each fine-tuned row" + FILE)
-    add("--finetune-epochs", type=int, default=None, help="epochs of the fine-tuned rows" + FILE)
-    add("--finetune-encoder-lr", type=csv_list(float), default=None,
-        help="text encoder lr(s) of the fine-tuned rows; several: each head keeps the best on validation")  # fmt: skip
-    add("--finetune-small-grid-heads", type=csv_list(str), default=[],
-        help="[dataset:]heads fine-tuned with the first --finetune-encoder-lr only")  # fmt: skip
-    add("--ablate-heads", type=csv_list(str), default=[], help="[dataset:]heads also trained with label smoothing")
-    add("--label-smoothing", type=float, default=None, help="of the --ablate-heads rows" + FILE)
-    add("--modality-dropout-heads", type=csv_list(str), default=[],
-        help="[dataset:]fusion heads also trained with modality dropout (train.image_dropout)")  # fmt: skip
-    add("--image-dropout", type=float, default=None, help="probability of hiding a training image" + FILE)
-    add("--encoder-heads", type=csv_list(str), default=[],
-        help="[dataset:]heads also trained on --alt-text-encoder / --alt-image-encoder features")  # fmt: skip
-    add("--alt-text-encoder", default=None, help="text encoder of the --encoder-heads rows" + FILE)
-    add("--alt-image-encoder", default=None, help="image encoder of the --encoder-heads rows" + FILE)
-    add("--skip", type=csv_list(str), default=[], help="dataset:head pairs not run (reported as not run)")
-    add("--ensemble-k", type=int, default=3, help="heads in the validation-chosen ensemble")
+    add("--ensemble-k", type=int, default=None, help="heads in the validation-chosen ensemble" + FILE)
     add("--limit", type=int, default=0, help="smoke runs: this many train examples (val/test: half)")
     add("--root", type=Path, default=DATASETS_ROOT, help="folder holding mvsa_single/ and multioff/")
-    add("--work", type=Path, default=Path("/tmp/mmfuse-quality"), help="trials, probabilities, runs, cache")
+    add("--work", type=Path, default=Path("/tmp/mmfuse-quality"), help="sweep folders and the feature cache")
     add("--cache-dir", type=Path, default=None, help="feature cache (default: <work>/cache)")
     add("--docs", type=Path, default=Path("docs"), help="where benchmarks.md and benchmarks.json go")
     add("--notes", type=Path, default=Path("docs/benchmarks-notes.md"), help="markdown appended to the report")
+    add("--dry-run", action="store_true", help="write the resolved sweep files and print the mmfuse sweep commands")
     add(
         "--threads",
         type=int,
@@ -878,25 +786,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="torch threads per process; 0: torch's default (2 threads per process made training ~30x slower here)",
     )
     args = p.parse_args(argv)
-    from mmfuse.fusion import FUSION_HEADS
-
-    named = [
-        *args.heads,
-        *args.finetune_heads,
-        *args.finetune_small_grid_heads,
-        *args.ablate_heads,
-        *args.modality_dropout_heads,
-        *args.encoder_heads,
-        *args.small_grid_heads,
-        *args.epochs_of,
-        *args.seeds_of,
-    ]
-    for head in {name.split(":")[-1] for name in named}:
-        FUSION_HEADS.get(head)  # raises with the known names
+    args.argv = list(argv if argv is not None else sys.argv[1:])
     unknown = [d for d in args.datasets if d not in DATASETS]
     if unknown:
         p.error(f"unknown dataset(s) {unknown}; known: {', '.join(DATASETS)}")
-    fill_defaults(args)
+    for dataset in args.datasets:
+        data = read_sweep_file(dataset)
+        if args.heads and not set(args.heads) <= set(data["heads"]):
+            p.error(f"--heads {args.heads}: {dataset}.yaml compares {', '.join(data['heads'])}")
+        if args.variants != ["all"] and not set(args.variants) <= set(data["variants"]):
+            p.error(f"--variants {args.variants}: {dataset}.yaml has {', '.join(data['variants'])} (or 'all')")
     return args
 
 
@@ -911,37 +810,31 @@ def machine() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    import sys
-
     import torch
 
     args = parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    if args.dry_run:
+        write_sweep_files(args)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
-    args.work.mkdir(parents=True, exist_ok=True)
-    times_path = args.work / "features_s.json"
-    features_s = json.loads(times_path.read_text()) if times_path.is_file() else {}
     start, results = time.perf_counter(), []
     for name in args.datasets:
-        result = run_dataset(DATASETS[name], args)
-        # the first (cold) encoding is what counts; re-read first: runs on other datasets may share the file
-        features_s = {**features_s, **(json.loads(times_path.read_text()) if times_path.is_file() else {})}
-        features_s.setdefault(name, result["timings"]["features_s"])
-        if "alt_features_s" in result["timings"]:
-            alt = f"{name}:{args.alt_text_encoder}+{args.alt_image_encoder}"
-            features_s.setdefault(alt, result["timings"]["alt_features_s"])
-        times_path.write_text(json.dumps(features_s))
-        results.append(collect(result, args))
-        log(f"== {name} done in {result['timings']['total_s']:.0f}s")
+        t = time.perf_counter()
+        folder = run_dataset(name, args)
+        results.append(collect(name, folder, args))
+        log(f"== {name} done in {time.perf_counter() - t:.0f}s")
     meta = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": machine(),
-        "command": " ".join(["python benchmarks/quality.py", *(argv if argv is not None else sys.argv[1:])]),
-        "features_s": features_s,
+        "command": " ".join(["python benchmarks/quality.py", *args.argv]),
+        "threads": args.threads,
         "wall_s_this_invocation": time.perf_counter() - start,
+        "notes": args.notes.read_text(encoding="utf-8").strip() if args.notes and args.notes.is_file() else "",
     }
     args.docs.mkdir(parents=True, exist_ok=True)
-    (args.docs / "benchmarks.md").write_text(render(results, args, meta), encoding="utf-8")
+    (args.docs / "benchmarks.md").write_text(render(results, meta), encoding="utf-8")
     payload = {"meta": meta, "args": {k: str(v) for k, v in vars(args).items()}, "datasets": results}
     (args.docs / "benchmarks.json").write_text(json.dumps(payload, indent=1, default=str), encoding="utf-8")
     log(f"wrote {args.docs / 'benchmarks.md'} and {args.docs / 'benchmarks.json'}")

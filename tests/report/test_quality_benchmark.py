@@ -1,9 +1,11 @@
-"""benchmarks/quality.py's sweeps: the options and the sweep files make one valid sweep per head, with the encoders
-it reads and the variants it is named for (the selection itself is the sweep's, tested in tests/sweep)."""
+"""benchmarks/quality.py: its options applied to the sweep files make one valid sweep per dataset comparing the heads
+(the heads, their encoders, grids, seeds and variants are the sweep's, tested in tests/sweep), and the report reads
+what it says about the run from the sweep folder."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -22,69 +24,85 @@ def quality():
     del sys.modules[spec.name]
 
 
-def sweep_of(quality, head, *argv, dataset="mvsa_single"):
-    return quality.head_sweep(dataset, head, quality.parse_args(list(argv)))
+def sweep_of(quality, *argv, dataset="mvsa_single"):
+    return quality.dataset_sweep(dataset, quality.parse_args(list(argv)))
 
 
 def test_options_left_out_take_the_sweep_files_values(quality):
-    args = quality.parse_args([])
     data = quality.read_sweep_file("mvsa_single")
-    assert args.lr == data["grid"]["lr"] and args.class_weights == data["grid"]["train.class_weights"]
-    assert args.seeds == len(data["seeds"]) and args.epochs == data["base"]["train"]["epochs"]
-    assert args.finetune_encoder_lr == data["variants"]["finetune"]["grid"]["optim.encoder_lr"]
+    plain = sweep_of(quality)
+    assert (
+        plain["grid"] == data["grid"]
+        and plain["seeds"] == data["seeds"]
+        and plain["base"]["train"] == (data["base"]["train"])
+    )
     assert quality.read_sweep_file("multioff")["grid"] == data["grid"]  # one grid described in the report
-    given = quality.parse_args(["--lr", "0.01", "--seeds", "2"])
-    sweep = quality.head_sweep("mvsa_single", "concat", given)
-    assert sweep["grid"]["lr"] == [0.01] and sweep["seeds"] == [0, 1]
+    given = sweep_of(quality, "--lr", "0.01", "--seeds", "2", "--epochs", "3", "--limit", "48")
+    assert given["grid"]["lr"] == [0.01] and given["seeds"] == [0, 1] and given["base"]["train"]["epochs"] == 3
+    assert given["limit"] == {"train": 48, "val": 24, "test": 24}
 
 
-def test_each_head_reads_only_its_encoders_and_runs_the_variants_it_is_named_for(quality):
-    argv = ["--finetune-heads", "text_only,concat", "--encoder-heads", "text_only", "--ablate-heads", "multioff:concat"]
-    text = sweep_of(quality, "text_only", *argv)
-    assert text["base"]["model"]["image_encoder"] is None and text["base"]["model"]["head"]["name"] == "text_only"
-    assert set(text["variants"]) == {"finetune", "encoders"}
-    assert text["variants"]["encoders"]["overrides"] == {"model.text_encoder.name": "mpnet"}  # no image to swap
-    concat = sweep_of(quality, "concat", *argv)
-    assert set(concat["variants"]) == {"finetune"}  # the ablation was named for MultiOFF only
-    assert set(sweep_of(quality, "concat", *argv, dataset="multioff")["variants"]) == {"finetune", "label_smoothing"}
-    image = sweep_of(quality, "image_only")
-    assert image["base"]["model"]["text_encoder"] is None and image["variants"] == {}
-
-
-@pytest.mark.parametrize(("small", "lrs"), [("concat", [2e-5]), ("mvsa_single:concat", [2e-5]),
-                                            ("multioff:concat", [2e-5, 5e-5, 1e-4])])  # fmt: skip
-def test_small_grid_heads_fine_tune_with_the_first_encoder_lr_only(quality, small, lrs):
-    argv = ["--finetune-heads", "concat", "--finetune-encoder-lr", "2e-5,5e-5,1e-4", "--finetune-seeds", "2"]
-    sweep = sweep_of(quality, "concat", *argv, "--finetune-small-grid-heads", small)
-    finetune = sweep["variants"]["finetune"]
-    assert finetune["grid"] == {"optim.encoder_lr": lrs} and finetune["seeds"] == [0, 1]
-    assert finetune["overrides"]["model.text_encoder.freeze"] is False
+def test_heads_keep_the_files_order_and_variants_run_only_when_asked(quality):
+    frozen = sweep_of(quality, "--heads", "concat,text_only")
+    assert list(frozen["heads"]) == ["text_only", "concat"] and frozen["variants"] == {}
+    assert "ensemble" not in frozen  # two heads: fewer than the ensemble's 3
+    some = sweep_of(quality, "--variants", "finetune,encoders")
+    assert set(some["variants"]) == {"finetune", "encoders"}
+    assert some["heads"]["image_only"]["variants"] == ["encoders"]  # the file names no fine-tuning for it
+    assert some["heads"]["early_fusion"]["variants"] == ["finetune"]
 
 
 def test_every_head_and_variant_gives_a_valid_sweep(quality, tmp_path):
     from mmfuse.sweep import sweep_from_dict
 
-    every = ",".join(quality.ALL_HEADS)
-    argv = ["--root", str(tmp_path), "--finetune-heads", every, "--ablate-heads", every, "--encoder-heads", every,
-            "--modality-dropout-heads", "concat,align,cross,cross_attention,early_fusion", "--limit", "48"]  # fmt: skip
     for dataset in quality.DATASETS:
         (tmp_path / dataset).mkdir()
-        for head in quality.ALL_HEADS:
-            sweep = sweep_from_dict(sweep_of(quality, head, *argv, dataset=dataset))
-            assert sweep.name == f"{dataset}-{head}" and sweep.spec.limit == {"train": 48, "val": 24, "test": 24}
-            assert sweep.base.train.selection_metric == quality.DATASETS[dataset].select
-            small = head in quality.parse_args([]).small_grid_heads
-            assert len(sweep.points) == (1 if small else 4)
+        data = sweep_of(quality, "--root", str(tmp_path), "--variants", "all", "--limit", "48", dataset=dataset)
+        sweep = sweep_from_dict(data, base_dir=quality.SWEEPS_DIR)
+        assert list(sweep.heads) == [*quality.UNIMODAL, *quality.FUSION]
+        assert sweep.spec.baseline_kinds == ["logistic"] and sweep.spec.ensemble.top_k == 3
+        for head, own in sweep.heads.items():
+            assert own.spec.limit == {"train": 48, "val": 24, "test": 24}
+            assert own.base.train.selection_metric == quality.DATASETS[dataset].select
+            assert len(own.points) == (1 if head in ("cross_attention", "early_fusion") else 4)
+        assert sweep.heads["text_only"].base.model.image_encoder is None
+        assert sweep.heads["text_only"].variants["encoders"] == [{"model.text_encoder.name": "mpnet"}]
 
 
-def test_the_command_line_reads_the_finetune_options_and_checks_head_names(quality):
-    args = quality.parse_args(
-        ["--finetune-small-grid-heads", "multioff:early_fusion", "--finetune-encoder-lr", "2e-5,5e-5"]
-    )
-    assert args.finetune_small_grid_heads == ["multioff:early_fusion"]
-    assert args.finetune_encoder_lr == [2e-5, 5e-5]
-    with pytest.raises(ValueError, match="unknown fusion head 'nope'"):
-        quality.parse_args(["--finetune-small-grid-heads", "nope"])
+def test_the_report_setup_is_read_from_the_sweep_folder(quality, tmp_path):
+    """What docs/benchmarks.md says about the run (grid, epochs, variants per head) comes from sweep.json."""
+    from mmfuse.sweep import sweep_from_dict
+
+    (tmp_path / "mvsa_single").mkdir()
+    data = sweep_of(quality, "--root", str(tmp_path), "--variants", "all")
+    info = {**sweep_from_dict(data, base_dir=quality.SWEEPS_DIR).to_dict(), "metric": "macro_f1"}
+    setup = quality.setup_of(json.loads(json.dumps(info, default=str)))
+    lines = "\n".join(quality.setup_lines(setup, {"threads": 1}) + quality.scope_lines(setup))
+    assert "heads that try only the first point: `cross_attention`, `early_fusion`" in lines
+    assert "up to 10 epochs (`cross_attention` 4)" in lines and "seeds 0..2" in lines
+    assert "encoder lr 2e-05 or 5e-05, chosen per head on validation" in lines
+    assert "Label smoothing 0.1 on the chosen point: `text_only`, `image_only`, `concat`, `align`, `cross`." in lines
+    assert "mean of the predicted probabilities of the 3 heads" in lines
+
+
+def test_the_command_line_checks_heads_and_variants_against_the_files(quality, capsys):
+    for argv, said in (
+        (["--heads", "nope"], "compares text_only, image_only"),
+        (["--variants", "fine"], "has finetune"),
+    ):
+        with pytest.raises(SystemExit):
+            quality.parse_args(argv)
+        assert said in capsys.readouterr().err
+
+
+def test_dry_run_writes_the_sweep_files_and_prints_the_commands(quality, tmp_path, capsys):
+    quality.main(["--dry-run", "--work", str(tmp_path), "--heads", "concat,text_only", "--datasets", "multioff"])
+    out = capsys.readouterr().out
+    assert f"mmfuse sweep {tmp_path / 'multioff.yaml'} --out {tmp_path / 'sweeps'}" in out
+    from mmfuse.sweep import load_sweep
+
+    sweep = load_sweep(tmp_path / "multioff.yaml")
+    assert list(sweep.heads) == ["text_only", "concat"]
 
 
 def test_fusion_beats_unimodal_shows_the_smallest_margin(quality):

@@ -35,19 +35,26 @@ def sweep(
     overrides: Annotated[
         list[str] | None, typer.Option("--set", help="key=value override of the base config (repeatable).")
     ] = None,
+    heads: Annotated[
+        str | None,
+        typer.Option("--heads", help="Of a sweep file with `heads:`, only these (comma-separated) heads."),
+    ] = None,
 ) -> None:
     """Run, resume or join a hyperparameter sweep; write the ranked table of its trials.
 
     Run it again to resume (finished trials are kept); run it in several processes or (--storage) machines to share.
     With `seeds: [0, 1, 2]` in the file, the trial chosen on validation is then trained with each seed (mean ± std on
     val and test, in final.json); with `variants:`, variants of it too (e.g. a fine-tuning grid of
-    optim.encoder_lr with model.text_encoder.freeze=false), each chosen on validation.
+    optim.encoder_lr with model.text_encoder.freeze=false), each chosen on validation. With `heads:`, each head
+    listed is searched, selected and re-run on its own (<out>/heads/<head>/) and ranked in a leaderboard (heads.md);
+    `baselines: [logistic]` adds logistic-regression reference rows, `ensemble:` an ensemble of the best heads.
     """
     import signal
 
     from mmfuse.sweep import load_sweep, run_sweep
 
-    spec = guard(lambda: load_sweep(file, overrides or ()))
+    only = [h.strip() for h in heads.split(",") if h.strip()] if heads is not None else None
+    spec = guard(lambda: load_sweep(file, overrides or (), only))
     signal.signal(signal.SIGTERM, _interrupt)  # a stopped job re-queues its trial like Ctrl-C does
     try:
         result = guard(lambda: run_sweep(spec, out=out, storage=storage, n_trials=n_trials, timeout=timeout,
@@ -61,7 +68,13 @@ def sweep(
     for line in summary_lines(result.final):
         typer.echo(line)
     state = "finished" if result.finished else "not finished (trials left or running elsewhere)"
-    typer.echo(f"sweep {state}; table in {result.folder / 'trials.md'} and trials.csv")
+    if spec.heads:
+        typer.echo(f"sweep {state}; leaderboard in {result.folder / 'heads.md'} and heads.csv, each head's trials "
+                   "in heads/<head>/trials.md")  # fmt: skip
+    else:
+        typer.echo(f"sweep {state}; table in {result.folder / 'trials.md'} and trials.csv")
+    if result.ensemble is not None:
+        typer.echo(f"ensemble of the best heads in {result.ensemble} (mmfuse evaluate / predict load it)")
 
 
 def ensemble(
@@ -71,7 +84,10 @@ def ensemble(
     out: Annotated[Path | None, typer.Option("--out", help="Ensemble folder (default: <sweep>/ensemble).")] = None,
     storage: Annotated[str | None, typer.Option("--storage", help="The sweep's storage URL, if not its own.")] = None,
 ) -> None:
-    """Combine the top-k trials of a sweep (greedy selection with replacement on validation) into one predictor."""
+    """Combine the top-k trials of a sweep (greedy selection with replacement on validation) into one predictor.
+
+    A sweep with `heads:` is combined across its heads: the top-k heads on validation, each its selected trial.
+    """
     import json
 
     from mmfuse.sweep import build_ensemble
@@ -79,10 +95,11 @@ def ensemble(
     path = guard(lambda: build_ensemble(folder, top_k=top_k, rounds=rounds, out=out, storage=storage))
     info = json.loads((path / "ensemble.json").read_text(encoding="utf-8"))
     metric = info["metric"]
-    members = ", ".join(f"trial {m['trial']} x{m['weight']:.2f}" for m in info["members"])
+    members = ", ".join(f"{m.get('head') or 'trial'} {m['trial']} x{m['weight']:.2f}" for m in info["members"])
     typer.echo(f"ensemble of {members}")
     best = info["best_single"]
-    typer.echo(f"val {metric}: ensemble {info['val'][metric]:.4f}, best single trial {best['trial']} "
+    single = f"{best.get('head') or 'trial'} {best['trial']}"
+    typer.echo(f"val {metric}: ensemble {info['val'][metric]:.4f}, best single {single} "
                f"{best[f'val_{metric}']:.4f}")  # fmt: skip
     typer.echo(f"wrote {path / 'ensemble.json'}")
 
@@ -93,7 +110,7 @@ def _print_table(frame: Any, title: str, rows: int = 15) -> None:
     from mmfuse.engine.tables import frame_table
     from mmfuse.sweep.table import cell_text
 
-    shown = frame.drop(columns=["run_dir", "note"], errors="ignore").head(rows).astype(object)
+    shown = frame.drop(columns=["run_dir", "note", "folder"], errors="ignore").head(rows).astype(object)
     for column in shown.columns:  # as in trials.md: 3e-05 stays 3e-05, not 0.000
         shown[column] = [cell_text(v, str(column)) for v in shown[column]]
     console = Console(highlight=False, markup=False)  # cells are Text; titles and values may hold [...]

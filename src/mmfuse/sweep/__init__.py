@@ -7,6 +7,7 @@ Typical use::
     result = run_sweep(sweep)                      # resumable; run it in several processes to share the work
     print(result.table)                            # ranked on validation; test metric of the selected trial only
     result.final                                   # with `seeds` / `variants`: mean ± std over seeds, val and test
+    result.heads                                   # with `heads:`: each head's result; result.table ranks the heads
     folder = build_ensemble(result.folder, top_k=5)
     Ensemble.load(folder).predict_proba(examples)
 
@@ -26,6 +27,9 @@ _EXPORTS: dict[str, str] = {
     "load_predictor": "mmfuse.sweep.ensemble",
     "read_final": "mmfuse.sweep.final",
     "read_final_run": "mmfuse.sweep.final",
+    "build_heads_ensemble": "mmfuse.sweep.heads",
+    "heads_frame": "mmfuse.sweep.heads",
+    "read_baselines": "mmfuse.sweep.reference",
     "PruneOnEpoch": "mmfuse.sweep.runner",
     "SweepDir": "mmfuse.sweep.runner",
     "SweepResult": "mmfuse.sweep.runner",

@@ -263,10 +263,17 @@ def build_ensemble(
     Returns:
         The ensemble folder.
 
+    A sweep that compares heads (``heads:``) is combined across its heads instead: the ``top_k`` heads best on
+    validation, their selected trials weighted by greedy selection (:func:`mmfuse.sweep.heads.build_heads_ensemble`).
+
     Raises:
         EnsembleError: fewer than one complete trial, or candidates that disagree on classes or validation data.
     """
+    from mmfuse.sweep.heads import build_heads_ensemble, is_heads_folder
     from mmfuse.sweep.runner import SweepDir, sweep_table
+
+    if is_heads_folder(sweep_folder):
+        return build_heads_ensemble(sweep_folder, top_k=top_k, rounds=rounds, out=out)
 
     if top_k < 1:
         raise EnsembleError(f"top_k must be at least 1, got {top_k}")

@@ -123,6 +123,10 @@ class SweepResult:
         ran: numbers of the trials this worker ran.
         final: the seeds and variants of the selected point (``final.json``: each group's chosen point, mean and
             std over seeds on val and test); ``None`` when the sweep has none, or before the search finished.
+        heads: a sweep that compares heads: head name -> that head's result (``table`` is then the leaderboard of
+            the heads, ``selected`` the best head's selected trial with ``head`` added).
+        baselines: ``baselines.json`` (the logistic-regression reference rows), ``None`` without them.
+        ensemble: the folder of the ensemble of the compared heads (``ensemble:``), once built.
     """
 
     folder: Path
@@ -132,6 +136,9 @@ class SweepResult:
     finished: bool
     ran: list[int]
     final: dict[str, Any] | None = None
+    heads: dict[str, SweepResult] = dataclasses.field(default_factory=dict)
+    baselines: dict[str, Any] | None = None
+    ensemble: Path | None = None
 
 
 class PruneOnEpoch:
@@ -213,9 +220,27 @@ def run_sweep(
     """
     if not isinstance(sweep, Sweep):
         sweep = load_sweep(sweep)
+    if sweep.heads:
+        from mmfuse.sweep.heads import run_heads
+
+        return run_heads(sweep, out=out, storage=storage, n_trials=n_trials, timeout=timeout, log=log or logger.info)
+    return _run_one(sweep, out, storage, n_trials, timeout, log or logger.info)
+
+
+def _run_one(
+    sweep: Sweep,
+    out: str | Path | None,
+    storage: str | None,
+    n_trials: int | None,
+    timeout: float | None,
+    log: Callable[[str], None],
+    splits: SplitCache | None = None,
+) -> SweepResult:
+    """:func:`run_sweep` of a sweep of one head (``splits``: loaded splits shared with the other heads)."""
     budget = n_trials if n_trials is not None else sweep.spec.n_trials
     with _quiet_optuna():
-        worker = _Worker(sweep, out, storage, log or logger.info)
+        worker = _Worker(sweep, out, storage, log, splits)
+        baselines = worker.logistic_baselines()
         # with train.report_to naming mlflow: one MLflow run for this worker, each trial's run nested under it
         with nested_under(sweep.base, worker.folder.path, sweep.name):
             try:
@@ -226,17 +251,21 @@ def run_sweep(
             finished = worker.finished(budget)
             final = worker.run_final() if finished else None
             table = worker.write_table()
-    return SweepResult(worker.folder.path, table, worker.metric, selected, finished, worker.ran, final)
+    return SweepResult(worker.folder.path, table, worker.metric, selected, finished, worker.ran, final,
+                       baselines=baselines)  # fmt: skip
 
 
 class _Worker:
     """One worker of a sweep: opens the study, runs trials, writes the table."""
 
-    def __init__(self, sweep: Sweep, out: str | Path | None, storage: str | None, log: Callable[[str], None]) -> None:
+    def __init__(self, sweep: Sweep, out: str | Path | None, storage: str | None, log: Callable[[str], None],
+                 splits: SplitCache | None = None) -> None:  # fmt: skip
         self.sweep, self.log = sweep, log
         self.folder = SweepDir(out if out is not None else sweep.spec.out_dir / sweep.name)
         self.folder.path.mkdir(parents=True, exist_ok=True)
-        self.splits = SplitCache(sweep.spec.limit, log)
+        self.splits = splits or SplitCache(sweep.spec.limit, log)
+        for note in sweep.notes:
+            log(f"sweep {sweep.name!r}: {note}")
         base_splits = self.splits.get(sweep.base.data)  # type: ignore[arg-type]
         classes = LabelMap.from_labels(e.label for e in base_splits["train"].examples).classes
         self.metric = selection_metric(sweep.metric_setting, len(classes))
@@ -297,6 +326,15 @@ class _Worker:
         if self.url == default_storage_url(self.folder.path):
             info["storage"] = "study.db"
         self.folder.sweep_json.write_text(json.dumps(info, indent=2, default=str) + "\n", encoding="utf-8")
+
+    def logistic_baselines(self) -> dict[str, Any] | None:
+        """The logistic-regression reference rows (``baselines: [logistic]``), fitted once."""
+        if "logistic" not in self.sweep.spec.baseline_kinds:
+            return None
+        from mmfuse.sweep.reference import logistic_baselines
+
+        splits = self.splits.get(self.sweep.base.data)  # type: ignore[arg-type]
+        return logistic_baselines(self.sweep.base, splits, self.folder.path, self.metric, self.log)
 
     # ------------------------------------------------------------------------------------------------- loop
 
@@ -535,6 +573,10 @@ class _Worker:
         frame = trials_frame(self.study, self.metric, self.sweep.keys, selected)
         final = read_final(self.folder.path) if self.sweep.spec.seeds or self.sweep.variants else None
         lines = [*_summary_lines(frame, self.metric, selected), *summary_lines(final)]
+        if "logistic" in self.sweep.spec.baseline_kinds:
+            from mmfuse.sweep.reference import reference_line
+
+            lines.append(reference_line(self.folder.path, self.metric))
         write_tables(frame, self.folder.path, f"Sweep {self.sweep.name}", lines)
         return frame
 
@@ -548,6 +590,11 @@ def sweep_table(folder: str | Path, storage: str | None = None) -> tuple[pd.Data
     """
     sweep_dir = SweepDir.existing(folder)
     info = sweep_dir.info()
+    if info.get("heads"):
+        raise SweepError(
+            f"{str(folder)!r} compares heads ({', '.join(info['heads'])}): its table is heads.md "
+            f"(mmfuse.sweep.heads.heads_frame); pass {str(Path(folder) / 'heads' / '<head>')!r} for one head's trials"
+        )
     study = load_study(sweep_dir.path, storage)
     return trials_frame(study, info["metric"], info.get("keys", []), sweep_dir.read_selected()), info
 

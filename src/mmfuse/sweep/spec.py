@@ -27,6 +27,21 @@
       label_smoothing: {overrides: {train.label_smoothing: 0.1}}
     # limit: {train: 48, val: 24, test: 24}   # only the first examples of each split (a quick try)
 
+A sweep may compare heads: each head of ``heads:`` gets the whole treatment (its search, its point chosen on
+validation, that point with the seeds, the variants), in ``<sweep>/heads/<head>/``, and the sweep ranks the heads in
+a leaderboard. Each head's config names only the encoders that head reads::
+
+    heads:                               # a list of head names, or head -> what it changes
+      text_only: {}
+      concat: {}
+      early_fusion:                      # a slow head: fewer epochs, a smaller grid, one seed, one variant
+        overrides: {train.epochs: 2}
+        grid: {lr: [1.0e-3]}
+        seeds: [0]
+        variants: [finetune]
+    baselines: [logistic]                # reference rows: logistic regression on frozen pooled features
+    ensemble: {top_k: 3, weights: greedy}   # the heads best on validation, combined (``<sweep>/ensemble``)
+
 Keys are the same dotted keys as ``--set`` (:func:`mmfuse.config.resolve_key`: ``lr`` means ``optim.lr``). The file
 is validated once, here, like a config: every grid point and list entry is turned into a full config up front, and
 each searched value range is checked at both ends, so a typo fails before the first trial and not after an hour.
@@ -35,6 +50,10 @@ Each variant is checked on top of every grid point or list entry (on the base co
 After the search, ``seeds`` and ``variants`` (:mod:`mmfuse.sweep.final`) train the point chosen on validation again:
 with each seed, so its numbers are a mean ± std and not one lucky run, and with each variant's overrides (a
 fine-tuning grid, an ablation), each chosen on validation too; only then is the test split evaluated.
+
+``baselines`` is ``true`` (the unimodal heads, trained like trials), ``false``, or a list of kinds: ``unimodal`` and
+``logistic`` (:mod:`mmfuse.sweep.reference`: scikit-learn logistic regression on the frozen encoders' pooled features,
+text alone and text + image, its ``C`` and class weights chosen on validation).
 """
 
 from __future__ import annotations
@@ -65,6 +84,8 @@ from mmfuse.config import (
 )
 
 UNIMODAL_HEADS = ("text_only", "image_only")
+BASELINE_KINDS = ("unimodal", "logistic")
+"""What ``baselines:`` may list: the unimodal heads trained like trials, and logistic regression on frozen features."""
 """The baselines every fusion head must beat, trained once per sweep with the base config (``baselines: true``)."""
 
 MAX_POINTS = 10_000
@@ -226,6 +247,96 @@ class VariantSpec(StrictSection):
         return _check_seeds(v)
 
 
+class HeadVariant(StrictSection):
+    """How one compared head runs one of the sweep's variants (``heads.<head>.variants.<variant>``).
+
+    Attributes:
+        overrides: key -> value added to the variant's own overrides.
+        grid: key -> list of values replacing those keys of the variant's grid (e.g. one encoder lr for a slow head).
+        seeds: replace the variant's seeds for this head.
+    """
+
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    grid: dict[str, list[Any]] | None = None
+    seeds: list[int] | None = None
+
+    @field_validator("grid", mode="before")
+    @classmethod
+    def _grid_lists(cls, v: Any) -> Any:
+        return _check_grid_lists(v)
+
+    @field_validator("seeds")
+    @classmethod
+    def _seed_list(cls, v: list[int] | None) -> list[int] | None:
+        return _check_seeds(v)
+
+
+class HeadSpec(StrictSection):
+    """One head of a sweep that compares heads (``heads:``): what it changes from the sweep's shared settings.
+
+    The head's base config is the sweep's with ``model.head.name`` set to the head, the head hyperparameters it does
+    not take dropped, and the encoder of a modality it does not read left out (``text_only`` gets no image
+    encoder); what was dropped is logged and written to the head's ``sweep.json`` (``notes``).
+
+    Attributes:
+        overrides: key -> value set on this head's base config (``train.epochs: 2``).
+        grid: key -> list of values replacing (or adding) those keys of the sweep's grid (a smaller grid for a slow
+            head); grid sweeps only.
+        seeds: the seeds of this head's selected point, instead of the sweep's ``seeds``.
+        variants: the sweep's variants this head runs (default: every one): a list of names, or name ->
+            :class:`HeadVariant` (what changes for this head).
+    """
+
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    grid: dict[str, list[Any]] | None = None
+    seeds: list[int] | None = None
+    variants: dict[str, HeadVariant] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty(cls, data: Any) -> Any:
+        return {} if data is None else data
+
+    @field_validator("variants", mode="before")
+    @classmethod
+    def _variant_list(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            if not all(isinstance(name, str) for name in v):
+                raise ValueError(f"variants: a list of the sweep's variant names, got {v!r}")
+            return {name: {} for name in v}
+        if isinstance(v, Mapping):
+            return {k: ({} if x is None else x) for k, x in v.items()}
+        return v
+
+    @field_validator("grid", mode="before")
+    @classmethod
+    def _grid_lists(cls, v: Any) -> Any:
+        return _check_grid_lists(v)
+
+    @field_validator("seeds")
+    @classmethod
+    def _seed_list(cls, v: list[int] | None) -> list[int] | None:
+        return _check_seeds(v)
+
+
+class EnsembleSpec(StrictSection):
+    """An ensemble of the compared heads (``ensemble:`` of a sweep with ``heads``), built when every head finished.
+
+    Candidates are the ``top_k`` heads whose selected trial scores best on validation (the sweep's metric, ties:
+    accuracy); each candidate contributes its selected trial and, seed by seed, its runs with the sweep's seeds.
+
+    Attributes:
+        top_k: candidate heads.
+        weights: ``greedy`` (greedy selection with replacement on validation, ``rounds`` picks, as ``mmfuse
+            ensemble``) or ``equal`` (the plain mean of the candidates' probabilities).
+        rounds: picks of the greedy selection.
+    """
+
+    top_k: int = Field(default=3, ge=1)
+    weights: Literal["greedy", "equal"] = "greedy"
+    rounds: int = Field(default=25, ge=1)
+
+
 def _check_grid_lists(v: Any) -> Any:
     if isinstance(v, Mapping):
         for key, values in v.items():
@@ -259,11 +370,14 @@ class SweepSpec(StrictSection):
         timeout: time budget in seconds: a worker starts no trial after this long (running ones finish).
         pruner: how bad trials are stopped early; default ``median`` for a search, ``none`` for a grid or list.
         out_dir: parent folder of the sweep folder (relative to the working directory).
-        baselines: also train the unimodal baselines (``text_only``, ``image_only``) once each, on the base config
+        baselines: ``true`` (the default without ``heads``) or ``[unimodal]``: also train the unimodal baselines
+            (``text_only``, ``image_only``) once each, on the base config
             with only the head swapped (its hyperparameters kept where the baseline head has them). They are ranked
             in the table beside the trials, for comparison, but never selected, tested or ensembled, and do not
             count against ``n_trials``. A baseline is left out when the base config is already that head or has no
-            encoder for its modality.
+            encoder for its modality. ``[logistic]`` (also with ``heads``): logistic-regression reference rows
+            on the frozen encoders' pooled features (:mod:`mmfuse.sweep.reference`), in ``baselines.json``.
+            ``false`` (the default with ``heads``): none.
         seeds: after the search, the selected point is trained with each of these ``train.seed`` values (a run
             whose config equals the selected trial's is that trial, not trained again); validation and test
             metrics are reported as mean ± sample std over the seeds (``final.json``). Default: no such runs.
@@ -271,6 +385,9 @@ class SweepSpec(StrictSection):
             sweep's ``seeds`` unless the variant names its own), each reported like the selected point.
         limit: split name (``train``, ``val``, ``test``) -> number of examples: only the first ones of that split are
             used (a quick try of a sweep; the splits' other examples are left out and the count is logged).
+        heads: head name -> :class:`HeadSpec` (or a list of names): compare these heads, each searched, selected
+            and re-run with the seeds on its own (``<sweep>/heads/<head>/``); the sweep ranks them (leaderboard).
+        ensemble: with ``heads``: combine the heads best on validation (:class:`EnsembleSpec`).
     """
 
     name: str | None = None
@@ -284,10 +401,37 @@ class SweepSpec(StrictSection):
     timeout: float | None = Field(default=None, gt=0)
     pruner: PrunerSpec | None = None
     out_dir: Path = Path("runs/sweeps")
-    baselines: bool = True
+    baselines: bool | list[Literal["unimodal", "logistic"]] | None = None
     seeds: list[int] | None = None
     variants: dict[str, VariantSpec] = Field(default_factory=dict)
     limit: dict[Literal["train", "val", "test"], int] | None = None
+    heads: dict[str, HeadSpec] | None = None
+    ensemble: EnsembleSpec | None = None
+
+    @field_validator("heads", mode="before")
+    @classmethod
+    def _head_list(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            if not all(isinstance(name, str) for name in v) or len(set(v)) != len(v):
+                raise ValueError(f"heads: a list of distinct head names or a mapping head -> settings, got {v!r}")
+            return {name: {} for name in v}
+        return v
+
+    @field_validator("heads")
+    @classmethod
+    def _some_heads(cls, v: dict[str, HeadSpec] | None) -> dict[str, HeadSpec] | None:
+        if v is not None and not v:
+            raise ValueError("heads is empty; name the heads to compare, e.g. [text_only, image_only, concat]")
+        return v
+
+    @property
+    def baseline_kinds(self) -> list[str]:
+        """``baselines`` as a list of kinds (``true`` is ``[unimodal]``)."""
+        if self.baselines is None:  # the default: the unimodal baselines, unless the heads are compared
+            return ["unimodal"] if self.heads is None else []
+        if isinstance(self.baselines, bool):
+            return ["unimodal"] if self.baselines else []
+        return list(dict.fromkeys(self.baselines))
 
     @field_validator("seeds")
     @classmethod
@@ -338,6 +482,16 @@ class SweepSpec(StrictSection):
             raise ValueError("`trials` is empty; list at least one mapping of overrides, e.g. - {lr: 1.0e-3}")
         if self.search is not None and self.n_trials is None and self.timeout is None:
             raise ValueError("a search needs a budget: set n_trials, timeout, or both")
+        if self.ensemble is not None and self.heads is None:
+            raise ValueError(
+                "`ensemble` combines the heads a sweep compares; add `heads:`, or run `mmfuse ensemble <sweep folder>` "
+                "to combine one head's trials"
+            )
+        if self.heads is not None and "unimodal" in self.baseline_kinds:
+            raise ValueError(
+                "a sweep that compares heads has no unimodal baselines: list text_only and image_only among the "
+                "`heads` (each then gets its own search), and set `baselines: false` or `baselines: [logistic]`"
+            )
         return self
 
     @property
@@ -359,6 +513,10 @@ class Sweep:
         baselines: unimodal head name -> the overrides of its baseline trial (empty with ``baselines: false``).
         variants: variant name -> the override mappings of its points, each on top of the selected point's
             (``overrides`` and one grid combination), in order.
+        heads: a sweep that compares heads: head name -> that head's own sweep (its base config, grid, seeds and
+            variants), run in ``<sweep>/heads/<head>``; empty for a sweep of one head.
+        head: the compared head this sweep is (``None`` for a sweep of its own).
+        notes: what the sweep changed from the file on its own (e.g. a head's unread encoder left out).
     """
 
     spec: SweepSpec
@@ -369,6 +527,9 @@ class Sweep:
     source: Path | None = None
     baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
     variants: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    heads: dict[str, Sweep] = field(default_factory=dict)
+    head: str | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def mode(self) -> str:
@@ -404,6 +565,13 @@ class Sweep:
     def fingerprint(self) -> str:
         """What makes two sweep files the same study: base config (without machine-local paths), metric, and the
         points or search space. Budgets and the pruner may change between runs of the same study."""
+        if self.heads:  # the heads' own studies, and what the sweep adds on top of them
+            payload = {
+                "heads": {name: head.fingerprint() for name, head in self.heads.items()},
+                "baselines": self.spec.baseline_kinds,
+                "ensemble": self.spec.ensemble.model_dump(mode="json") if self.spec.ensemble else None,
+            }
+            return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
         base = self.base.to_dict()
         base.pop("run", None)
         base.pop("cache", None)
@@ -433,17 +601,21 @@ class Sweep:
             "keys": self.keys,
             "baselines": self.baselines,
             "variants": self.variants,
+            "heads": {name: head.to_dict() for name, head in self.heads.items()},
+            "head": self.head,
+            "notes": self.notes,
             "fingerprint": self.fingerprint(),
         }
 
 
-def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> Sweep:
+def load_sweep(path: str | Path, overrides: Sequence[str] = (), heads: Sequence[str] | None = None) -> Sweep:
     """Reads and validates a sweep file.
 
     Args:
         path: the YAML sweep file.
         overrides: ``key=value`` overrides of the base config for every trial, after the file's own ``overrides``
             (``train.epochs=1`` for a quick try).
+        heads: of a sweep that compares heads, only these (each as the file sets it up); default: every one.
 
     Raises:
         FileNotFoundError: no such file, or no base config file.
@@ -461,7 +633,22 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> Sweep:
         if not isinstance(given, list):
             raise SweepError(f"`overrides` in {str(path)!r} must be a list of key=value strings, got {given!r}")
         data["overrides"] = [*given, *overrides]
+    if heads is not None:
+        data["heads"] = _only_heads(data.get("heads"), list(heads), str(path))
     return sweep_from_dict(data, base_dir=path.resolve().parent, source=path)
+
+
+def _only_heads(given: Any, heads: list[str], path: str) -> dict[str, Any]:
+    if not given:
+        raise SweepError(
+            f"the sweep file {path!r} compares no heads (no `heads:`); to run it with another head, pass "
+            "--set head.name=NAME"
+        )
+    mapping = {name: {} for name in given} if isinstance(given, list) else dict(given)
+    unknown = [h for h in heads if h not in mapping]
+    if unknown or not heads:
+        raise SweepError(f"head(s) {unknown or heads!r} are not among the heads of {path!r}: {', '.join(mapping)}")
+    return {h: mapping[h] for h in heads}
 
 
 def sweep_from_dict(data: Mapping[str, Any], *, base_dir: Path | None = None, source: Path | None = None) -> Sweep:
@@ -481,13 +668,86 @@ def sweep_from_dict(data: Mapping[str, Any], *, base_dir: Path | None = None, so
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         raise SweepError(f"the sweep's name {name!r} (from the file name) cannot name a folder; set `name:`{where}")
     base = _base_config(spec, base_dir, where)
+    if spec.heads is not None:
+        heads = {head: _head_sweep(spec, head, name, base_dir, source, where) for head in spec.heads}
+        return Sweep(spec=spec, name=name, base=base, source=source, heads=heads)
     points, keys = _points(spec, base, where)
     sweep = Sweep(spec=spec, name=name, base=base, points=points, keys=keys, source=source)
     if spec.search is not None:
         _check_search(sweep, where)
-    if spec.baselines:
+    if "unimodal" in spec.baseline_kinds:
         sweep.baselines = _baselines(sweep)
     sweep.variants = _variants(sweep, where)
+    return sweep
+
+
+def _head_sweep(spec: SweepSpec, head: str, name: str, base_dir: Path, source: Path | None, where: str) -> Sweep:
+    """One compared head's sweep: the sweep file with the head's settings, validated like a sweep of its own."""
+    from mmfuse.fusion import FUSION_HEADS
+
+    label = f"heads.{head}"
+    try:
+        cls = FUSION_HEADS.get(head)
+    except ValueError as e:  # an unknown name: the registry's message lists the known heads
+        raise SweepError(f"{label}{where}: {e}") from None
+    own = spec.heads[head]  # type: ignore[index]
+    reads = {"text": cls.uses_text is not None, "image": cls.uses_image is not None}
+    notes: list[str] = []
+    data = spec.model_dump(mode="python", exclude={"heads", "ensemble", "name", "baselines"}, exclude_unset=True)
+    data.update(name=f"{name}-{head}", baselines=False)
+    for key in own.overrides:
+        if resolve_key(key)[:3] == ("model", "head", "name"):
+            raise SweepError(f"{label}.overrides{where}: key {key!r} cannot be set; the head is {head!r}")
+    if own.grid is not None:
+        if spec.grid is None:
+            raise SweepError(f"{label}.grid{where}: a head's grid replaces keys of the sweep's `grid`; this sweep has "
+                             f"{spec.mode}")  # fmt: skip
+        data["grid"] = {**spec.grid, **own.grid}
+    if own.seeds is not None:
+        data["seeds"] = list(own.seeds)
+    variants = {}
+    for variant, change in (
+        own.variants if own.variants is not None else {v: HeadVariant() for v in spec.variants}
+    ).items():
+        if variant not in spec.variants:
+            raise SweepError(f"{label}.variants{where}: {variant!r} is not one of the sweep's variants "
+                             f"({', '.join(spec.variants) or 'none'})")  # fmt: skip
+        merged = spec.variants[variant].model_dump(mode="python")
+        merged["overrides"] = {**merged["overrides"], **change.overrides}
+        if change.grid is not None:
+            merged["grid"] = {**(merged["grid"] or {}), **change.grid}
+        if change.seeds is not None:
+            merged["seeds"] = list(change.seeds)
+        for modality, used in reads.items():  # e.g. no image encoder to swap for text_only
+            if used:
+                continue
+            for part in ("overrides", "grid"):
+                unread = [k for k in merged[part] or {} if resolve_key(k)[:2] == ("model", f"{modality}_encoder")]
+                for key in unread:
+                    del merged[part][key]
+                    notes.append(f"variants.{variant}.{part}: {key} left out ({head} reads no {modality})")
+        variants[variant] = merged
+    data["variants"] = variants
+    for key in spec.grid or {}:
+        if resolve_key(key)[:2] in (("model", "text_encoder"), ("model", "image_encoder")):
+            modality = resolve_key(key)[1].split("_")[0]
+            if not reads[modality]:
+                raise SweepError(f"grid{where}: {key!r} sets the {modality} encoder, which {head!r} does not read; "
+                                 f"set it in `heads` for the heads that read it")  # fmt: skip
+    head_spec = SweepSpec.model_validate(data)
+    base = _base_config(head_spec, base_dir, f"{where} ({label})", head=(head, reads, own.overrides, notes))
+    points, keys = _points(head_spec, base, f"{where} ({label})")
+    sweep = Sweep(spec=head_spec, name=head_spec.name or head, base=base, points=points, keys=keys, source=source,
+                  head=head, notes=notes)  # fmt: skip
+    if head_spec.search is not None:
+        _check_search(sweep, f"{where} ({label})")
+    try:
+        sweep.variants = _variants(sweep, f"{where} ({label})")
+    except SweepError as e:
+        if own.variants is not None:
+            raise
+        hint = f"(a head runs every variant unless `{label}.variants` lists the ones it runs)"
+        raise SweepError(f"{e}\n  {hint}") from None
     return sweep
 
 
@@ -544,7 +804,9 @@ def _baselines(sweep: Sweep) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _base_config(spec: SweepSpec, base_dir: Path, where: str) -> TrainConfig:
+def _base_config(spec: SweepSpec, base_dir: Path, where: str, head: tuple[Any, ...] | None = None) -> TrainConfig:
+    """The base config: the file or mapping, the sweep's overrides and metric, and for a compared head
+    (``head``: its name, the modalities it reads, its overrides, the notes to add to) the head set up."""
     if isinstance(spec.base, str):
         path = Path(spec.base).expanduser()
         path = path if path.is_absolute() else base_dir / path
@@ -560,6 +822,8 @@ def _base_config(spec: SweepSpec, base_dir: Path, where: str) -> TrainConfig:
             set_path(data, resolve_key(key.strip()), parse_value(value))
         if spec.metric != "auto":
             set_path(data, ("train", "selection_metric"), spec.metric)
+        if head is not None:
+            _set_head(data, *head)
         base = validate_config(data, base_dir=config_dir)
     except ConfigError as e:
         raise SweepError(f"base config of the sweep{where}: " + str(e).replace("\n", "\n  ")) from None
@@ -569,6 +833,30 @@ def _base_config(spec: SweepSpec, base_dir: Path, where: str) -> TrainConfig:
             "train/val splits (and tests the selected one on its test split), so set data.root and data.preset"
         )
     return base
+
+
+def _set_head(data: dict[str, Any], head: str, reads: Mapping[str, bool], overrides: Mapping[str, Any],
+              notes: list[str]) -> None:  # fmt: skip
+    """A compared head in a config mapping: its name, only the hyperparameters it takes, only the encoders it reads,
+    then its own overrides; what was left out is added to ``notes``."""
+    from mmfuse.fusion import head_params
+
+    model = data.setdefault("model", {}) or {}
+    data["model"] = model
+    spec = model.setdefault("head", {}) or {}
+    model["head"] = spec
+    allowed = head_params(head)
+    params = dict(spec.get("params") or {})
+    for key in [k for k in params if k not in allowed]:
+        notes.append(f"head.params.{key} left out ({head} does not take it)")
+        del params[key]
+    spec.update(name=head, params=params)
+    for modality, used in reads.items():
+        if not used and model.get(f"{modality}_encoder") is not None:
+            model[f"{modality}_encoder"] = None  # a head's config names only the encoders it reads
+            notes.append(f"model.{modality}_encoder left out ({head} reads no {modality})")
+    for key, value in overrides.items():
+        set_path(data, _check_key(key, f"heads.{head}.overrides"), copy.deepcopy(value))
 
 
 def _check_key(key: str, where: str) -> tuple[str, ...]:
