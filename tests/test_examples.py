@@ -1,5 +1,5 @@
-"""Every file in ``examples/`` runs through the real CLI on shrunk data: configs through train, evaluate, predict
-and report; sweeps through sweep, ensemble and report.
+"""Every file in ``examples/`` runs on shrunk data: configs through the real CLI's train, evaluate, predict and
+report; sweeps through sweep, ensemble and report; Python scripts as a user runs them.
 
 The files are found by globbing ``examples/``, so a new example runs here without being listed; one of a kind this
 test does not know (a config for a dataset layout it cannot shrink, a file that is no config, sweep or Python

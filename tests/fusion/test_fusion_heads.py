@@ -15,7 +15,7 @@ from PIL import Image
 from safetensors.torch import load_model, save_model
 
 from _tiny import ENCODER_KINDS, TINY_ENCODER_KINDS, make_encoders
-from mmfuse.fusion import FUSION_HEADS, FusionInputs, FusionOutput, build_head, head_params
+from mmfuse.fusion import FUSION_HEADS, FusionInputs, FusionOutput, build_head, classify, head_params
 
 HEADS = FUSION_HEADS.names()
 NUM_CLASSES = 3
@@ -114,6 +114,11 @@ def test_embedding_is_what_the_last_classifier_layer_reads(name: str, hidden: in
         assert out.embedding is not None and out.embedding.shape == (len(texts), hidden or out.fused.shape[1])
         assert torch.equal(out.logits, head.classifier(out.fused))
         assert torch.equal(out.logits, head.classifier[-1](out.embedding))
+
+
+def test_classify_needs_a_classifier_that_ends_with_a_linear_layer() -> None:
+    with pytest.raises(TypeError, match=r"must end with an nn\.Linear layer, it ends with ReLU"):
+        classify(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU()), torch.zeros(1, 2))
 
 
 # (head, modality whose encoder is frozen) for every head that has an encoder of that modality
