@@ -1,8 +1,11 @@
-"""Every file in ``examples/`` runs through the real CLI on shrunk data: configs through train, evaluate, predict
-and report; sweeps through sweep, ensemble and report.
+"""Every file in ``examples/`` runs on shrunk data: configs through the real CLI's train, evaluate, predict and
+report; sweeps through sweep, ensemble and report; Python scripts as a user runs them.
 
 The files are found by globbing ``examples/``, so a new example runs here without being listed; one of a kind this
-test does not know (a Python script, a config for a dataset layout it cannot shrink) fails it until it is taught.
+test does not know (a config for a dataset layout it cannot shrink, a file that is no config, sweep or Python
+script) fails it until it is taught. A Python script (``examples/python/*.py``, notebook-style) runs as a user runs
+it, in a fresh interpreter in an empty folder, on :data:`SCRIPT_ROWS` rows of each split of the real data it reads
+(``MMFUSE_EXAMPLE_ROWS``) with the same tiny encoders and one epoch (``MMFUSE_EXAMPLE_SET``).
 Only what a laptop run cannot afford is changed, on the command line as a user would: the data (a few examples per
 class and split of the same layout: real MVSA-Single and MultiOFF rows from ``../shared/datasets``, synthetic
 memes for Hateful Memes), the encoders (tiny random ones from ``tests/_tiny.py``), the epochs of the base config,
@@ -31,6 +34,7 @@ pytestmark = pytest.mark.slow
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 FILES = sorted(p for p in EXAMPLES.rglob("*") if p.is_file())
 PER_CLASS = 4  # examples per class in each split of a shrunk real dataset
+SCRIPT_ROWS = 200  # rows of each split a Python example reads (it samples them, seeded)
 
 
 def _id(path: Path) -> str:
@@ -38,9 +42,11 @@ def _id(path: Path) -> str:
 
 
 def _kind(path: Path) -> str:
-    """``config`` or ``sweep``; fails for a file this test cannot run yet."""
+    """``config``, ``sweep`` or ``script``; fails for a file this test cannot run yet."""
+    if path.suffix == ".py":
+        return "script"
     if path.suffix not in (".yaml", ".yml"):
-        pytest.fail(f"examples/{_id(path)}: this test runs YAML configs and sweeps only; teach it to run this file")
+        pytest.fail(f"examples/{_id(path)}: this test runs YAML configs, sweeps and Python scripts; teach it this file")
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
     if isinstance(data, dict) and "base" in data:
         return "sweep"
@@ -133,6 +139,9 @@ def _root_for(path: Path, data_roots: dict[str, Path]) -> Path:
 @pytest.mark.parametrize("path", FILES, ids=_id)
 def test_example_runs(path: Path, data_roots: dict[str, Path], tmp_path: Path, one_torch_thread: None) -> None:
     kind = _kind(path)
+    if kind == "script":
+        _run_script(path, tmp_path)
+        return
     root = _root_for(path, data_roots)
     overrides = _overrides(root)
     if kind == "config":
@@ -167,3 +176,18 @@ def _run_sweep(path: Path, overrides: list[str], tmp_path: Path) -> None:
     assert (folder / "report" / "report.html").is_file()
     _invoke("report", folder / "ensemble")
     assert (folder / "ensemble" / "report" / "report.html").is_file()
+
+
+def _run_script(path: Path, tmp_path: Path) -> None:
+    """The script in a fresh interpreter (as ``python examples/python/x.py``) in an empty folder: it exits 0, and
+    every check it makes (its asserts) holds."""
+    import os
+    import subprocess
+    import sys
+
+    sets = " ".join(a for a in _overrides(Path(".")) if not a.startswith("data.root="))
+    env = {**os.environ, "MMFUSE_EXAMPLE_ROWS": str(SCRIPT_ROWS), "MMFUSE_EXAMPLE_SET": f"{sets} run.quiet=true",
+           "OMP_NUM_THREADS": "1"}  # fmt: skip
+    done = subprocess.run([sys.executable, str(path)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=900, check=False)  # fmt: skip
+    assert done.returncode == 0, f"python examples/{_id(path)}\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"

@@ -15,7 +15,7 @@ from PIL import Image
 from safetensors.torch import load_model, save_model
 
 from _tiny import ENCODER_KINDS, TINY_ENCODER_KINDS, make_encoders
-from mmfuse.fusion import FUSION_HEADS, FusionInputs, FusionOutput, build_head, head_params
+from mmfuse.fusion import FUSION_HEADS, FusionInputs, FusionOutput, build_head, classify, head_params
 
 HEADS = FUSION_HEADS.names()
 NUM_CLASSES = 3
@@ -102,6 +102,25 @@ def test_forward_shapes(name: str, kind: str) -> None:
         assert out.attention is not None and out.image_reliance is not None
 
 
+@pytest.mark.parametrize("hidden", [0, 8])
+@pytest.mark.parametrize("name", HEADS)
+def test_embedding_is_what_the_last_classifier_layer_reads(name: str, hidden: int) -> None:
+    """The embedding is the last linear layer's input, and splitting the classifier there leaves the logits the very
+    same numbers as the whole classifier on ``fused`` (the same modules in the same order: compared exactly)."""
+    head = make_head(name, TINY_ENCODER_KINDS[0], hidden=hidden).eval()
+    texts = texts_for(TINY_ENCODER_KINDS[0])
+    with torch.no_grad():
+        out = head(raw_inputs(head, texts, images(len(texts))))
+        assert out.embedding is not None and out.embedding.shape == (len(texts), hidden or out.fused.shape[1])
+        assert torch.equal(out.logits, head.classifier(out.fused))
+        assert torch.equal(out.logits, head.classifier[-1](out.embedding))
+
+
+def test_classify_needs_a_classifier_that_ends_with_a_linear_layer() -> None:
+    with pytest.raises(TypeError, match=r"must end with an nn\.Linear layer, it ends with ReLU"):
+        classify(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU()), torch.zeros(1, 2))
+
+
 # (head, modality whose encoder is frozen) for every head that has an encoder of that modality
 FROZEN_CASES = [
     (name, modality)
@@ -157,6 +176,7 @@ def test_prediction_does_not_depend_on_batch_mates(name: str, kind: str) -> None
             alone = head(alone_inputs)
             torch.testing.assert_close(alone.logits[0], batch.logits[i], atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(alone.fused[0], batch.fused[i], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(alone.embedding[0], batch.embedding[i], atol=1e-5, rtol=1e-5)
             if batch.image_reliance is not None:
                 torch.testing.assert_close(alone.image_reliance[0], batch.image_reliance[i], atol=1e-5, rtol=1e-5)
             if batch.attention is not None:

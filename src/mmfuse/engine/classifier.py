@@ -7,7 +7,10 @@
     clf.fit()                                # splits from the config's data; or clf.fit(train_examples, val_examples)
     clf.predict(examples)                    # class names
     clf.predict_proba(examples)              # (N, C) probabilities, class order = clf.classes
+    clf.predict_proba(df, as_pandas=True)    # a DataFrame indexed like df, one column per class
     clf.evaluate(test_examples)              # metrics beside the majority-class and random baselines
+    clf.evaluate(test_df, metrics=["accuracy", "f1_macro", "roc_auc"])   # any scikit-learn scorer names
+    clf.extract_embedding(df, kind="fused")  # (N, D) numpy: the fused vector the head classifies ("text", "image")
     clf.save("model/")
     clf = MultimodalClassifier.load("runs/concat-20250101-120000")   # a run folder or a checkpoint folder
 
@@ -23,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
@@ -31,7 +35,7 @@ from mmfuse.config import TrainConfig, config_from, load_config
 from mmfuse.data.inputs import ExamplesLike, inputs_of, predictions_frame
 from mmfuse.data.labels import LabelMap
 from mmfuse.data.loading import Split, load_splits
-from mmfuse.engine.metrics import evaluation, evaluation_scalars
+from mmfuse.engine.metrics import check_scorer_names, evaluation, evaluation_scalars, scorer_metrics
 from mmfuse.engine.run_dir import RunDir
 from mmfuse.engine.trainer import EpochCallback, Trainer
 from mmfuse.features import FeatureSource
@@ -157,25 +161,72 @@ class MultimodalClassifier:
 
     # --------------------------------------------------------------------------------------------- inference
 
-    def predict_proba(self, examples: ExamplesLike, *, max_missing_images: float | None = None) -> np.ndarray:
+    def predict_proba(
+        self, examples: ExamplesLike, *, as_pandas: bool = False, max_missing_images: float | None = None
+    ) -> np.ndarray | pd.DataFrame:
         """``(N, C)`` class probabilities (columns in :attr:`classes` order).
+
+        With ``as_pandas``, a DataFrame with one column per class (named by the class) indexed like the input: a
+        DataFrame's own index, else the example ids (index ``id``).
 
         Examples whose image is missing or unreadable are predicted from a blank image, counted and named in a
         :class:`~mmfuse.data.missing_images.MissingImagesWarning` (and the log); more than ``max_missing_images``
         of them (a share; default ``data.max_missing_images``, else 0.5) raise
         :class:`~mmfuse.data.missing_images.TooManyMissingImagesError`. The same holds for every method below.
         """
-        return self.predictor().predict_proba(examples, max_missing_images=max_missing_images)
+        if not as_pandas:
+            return self.predictor().predict_proba(examples, max_missing_images=max_missing_images)
+        out, _ = self.predictor().run_examples(examples, max_missing_images=max_missing_images)
+        return pd.DataFrame(out.proba, index=self._index(examples, out.ids), columns=pd.Index(self.classes))
 
     def predict(
-        self, examples: ExamplesLike, *, threshold: float | None = None, max_missing_images: float | None = None
-    ) -> list[str]:
+        self,
+        examples: ExamplesLike,
+        *,
+        threshold: float | None = None,
+        as_pandas: bool = False,
+        max_missing_images: float | None = None,
+    ) -> list[str] | pd.Series:
         """Predicted class names; binary tasks use ``threshold`` on P(class 1) when given (e.g. the tuned
-        :attr:`threshold`), else the most probable class."""
+        :attr:`threshold`), else the most probable class. With ``as_pandas``, a Series named ``label`` indexed as
+        :meth:`predict_proba`'s DataFrame."""
         predictor = self.predictor()
-        return predictor.label_names(
-            predictor.predict_proba(examples, max_missing_images=max_missing_images), threshold
-        )
+        out, _ = predictor.run_examples(examples, max_missing_images=max_missing_images)
+        labels = predictor.label_names(out.proba, threshold)
+        if not as_pandas:
+            return labels
+        return pd.Series(labels, index=self._index(examples, out.ids), name="label", dtype=object)
+
+    def extract_embedding(
+        self, examples: ExamplesLike, kind: str = "fused", *, max_missing_images: float | None = None
+    ) -> np.ndarray:
+        """``(N, D)`` float32 embeddings of the examples, in their order.
+
+        Args:
+            examples: as for :meth:`predict`.
+            kind: ``fused``: the joint vector the head classifies from (what its last linear layer reads: the
+                classifier's hidden layer, or the head's fused vector when ``hidden`` is 0); ``text`` / ``image``:
+                the pooled output of that encoder (for a frozen encoder, the features the model reads, from the
+                feature cache when it is on). A missing image embeds as the head sees it: zeros for ``image``.
+            max_missing_images: as for :meth:`predict_proba`.
+
+        Raises:
+            ValueError: an unknown ``kind``, or a modality the model does not read (``image`` for ``text_only``).
+        """
+        return self.predictor().embed_examples(examples, kind, max_missing_images=max_missing_images)[0]
+
+    @staticmethod
+    def _index(examples: ExamplesLike, ids: list[str]) -> pd.Index:
+        """The index of pandas outputs: a DataFrame input's own index, else the example ids."""
+        if not isinstance(examples, pd.DataFrame):
+            return pd.Index(ids, name="id")
+        if len(ids) != len(examples):
+            raise ValueError(
+                f"{len(examples) - len(ids)} of {len(examples)} DataFrame rows were left out when reading them (the "
+                "warnings above name them), so the outputs cannot carry the DataFrame's index; fix or drop those rows, "
+                "or pass as_pandas=False"
+            )
+        return examples.index
 
     def predict_details(
         self, examples: ExamplesLike, *, threshold: float | None = None, max_missing_images: float | None = None
@@ -196,9 +247,20 @@ class MultimodalClassifier:
         return predictions_frame(out.ids, out.proba, self.classes, labels, out.image_present)
 
     def evaluate(
-        self, examples: ExamplesLike, *, name: str | None = None, max_missing_images: float | None = None
+        self,
+        examples: ExamplesLike,
+        metrics: Sequence[str] | None = None,
+        *,
+        name: str | None = None,
+        max_missing_images: float | None = None,
     ) -> dict[str, Any]:
-        """Metrics on labeled examples beside the majority-class and random baselines.
+        """Metrics on labeled examples beside the majority-class and random baselines, or the ``metrics`` asked for.
+
+        ``metrics``: scikit-learn scorer names (:func:`sklearn.metrics.get_scorer_names`: ``accuracy``, ``f1_macro``,
+        ``roc_auc``, ``roc_auc_ovr``, ``neg_log_loss``, ``average_precision``, ...); then the result is
+        ``{name: value}`` in that order, as the scorer computes it from this model's predictions: label metrics on
+        the most probable class, probability metrics on the probabilities (class 1 the positive class of a binary
+        task; ``neg_*`` are negated losses). An unknown name raises before the model runs.
 
         Any example predicted from a blank image (its image missing or unreadable) is an error unless
         ``max_missing_images`` (a share; default ``data.max_missing_images``, else 0) allows it.
@@ -210,9 +272,13 @@ class MultimodalClassifier:
             that read images ``missing_images`` (examples predicted from a blank image, examples dropped at load).
 
         Raises:
-            ValueError: an example without a label.
+            ValueError: an example without a label, or a metric that does not apply (``roc_auc`` with more than two
+                classes: use ``roc_auc_ovr``).
+            UnknownMetricError: a metric name that is not a scorer (the message lists the known ones).
             TooManyMissingImagesError: more examples without a usable image than allowed.
         """
+        if metrics is not None:
+            metrics = check_scorer_names(metrics)
         label_map = self._label_map()
         inputs = inputs_of(examples, self.config.data, labeled=True)
         items = inputs.examples
@@ -222,6 +288,8 @@ class MultimodalClassifier:
         out, missing = self.predictor().run_examples(
             inputs, labeled=True, task="evaluate", max_missing_images=max_missing_images
         )
+        if metrics is not None:
+            return scorer_metrics(out.labels, out.proba, metrics)
         split = name or (examples.name if isinstance(examples, Split) else str(examples)[:60])
         result = evaluation(out.labels, out.proba, label_map.classes, split=split, threshold=self.threshold,
                             train_class_counts=self.train_class_counts, seed=self.config.train.seed)  # fmt: skip

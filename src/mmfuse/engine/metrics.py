@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.dummy import DummyClassifier
 from sklearn.metrics import (
     accuracy_score,
@@ -24,6 +25,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from mmfuse._registry import did_you_mean
 from mmfuse.model.prediction import predict_labels
 
 HIGHER_IS_BETTER = {"accuracy": True, "macro_f1": True, "weighted_f1": True, "auroc": True, "loss": False}
@@ -188,6 +190,79 @@ def evaluation(
     if len(train_y):
         result["baselines"] = baseline_metrics(train_y, y, classes, seed=seed)
     return result
+
+
+class UnknownMetricError(ValueError):
+    """A metric name that is not a scikit-learn scorer; the message lists the known names."""
+
+
+def check_scorer_names(names: Sequence[str]) -> list[str]:
+    """The scikit-learn scorer names in ``names`` (:func:`sklearn.metrics.get_scorer_names`), in order, once each.
+
+    Raises:
+        UnknownMetricError: a name that is not one of them (naming it, the closest names and all known ones).
+        TypeError: ``names`` is a single string rather than a list of names.
+    """
+    from sklearn.metrics import get_scorer_names
+
+    if isinstance(names, str):
+        raise TypeError(f"metrics must be a list of scorer names, got the string {names!r}; pass [{names!r}]")
+    known = get_scorer_names()
+    for name in names:
+        if name not in known:
+            raise UnknownMetricError(
+                f"unknown metric {name!r}{did_you_mean(name, known)}; metrics are scikit-learn scorer names: "
+                f"{', '.join(known)}"
+            )
+    return list(dict.fromkeys(names))
+
+
+class _Precomputed(ClassifierMixin, BaseEstimator):
+    """A fitted classifier whose answers are already known: ``X`` is a column of row numbers into ``proba``. It lets
+    scikit-learn's own scorers (:func:`sklearn.metrics.get_scorer`) pick the response each metric needs (labels,
+    or the probability of the positive class, or all probabilities) exactly as for a real estimator."""
+
+    def __init__(self, proba: np.ndarray, pred: np.ndarray) -> None:
+        self.proba, self.pred = proba, pred
+        self.classes_ = np.arange(proba.shape[1])
+
+    def fit(self, x: Any, y: Any = None) -> _Precomputed:
+        return self
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.pred[np.asarray(x, dtype=np.int64).ravel()]
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        return self.proba[np.asarray(x, dtype=np.int64).ravel()]
+
+
+def scorer_metrics(y: np.ndarray, proba: np.ndarray, names: Sequence[str]) -> dict[str, float]:
+    """Scikit-learn scorers by name on labels ``y`` and probabilities ``proba``: label metrics (``accuracy``,
+    ``f1_macro``, ...) on the most probable class (as ``classification_metrics``' without a threshold), probability
+    metrics (``roc_auc``, ``roc_auc_ovr``, ``neg_log_loss``, ``average_precision``, ...) on the probabilities, class 1
+    being the positive class of a binary task. Values are the scorers' (``neg_*`` are negated losses).
+
+    Raises:
+        UnknownMetricError: a name that is not a scorer.
+        ValueError: a scorer that does not apply to these labels (e.g. ``roc_auc`` or ``f1`` for more than two
+            classes), naming it and saying what scikit-learn said.
+    """
+    from sklearn.metrics import get_scorer
+
+    y = np.asarray(y, dtype=np.int64)
+    proba = np.asarray(proba, dtype=np.float64)
+    estimator = _Precomputed(proba, predict_labels(proba, None))
+    rows = np.arange(len(y))[:, None]
+    out = {}
+    for name in check_scorer_names(names):
+        try:
+            out[name] = float(get_scorer(name)(estimator, rows, y))
+        except ValueError as err:
+            hint = ""
+            if proba.shape[1] > 2 and name in ("roc_auc", "average_precision", "f1", "precision", "recall", "jaccard"):
+                hint = f"; with {proba.shape[1]} classes use e.g. roc_auc_ovr, f1_macro, precision_macro"
+            raise ValueError(f"metric {name!r} does not apply here: {err}{hint}") from err
+    return out
 
 
 def headline(metrics: dict[str, Any]) -> dict[str, Any]:

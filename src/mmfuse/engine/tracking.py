@@ -8,8 +8,9 @@ What is logged (by the :class:`~mmfuse.engine.trainer.Trainer`, on the main proc
   log, over every process) and ``train/lr`` (``train/lr_encoder`` too when encoders train), at that step;
 - after each epoch: ``val/<metric>`` for every scalar validation metric, ``train/epoch_loss`` and ``epoch``;
 - when ``fit`` evaluates a labeled test split: ``test/<metric>`` at the last step;
-- MLflow only: ``summary.json`` and ``config.yaml`` of the run folder as artifacts (``fit`` writes no HTML report;
-  ``mmfuse report`` makes one from the run folder afterwards).
+- MLflow only: ``summary.json`` and ``config.yaml`` of the run folder as artifacts; ``fit`` writes no HTML report,
+  ``mmfuse report`` makes one from the run folder afterwards and adds it to the run's MLflow run (under ``report/``,
+  :func:`log_to_training_run`).
 
 Where: TensorBoard event files in ``<run folder>/tensorboard`` (``tensorboard --logdir runs``). MLflow: the
 tracking server or store of ``$MLFLOW_TRACKING_URI``, else a SQLite store ``<run.out_dir>/mlflow.db`` with
@@ -38,6 +39,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from mmfuse.config import TrainConfig
 
@@ -212,7 +214,10 @@ class MLflowTracker:
             run = self.client.create_run(self._experiment_id(), run_name=run_name, tags=tags)
             self.run_id = run.info.run_id
             if self.run_file is not None:
-                self.run_file.write_text(json.dumps({"run_id": self.run_id}) + "\n", encoding="utf-8")
+                record = {"run_id": self.run_id}
+                if urlsplit(self.tracking_uri).password is None:  # never a password in the run folder
+                    record["tracking_uri"] = self.tracking_uri
+                self.run_file.write_text(json.dumps(record) + "\n", encoding="utf-8")
         long = [k for k, v in items if len(v) > MAX_PARAM_VAL_LENGTH]
         if long:
             logger.warning(
@@ -358,6 +363,50 @@ class Tracking:
         for tracker in self.trackers:
             if isinstance(tracker, TensorBoardTracker):
                 tracker.finish()  # flush and close the event file reopened for them
+
+
+def log_to_training_run(
+    run_path: Path, config: TrainConfig, files: Sequence[Path], *, artifact_path: str = "report"
+) -> str | None:
+    """Adds ``files`` (a run's HTML report, made after training) to the MLflow run the run folder logged to while
+    training (its ``mlflow_run.json``: the run id and, unless it held a password, the tracking URI; else the store
+    ``config`` and ``$MLFLOW_TRACKING_URI`` name). The run keeps its status.
+
+    Returns:
+        ``None`` when the run logged to no MLflow run; else a line saying where the files went, or why they could
+        not go there (mlflow not installed, the run not in the store): the caller shows it.
+    """
+    run_file = Path(run_path) / MLFLOW_RUN_FILE
+    if not run_file.is_file():
+        return None
+    names = ", ".join(Path(f).name for f in files)
+    if importlib.util.find_spec("mlflow") is None:
+        return f"{names} not added to the run's MLflow run: mlflow is not installed ({INSTALL_HINT})"
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    record = json.loads(run_file.read_text(encoding="utf-8"))
+    run_id = record["run_id"]
+    uri = record.get("tracking_uri") or mlflow_target(config.run.out_dir, config.run.experiment)[0]
+    client = MlflowClient(tracking_uri=uri)
+    shown = _without_password(uri)
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        return (
+            f"{names} not added to MLflow run {run_id}: it is not in {shown} (set MLFLOW_TRACKING_URI to the store "
+            "the run logged to)"
+        )
+    for file in files:
+        client.log_artifact(run_id, str(file), artifact_path)
+    return f"added {names} to MLflow run {run_id} in {shown} ({artifact_path}/)"
+
+
+def _without_password(uri: str) -> str:
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
 
 
 @contextlib.contextmanager

@@ -3,7 +3,7 @@
 Each head module registers itself in :data:`FUSION_HEADS` when imported; they are imported here explicitly.
 """
 
-from mmfuse.fusion.base import FusionInputs, FusionOutput, ImageUse, TextUse, encode_image, encode_text
+from mmfuse.fusion.base import FusionInputs, FusionOutput, ImageUse, TextUse, classify, encode_image, encode_text
 from mmfuse.fusion.registry import FUSION_HEADS, build_head, head_params
 
 # Imported for their registration side effect (FUSION_HEADS.names() lists them sorted).
@@ -29,6 +29,7 @@ __all__ = [
     "TextOnlyHead",
     "TextUse",
     "build_head",
+    "classify",
     "encode_image",
     "encode_text",
     "head_params",

@@ -21,6 +21,7 @@ from dataclasses import dataclass, fields
 from typing import Literal
 
 import torch
+from torch import nn
 
 from mmfuse.encoders.base import EncoderOutput, ImageEncoder, TextEncoder
 
@@ -84,16 +85,36 @@ class FusionOutput:
             regions/patches, rows summing to 1 over valid regions; ``None`` for heads without it.
         image_reliance: ``(B,)`` in ``[0, 1]``, how much the image contributed to ``fused``; ``None`` for heads
             without it.
+        embedding: ``(B, E)`` what the classifier's last linear layer reads (:func:`classify`): ``fused`` after the
+            classifier's hidden layer, or ``fused`` itself for a single-layer classifier (dropout is the identity in
+            eval mode); the fused embedding of ``MultimodalClassifier.extract_embedding``. ``None`` for a head that
+            does not split its classifier.
     """
 
     logits: torch.Tensor
     fused: torch.Tensor
     attention: torch.Tensor | None = None
     image_reliance: torch.Tensor | None = None
+    embedding: torch.Tensor | None = None
 
     def as_dict(self) -> dict[str, torch.Tensor]:
         """Non-None fields by name (what the ONNX export and the server emit)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+
+def classify(classifier: nn.Sequential, fused: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits, embedding)``: ``classifier`` applied to ``fused`` ``(B, H)``, with the input of its last layer (a
+    linear layer) kept as the embedding ``(B, E)``.
+
+    The same modules run in the same order as ``classifier(fused)``, so the logits are the very same numbers.
+    """
+    *body, last = classifier
+    if not isinstance(last, nn.Linear):
+        raise TypeError(f"the classifier must end with an nn.Linear layer, it ends with {type(last).__name__}")
+    embedding = fused
+    for layer in body:
+        embedding = layer(embedding)
+    return last(embedding), embedding
 
 
 def encode_text(encoder: TextEncoder, inputs: FusionInputs) -> EncoderOutput:

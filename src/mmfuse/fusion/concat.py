@@ -9,7 +9,7 @@ from torch import nn
 
 from mmfuse.encoders.base import ImageEncoder, TextEncoder
 from mmfuse.fusion._layers import check_classes, check_dropout, check_hidden, mlp_classifier, require_encoder
-from mmfuse.fusion.base import FusionInputs, FusionOutput, ImageUse, TextUse, encode_image, encode_text
+from mmfuse.fusion.base import FusionInputs, FusionOutput, ImageUse, TextUse, classify, encode_image, encode_text
 from mmfuse.fusion.registry import FUSION_HEADS
 
 
@@ -61,4 +61,5 @@ class ConcatHead(nn.Module):
         text = self.text_norm(encode_text(self.text_encoder, inputs).pooled)  # (B, D_text)
         image = self.image_norm(encode_image(self.image_encoder, inputs).pooled)  # (B, D_image)
         fused = torch.cat([image, text], dim=-1)
-        return FusionOutput(logits=self.classifier(fused), fused=fused)
+        logits, embedding = classify(self.classifier, fused)
+        return FusionOutput(logits=logits, fused=fused, embedding=embedding)

@@ -21,7 +21,7 @@ from mmfuse.fusion._layers import (
     mlp_classifier,
     require_encoder,
 )
-from mmfuse.fusion.base import FusionInputs, FusionOutput, ImageUse, TextUse, encode_image, encode_text
+from mmfuse.fusion.base import FusionInputs, FusionOutput, ImageUse, TextUse, classify, encode_image, encode_text
 from mmfuse.fusion.registry import FUSION_HEADS
 
 
@@ -70,4 +70,5 @@ class CrossHead(nn.Module):
         # Entries of unit vectors are ~1/sqrt(P), so their products ~1/P: scale by P to keep features O(1).
         interaction = image[:, :, None] * text[:, None, :] * self.proj_dim  # (B, P, P)
         fused = interaction.flatten(1)
-        return FusionOutput(logits=self.classifier(fused), fused=fused)
+        logits, embedding = classify(self.classifier, fused)
+        return FusionOutput(logits=logits, fused=fused, embedding=embedding)

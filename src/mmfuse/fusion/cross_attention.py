@@ -32,7 +32,7 @@ from mmfuse.fusion._layers import (
     require_encoder,
     sequence_dim,
 )
-from mmfuse.fusion.base import FusionInputs, FusionOutput, ImageUse, TextUse, encode_image, encode_text
+from mmfuse.fusion.base import FusionInputs, FusionOutput, ImageUse, TextUse, classify, encode_image, encode_text
 from mmfuse.fusion.registry import FUSION_HEADS
 
 
@@ -127,6 +127,7 @@ class CrossAttentionHead(nn.Module):
         fused = z * torch.tanh(self.image_in(attended)) + (1 - z) * torch.tanh(self.text_in(text_vec))
 
         attention = probs.mean(dim=1) * text_mask[:, :, None].to(probs.dtype)  # (B, T, N), padding rows 0
+        logits, embedding = classify(self.classifier, fused)
         return FusionOutput(
-            logits=self.classifier(fused), fused=fused, attention=attention, image_reliance=z.mean(dim=-1)
+            logits=logits, fused=fused, attention=attention, image_reliance=z.mean(dim=-1), embedding=embedding
         )

@@ -35,7 +35,7 @@ from mmfuse.fusion._layers import (
     require_encoder,
     sequence_dim,
 )
-from mmfuse.fusion.base import FusionInputs, FusionOutput, ImageUse, TextUse, encode_image
+from mmfuse.fusion.base import FusionInputs, FusionOutput, ImageUse, TextUse, classify, encode_image
 from mmfuse.fusion.registry import FUSION_HEADS
 
 
@@ -139,4 +139,5 @@ class EarlyFusionHead(nn.Module):
         joint_mask = torch.cat([text_mask, region_mask], dim=1)
         states = self.text_encoder.encode_embeddings(joint, joint_mask)  # (B, T + K, H)
         fused = states[:, 0]  # [CLS]
-        return FusionOutput(logits=self.classifier(fused), fused=fused)
+        logits, embedding = classify(self.classifier, fused)
+        return FusionOutput(logits=logits, fused=fused, embedding=embedding)

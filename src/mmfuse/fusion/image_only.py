@@ -18,7 +18,7 @@ from mmfuse.fusion._layers import (
     refuse_encoder,
     require_encoder,
 )
-from mmfuse.fusion.base import FusionInputs, FusionOutput, ImageUse, TextUse, encode_image
+from mmfuse.fusion.base import FusionInputs, FusionOutput, ImageUse, TextUse, classify, encode_image
 from mmfuse.fusion.registry import FUSION_HEADS
 
 
@@ -61,4 +61,5 @@ class ImageOnlyHead(nn.Module):
     def forward(self, inputs: FusionInputs) -> FusionOutput:
         """Returns ``logits`` ``(B, C)`` and ``fused`` ``(B, D_image)``, the (normalised) pooled image."""
         fused = self.norm(encode_image(self.image_encoder, inputs).pooled)
-        return FusionOutput(logits=self.classifier(fused), fused=fused)
+        logits, embedding = classify(self.classifier, fused)
+        return FusionOutput(logits=logits, fused=fused, embedding=embedding)

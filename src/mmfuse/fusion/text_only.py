@@ -18,7 +18,7 @@ from mmfuse.fusion._layers import (
     refuse_encoder,
     require_encoder,
 )
-from mmfuse.fusion.base import FusionInputs, FusionOutput, ImageUse, TextUse, encode_text
+from mmfuse.fusion.base import FusionInputs, FusionOutput, ImageUse, TextUse, classify, encode_text
 from mmfuse.fusion.registry import FUSION_HEADS
 
 
@@ -61,4 +61,5 @@ class TextOnlyHead(nn.Module):
     def forward(self, inputs: FusionInputs) -> FusionOutput:
         """Returns ``logits`` ``(B, C)`` and ``fused`` ``(B, D_text)``, the (normalised) pooled text."""
         fused = self.norm(encode_text(self.text_encoder, inputs).pooled)
-        return FusionOutput(logits=self.classifier(fused), fused=fused)
+        logits, embedding = classify(self.classifier, fused)
+        return FusionOutput(logits=logits, fused=fused, embedding=embedding)

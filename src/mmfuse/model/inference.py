@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mmfuse.features import InputMaker
+from mmfuse.fusion.base import encode_image, encode_text
 from mmfuse.model.build import set_train_mode
 from mmfuse.model.prediction import probabilities
 
@@ -94,6 +95,51 @@ def run_model(
         image_reliance=torch.cat(reliance).numpy() if reliance else None,
         image_present=torch.cat(present).numpy() if present else None,
     )
+
+
+EMBEDDINGS = ("fused", "text", "image")
+"""What :func:`run_embeddings` extracts: the ``fused`` embedding the head's last classifier layer reads, or the
+pooled output of the ``text`` / ``image`` encoder."""
+
+
+@torch.inference_mode()
+def run_embeddings(
+    model: nn.Module, loader: DataLoader, make_inputs: InputMaker, *, kind: str, device: torch.device | str,
+    bar: Any = None,
+) -> tuple[np.ndarray, list[str], np.ndarray]:  # fmt: skip
+    """Runs ``model`` in eval mode over ``loader`` (single process) and returns ``(embeddings (N, D), ids,
+    image_present (N,))`` in dataset order.
+
+    ``kind``: ``fused`` runs the head (its :attr:`~mmfuse.fusion.FusionOutput.embedding`); ``text`` / ``image`` run
+    only that encoder, or read its precomputed features when the batches carry them (a frozen encoder), pooled. An
+    image missing or unreadable gives zeros, as the head sees it (:func:`~mmfuse.fusion.encode_image`).
+    """
+    if kind not in EMBEDDINGS:
+        raise ValueError(f"unknown embedding kind {kind!r}; use one of {', '.join(EMBEDDINGS)}")
+    set_train_mode(model, False)
+    rows, ids, present = [], [], []
+    for batch in loader:
+        inputs = make_inputs(batch, device)
+        if kind == "fused":
+            out = model(inputs).embedding
+            if out is None:
+                raise ValueError(
+                    f"the {type(model).__name__} head returns no embedding (FusionOutput.embedding); compute its "
+                    "logits with mmfuse.fusion.classify to have one"
+                )
+        elif kind == "text":
+            out = encode_text(model.text_encoder, inputs).pooled
+        else:
+            out = encode_image(model.image_encoder, inputs).pooled
+        rows.append(out.float().cpu())
+        ids.extend(batch["ids"])
+        n = len(batch["ids"])
+        shown = inputs.image_present
+        present.append(torch.ones(n, dtype=torch.bool) if shown is None else shown.bool().cpu().reshape(n))
+        if bar is not None:
+            bar.update(n)
+    embeddings = torch.cat(rows).numpy() if rows else np.zeros((0, 0), dtype=np.float32)
+    return embeddings, ids, torch.cat(present).numpy() if present else np.zeros(0, dtype=bool)
 
 
 def _attention_rows(attention: torch.Tensor | None, inputs: Any) -> list[np.ndarray]:

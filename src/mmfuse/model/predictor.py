@@ -19,7 +19,8 @@ on the region grid.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -327,7 +328,7 @@ class TorchPredictor(Predictor):
         out = self.model(
             FusionInputs(text_inputs=text or None, pixel_values=None if pixels is None else pixels.to(self.device))
         )
-        return {k: v.float().cpu().numpy() for k, v in out.as_dict().items() if k != "fused"}
+        return {k: v.float().cpu().numpy() for k, v in out.as_dict().items() if k not in ("fused", "embedding")}
 
     # ------------------------------------------------------------------------------------------- datasets
 
@@ -362,24 +363,91 @@ class TorchPredictor(Predictor):
             ValueError: no examples.
             TooManyMissingImagesError: more examples without a usable image than allowed.
         """
+        from mmfuse.data.missing_images import check_images, missing_images
+        from mmfuse.features import plan_features
+        from mmfuse.model.inference import run_model
+
+        plan = plan_features(self.model, precompute=self.config.cache.enabled)
+        inputs, limit, where = self._inputs(examples, labeled=labeled, task=task, max_missing_images=max_missing_images)
+        items = inputs.examples
+        with self._batches(items, plan, labeled=labeled, task=task) as (loader, maker, bar):
+            out = run_model(self.model, loader, maker, device=self.device, details=details, bar=bar)
+        if not self.reads_image:
+            return out, None
+        missing = missing_images(items, out.image_present, **where)
+        check_images(missing, task=task, limit=limit, data=self.config.data, warn=warn)
+        return out, missing
+
+    def embed_examples(
+        self, examples: ExamplesLike | Inputs, kind: str = "fused", *, max_missing_images: float | None = None
+    ) -> tuple[np.ndarray, list[str], MissingImages | None]:
+        """``(embeddings (N, D), ids, missing images)`` of ``examples``: the ``fused`` embedding the head's last
+        classifier layer reads, or the pooled output of the ``text`` / ``image`` encoder (read from the precomputed
+        features of a frozen encoder, as the model reads them; only that modality is read). Missing images as in
+        :meth:`run_examples` (for ``fused`` and ``image``; they embed as zeros, as the head sees them).
+
+        Raises:
+            ValueError: an unknown ``kind``, or a modality the model does not read.
+        """
+        import dataclasses
+
+        from mmfuse.data.missing_images import check_images, missing_images
+        from mmfuse.features import plan_features
+        from mmfuse.model.inference import EMBEDDINGS, run_embeddings
+
+        if kind not in EMBEDDINGS:
+            raise ValueError(f"unknown embedding kind {kind!r}; use one of {', '.join(map(repr, EMBEDDINGS))}")
+        plan = plan_features(self.model, precompute=self.config.cache.enabled)
+        if kind != "fused":
+            if getattr(self.model, f"{kind}_encoder", None) is None or not plan.reads(kind):
+                reads = [m for m in ("text", "image") if plan.reads(m)]
+                raise ValueError(
+                    f"the {self.head!r} model reads no {kind}, so it has no {kind} embedding; use kind='fused'"
+                    + "".join(f" or kind={m!r}" for m in reads)
+                )
+            plan = dataclasses.replace(plan, **{"image" if kind == "text" else "text": None})  # read only `kind`
+        task = "predict"
+        inputs, limit, where = self._inputs(examples, labeled=False, task=task, max_missing_images=max_missing_images,
+                                            images=plan.reads("image"))  # fmt: skip
+        items = inputs.examples
+        with self._batches(items, plan, labeled=False, task=f"embed {kind}") as (loader, maker, bar):
+            embeddings, ids, present = run_embeddings(self.model, loader, maker, kind=kind, device=self.device, bar=bar)
+        if not plan.reads("image"):
+            return embeddings, ids, None
+        missing = missing_images(items, present, **where)
+        check_images(missing, task=task, limit=limit, data=self.config.data, warn=True)
+        return embeddings, ids, missing
+
+    def _inputs(
+        self, examples: ExamplesLike | Inputs, *, labeled: bool, task: str, max_missing_images: float | None,
+        images: bool | None = None,
+    ) -> tuple[Inputs, float, dict[str, Any]]:  # fmt: skip
+        """The examples to run, the allowed share of missing images, and where their images were looked for;
+        fails before the model runs when the image paths already show too many missing (``images``: whether they
+        are read; default: whether the model reads images)."""
         # the dataset path's helpers; a server's request path needs none of them
         from mmfuse.data.inputs import inputs_of
-        from mmfuse.data.labels import LabelMap
         from mmfuse.data.missing_images import allowed_share, check_images, missing_images
-        from mmfuse.features import InputMaker, compute_tables, make_loader, plan_features
-        from mmfuse.model.inference import run_model
-        from mmfuse.progress import Reporter, is_main_process
 
-        model, cfg = self.model, self.config
+        cfg = self.config
         inputs = inputs_of(examples, cfg.data, labeled=True if labeled else None)
-        items = inputs.examples
-        if not items:
+        if not inputs.examples:
             raise ValueError("no examples to predict")
         limit = allowed_share(task, max_missing_images, cfg.data)
         where = {"report": inputs.report, "source": inputs.source, "image_root": inputs.image_root}
-        if self.reads_image:  # fail before the model runs when the paths already say so
-            check_images(missing_images(items, **where), task=task, limit=limit, data=cfg.data, warn=False)
-        plan = plan_features(model, precompute=cfg.cache.enabled)
+        if self.reads_image if images is None else images:  # fail before the model runs when the paths already say so
+            check_images(missing_images(inputs.examples, **where), task=task, limit=limit, data=cfg.data, warn=False)
+        return inputs, limit, where
+
+    @contextlib.contextmanager
+    def _batches(self, items: list, plan: Any, *, labeled: bool, task: str) -> Iterator[tuple[Any, Any, Any]]:
+        """``(loader, input maker, progress bar)`` for running the model over ``items`` as ``plan`` says: the
+        features it precomputes are computed (or read from the feature source) first."""
+        from mmfuse.data.labels import LabelMap
+        from mmfuse.features import InputMaker, compute_tables, make_loader
+        from mmfuse.progress import Reporter, is_main_process
+
+        model, cfg = self.model, self.config
         reporter = Reporter(quiet=cfg.run.quiet, main=is_main_process())
         with reporter.bar(len(items) * plan.precomputed, f"features {task}") as bar:
             tables = compute_tables(
@@ -392,12 +460,7 @@ class TorchPredictor(Predictor):
         )  # fmt: skip
         maker = InputMaker(plan, tables, getattr(model, "text_encoder", None))
         with reporter.bar(len(items), task) as bar:
-            out = run_model(model, loader, maker, device=self.device, details=details, bar=bar)
-        if not self.reads_image:
-            return out, None
-        missing = missing_images(items, out.image_present, **where)
-        check_images(missing, task=task, limit=limit, data=cfg.data, warn=warn)
-        return out, missing
+            yield loader, maker, bar
 
     def predict_proba(self, examples: ExamplesLike | Inputs, *, max_missing_images: float | None = None) -> np.ndarray:
         """``(N, C)`` class probabilities of ``examples`` (columns in :attr:`classes` order); missing images as in

@@ -82,6 +82,9 @@ def write_report(
         storage: a sweep's storage URL when it is not the sweep folder's own.
         log: called with progress lines.
 
+    A run folder that logged to MLflow while training (``train.report_to``) gets the page added to that MLflow run
+    (``report/report.html``); ``log`` says so, or why it could not be.
+
     Returns:
         The HTML file.
 
@@ -115,6 +118,13 @@ def write_report(
     path = out / "report.html"
     footer = f"mmfuse {__version__} report of {target.resolve()}"
     path.write_text(H.page(title, subtitle, sections, footer), encoding="utf-8")
+    if kind == "run":  # a run that logged to MLflow gets its report there too
+        from mmfuse.config import load_config
+        from mmfuse.engine.tracking import log_to_training_run
+
+        line = log_to_training_run(target, load_config(target / "config.yaml"), [path])
+        if line:
+            say(line)
     return path
 
 

@@ -10,6 +10,7 @@ Typical use::
     result.heads                                   # with `heads:`: each head's result; result.table ranks the heads
     folder = build_ensemble(result.folder, top_k=5)
     Ensemble.load(folder).predict_proba(examples)
+    leaderboard(result.folder, test_df)           # every trial, the baselines and the ensemble, metrics on test_df
 
 Names load on first use, so ``import mmfuse.sweep`` and the CLI stay fast.
 """
@@ -26,6 +27,7 @@ _EXPORTS: dict[str, str] = {
     "greedy_selection": "mmfuse.sweep.ensemble",
     "load_predictor": "mmfuse.sweep.ensemble",
     "read_final": "mmfuse.sweep.final",
+    "leaderboard": "mmfuse.sweep.leaderboards",
     "read_final_run": "mmfuse.sweep.final",
     "build_heads_ensemble": "mmfuse.sweep.heads",
     "heads_frame": "mmfuse.sweep.heads",

@@ -223,6 +223,12 @@ class Ensemble:
             result["missing_images"] = missing.to_dict()
         return result
 
+    def leaderboard(self, data: Any = None, **options: Any) -> Any:
+        """The leaderboard of the sweep it combines, this ensemble first (:func:`mmfuse.sweep.leaderboard`)."""
+        from mmfuse.sweep.leaderboards import ensemble_leaderboard
+
+        return ensemble_leaderboard(self, data, **options)
+
 
 def load_predictor(path: str | Path, *, checkpoint: str = "best", device: str | None = None) -> Any:
     """An :class:`Ensemble` for an ensemble folder, else the run loaded by ``MultimodalClassifier.load``.
