@@ -31,9 +31,9 @@ def default_image_cache() -> Path:
 
 
 def is_hf_dataset(obj: Any) -> bool:
-    """Whether ``obj`` is a Hugging Face ``datasets.Dataset`` (checked by module name, without importing it)."""
-    module = type(obj).__module__ or ""
-    return module.split(".")[0] == "datasets" and callable(getattr(obj, "to_pandas", None))
+    """Whether ``obj`` comes from Hugging Face ``datasets`` (checked by module name, without importing it); only a
+    ``datasets.Dataset`` can be read (:func:`hf_frame`)."""
+    return (type(obj).__module__ or "").split(".")[0] == "datasets"
 
 
 def hf_frame(dataset: Any) -> Any:
@@ -71,7 +71,7 @@ def write_embedded_images(rows: list[dict[str, Any]] | list[Any], column: str, f
     "path": p}`` dict becomes ``p``; a dict with neither becomes ``None`` (no image, counted by the image policy).
 
     Returns:
-        How many cells held an image in memory.
+        How many cells held an image's bytes in memory (each now names its file).
 
     Raises:
         OSError: the folder cannot be written (the message names it).
@@ -80,13 +80,13 @@ def write_embedded_images(rows: list[dict[str, Any]] | list[Any], column: str, f
     for row in rows:
         if row is None or column not in row or not is_embedded_image(row[column]):
             continue
-        count += 1
         data = _image_bytes(row[column])
         if data is None:
             path = row[column].get("path") if isinstance(row[column], Mapping) else None
             row[column] = os.fspath(path) if path else None
             continue
         row[column] = str(_write_once(data, folder))
+        count += 1
     return count
 
 

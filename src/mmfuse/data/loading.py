@@ -337,7 +337,8 @@ def _write_embedded(raw: RawFile, cfg: DataConfig, folder: Path | None) -> tuple
     if not any(is_embedded_image(v.get(column)) for v in values):
         return None
     folder = folder if folder is not None else default_image_cache()
-    return write_embedded_images(values, column, folder), folder
+    count = write_embedded_images(values, column, folder)
+    return (count, folder) if count else None
 
 
 _IMAGE_KINDS = "image file paths (str), PIL images, bytes or {'bytes', 'path'} dicts (a datasets.Image column)"
