@@ -172,11 +172,17 @@ class MultimodalClassifier:
             how = data.split if data is not None else SplitConfig()
             fraction = holdout_frac if holdout_frac is not None else how.val or SplitConfig().val
             train_in, val_in = hold_out(train_in, fraction, how)
+            unstratified = any("not stratified" in n for n in train_in.report.notes) if train_in.report else False
+            kind = "stratified by label" if how.stratify and not unstratified else "not stratified (see warnings)"
+            if not how.stratify:
+                kind = "not stratified (data.split.stratify: false)"
             notes.append(
                 f"no tuning_data: {len(val_in.examples)} of {len(train_in.examples) + len(val_in.examples)} training "
-                f"examples ({fraction:g}) held out for validation, seed {how.seed}"
-                f"{', stratified by label' if how.stratify else ''} ({val_in.report.source if val_in.report else ''})"
+                f"examples ({fraction:g}) held out for validation, seed {how.seed}, {kind}"
             )
+        elif holdout_frac is not None:
+            raise ValueError("holdout_frac applies only without tuning_data (it is the share held out for validation "
+                             "then); pass one or the other")  # fmt: skip
         else:
             val_in = inputs_of(tuning_data, data, labeled=True, image_root=image_root, image_cache=cache)
         for name, part in (("train", train_in), ("val", val_in)):
