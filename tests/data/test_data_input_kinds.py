@@ -15,9 +15,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mmfuse.cli import app
-from mmfuse.data import DataConfig, load_splits
+from mmfuse.data import ColumnKindError, DataConfig, load_splits
 from mmfuse.data.inputs import inputs_of
-from mmfuse.data.loading import ColumnKindError
 
 
 def _rows(root: Path) -> list[dict]:

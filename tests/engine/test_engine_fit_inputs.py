@@ -13,8 +13,7 @@ import pytest
 from _engine_support import make_config
 from PIL import Image
 
-from mmfuse.data import UnseenLabelError
-from mmfuse.data.loading import ColumnKindError
+from mmfuse.data import ColumnKindError, UnseenLabelError
 from mmfuse.engine.classifier import MultimodalClassifier
 
 
