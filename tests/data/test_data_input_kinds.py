@@ -114,3 +114,18 @@ def test_a_label_column_with_no_value_reads_unlabeled_when_labels_are_optional(t
     rows = [{"id": "1", "text": "t", "image": "a.png", "label": None}]
     inputs = inputs_of(rows, None)  # predict: labels optional
     assert inputs.report.labeled is False and inputs.examples[0].label is None
+
+
+def test_image_root_resolves_relative_paths_of_examples_and_files(tiny_dataset: Callable, tmp_path: Path) -> None:
+    from mmfuse.data import Example
+
+    root = tiny_dataset(n=2)
+    rows = _rows(root)
+    examples = [Example(id=r["id"], text=r["text"], image=r["image"], label=r["label"]) for r in rows]
+    got = inputs_of(examples, None, image_root=root).examples
+    assert [e.image for e in got] == [root / r["image"] for r in rows] and all(e.image.is_file() for e in got)
+    # a file elsewhere: its images resolve against image_root rather than the file's folder
+    pd.DataFrame(rows).to_csv(tmp_path / "elsewhere.csv", index=False)
+    split = inputs_of(tmp_path / "elsewhere.csv", None, image_root=root)
+    assert [e.image for e in split.examples] == [(root / r["image"]).resolve() for r in rows]
+    assert split.report.blank_images == []
