@@ -91,7 +91,7 @@ def test_short_keys() -> None:
         ("model.text_encoder.freez=false", ["model.text_encoder", "'freez'", "freeze"]),
         ("model.text_encoder.trainable_top_k=-1", ["model.text_encoder.trainable_top_k", "greater than or equal"]),
         ("run.name=a/b", ["run.name", "no slashes"]),
-        ("data.format=xml", ["data.format", "'auto', 'jsonl' or 'csv'"]),
+        ("data.format=xml", ["data.format", "'auto', 'jsonl', 'csv' or 'parquet'"]),
         ("data.on_missing_image=ignore", ["data.on_missing_image", "'skip', 'blank' or 'error'"]),
     ],
 )

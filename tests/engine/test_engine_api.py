@@ -83,12 +83,11 @@ def test_unseen_val_label_fails_before_training(
     assert not (tmp_path / "run").exists()
 
 
-def test_not_fitted_and_missing_val(fake_encoders, synthetic_root: Path, synthetic_splits: dict, tmp_path) -> None:
+def test_not_fitted(fake_encoders, synthetic_root: Path, synthetic_splits: dict, tmp_path) -> None:
+    # (fit without validation examples holds some out: tests/engine/test_engine_fit_inputs.py)
     clf = MultimodalClassifier(make_config(synthetic_root, tmp_path))
     with pytest.raises(NotFittedError, match="call fit"):
         clf.predict(synthetic_splits["test"])
-    with pytest.raises(ValueError, match="fit needs validation examples"):
-        clf.fit(synthetic_splits["train"])
 
 
 def test_multiclass_predictions_table(fake_encoders, synthetic_root: Path, synthetic_splits: dict, tmp_path) -> None:

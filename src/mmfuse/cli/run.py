@@ -73,7 +73,9 @@ def evaluate(
     split: str | None = typer.Option(
         None, "--split", help="split of the run's data: train, val or test (default: test, or val when there is none)"
     ),
-    data: Path | None = typer.Option(None, "--data", help="another data config (YAML) or a labeled JSONL/CSV file"),
+    data: Path | None = typer.Option(
+        None, "--data", help="another data config (YAML) or a labeled JSONL/CSV/TSV/Parquet file"
+    ),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best or last"),
     json_out: Path | None = typer.Option(None, "--json", help="also write the full results as JSON here"),
     max_missing_images: float | None = typer.Option(
@@ -102,7 +104,9 @@ def evaluate(
 
 def predict(
     run: Path = typer.Argument(..., help="run folder (or checkpoint folder, or ensemble folder)"),
-    data: Path = typer.Argument(..., help="JSONL/CSV file (labels optional), read with the run's column mapping"),
+    data: Path = typer.Argument(
+        ..., help="JSONL/CSV/TSV/Parquet file (labels optional), read with the run's column mapping"
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="CSV to write"),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best or last"),
     threshold: str = typer.Option("0.5", "--threshold", help="binary: 0.5, tuned (on validation), or a number"),

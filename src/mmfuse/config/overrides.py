@@ -113,12 +113,20 @@ def config_from(config: TrainConfig | Mapping[str, Any] | None = None, **shortcu
 
     ``config_from(head="cross_attention", epochs=5, lr=1e-3)``; a section given a string sets its ``name``
     (``text_encoder="minilm"``, ``head="concat"``); ``data`` may be a :class:`~mmfuse.data.DataConfig`, a mapping
-    or a YAML path.
+    or a YAML path. The column names of the rows to read are shortcuts too: ``label="sentiment"``,
+    ``text="review_text"``, ``image="image_path"``, ``id="post_id"`` set ``data.columns.*``; without a data config
+    they make one that names no file (its root the working directory), which says how to read the DataFrames,
+    files and datasets passed to fit / predict / evaluate.
 
     Raises:
         ConfigError: unknown or ambiguous keys, or values that do not validate.
     """
     data: dict[str, Any] = config.to_dict() if isinstance(config, TrainConfig) else dict(config or {})
+    had_data = data.get("data") is not None
+    if not had_data:
+        # data settings without a data config start empty, not from dumped defaults: a column left at its default
+        # stays unset (columns.id unset reads a file without an id column by row numbers)
+        data["data"] = {"columns": {}}
     for key, value in shortcuts.items():
         if key == "data" and isinstance(value, (str, Path)):
             from mmfuse.data import load_data_config
@@ -130,6 +138,11 @@ def config_from(config: TrainConfig | Mapping[str, Any] | None = None, **shortcu
         if isinstance(value, str) and _kind(parts) == "section" and "name" in _fields_at(parts):
             parts = (*parts, "name")
         set_path(data, parts, value)
+    section = data.get("data")
+    if not had_data and section == {"columns": {}}:
+        data["data"] = None  # no data setting given
+    elif not had_data and isinstance(section, dict) and "root" not in section:
+        section["root"] = str(Path.cwd())  # data settings without a data config: rows passed in memory
     return _validate(data)
 
 

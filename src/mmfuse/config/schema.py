@@ -187,6 +187,10 @@ class TrainingConfig(StrictSection):
             (``pip install "mmfuse[track]"``); see :mod:`mmfuse.engine.tracking` for what is logged where.
         log_every_steps: log the training loss (mean since the last log) and learning rate to the trackers every
             this many optimizer steps.
+        time_limit: seconds this training may take (from the start of ``fit``, features included); ``null``: no
+            limit. Training stops at an epoch boundary once the next epoch (estimated as the longest so far) would
+            end past it, so at least one epoch always runs; the best checkpoint is kept and the summary says
+            ``status: time_limit``.
     """
 
     epochs: int = Field(default=10, ge=1)
@@ -205,6 +209,7 @@ class TrainingConfig(StrictSection):
     threads: int | None = Field(default=None, ge=1)
     report_to: list[Literal["tensorboard", "mlflow"]] = Field(default_factory=list)
     log_every_steps: int = Field(default=50, ge=1)
+    time_limit: float | None = Field(default=None, gt=0)
 
     @field_validator("report_to", mode="before")
     @classmethod

@@ -41,6 +41,7 @@ _EXPORTS: dict[str, str] = {
     "open_image": "mmfuse.data.images",
     "LabelMap": "mmfuse.data.labels",
     "UnseenLabelError": "mmfuse.data.labels",
+    "ColumnKindError": "mmfuse.data.loading",
     "Split": "mmfuse.data.loading",
     "UnusableDataError": "mmfuse.data.loading",
     "load_examples": "mmfuse.data.loading",

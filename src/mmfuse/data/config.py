@@ -82,8 +82,11 @@ class DataConfig(StrictSection):
         root: dataset root; all relative paths (split files, images, text files) resolve against it.
         preset: name of a public layout (``hateful_memes``, ``multioff``, ``mvsa_single``) whose fields fill the
             ones this config does not set.
-        format: ``jsonl`` or ``csv``; ``auto`` picks by file suffix (.jsonl/.json/.ndjson, .csv/.tsv/.txt).
-        train: train split file, relative to root.
+        format: ``jsonl``, ``csv`` or ``parquet``; ``auto`` picks by file suffix (.jsonl/.json/.ndjson,
+            .csv/.tsv/.txt, .parquet/.pq).
+        train: train split file, relative to root. A config that names no split file at all only says how to read
+            rows passed in memory (columns, label map, policies), e.g. the one ``MultimodalClassifier(label=...,
+            text=...)`` builds; loading its splits is then an error.
         val: val split file; when absent, ``split.val`` of the train file is carved off (seeded, stratified).
         test: test split file; when absent and ``split.test > 0``, carved off the train file too.
         split: how to carve splits from the train file.
@@ -111,7 +114,7 @@ class DataConfig(StrictSection):
 
     root: Path
     preset: str | None = None
-    format: Literal["auto", "jsonl", "csv"] = "auto"
+    format: Literal["auto", "jsonl", "csv", "parquet"] = "auto"
     train: str | None = None
     val: str | None = None
     test: str | None = None
@@ -208,8 +211,6 @@ class DataConfig(StrictSection):
 
     @model_validator(mode="after")
     def _consistent(self) -> DataConfig:
-        if self.train is None and self.val is None and self.test is None:
-            raise ValueError("no split file given: set train (and optionally val, test) or a preset")
         if self.columns.text is None and self.text_file is None:
             raise ValueError("no text source: set columns.text, or text_file (e.g. 'data/{id}.txt')")
         if self.columns.image is None and self.image_template is None:

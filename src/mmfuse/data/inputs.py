@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import copy
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from mmfuse.data.config import DataConfig, load_data_config
+from mmfuse.data.config import DataConfig, SplitConfig, load_data_config
+from mmfuse.data.embedded import hf_frame, is_hf_dataset
 from mmfuse.data.example import Example
-from mmfuse.data.loading import Split, load_examples, load_records, load_splits
+from mmfuse.data.loading import Split, carve_off, load_examples, load_records, load_splits
 from mmfuse.data.report import Problem, SplitReport
 
-ExamplesLike = Sequence[Example] | Split | str | Path | pd.DataFrame | Sequence[Mapping]
-"""Examples, a loaded split, the path of a data file (JSONL/CSV read with the run's column mapping), or rows in
-memory: a pandas DataFrame or a list of dicts (read with the same column mapping; relative image paths resolve
-against the working directory)."""
+ExamplesLike = Sequence[Example] | Split | str | Path | pd.DataFrame | Sequence[Mapping] | Any
+"""Examples, a loaded split, the path of a data file (JSONL/CSV/TSV/Parquet read with the run's column mapping), or
+rows in memory: a pandas DataFrame, a list of dicts or a Hugging Face ``datasets.Dataset`` (read with the same
+column mapping; relative image paths resolve against the working directory; an image column may hold PIL images,
+bytes or ``datasets.Image`` values, written once to files, see :mod:`mmfuse.data.embedded`)."""
 
 _CONFIG_SUFFIXES = (".yaml", ".yml")
 
@@ -44,10 +48,37 @@ def examples_of(source: ExamplesLike, data: DataConfig | None, *, labeled: bool 
     return inputs_of(source, data, labeled=labeled).examples
 
 
-def inputs_of(source: ExamplesLike | Inputs, data: DataConfig | None, *, labeled: bool | None = None) -> Inputs:
-    """The examples of ``source`` with their load report and image root when it is a file or a split."""
+def inputs_of(
+    source: ExamplesLike | Inputs,
+    data: DataConfig | None,
+    *,
+    labeled: bool | None = None,
+    image_root: str | Path | None = None,
+    image_cache: Path | None = None,
+) -> Inputs:
+    """The examples of ``source`` with their load report and image root when it is a file or a split.
+
+    Args:
+        source: what to read (see :data:`ExamplesLike`).
+        data: the run's data config (columns, label map, policies); ``None`` reads the default column names.
+        labeled: ``True`` requires labels, ``False`` ignores them, ``None`` reads them when there are.
+        image_root: where relative image paths resolve, instead of the default: the dataset root for a file of the
+            run's dataset, the file's folder for another file, the working directory for rows in memory and for
+            examples (a loaded split keeps its paths).
+        image_cache: where images held in memory (PIL images, bytes, ``datasets.Image``) are written (default:
+            :func:`~mmfuse.data.embedded.default_image_cache`).
+
+    Raises:
+        TypeError: ``source`` is none of the kinds above.
+    """
     if isinstance(source, Inputs):
         return source
+    where = Path(image_root).expanduser().absolute() if image_root is not None else None
+    if where is not None and not where.is_dir():
+        raise FileNotFoundError(f"image_root {str(image_root)!r} is not a folder; pass the folder the image paths are "
+                                "relative to")  # fmt: skip
+    if is_hf_dataset(source):
+        source = hf_frame(source)
     if isinstance(source, Split):
         root = data.resolved_root() if data is not None else None
         images = [e.image for e in source.examples if e.image is not None][:1]
@@ -55,29 +86,64 @@ def inputs_of(source: ExamplesLike | Inputs, data: DataConfig | None, *, labeled
             root = None  # a split of another data config: its root is not known here
         return Inputs(list(source.examples), f"the {source.name} split", source.report, root)
     if isinstance(source, (str, Path)):
-        split = file_examples(source, data, labeled=labeled)
-        return Inputs(split.examples, repr(str(source)), split.report, _image_root(Path(source), data))
+        split = file_examples(source, data, labeled=labeled, image_root=where, image_cache=image_cache)
+        return Inputs(split.examples, repr(str(source)), split.report, where or _image_root(Path(source), data))
     if isinstance(source, pd.DataFrame) or (
         isinstance(source, (list, tuple)) and source and all(isinstance(r, Mapping) for r in source)
     ):
-        split = records_examples(source, data, labeled=labeled)
-        return Inputs(split.examples, f"the {split.name}", split.report, Path.cwd())
+        split = records_examples(source, data, labeled=labeled, image_root=where, image_cache=image_cache)
+        return Inputs(split.examples, f"the {split.name}", split.report, where or Path.cwd())
+    if isinstance(source, (str, bytes)) or not isinstance(source, Sequence | Iterable):
+        raise TypeError(_KINDS_HINT.format(what=f"a {type(source).__name__}"))
     items = list(source)
     strays = [type(e).__name__ for e in items if not isinstance(e, Example)]
     if strays:
-        raise TypeError(
-            f"{len(strays)} of {len(items)} items are not Example but {strays[0]}; pass a list of Example, a pandas "
-            "DataFrame or a list of dicts (columns as in data.columns), or a data file path"
+        raise TypeError(_KINDS_HINT.format(what=f"{len(strays)} of {len(items)} items are not Example but {strays[0]}"))
+    if where is not None:
+        items = [replace(e, image=where / e.image) if e.image and not e.image.is_absolute() else e for e in items]
+    return Inputs(items, image_root=where)
+
+
+_KINDS_HINT = (
+    "{what}; pass a list of Example, a pandas DataFrame, a list of dicts or a Hugging Face datasets.Dataset (columns "
+    "as in data.columns), or a data file path (CSV, TSV, JSONL, Parquet)"
+)
+
+
+def hold_out(inputs: Inputs, fraction: float, how: SplitConfig, *, name: str = "train") -> tuple[Inputs, Inputs]:
+    """Splits labeled examples into (train, val) with ``fraction`` of them held out for validation, seeded and
+    stratified by label as the data config's own carving of a val split (``how``: ``split.seed``,
+    ``split.stratify``). Both parts' reports say what was done (``notes``); ``inputs`` is left unchanged.
+
+    Raises:
+        ValueError: ``fraction`` not in (0, 1), or too few examples to hold any out.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"holdout_frac must be a fraction in (0, 1) (e.g. 0.2), got {fraction}")
+    report = copy.deepcopy(inputs.report) if inputs.report is not None else None
+    if report is None:
+        report = SplitReport(name=name, source=inputs.source or "examples", labeled=True, rows=len(inputs.examples))
+    report.name = name
+    train = Split(name=name, examples=list(inputs.examples), report=report)
+    val = carve_off(train, {"val": fraction}, how)["val"]
+    if train.report.fatal:
+        raise ValueError(
+            f"cannot hold out {fraction:g} of the training data for validation: {train.report.fatal[-1]}; pass "
+            "tuning_data (validation rows) or more training rows"
         )
-    return Inputs(items)
+    return (
+        Inputs(train.examples, inputs.source, train.report, inputs.image_root),
+        Inputs(val.examples, f"{fraction:g} of {inputs.source or 'the training data'}", val.report, inputs.image_root),
+    )
 
 
 def records_examples(records: pd.DataFrame | Sequence[Mapping], data: DataConfig | None, *,
-                     labeled: bool | None = None) -> Split:  # fmt: skip
+                     labeled: bool | None = None, image_root: Path | None = None,
+                     image_cache: Path | None = None) -> Split:  # fmt: skip
     """Reads rows in memory (a DataFrame or a list of dicts) with the run's data config (columns, templates, label
-    map). Relative image paths resolve against the working directory, and absolute ones are accepted (the rows come
-    from the caller's own code, not from a file that could point anywhere); missing images become blanks, as for a
-    data file, so every row gets a prediction.
+    map). Relative image paths resolve against ``image_root`` (default: the working directory), and absolute ones
+    are accepted (the rows come from the caller's own code, not from a file that could point anywhere); missing
+    images become blanks, as for a data file, so every row gets a prediction.
 
     Raises:
         BadRowError: a row whose values are of the wrong kind (naming the row and column), unless ``on_bad_row`` is
@@ -85,30 +151,42 @@ def records_examples(records: pd.DataFrame | Sequence[Mapping], data: DataConfig
         MissingColumnError: a configured column the rows do not have (listing the ones they have).
     """
     name = "DataFrame" if isinstance(records, pd.DataFrame) else "records"
-    base = data or DataConfig(root=Path.cwd(), train="<records>")
-    cfg = base.model_copy(update={"root": Path.cwd(), "on_missing_image": "blank", "allow_outside_root": True})
-    return load_records(records, cfg, labeled=labeled, name=name, root=Path.cwd())
+    root = image_root or Path.cwd()
+    base = data or DataConfig(root=root)
+    cfg = base.model_copy(update={"root": root, "on_missing_image": "blank", "allow_outside_root": True})
+    return load_records(records, cfg, labeled=labeled, name=name, root=root, image_cache=image_cache)
 
 
-def file_examples(path: str | Path, data: DataConfig | None, *, labeled: bool | None = None) -> Split:
-    """Reads one data file with the run's data config (columns, templates, label map).
+def file_examples(
+    path: str | Path,
+    data: DataConfig | None,
+    *,
+    labeled: bool | None = None,
+    image_root: Path | None = None,
+    image_cache: Path | None = None,
+) -> Split:
+    """Reads one data file (CSV, TSV, JSONL, Parquet) with the run's data config (columns, templates, label map).
 
     A file inside the run's dataset root resolves its images against that root; a file elsewhere against its own
-    folder. Missing images become blanks (``image_present=False``) rather than dropped rows, so every row of the
-    file gets a prediction.
+    folder; either against ``image_root`` when it is given. Missing images become blanks (``image_present=False``)
+    rather than dropped rows, so every row of the file gets a prediction.
 
     Raises:
         FileNotFoundError: no such file.
     """
     path = Path(path)
     if data is not None and _in_data_root(path, data):
-        return load_examples(path, data.model_copy(update={"on_missing_image": "blank"}), labeled=labeled)
+        cfg = data.model_copy(update={"on_missing_image": "blank"})
+        if image_root is None:
+            return load_examples(path, cfg, labeled=labeled, image_cache=image_cache)
+        path = path if path.is_absolute() else data.resolved_root() / path
     if not path.is_file():
         where = f" (nor under the dataset root {str(data.root)!r})" if data is not None else ""
-        raise FileNotFoundError(f"data file {str(path)!r} not found{where}; pass a JSONL or CSV file")
-    base = data or DataConfig(root=path.resolve().parent, train=path.name)
-    cfg = base.model_copy(update={"root": path.resolve().parent, "on_missing_image": "blank"})
-    return load_examples(path.resolve(), cfg, labeled=labeled)
+        raise FileNotFoundError(f"data file {str(path)!r} not found{where}; pass a CSV, TSV, JSONL or Parquet file")
+    root = image_root or path.resolve().parent
+    base = data or DataConfig(root=root, train=path.name)
+    cfg = base.model_copy(update={"root": root, "on_missing_image": "blank"})
+    return load_examples(path.resolve(), cfg, labeled=labeled, image_cache=image_cache)
 
 
 def _in_data_root(path: Path, data: DataConfig) -> bool:

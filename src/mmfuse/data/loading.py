@@ -16,7 +16,7 @@ from typing import Any
 from PIL import Image
 
 from mmfuse.data._paths import OutsideRootError, resolve_path
-from mmfuse.data.config import DataConfig
+from mmfuse.data.config import DataConfig, SplitConfig
 from mmfuse.data.example import Example
 from mmfuse.data.images import (
     ImageError,
@@ -25,13 +25,22 @@ from mmfuse.data.images import (
     ImageOutsideRootError,
     check_image,
 )
-from mmfuse.data.readers import BadRowError, MissingColumnError, RawFile, RawRow, read_file
+from mmfuse.data.readers import BadRowError, MissingColumnError, RawFile, RawRow, frame_rows, plain_value, read_file
 from mmfuse.data.report import Problem, SplitReport
 from mmfuse.data.text import decode_text
 
 SPLIT_NAMES = ("train", "val", "test")
 _BAD_ROW_FIX = "fix the row, or set on_bad_row: skip to drop such rows (they are counted and listed)"
 _IMAGE_FIX = "fix the file, or set on_missing_image: skip (drop the example) or blank (zero image, flagged)"
+
+
+WRITTEN_IMAGES = "were written to"
+"""Words of the report note that says where images held in memory were written (what fit repeats in its notes)."""
+
+
+class ColumnKindError(BadRowError):
+    """A configured column whose values are all of the wrong kind (a label column with no label, a text column of
+    lists, an image column of numbers); the message names the column, shows a value and says the fix."""
 
 
 class UnusableDataError(ValueError):
@@ -87,12 +96,19 @@ def load_splits(cfg: DataConfig, *, strict: bool = True) -> dict[str, Split]:
         Splits by name, among ``train``, ``val``, ``test``, in that order.
 
     Raises:
+        ValueError: the config names no split file.
         FileNotFoundError: the root or a split file does not exist.
         BadRowError: a bad row with ``on_bad_row: error`` (:class:`MissingColumnError` for a missing column,
             whatever the policy).
         ImageError: a missing or unreadable image with ``on_missing_image: error``.
         UnusableDataError: with ``strict``, a split that cannot be used.
     """
+    if cfg.train is None and cfg.val is None and cfg.test is None:
+        raise ValueError(
+            "no split file given: set train (and optionally val, test) or a preset in the data config; a data config "
+            "without files (e.g. from MultimodalClassifier(label=..., text=..., image=...)) only says how to read rows "
+            "passed to fit / predict"
+        )
     splits: dict[str, Split] = {}
     for name in SPLIT_NAMES:
         file = getattr(cfg, name)
@@ -110,7 +126,14 @@ def load_splits(cfg: DataConfig, *, strict: bool = True) -> dict[str, Split]:
     return splits
 
 
-def load_examples(path: str | Path, cfg: DataConfig, *, labeled: bool | None = None, name: str | None = None) -> Split:
+def load_examples(
+    path: str | Path,
+    cfg: DataConfig,
+    *,
+    labeled: bool | None = None,
+    name: str | None = None,
+    image_cache: Path | None = None,
+) -> Split:
     """Loads one split file (e.g. new data for ``predict``) with the config's columns, templates and policies.
 
     Args:
@@ -120,6 +143,8 @@ def load_examples(path: str | Path, cfg: DataConfig, *, labeled: bool | None = N
         labeled: ``True`` requires labels, ``False`` ignores them, ``None`` reads them when the file has the label
             column.
         name: split name for the report; defaults to the file stem.
+        image_cache: where images held in the file itself (a Parquet column of ``{"bytes", "path"}``) are written
+            (default: :func:`~mmfuse.data.embedded.default_image_cache`).
 
     Raises:
         FileNotFoundError: no such file or root.
@@ -128,11 +153,19 @@ def load_examples(path: str | Path, cfg: DataConfig, *, labeled: bool | None = N
     root = _root(cfg)
     file = _split_file(Path(path), root)
     raw = read_file(file, cfg.format, delimiter=cfg.delimiter, fallback_encodings=cfg.fallback_encodings)
-    return _load_raw(raw, cfg, root, labeled=labeled, name=name or file.stem, source=_display(file, root))
+    return _load_raw(
+        raw, cfg, root, labeled=labeled, name=name or file.stem, source=_display(file, root), image_cache=image_cache
+    )
 
 
 def load_records(
-    records: Any, cfg: DataConfig, *, labeled: bool | None = None, name: str = "records", root: Path | None = None
+    records: Any,
+    cfg: DataConfig,
+    *,
+    labeled: bool | None = None,
+    name: str = "records",
+    root: Path | None = None,
+    image_cache: Path | None = None,
 ) -> Split:
     """Loads rows given in memory, a pandas DataFrame or a list of dicts, with the config's columns, templates and
     policies, exactly as rows of a file: every bad row, missing image or odd text is counted in the report.
@@ -143,6 +176,8 @@ def load_records(
         labeled: as :func:`load_examples`.
         name: what the rows are called in messages and the report.
         root: where relative image paths resolve (default: ``cfg``'s root).
+        image_cache: where images held in the rows (PIL images, bytes, ``{"bytes", "path"}`` dicts) are written,
+            one file per content hash (default: :func:`~mmfuse.data.embedded.default_image_cache`).
 
     Raises:
         TypeError: ``records`` is neither.
@@ -153,9 +188,8 @@ def load_records(
     raw = RawFile(path=Path(f"<{name}>"), has_header=True)
     rows: list[tuple[str, Any]]
     if isinstance(records, pd.DataFrame):
-        frame = records.astype(object).where(records.notna(), None)
-        rows = [(f"row {label!r}", row) for label, row in zip(frame.index, frame.to_dict("records"), strict=True)]
-        raw.fields = [str(c) for c in frame.columns]
+        rows = frame_rows(records)
+        raw.fields = [str(c) for c in records.columns]
     elif isinstance(records, (list, tuple)) and all(isinstance(r, Mapping) for r in records):
         rows = [(f"row {i}", dict(r)) for i, r in enumerate(records)]
         raw.fields = list(dict.fromkeys(str(k) for r in records for k in r))
@@ -165,20 +199,21 @@ def load_records(
             "pass a DataFrame, a list of dicts, a list of Example, or a data file path"
         )
     for where, values in rows:
-        clean = {str(k): (os.fspath(v) if isinstance(v, os.PathLike) else _plain(v)) for k, v in values.items()}
-        raw.rows.append(RawRow(where=where, values=clean))
+        raw.rows.append(RawRow(where=where, values={str(k): plain_value(v) for k, v in values.items()}))
     base = root if root is not None else _root(cfg)
-    return _load_raw(raw, cfg, base, labeled=labeled, name=name, source=name, in_memory=True)
-
-
-def _plain(value: Any) -> Any:
-    """A NumPy scalar as the Python value it holds (DataFrame cells), anything else as it is."""
-    item = getattr(value, "item", None)
-    return item() if callable(item) and type(value).__module__ == "numpy" else value
+    return _load_raw(raw, cfg, base, labeled=labeled, name=name, source=name, in_memory=True, image_cache=image_cache)
 
 
 def _load_raw(
-    raw: RawFile, cfg: DataConfig, root: Path, *, labeled: bool | None, name: str, source: str, in_memory: bool = False
+    raw: RawFile,
+    cfg: DataConfig,
+    root: Path,
+    *,
+    labeled: bool | None,
+    name: str,
+    source: str,
+    in_memory: bool = False,
+    image_cache: Path | None = None,
 ) -> Split:
     """The rows of ``raw`` as a split: columns checked, rows read, images checked, the report filled."""
     file = raw.path
@@ -187,13 +222,22 @@ def _load_raw(
     if row_ids:
         cfg = cfg.model_copy(update={"columns": cfg.columns.model_copy(update={"id": None})})
     _require_columns(raw, cfg, labeled)
+    written = _write_embedded(raw, cfg, image_cache)
+    _check_column_kinds(raw, cfg, labeled)
     report = SplitReport(name=name, source=source, labeled=labeled, rows=len(raw.rows), file_encoding=raw.encoding)
     if row_ids:
         report.notes.append(
             f"no {cfg_id!r} column: each example's id is its row number (0-based); set columns.id to the column "
             "that holds the ids, if one does"
         )
-    candidates = _read_rows(raw, cfg, root, labeled, report)
+    if written is not None:
+        count, folder = written
+        report.notes.append(
+            f"{count} images held in column {cfg.columns.image!r} (not paths) {WRITTEN_IMAGES} {str(folder)!r}, one "
+            "file per content hash, and read from there"
+        )
+    trusted = written[1].resolve() if written is not None else None
+    candidates = _read_rows(raw, cfg, root, labeled, report, trusted)
     _check_images(candidates, cfg)
     examples = _apply_image_policy(candidates, cfg, report, file, root)
     digests = {c.example.id: c.image_info.digest for c in candidates if c.image_info is not None}
@@ -235,10 +279,18 @@ def _display(path: Path, root: Path) -> str:
         return str(path)
 
 
+def _has_value(values: Mapping[str, Any], column: str) -> bool:
+    value = values.get(column)
+    return value is not None and not (isinstance(value, str) and not value.strip())
+
+
 def _is_labeled(raw: RawFile, cfg: DataConfig, labeled: bool | None) -> bool:
+    """Whether to read labels: as asked, or (``None``) when the label column is there and holds a value."""
     column = cfg.columns.label
     if labeled is None:
-        return column is not None and column in raw.fields
+        if column is None or column not in raw.fields:
+            return False
+        return any(_has_value(r.values, column) for r in raw.rows if r.values is not None) or not raw.rows
     if labeled and column is None:
         raise ValueError("labels were required but columns.label is not set; set it to the label column's name")
     return labeled
@@ -273,7 +325,71 @@ def _require_columns(raw: RawFile, cfg: DataConfig, labeled: bool) -> None:
             )
 
 
-def _read_rows(raw: RawFile, cfg: DataConfig, root: Path, labeled: bool, report: SplitReport) -> list[_Candidate]:
+def _write_embedded(raw: RawFile, cfg: DataConfig, folder: Path | None) -> tuple[int, Path] | None:
+    """Writes the images held in the image column (not paths) to files (:mod:`mmfuse.data.embedded`); how many
+    and where, or ``None`` when the column holds none."""
+    from mmfuse.data.embedded import default_image_cache, is_embedded_image, write_embedded_images
+
+    column = cfg.columns.image
+    if column is None:
+        return None
+    values = [row.values for row in raw.rows if row.values is not None]
+    if not any(is_embedded_image(v.get(column)) for v in values):
+        return None
+    folder = folder if folder is not None else default_image_cache()
+    count = write_embedded_images(values, column, folder)
+    return (count, folder) if count else None
+
+
+_IMAGE_KINDS = "image file paths (str), PIL images, bytes or {'bytes', 'path'} dicts (a datasets.Image column)"
+
+
+def _check_column_kinds(raw: RawFile, cfg: DataConfig, labeled: bool) -> None:
+    """A column whose every value is of the wrong kind is a config error naming the column and showing a value,
+    whatever ``on_bad_row`` says (skipping every row would leave nothing): a label column with no value at all, a
+    text column of lists, an image column of numbers (without ``image_template`` to make paths of them)."""
+    rows = [row for row in raw.rows if row.values is not None]
+    if not rows:
+        return
+
+    def fail(role: str, problem: str, fix: str, sample: tuple[str, Any] | None = None) -> None:
+        column = getattr(cfg.columns, role)
+        shown = (
+            f", e.g. {sample[0]}: {role} is a {type(sample[1]).__name__} ({str(sample[1])[:60]!r})" if sample else ""
+        )
+        raise ColumnKindError(raw.path, f"column {column!r} (columns.{role}){shown}", problem, fix)
+
+    def present(column: str) -> list[tuple[str, Any]]:
+        return [(r.where, r.values[column]) for r in rows if _has_value(r.values, column)]  # type: ignore[arg-type]
+
+    label = cfg.columns.label
+    if labeled and label is not None and not present(label):
+        fail(
+            "label",
+            f"every one of the {len(rows)} rows has no label (NaN/None/missing)",
+            "set columns.label (label=...) to the column that holds the labels; to predict on unlabeled rows, use "
+            "predict rather than fit/evaluate",
+        )
+    text = cfg.columns.text if cfg.text_file is None else None
+    if text is not None:
+        values = present(text)
+        if values and all(not isinstance(v, (str, int, float)) or isinstance(v, bool) for _, v in values):
+            fix = "set columns.text (text=...) to the column of texts, or join the pieces into one string per row"
+            fail("text", "no value is a string", fix, values[0])
+    image = cfg.columns.image
+    if image is not None:
+        values = present(image)
+        fix = "set columns.image (image=...) to the column of image paths"
+        if values and cfg.image_template is None and all(isinstance(v, (int, float)) for _, v in values):
+            fix += ", or image_template to build a path from the value (e.g. 'img/{image}.jpg')"
+            fail("image", f"it holds numbers, not {_IMAGE_KINDS}", fix, values[0])
+        if values and all(not isinstance(v, (str, int, float)) for _, v in values):
+            fail("image", f"no value is one of {_IMAGE_KINDS}", fix, values[0])
+
+
+def _read_rows(
+    raw: RawFile, cfg: DataConfig, root: Path, labeled: bool, report: SplitReport, trusted: Path | None = None
+) -> list[_Candidate]:
     seen: dict[str, str] = {}
     candidates: list[_Candidate] = []
     for index, row in enumerate(raw.rows):
@@ -288,7 +404,7 @@ def _read_rows(raw: RawFile, cfg: DataConfig, root: Path, labeled: bool, report:
                     Problem(row.where, example_id, f"duplicate id (first at {seen[example_id]}); dropped")
                 )
                 continue
-            candidate = _row_to_candidate(row.values, row.where, example_id, cfg, root, labeled, report)
+            candidate = _row_to_candidate(row.values, row.where, example_id, cfg, root, labeled, report, trusted)
         except _RowError as e:
             if cfg.on_bad_row == "error":
                 raise BadRowError(raw.path, row.where, str(e), _BAD_ROW_FIX) from None
@@ -307,6 +423,7 @@ def _row_to_candidate(
     root: Path,
     labeled: bool,
     report: SplitReport,
+    trusted: Path | None = None,
 ) -> _Candidate:
     raw_image = _image_value(values, cfg)
     label = _label(values, cfg) if labeled else None
@@ -318,7 +435,9 @@ def _row_to_candidate(
         error = ImageNotFoundError("", "the row names no image")
     else:
         try:
-            image = resolve_path(relative, root, allow_outside_root=cfg.allow_outside_root, what="image")
+            written = trusted is not None and Path(relative).parent == trusted  # an image written from memory
+            allow = cfg.allow_outside_root or written
+            image = resolve_path(relative, root, allow_outside_root=allow, what="image")
         except OutsideRootError as e:
             error = ImageOutsideRootError.of(relative, e)
     if "\ufffd" in text:
@@ -495,30 +614,39 @@ def _same_images(candidates: list[_Candidate], digests: dict[str, str], report: 
 
 def _carve(splits: dict[str, Split], cfg: DataConfig) -> None:
     """Moves ``split.val`` / ``split.test`` of the train file to val / test when those have no file."""
-    train = splits["train"]
     fractions = {n: getattr(cfg.split, n) for n in ("test", "val") if getattr(cfg, n) is None}
+    splits.update(carve_off(splits["train"], fractions, cfg.split))
+
+
+def carve_off(train: Split, fractions: Mapping[str, float], how: SplitConfig) -> dict[str, Split]:
+    """Moves the ``fractions`` (split name -> share) of ``train``'s examples to new splits, seeded (``how.seed``)
+    and stratified by label when ``how.stratify`` and ``train`` is labeled (as scikit-learn's
+    ``train_test_split``); ``train`` keeps the rest, and both reports say what was done. Too few examples to carve is
+    a ``fatal`` entry of ``train``'s report, and nothing is moved."""
     fractions = {n: f for n, f in fractions.items() if f > 0}
     n = len(train.examples)
     if not fractions or n == 0:
-        return
+        return {}
     sizes = {k: max(1, round(f * n)) for k, f in fractions.items()}
     if sum(sizes.values()) >= n:
         train.report.fatal.append(f"only {n} examples: too few to carve {sizes} off for {', '.join(sizes)}")
-        return
-    stratify = train.report.labeled and cfg.split.stratify
+        return {}
+    stratify = train.report.labeled and how.stratify
     labels = [e.label for e in train.examples]
     remaining = list(range(n))
+    out: dict[str, Split] = {}
     for name, size in sizes.items():
-        remaining, taken, how = _split_off(remaining, size, labels if stratify else None, cfg.split.seed)
+        remaining, taken, kind = _split_off(remaining, size, labels if stratify else None, how.seed)
         examples = [train.examples[i] for i in sorted(taken)]
-        source = f"{train.report.source} ({fractions[name]:g} carved off, seed {cfg.split.seed}, {how})"
+        source = f"{train.report.source} ({fractions[name]:g} carved off, seed {how.seed}, {kind})"
         report = SplitReport(name=name, source=source, labeled=train.report.labeled, rows=len(examples))
-        report.notes.append("defects met while reading the file are listed under train")
+        report.notes.append(f"defects met while reading the data are listed under {train.name}")
         report.count_examples(examples)
-        splits[name] = Split(name=name, examples=examples, report=report, image_digests=train.image_digests)
-        train.report.notes.append(f"{len(examples)} examples carved off for {name} ({how}, seed {cfg.split.seed})")
+        out[name] = Split(name=name, examples=examples, report=report, image_digests=train.image_digests)
+        train.report.notes.append(f"{len(examples)} examples carved off for {name} ({kind}, seed {how.seed})")
     train.examples = [train.examples[i] for i in sorted(remaining)]
     train.report.count_examples(train.examples)
+    return out
 
 
 def _split_off(

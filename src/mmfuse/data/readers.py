@@ -1,8 +1,9 @@
 """Reading split files into raw rows (field name -> value) with their location in the file.
 
-JSONL (one object a line; a ``.json`` file holding one array of objects is read too) and CSV/TSV with any
-delimiter and quoted fields. The ``csv`` module is used rather than pandas because a broken row must be reported
-with its line number and skipped on its own, not abort the whole file.
+JSONL (one object a line; a ``.json`` file holding one array of objects is read too), CSV/TSV with any
+delimiter and quoted fields, and Parquet (``pandas.read_parquet``; typed columns, so a cell may hold a number, a list
+or an image's ``{"bytes", "path"}``). The ``csv`` module is used rather than pandas for text files because a broken
+row must be reported with its line number and skipped on its own, not abort the whole file.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +21,7 @@ from mmfuse.data.text import decode_text
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 CSV_SUFFIXES = (".csv", ".tsv", ".txt")
+PARQUET_SUFFIXES = (".parquet", ".pq")
 _SNIFF_DELIMITERS = ",;\t|"
 
 
@@ -69,21 +72,26 @@ def detect_format(path: Path, fmt: str) -> str:
         return "jsonl"
     if suffix in CSV_SUFFIXES:
         return "csv"
+    if suffix in PARQUET_SUFFIXES:
+        return "parquet"
     raise ValueError(
         f"cannot tell the format of {str(path)!r} from its suffix {suffix!r} (jsonl: {', '.join(JSONL_SUFFIXES)};"
-        f" csv: {', '.join(CSV_SUFFIXES)}); set format: jsonl or format: csv"
+        f" csv: {', '.join(CSV_SUFFIXES)}; parquet: {', '.join(PARQUET_SUFFIXES)}); set format: jsonl, csv or "
+        "parquet"
     )
 
 
 def read_file(path: Path, fmt: str, *, delimiter: str | None = None, fallback_encodings: Sequence[str] = ()) -> RawFile:
-    """Reads every row of ``path`` (``fmt`` is ``jsonl``, ``csv`` or ``auto``).
+    """Reads every row of ``path`` (``fmt`` is ``jsonl``, ``csv``, ``parquet`` or ``auto``).
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: unknown format; a CSV file with no header.
+        ValueError: unknown format; a CSV file with no header; a file that is not Parquet read as Parquet.
     """
     if not path.is_file():
         raise FileNotFoundError(f"split file {str(path)!r} not found; check root and the split file names")
+    if detect_format(path, fmt) == "parquet":
+        return _read_parquet(path)
     text, encoding = decode_text(path.read_bytes(), fallback_encodings)
     raw = _read_jsonl(path, text) if detect_format(path, fmt) == "jsonl" else _read_csv(path, text, delimiter)
     raw.encoding = encoding
@@ -184,3 +192,39 @@ def _sniff_delimiter(text: str) -> str:
         return csv.Sniffer().sniff(sample, delimiters=_SNIFF_DELIMITERS).delimiter
     except csv.Error:
         return ","
+
+
+def _read_parquet(path: Path) -> RawFile:
+    import pandas as pd
+
+    try:
+        frame = pd.read_parquet(path)
+    except ImportError as e:
+        raise ImportError(f"reading the Parquet file {str(path)!r} needs pyarrow: pip install pyarrow ({e})") from e
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+        raise ValueError(f"{str(path)!r} is not a readable Parquet file ({e}); check the file or set format") from None
+    raw = RawFile(path=path, has_header=True, fields=[str(c) for c in frame.columns])
+    raw.rows = [RawRow(where=where, values=values) for where, values in frame_rows(frame)]
+    return raw
+
+
+def frame_rows(frame: Any) -> list[tuple[str, dict[str, Any]]]:
+    """The rows of a pandas DataFrame as ``(where, values)``: ``where`` names the row by its index label
+    (``row 0``), missing cells (NaN, None, NaT) are ``None``, NumPy scalars and arrays are Python values and lists."""
+    values = frame.astype(object).where(frame.notna(), None)
+    return [
+        (f"row {label!r}", {str(k): plain_value(v) for k, v in row.items()})
+        for label, row in zip(values.index, values.to_dict("records"), strict=True)
+    ]
+
+
+def plain_value(value: Any) -> Any:
+    """A NumPy scalar or array (a DataFrame or Parquet cell) as the Python value or list it holds; a path-like as
+    its string; anything else as it is."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if type(value).__module__ == "numpy":
+        tolist = getattr(value, "tolist", None)
+        if callable(tolist):
+            return tolist()
+    return value

@@ -4,7 +4,9 @@
 
     clf = MultimodalClassifier("configs/hateful_memes.yaml")          # or a TrainConfig, or shortcuts:
     clf = MultimodalClassifier(data="data.yaml", head="cross_attention", epochs=5)
+    clf = MultimodalClassifier(label="sentiment", text="review_text", image="image_path", head="cross_attention")
     clf.fit()                                # splits from the config's data; or clf.fit(train_examples, val_examples)
+    clf.fit(df_train, time_limit=600)        # a DataFrame, file, list, HF Dataset; 0.2 held out for validation
     clf.predict(examples)                    # class names
     clf.predict_proba(examples)              # (N, C) probabilities, class order = clf.classes
     clf.predict_proba(df, as_pandas=True)    # a DataFrame indexed like df, one column per class
@@ -31,10 +33,13 @@ import torch
 from torch import nn
 
 from mmfuse.cache import source_for
+from mmfuse.cache.location import resolve_cache_dir
 from mmfuse.config import TrainConfig, config_from, load_config
-from mmfuse.data.inputs import ExamplesLike, inputs_of, predictions_frame
+from mmfuse.data.config import SplitConfig
+from mmfuse.data.embedded import IMAGES_SUBDIR, default_image_cache
+from mmfuse.data.inputs import ExamplesLike, hold_out, inputs_of, predictions_frame
 from mmfuse.data.labels import LabelMap
-from mmfuse.data.loading import Split, load_splits
+from mmfuse.data.loading import WRITTEN_IMAGES, Split, load_splits
 from mmfuse.engine.metrics import check_scorer_names, evaluation, evaluation_scalars, scorer_metrics
 from mmfuse.engine.run_dir import RunDir
 from mmfuse.engine.trainer import EpochCallback, Trainer
@@ -43,6 +48,15 @@ from mmfuse.model import checkpoint as ckpt
 from mmfuse.model.prediction import Prediction
 from mmfuse.model.predictor import TorchPredictor
 from mmfuse.model.spec import ModelSpec
+
+
+def _alias(value: Any, old: Any, name: str, old_name: str) -> Any:
+    """``value``, or the same argument passed under its older keyword name."""
+    if old is None:
+        return value
+    if value is not None:
+        raise TypeError(f"fit got both {name}= and {old_name}= (the same argument under its older name); pass one")
+    return old
 
 
 class NotFittedError(ValueError):
@@ -58,7 +72,9 @@ class MultimodalClassifier:
         source: where features of frozen encoders come from (default: as ``config.cache`` says: the persistent
             feature cache, or the process-wide memo).
         **shortcuts: settings named like override keys (``head="align"``, ``epochs=5``, ``lr=1e-3``,
-            ``data="data.yaml"``); see :func:`~mmfuse.config.config_from`.
+            ``data="data.yaml"``), and the columns of the data (``label="sentiment"``, ``text="review_text"``,
+            ``image="image_path"``, ``id="post_id"``: ``data.columns.*``, which also work without a data config);
+            see :func:`~mmfuse.config.config_from`.
 
     Raises:
         ConfigError: a bad config, override or shortcut.
@@ -95,42 +111,90 @@ class MultimodalClassifier:
 
     def fit(
         self,
-        train: ExamplesLike | None = None,
-        val: ExamplesLike | None = None,
+        train_data: ExamplesLike | None = None,
+        tuning_data: ExamplesLike | None = None,
         *,
+        time_limit: float | None = None,
+        image_root: str | Path | None = None,
+        holdout_frac: float | None = None,
         callbacks: Sequence[EpochCallback] = (),
         resume: str | Path | None = None,
+        train: ExamplesLike | None = None,
+        val: ExamplesLike | None = None,
     ) -> MultimodalClassifier:
         """Trains a model, writing a run folder under ``config.run.out_dir``; keeps the best epoch's weights.
 
-        Without ``train``, the splits come from ``config.data`` (train, val, and a labeled test split, which is
-        evaluated at the end into ``summary.json``).
+        Without ``train_data``, the splits come from ``config.data`` (train, val, and a labeled test split, which
+        is evaluated at the end into ``summary.json``).
 
         Args:
-            train: training examples (a list, a split, or a data file).
-            val: validation examples; required when ``train`` is given.
+            train_data: training rows: a pandas DataFrame, a list of dicts, a list of
+                :class:`~mmfuse.data.Example`, a loaded split, a Hugging Face ``datasets.Dataset`` (its image column
+                paths, or ``datasets.Image`` / PIL images, written once to ``<cache dir>/images``), or the path of
+                a CSV, TSV, JSONL or Parquet file; columns as in ``config.data.columns`` (set them with
+                ``MultimodalClassifier(label=..., text=..., image=...)``). ``train=`` is the same (older name).
+            tuning_data: validation rows, of the same kinds: they select the best epoch, stop early and tune the
+                threshold. Without them, ``holdout_frac`` of ``train_data`` is held out (seeded and stratified by
+                label as ``data.split``); the log and ``summary.json`` (``notes``) say so. ``val=`` is the same.
+            time_limit: seconds the training may take (``train.time_limit``): it stops at an epoch boundary once
+                the next epoch would end past the limit (at least one epoch runs), keeps the best checkpoint, and
+                the summary says ``status: time_limit`` with a note.
+            image_root: the folder relative image paths resolve against (default: a data file's folder, or the
+                dataset root for a file of ``config.data``; the working directory for rows in memory).
+            holdout_frac: the share held out for validation when there is no ``tuning_data`` (default
+                ``data.split.val``, 0.2).
             callbacks: called with each epoch's record.
             resume: a run folder to continue from its last checkpoint.
 
         Raises:
-            ValueError: no data, or no validation examples.
+            ValueError: no data, a hold-out too small, a column of the wrong kind (naming it, with a value).
             NonFiniteLossError: the loss became NaN/inf.
         """
+        train_data = _alias(train_data, train, "train_data", "train")
+        tuning_data = _alias(tuning_data, val, "tuning_data", "val")
+        if time_limit is not None:
+            self.config = self.config.model_copy(
+                update={"train": self.config.train.model_validate({**self.config.train.model_dump(),
+                                                                   "time_limit": time_limit})}
+            )  # fmt: skip
         test = None
-        if train is None:
+        if train_data is None:
+            if image_root is not None:
+                raise ValueError("image_root applies to train_data/tuning_data; the config's data resolves against "
+                                 "data.root (set it there)")  # fmt: skip
             splits = self._config_splits()
-            train, val, test = splits["train"], splits.get("val"), splits.get("test")
-        if val is None:
-            raise ValueError(
-                "fit needs validation examples: pass val=..., or give the data a val split (data.val, or "
-                "data.split.val > 0 to carve one off train)"
+            train_data, tuning_data, test = splits["train"], splits.get("val"), splits.get("test")
+            if tuning_data is None:
+                raise ValueError(
+                    "fit needs validation examples: give the data a val split (data.val, or data.split.val > 0 to "
+                    "carve one off train), or pass train_data and tuning_data"
+                )
+        data, cache = self.config.data, self._image_cache()
+        train_in = inputs_of(train_data, data, labeled=True, image_root=image_root, image_cache=cache)
+        notes: list[str] = []
+        if tuning_data is None:
+            how = data.split if data is not None else SplitConfig()
+            fraction = holdout_frac if holdout_frac is not None else how.val or SplitConfig().val
+            train_in, val_in = hold_out(train_in, fraction, how)
+            unstratified = any("not stratified" in n for n in train_in.report.notes) if train_in.report else False
+            kind = "stratified by label" if how.stratify and not unstratified else "not stratified (see warnings)"
+            if not how.stratify:
+                kind = "not stratified (data.split.stratify: false)"
+            notes.append(
+                f"no tuning_data: {len(val_in.examples)} of {len(train_in.examples) + len(val_in.examples)} training "
+                f"examples ({fraction:g}) held out for validation, seed {how.seed}, {kind}"
             )
-        data = self.config.data
-        train_in, val_in = inputs_of(train, data, labeled=True), inputs_of(val, data, labeled=True)
+        elif holdout_frac is not None:
+            raise ValueError("holdout_frac applies only without tuning_data (it is the share held out for validation "
+                             "then); pass one or the other")  # fmt: skip
+        else:
+            val_in = inputs_of(tuning_data, data, labeled=True, image_root=image_root, image_cache=cache)
+        for name, part in (("train", train_in), ("val", val_in)):
+            notes += [f"{name}: {n}" for n in (part.report.notes if part.report else []) if WRITTEN_IMAGES in n]
         reports = {"train": train_in.report, "val": val_in.report, "test": test.report if test is not None else None}
         trainer = Trainer(
             self.config, train_in.examples, val_in.examples, source=self.source, callbacks=callbacks,
-            data_reports={name: r for name, r in reports.items() if r is not None},
+            data_reports={name: r for name, r in reports.items() if r is not None}, notes=notes,
         )  # fmt: skip
         run = RunDir.existing(resume) if resume is not None else None
         result = trainer.fit(run_dir=run, resume=resume is not None)
@@ -145,6 +209,12 @@ class MultimodalClassifier:
             result.run_dir.write_summary(self.summary)
             trainer.tracking.log_final(self.summary["test"], artifact=result.run_dir.summary)
         return self
+
+    def _image_cache(self) -> Path:
+        """Where images held in memory (PIL images, bytes, ``datasets.Image``) are written: ``images/`` under the
+        feature cache folder, or under the temp folder when that cache is off."""
+        root = resolve_cache_dir(self.config.cache.dir)
+        return root / IMAGES_SUBDIR if root is not None else default_image_cache()
 
     @classmethod
     def resume(cls, run: str | Path, overrides: Sequence[str] = (), config: str | Path | None = None):

@@ -129,6 +129,8 @@ class Trainer:
         callbacks: called with each epoch's record after its checkpoint is written.
         data_reports: the load reports of the splits (by name), when the examples were read from files: what was
             left out or blanked is said on the console, in ``train.log`` and ``summary.json``.
+        notes: what the caller did with the data that the run must say (e.g. a validation hold-out): on the console,
+            in ``train.log`` and in ``summary.json`` (``notes``).
     """
 
     def __init__(
@@ -141,6 +143,7 @@ class Trainer:
         source: FeatureSource | None = None,
         callbacks: Sequence[EpochCallback] = (),
         data_reports: Mapping[str, SplitReport] | None = None,
+        notes: Sequence[str] = (),
     ) -> None:
         _check_examples(train, "train")
         _check_examples(val, "val")
@@ -159,6 +162,7 @@ class Trainer:
         self.data_reports = dict(data_reports or {})
         counts = dict(zip(self.classes, _class_counts(self.train_y, len(self.classes)), strict=True))
         self.data_warnings = data_warnings(self.data_reports, counts)
+        self.notes = list(notes)
         self.tracking = Tracking()  # train.report_to's trackers, made with the run folder
 
     # ------------------------------------------------------------------------------------------------- setup
@@ -236,11 +240,13 @@ class Trainer:
             NonFiniteLossError: the loss became NaN/inf (the last good checkpoint stays).
             ConfigError, CheckpointError: a config or a checkpoint that does not fit.
         """
-        timer = Timer()
+        timer = self.timer = Timer()
         self._setup(run_dir)
         with self.reporter.log_to(self.run.log):
             for message in self.data_warnings:
                 self.reporter.warning(message)
+            for note in self.notes:
+                self.reporter.info(note)
             self._data()
             if resume:
                 self._restore()
@@ -263,7 +269,11 @@ class Trainer:
 
     def _loop(self) -> str:
         cfg = self.cfg.train
+        longest = 0.0  # the longest epoch (training and validation) so far, to tell whether the next one fits
         while self.state.epoch < cfg.epochs:
+            if self.state.epoch and self._out_of_time(longest):
+                return "time_limit"
+            started = time.perf_counter()
             epoch = self.state.epoch + 1
             train_stats = self._train_epoch(epoch)
             val, _ = self._validate(epoch)
@@ -281,11 +291,32 @@ class Trainer:
             self.tracking.log_metrics(self.state.step, {**scalars(val, "val"), **epoch_loss})
             for callback in self.callbacks:
                 callback(record)
+            longest = max(longest, time.perf_counter() - started)
             patience = cfg.early_stopping_patience
             if patience is not None and self.state.bad_epochs >= patience:
                 self.reporter.info(f"early stopping: no {self.metric} improvement in {patience} epochs")
                 return "early_stopped"
         return "completed"
+
+    def _out_of_time(self, longest: float) -> bool:
+        """Whether ``train.time_limit`` stops training before the next epoch: it would end past the limit if it took
+        as long as the ``longest`` so far. The main process decides for all (their clocks differ slightly)."""
+        limit = self.cfg.train.time_limit
+        if limit is None:
+            return False
+        elapsed = self.timer.seconds
+        stop = [elapsed + longest > limit]
+        if self.accelerator.num_processes > 1:
+            broadcast_object_list(stop)
+        if stop[0]:
+            note = (
+                f"stopped for the time limit ({limit:g}s): {elapsed:.0f}s used after epoch {self.state.epoch} of "
+                f"{self.cfg.train.epochs}, and the next epoch would take about {longest:.0f}s more; the best "
+                f"checkpoint (epoch {self.state.best_epoch}) is kept"
+            )
+            self.notes.append(note)
+            self.reporter.info(note)
+        return stop[0]
 
     def _train_epoch(self, epoch: int) -> dict[str, Any]:
         acc, cfg = self.accelerator, self.cfg
@@ -474,6 +505,7 @@ class Trainer:
             "best_value": self.state.best_value,
             "data": data_counts(self.data_reports),
             "warnings": self.data_warnings,
+            **({"notes": self.notes} if self.notes else {}),
         }
 
     def _finish(self, status: str, timer: Timer) -> FitResult:
