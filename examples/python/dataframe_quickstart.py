@@ -69,8 +69,9 @@ df_train.head()
 # ## Fit
 #
 # Frozen offline encoders (MiniLM for the text, EfficientNet-Lite0 for the image: each runs once over the data),
-# a late-fusion `concat` head on top. `fit` keeps the best epoch on the validation DataFrame and writes a run
-# folder under `runs/`.
+# a late-fusion `concat` head on top. Given one DataFrame, `fit` holds out a seeded, stratified 20% of it for
+# validation (`holdout_frac`; or pass a second DataFrame as `tuning_data`), keeps the best epoch on it and writes a
+# run folder under `runs/`.
 
 # %%
 clf = MultimodalClassifier(
@@ -85,7 +86,7 @@ clf = MultimodalClassifier(
         *EXTRA,
     ]
 )
-clf.fit(df_train, df_val)
+clf.fit(pd.concat([df_train, df_val], ignore_index=True))  # the dataset's train and dev rows
 print("classes:", clf.classes)
 
 # %% [markdown]
