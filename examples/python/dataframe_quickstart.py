@@ -47,7 +47,10 @@ def read_text(path: Path) -> str:
 
 def read_split(name: str) -> pd.DataFrame:
     rows = pd.read_json(ROOT / "splits" / f"{name}.jsonl", lines=True, dtype={"id": str})
-    whole = [(ROOT / img).is_file() and (ROOT / f"data/{i}.txt").is_file() for i, img in zip(rows["id"], rows["img"], strict=True)]
+    whole = [
+        (ROOT / img).is_file() and (ROOT / f"data/{i}.txt").is_file()
+        for i, img in zip(rows["id"], rows["img"], strict=True)
+    ]
     print(f"{name}: {len(rows)} rows, {len(rows) - sum(whole)} left out for a missing image or text file")
     rows = rows[whole]
     if ROWS is not None and len(rows) > ROWS:
