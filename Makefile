@@ -22,12 +22,12 @@ demo: install
 	$(BIN)/mmfuse demo --out demo-output
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
 
 format: install
-	$(BIN)/ruff check --fix src tests benchmarks
-	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks examples
+	$(BIN)/ruff format src tests benchmarks examples
 
 # The README's test command (and CI's): lint, the default suite, the float-sensitive tests once more on torch's
 # non-vectorized kernels, then the slow suite.
