@@ -44,3 +44,10 @@ def test_the_onnx_predictor_lays_attention_on_the_recorded_grid(tmp_path):
     pixels = [predictor.prepare_image(decode_image(png_bytes(width=40, height=40, seed=1)))]
     (prediction,) = predictor.predict(["a cat"], pixels)
     assert prediction.attention.shape == (8, 2)  # a guess from 16 regions of a square input would be 4×4
+
+
+@pytest.mark.slow
+def test_vit_cross_attention_exports_with_dynamo(tmp_path):
+    """The default exporter on a patch-token backbone (the grid slicing after [CLS] and the grid's ints)."""
+    result = _check_export(_head("cross_attention", tiny_vision_dir("vit")), tmp_path, "dynamo")
+    assert "attention" in result.outputs
