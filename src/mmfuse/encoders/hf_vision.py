@@ -64,9 +64,11 @@ class VisionFamily:
         pooled: ``"cls"``: the final state of token 0 (after the model's final LayerNorm: what its image classifier
             reads); ``"pooler"``: the model's ``pooler_output`` (average pooling + LayerNorm, or SigLIP's attention
             pooling head).
-        blocks: paths of the module lists whose items are the unit of ``trainable_top_k``, bottom to top (``*``:
-            every item of a list, in order).
-        top: modules after the blocks, trainable again whenever ``trainable_top_k > 0`` (final norm, pooling head).
+        blocks: path of the module lists whose items are the unit of ``trainable_top_k``, bottom to top (``*``:
+            every item of a list, in order); ``|`` separates alternatives (module names differ between transformers
+            versions), the first that exists is used.
+        top: paths of the modules after the blocks, trainable again whenever ``trainable_top_k > 0`` (final norm,
+            pooling head); alternatives as in ``blocks``.
         prefix: number of tokens before the grid (CLS, distillation, register tokens), from the config.
         pad: the patch embedding pads the image to a multiple of the patch size (grid side ``ceil(H / patch)``)
             instead of dropping the remainder (``floor``).
@@ -79,7 +81,7 @@ class VisionFamily:
 
     layout: Literal["tokens", "map"]
     pooled: Literal["cls", "pooler"]
-    blocks: tuple[str, ...]
+    blocks: str
     top: tuple[str, ...]
     prefix: Callable[[Any], int] = _no_tokens
     pad: bool = False
@@ -89,41 +91,57 @@ class VisionFamily:
 
 
 _NO_POOLER = {"add_pooling_layer": False}
-_SIGLIP = VisionFamily("tokens", "pooler", ("encoder.layers",), ("post_layernorm", "head"))
-_CONVNEXT = VisionFamily("map", "pooler", ("encoder.stages.*.layers",), ("layernorm",))
+_SIGLIP = VisionFamily(
+    "tokens",
+    "pooler",
+    "encoder.layers|vision_model.encoder.layers",
+    ("post_layernorm|vision_model.post_layernorm", "head|vision_model.head"),
+)
+_CONVNEXT = VisionFamily("map", "pooler", "encoder.stages.*.layers", ("layernorm",))
+_VIT_LAYERS = "layers|encoder.layer"
 
 FAMILIES: dict[str, VisionFamily] = {
-    "vit": VisionFamily("tokens", "cls", ("layers",), ("layernorm",), _cls, model_kwargs=_NO_POOLER),
+    "vit": VisionFamily("tokens", "cls", _VIT_LAYERS, ("layernorm",), _cls, model_kwargs=_NO_POOLER),
     # DeiT: [CLS] and the distillation token come before the patches; pooled = the [CLS] state
-    "deit": VisionFamily("tokens", "cls", ("layers",), ("layernorm",), _cls_and_distillation, model_kwargs=_NO_POOLER),
-    "dinov2": VisionFamily("tokens", "cls", ("encoder.layer",), ("layernorm",), _cls_and_registers),
-    "dinov2_with_registers": VisionFamily("tokens", "cls", ("encoder.layer",), ("layernorm",), _cls_and_registers),
+    "deit": VisionFamily("tokens", "cls", _VIT_LAYERS, ("layernorm",), _cls_and_distillation, model_kwargs=_NO_POOLER),
+    "dinov2": VisionFamily("tokens", "cls", "encoder.layer|layers", ("layernorm",), _cls_and_registers),
+    "dinov2_with_registers": VisionFamily("tokens", "cls", "encoder.layer|layers", ("layernorm",), _cls_and_registers),
     "siglip": dataclasses.replace(_SIGLIP, vision_class="SiglipVisionModel"),
     "siglip_vision_model": _SIGLIP,
     "convnext": _CONVNEXT,
     "convnextv2": _CONVNEXT,
-    "swin": VisionFamily(
-        "tokens", "pooler", ("encoder.layers.*.blocks",), ("layernorm",), pad=True, merges=_stage_merges
-    ),
+    "swin": VisionFamily("tokens", "pooler", "encoder.layers.*.blocks", ("layernorm",), pad=True, merges=_stage_merges),
 }
 """``model_type`` -> how :class:`HFVisionEncoder` reads it."""
 
 VISION_MODEL_TYPES = tuple(FAMILIES)
 
 
-def _modules_at(model: nn.Module, path: str) -> list[nn.Module]:
-    """The modules at ``path`` (dotted attribute names; ``*`` expands every item of a module list, in order); a list
-    at the end is expanded into its items."""
-    current = [model]
-    for part in path.split("."):
-        if part == "*":
-            current = [item for module in current for item in module.children()]
-        else:
-            current = [getattr(module, part) for module in current]
-    out: list[nn.Module] = []
-    for module in current:
-        out.extend(module if isinstance(module, nn.ModuleList) else [module])
-    return out
+def _modules_at(model: nn.Module, paths: str) -> list[nn.Module]:
+    """The modules at the first of ``paths`` (``|``-separated alternatives of dotted attribute names; ``*`` expands
+    every item of a module list, in order) that exists; a list at the end is expanded into its items.
+
+    Raises:
+        ValueError: none of them exists (a transformers version that names its modules otherwise).
+    """
+    for path in paths.split("|"):
+        current = [model]
+        try:
+            for part in path.split("."):
+                if part == "*":
+                    current = [item for module in current for item in module.children()]
+                else:
+                    current = [getattr(module, part) for module in current]
+        except AttributeError:
+            continue
+        out: list[nn.Module] = []
+        for module in current:
+            out.extend(module if isinstance(module, nn.ModuleList) else [module])
+        return out
+    raise ValueError(
+        f"{type(model).__name__} has no module {paths!r} (another transformers version?); "
+        "mmfuse cannot tell which of its layers trainable_top_k should count"
+    )
 
 
 def _load_quietly(loader: Callable[..., Any], source: str | Path, what: str, **kwargs: Any) -> Any:
@@ -197,7 +215,7 @@ class HFVisionEncoder(ImageEncoder):
         self._preprocessor = HFImagePreprocessor(source)
         sizes = getattr(self.model.config, "hidden_sizes", None)
         self.dim = int(sizes[-1] if sizes else self.model.config.hidden_size)
-        self._blocks = [m for path in family.blocks for m in _modules_at(self.model, path)]
+        self._blocks = _modules_at(self.model, family.blocks)
         self._top = [m for path in family.top for m in _modules_at(self.model, path)]
         self.num_layers = len(self._blocks)
         self._fingerprint = WeightsFingerprint()
