@@ -31,7 +31,7 @@ def assert_tables_close(got: FeatureTable, want: FeatureTable, *, atol: float = 
     assert (got.present is None) == (want.present is None)
     if want.present is not None:
         assert torch.equal(got.present, want.present)
-    assert got.has_sequence == want.has_sequence
+    assert got.has_sequence == want.has_sequence and got.grid == want.grid
     if want.has_sequence:
         assert torch.equal(got.offsets, want.offsets)
         assert torch.equal(got.valid, want.valid)
@@ -299,3 +299,37 @@ def test_a_pooled_request_stores_the_sequence_so_a_later_sequence_request_encode
     again = FeatureCache(tmp_path / "lean", encode_workers=0)
     again.get(image_encoder, examples, need_sequence=True)
     assert again.stats.computed == len(examples)  # pooled-only entries cannot serve a grid: encoded again
+
+
+def _strip_grid(shard: Path) -> None:
+    """Rewrites ``shard`` as one written before grids were stored: the same tensors, no ``grid`` metadata."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(shard), framework="pt") as f:
+        meta = dict(f.metadata())
+        tensors = {k: f.get_tensor(k).clone() for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+    assert meta.pop("grid") == "[2, 2]"
+    save_file(tensors, str(shard), metadata=meta)
+
+
+def test_the_image_grid_is_stored_with_the_features_and_old_entries_get_it_from_the_encoder(
+    tmp_path: Path, examples: list[Example], image_encoder: Encoder
+) -> None:
+    """The tiny ResNet's 2×2 grid travels through the shards to each batch; shards written before the grid was stored
+    (same cache key) are still read, with the grid taken from the encoder itself."""
+    cold = FeatureCache(tmp_path / "c", shard_examples=15, encode_workers=0)
+    assert cold.get(image_encoder, examples, need_sequence=True).grid == (2, 2)
+    assert {read_header(p).grid for p in shards(tmp_path / "c")} == {(2, 2)}
+    warm = FeatureCache(tmp_path / "c", encode_workers=0)
+    table = warm.get(image_encoder, examples, need_sequence=True)
+    assert warm.stats.computed == 0 and table.grid == (2, 2) and table.batch([0, 3]).grid == (2, 2)
+
+    for shard in shards(tmp_path / "c"):
+        _strip_grid(shard)
+    assert {read_header(p).grid for p in shards(tmp_path / "c")} == {None}
+    old = FeatureCache(tmp_path / "c", encode_workers=0)
+    table = old.get(image_encoder, examples, need_sequence=True)
+    assert old.stats.computed == 0 and old.stats.corrupt == 0  # read, not recomputed
+    assert table.grid == (2, 2) and table.batch([1]).grid == (2, 2)
+    assert_tables_close(table, compute_features(image_encoder, examples, need_sequence=True))

@@ -7,10 +7,11 @@ A shard holds, for ``n`` inputs (rows), the tensors of a :class:`~mmfuse.feature
   int64.
 
 Its safetensors metadata holds everything needed to trust it: the format, the encoder identity (canonical JSON,
-compared with the requesting encoder's), the modality, whether it has sequences, the ``n`` content keys of its rows
-in order, and a CRC-32 of every tensor's bytes. A shard is written to a hidden temporary file and renamed into
-place (``os.replace``), so a reader never sees a half-written shard under a real name; a truncated, damaged or
-foreign shard is detected (:class:`CorruptShardError`) and its entries recomputed.
+compared with the requesting encoder's), the modality, whether it has sequences, for image grids their ``(h, w)``
+(``grid``; shards written before it was stored lack it, and stay readable: see :meth:`FeatureCache.get`), the ``n``
+content keys of its rows in order, and a CRC-32 of every tensor's bytes. A shard is written to a hidden temporary
+file and renamed into place (``os.replace``), so a reader never sees a half-written shard under a real name; a
+truncated, damaged or foreign shard is detected (:class:`CorruptShardError`) and its entries recomputed.
 
 The header is parsed here without torch, so ``mmfuse cache ls`` stays light.
 """
@@ -64,6 +65,8 @@ class ShardHeader:
         created: when it was written (seconds since the epoch).
         checksums: CRC-32 of each tensor's bytes.
         shapes: shape of each tensor.
+        grid: ``(h, w)`` of the image grid its sequences hold; ``None`` for text, pooled-only shards, and shards
+            written before the grid was stored.
     """
 
     path: Path
@@ -75,6 +78,7 @@ class ShardHeader:
     created: float
     checksums: dict[str, int]
     shapes: dict[str, tuple[int, ...]]
+    grid: tuple[int, int] | None = None
 
     @property
     def rows(self) -> int:
@@ -130,6 +134,8 @@ def write_shard(folder: Path, table: FeatureTable, keys: list[str], *, identity:
         "crc32": json.dumps(checksums, sort_keys=True),
         "created": repr(created),
     }
+    if table.has_sequence and table.grid is not None:
+        metadata["grid"] = json.dumps([int(table.grid[0]), int(table.grid[1])])
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / shard_name()
     tmp = folder / f"{TMP_PREFIX}{final.name}"
@@ -140,9 +146,11 @@ def write_shard(folder: Path, table: FeatureTable, keys: list[str], *, identity:
         tmp.unlink(missing_ok=True)
         raise
     shapes = {name: tuple(t.shape) for name, t in tensors.items()}
+    grid = (int(table.grid[0]), int(table.grid[1])) if "grid" in metadata and table.grid is not None else None
     return ShardHeader(
-        final, identity, modality, table.has_sequence, tuple(keys), final.stat().st_size, created, checksums, shapes
-    )
+        final, identity, modality, table.has_sequence, tuple(keys), final.stat().st_size, created, checksums, shapes,
+        grid,
+    )  # fmt: skip
 
 
 def read_header(path: Path) -> ShardHeader:
@@ -172,6 +180,12 @@ def read_header(path: Path) -> ShardHeader:
         checksums = {str(k): int(v) for k, v in json.loads(meta["crc32"]).items()}
         shapes = {name: tuple(int(d) for d in info["shape"]) for name, info in header.items()}
         end = max((int(info["data_offsets"][1]) for info in header.values()), default=0)
+        grid = None
+        if "grid" in meta:
+            h, w = (int(d) for d in json.loads(meta["grid"]))
+            if h <= 0 or w <= 0:
+                raise ValueError(f"grid {meta['grid']!r} is not two positive sides")
+            grid = (h, w)
         result = ShardHeader(
             path=path,
             identity=str(meta["identity"]),
@@ -182,6 +196,7 @@ def read_header(path: Path) -> ShardHeader:
             created=float(meta["created"]),
             checksums=checksums,
             shapes=shapes,
+            grid=grid,
         )
     except CorruptShardError:
         raise
@@ -255,6 +270,7 @@ def load_shard(header: ShardHeader, *, need_sequence: bool) -> FeatureTable:
     if need_sequence:
         check_offsets(header, t["offsets"], header.shapes["values"][0])
         table.values, table.valid, table.offsets = t["values"], t["valid"], t["offsets"]
+        table.grid = header.grid
     return table
 
 

@@ -11,8 +11,10 @@
 
 A pooled-only entry cannot serve a sequence request; a sequence entry serves both. So that an encoder runs once
 per input whatever heads come later, new entries keep the sequence even for a pooled request (``store_sequences``,
-the default; an encoder without a sequence output is stored pooled). Encoders with trainable weights
-are never cached: their features are computed and returned, nothing is stored.
+the default; an encoder without a sequence output is stored pooled). An image grid's ``(h, w)`` is stored with its
+entries; entries written before it was (same cache key: the encoder identity did not change) stay readable, and
+their grid is read from the encoder itself (:meth:`ImageEncoder.grid_shape`, one blank image), never guessed.
+Encoders with trainable weights are never cached: their features are computed and returned, nothing is stored.
 
 Folder layout::
 
@@ -53,7 +55,7 @@ from mmfuse.cache.shards import (
     write_shard,
 )
 from mmfuse.data.example import Example
-from mmfuse.encoders.base import Encoder, TextEncoder
+from mmfuse.encoders.base import Encoder, ImageEncoder, TextEncoder
 from mmfuse.features import FeatureSource, FeatureTable, compute_features, default_store
 
 logger = logging.getLogger("mmfuse.cache")
@@ -217,6 +219,10 @@ class FeatureCache:
         self.stats.requests += 1
         folder = self._folder(ident_hex, identity, encoder, modality)
         table = self._resolve(folder, encoder, examples, keys, need_sequence, device, batch_size, workers, progress)
+        if table.has_sequence and table.grid is None and isinstance(encoder, ImageEncoder):
+            # every row came from shards written before the grid was stored with them: the same encoder (same
+            # identity) gives the same grid, so it is read from the encoder (one blank image), not guessed
+            table.grid = encoder.grid_shape()
         self._memo[request] = table
         self._memo.move_to_end(request)
         while len(self._memo) > self.max_tables:
@@ -496,6 +502,7 @@ class _Part:
                 raise ValueError(f"shard {str(header.path)!r} holds pooled vectors only; it cannot serve sequences")
             small.offsets = read_tensors(header, ["offsets"])["offsets"]
             check_offsets(header, small.offsets, header.shapes["values"][0])
+            small.grid = header.grid
         return cls(small, header)
 
     @property
@@ -546,6 +553,9 @@ def assemble(parts: Sequence[_Part], sources: Sequence[tuple[int, int]], *, need
         selections.append((part, sel, rows))
     if not need_sequence:
         return FeatureTable(pooled=pooled, present=present)
+    grids = {part.table.grid for part, _, _ in selections} - {None}  # None: a shard from before grids were stored
+    if len(grids) > 1:
+        raise ValueError(f"cached parts of one encoder hold image grids of different shapes {sorted(grids)}")
     lengths = torch.empty(n, dtype=torch.long)
     for part, sel, rows in selections:
         lengths[sel] = part.offsets[rows + 1] - part.offsets[rows]
@@ -566,7 +576,8 @@ def assemble(parts: Sequence[_Part], sources: Sequence[tuple[int, int]], *, need
         values[dst] = part_values[src]
         valid[dst] = part_valid[src]
         del part_values, part_valid
-    return FeatureTable(pooled=pooled, values=values, valid=valid, offsets=offsets, present=present)
+    grid = grids.pop() if grids else None
+    return FeatureTable(pooled=pooled, values=values, valid=valid, offsets=offsets, present=present, grid=grid)
 
 
 _SHARED: dict[Path, FeatureCache] = {}

@@ -11,6 +11,7 @@ from mmfuse.encoders._preprocess import PreprocessingError, load_preprocessing
 from mmfuse.encoders.base import Encoder, EncoderOutput, ImageEncoder, TextEncoder
 from mmfuse.encoders.clip import CLIPVisionEncoder
 from mmfuse.encoders.efficientnet import EfficientNetLiteEncoder
+from mmfuse.encoders.hf_vision import HFVisionEncoder
 from mmfuse.encoders.registry import (
     IMAGE_ENCODERS,
     TEXT_ENCODERS,
@@ -33,6 +34,7 @@ __all__ = [
     "EncoderSpec",
     "HFResNetEncoder",
     "HFTextEncoder",
+    "HFVisionEncoder",
     "ImageEncoder",
     "PreprocessingError",
     "TextEncoder",

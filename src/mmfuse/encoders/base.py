@@ -29,17 +29,23 @@ class EncoderOutput:
         sequence: ``(B, N, D)`` token states (text) or grid/patch features (image), or ``None`` when the
             encoder has none.
         mask: ``(B, N)`` bool, ``True`` where ``sequence`` holds a real token/region (padding is ``False``).
+        grid: ``(h, w)`` of an image encoder's region/patch grid: ``sequence`` holds its ``h·w`` cells row-major
+            (top-left first, ``N == h·w``); ``None`` for text, and for an image encoder that does not say (heads
+            then treat the N regions as one row). The same for every example of a batch (an image encoder's
+            preprocessing gives every image one size).
     """
 
     pooled: torch.Tensor
     sequence: torch.Tensor | None = None
     mask: torch.Tensor | None = None
+    grid: tuple[int, int] | None = None
 
     def to(self, device: torch.device | str) -> EncoderOutput:
         return EncoderOutput(
             pooled=self.pooled.to(device),
             sequence=None if self.sequence is None else self.sequence.to(device),
             mask=None if self.mask is None else self.mask.to(device),
+            grid=self.grid,
         )
 
     def index(self, idx: torch.Tensor | slice) -> EncoderOutput:
@@ -48,6 +54,7 @@ class EncoderOutput:
             pooled=self.pooled[idx],
             sequence=None if self.sequence is None else self.sequence[idx],
             mask=None if self.mask is None else self.mask[idx],
+            grid=self.grid,
         )
 
 
@@ -181,3 +188,25 @@ class ImageEncoder(Encoder):
 
     def forward(self, pixel_values: torch.Tensor) -> EncoderOutput:  # type: ignore[override]
         raise NotImplementedError
+
+    def grid_shape(self) -> tuple[int, int] | None:
+        """``(h, w)`` of the region grid this encoder gives for an image made by its own preprocessing (every image
+        is: the preprocessing gives them all one size), or ``None`` when it has no grid or does not say.
+
+        Found by running the encoder once on a blank image (remembered afterwards): what the feature cache uses for
+        entries written before the grid was stored with them, so that it is read from the model, never guessed.
+        """
+        if getattr(self, "_grid_shape", False) is False:
+            pixels = self.preprocess(Image.new("RGB", (64, 64), (128, 128, 128)))[None]
+            param = next(self.parameters(), None)
+            if param is not None:
+                pixels = pixels.to(device=param.device, dtype=param.dtype)
+            modes = [(m, m.training) for m in self.modules()]  # restored exactly (train() would change some)
+            self.eval()
+            try:
+                with torch.inference_mode():
+                    self._grid_shape = self(pixels).grid
+            finally:
+                for module, mode in modes:
+                    module.training = mode
+        return self._grid_shape

@@ -42,7 +42,8 @@ class CLIPVisionEncoder(ImageEncoder):
     [CLS] state: the vector CLIP matches against text; ``dim`` = projection size, 512 for ViT-B/32);
     ``sequence`` ``(B, N, sequence_dim)`` the last hidden states of the N patch tokens, [CLS] excluded (it is what
     ``pooled`` reads), without projection or final LayerNorm (``sequence_dim`` = hidden size, 768 for ViT-B/32;
-    N = 49 for ViT-B/32 at 224 px); ``mask`` all True.
+    N = 49 for ViT-B/32 at 224 px); ``mask`` all True; ``grid`` ``(H / patch, W / patch)`` (7×7 for ViT-B/32 at
+    224 px).
 
     Args:
         source: hub id (``"openai/clip-vit-base-patch32"``) or a folder made with ``save_pretrained``, holding a
@@ -88,7 +89,9 @@ class CLIPVisionEncoder(ImageEncoder):
         out = self.model(pixel_values=pixel_values)
         seq = out.last_hidden_state[:, 1:]  # (B, N, hidden): patch tokens; index 0 is [CLS]
         mask = torch.ones(seq.shape[:2], dtype=torch.bool, device=seq.device)
-        return EncoderOutput(pooled=out.image_embeds, sequence=seq, mask=mask)
+        patch = int(self.model.config.patch_size)  # the patch conv has stride = kernel = patch_size
+        grid = (int(pixel_values.shape[-2]) // patch, int(pixel_values.shape[-1]) // patch)
+        return EncoderOutput(pooled=out.image_embeds, sequence=seq, mask=mask, grid=grid)
 
     def freeze(self, trainable_top_k: int = 0) -> None:
         """Freezes everything, then makes the top ``trainable_top_k`` transformer layers, the final LayerNorm and

@@ -47,7 +47,8 @@ class EfficientNetLiteEncoder(ImageEncoder):
     """EfficientNet-Lite0, -Lite1 or -Lite2 as a grid encoder.
 
     Outputs: ``sequence`` ``(B, N, D)`` the last feature map (after the head conv) as ``N = ceil(image_size/32)²``
-    regions (Lite0: 49 at 224 px; Lite1: 64 at 240 px; Lite2: 81 at 260 px), ``mask`` all True, ``pooled``
+    regions (Lite0: 49 at 224 px; Lite1: 64 at 240 px; Lite2: 81 at 260 px) row-major, ``grid`` their ``(h, w)``
+    (7×7, 8×8, 9×9), ``mask`` all True, ``pooled``
     ``(B, D)`` its mean (the model's own global average pooling; the ImageNet classifier ``_fc`` is dropped).
     ``dim == sequence_dim == 1280`` (Lite models keep the head width fixed).
 
@@ -120,7 +121,8 @@ class EfficientNetLiteEncoder(ImageEncoder):
         grid = self.model.extract_features(pixel_values)  # (B, 1280, h, w)
         seq = grid.flatten(2).transpose(1, 2)  # (B, h*w, 1280), row-major regions
         mask = torch.ones(seq.shape[:2], dtype=torch.bool, device=seq.device)
-        return EncoderOutput(pooled=seq.mean(dim=1), sequence=seq, mask=mask)
+        shape = (int(grid.shape[-2]), int(grid.shape[-1]))
+        return EncoderOutput(pooled=seq.mean(dim=1), sequence=seq, mask=mask, grid=shape)
 
     def freeze(self, trainable_top_k: int = 0) -> None:
         """Freezes everything, then makes the last ``trainable_top_k`` MBConv blocks and the head conv (1×1 conv

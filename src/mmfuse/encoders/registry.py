@@ -8,7 +8,8 @@ A name is one of:
   ``bert-base-uncased``, ``clip-vit-b32``, ``resnet-18``, ...;
 - a local folder made with ``save_pretrained``, or a Hugging Face hub id (``org/name``): the encoder class is
   picked from the config's ``model_type`` (BERT family → :class:`HFTextEncoder`; ``clip`` /
-  ``clip_vision_model`` → :class:`CLIPVisionEncoder`; ``resnet`` → :class:`HFResNetEncoder`).
+  ``clip_vision_model`` → :class:`CLIPVisionEncoder`; ``resnet`` → :class:`HFResNetEncoder`; ``vit``, ``deit``,
+  ``dinov2``, ``siglip``, ``convnext``, ``swin``, ... (``VISION_MODEL_TYPES``) → :class:`HFVisionEncoder`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from mmfuse.encoders._common import is_local, load_pretrained
 from mmfuse.encoders.base import ImageEncoder, TextEncoder
 from mmfuse.encoders.clip import CLIP_MODEL_TYPES, CLIPVisionEncoder
 from mmfuse.encoders.efficientnet import VARIANTS, EfficientNetLiteEncoder
+from mmfuse.encoders.hf_vision import VISION_MODEL_TYPES, HFVisionEncoder
 from mmfuse.encoders.packaged import MPNET, split_zip_model
 from mmfuse.encoders.resnet import RESNET_MODEL_TYPES, HFResNetEncoder
 from mmfuse.encoders.text import TEXT_MODEL_TYPES, HFTextEncoder
@@ -125,10 +127,21 @@ IMAGE_ENCODERS.register("clip-vit-b16")(
 )
 IMAGE_ENCODERS.register("resnet-18")(EncoderSpec(HFResNetEncoder, "microsoft/resnet-18", summary="ResNet-18; hub"))
 IMAGE_ENCODERS.register("resnet-50")(EncoderSpec(HFResNetEncoder, "microsoft/resnet-50", summary="ResNet-50; hub"))
+for _name, _hub, _summary in (
+    ("vit-b16", "google/vit-base-patch16-224-in21k", "ViT-B/16 ImageNet-21k (14×14 patch grid); hub"),
+    ("deit-s16", "facebook/deit-small-distilled-patch16-224", "DeiT-S/16 distilled (14×14 patch grid); hub"),
+    ("dinov2-small", "facebook/dinov2-small", "DINOv2 ViT-S/14 (16×16 patch grid at 224 px); hub"),
+    ("dinov2-base", "facebook/dinov2-base", "DINOv2 ViT-B/14 (16×16 patch grid at 224 px); hub"),
+    ("siglip-b16", "google/siglip-base-patch16-224", "SigLIP ViT-B/16 vision tower (14×14 patch grid); hub"),
+    ("convnext-tiny", "facebook/convnext-tiny-224", "ConvNeXt-T ImageNet-1k (7×7 grid); hub"),
+    ("swin-tiny", "microsoft/swin-tiny-patch4-window7-224", "Swin-T ImageNet-1k (7×7 grid); hub"),
+):
+    IMAGE_ENCODERS.register(_name)(EncoderSpec(HFVisionEncoder, _hub, summary=_summary))
 
 _IMAGE_MODEL_TYPES: dict[str, type] = {
     **{t: CLIPVisionEncoder for t in CLIP_MODEL_TYPES},
     **{t: HFResNetEncoder for t in RESNET_MODEL_TYPES},
+    **{t: HFVisionEncoder for t in VISION_MODEL_TYPES},
 }
 _TEXT_MODEL_TYPES: dict[str, type] = dict.fromkeys(TEXT_MODEL_TYPES, HFTextEncoder)
 
@@ -248,9 +261,11 @@ def build_image_encoder(name: str, **options: Any) -> ImageEncoder:
     Args:
         name: ``efficientnet-lite0`` (offline default), ``clip-vit-b32``, ``resnet-18``, ...
             (``IMAGE_ENCODERS.names()``), a folder made with ``save_pretrained`` (model and
-            ``preprocessor_config.json``), or a hub id ``org/name`` of a CLIP or ResNet model.
+            ``preprocessor_config.json``), or a hub id ``org/name`` of a CLIP, ResNet, ViT, DeiT, DINOv2, SigLIP,
+            ConvNeXt or Swin model.
         **options: per encoder; ``efficientnet-lite0/1/2`` take ``image_size`` and ``resize`` (``"stretch"`` /
-            ``"crop"``); CLIP and ResNet take none (their preprocessing comes from ``preprocessor_config.json``).
+            ``"crop"``); the transformers models take none (their preprocessing comes from
+            ``preprocessor_config.json``).
 
     Raises:
         UnknownNameError: an unknown short name (a ``ValueError``; the message lists the known ones).

@@ -39,9 +39,9 @@ class HFResNetEncoder(ImageEncoder):
     """A ResNet as a grid encoder.
 
     Outputs: ``sequence`` ``(B, h·w, C)`` the last stage's feature map (7×7 at 224 px, C = 512 for ResNet-18,
-    2048 for ResNet-50) as row-major regions, ``mask`` all True, ``pooled`` ``(B, C)`` the model's average-pooled
-    output. ``dim == sequence_dim == C``. BatchNorm layers of frozen blocks stay in eval mode even in train mode
-    (see :meth:`Encoder.train`).
+    2048 for ResNet-50) as row-major regions, ``grid`` its ``(h, w)``, ``mask`` all True, ``pooled`` ``(B, C)``
+    the model's average-pooled output. ``dim == sequence_dim == C``. BatchNorm layers of frozen blocks stay in eval
+    mode even in train mode (see :meth:`Encoder.train`).
 
     Args:
         source: hub id (``"microsoft/resnet-18"``) or a folder made with ``save_pretrained`` (a ``ResNetModel`` or
@@ -79,7 +79,8 @@ class HFResNetEncoder(ImageEncoder):
         out = self.model(pixel_values=pixel_values)
         seq = out.last_hidden_state.flatten(2).transpose(1, 2)  # (B, C, h, w) -> (B, h*w, C)
         mask = torch.ones(seq.shape[:2], dtype=torch.bool, device=seq.device)
-        return EncoderOutput(pooled=out.pooler_output.flatten(1), sequence=seq, mask=mask)
+        grid = (int(out.last_hidden_state.shape[-2]), int(out.last_hidden_state.shape[-1]))
+        return EncoderOutput(pooled=out.pooler_output.flatten(1), sequence=seq, mask=mask, grid=grid)
 
     def freeze(self, trainable_top_k: int = 0) -> None:
         """Freezes everything, then makes the last ``trainable_top_k`` residual blocks trainable again

@@ -9,9 +9,10 @@ The graph takes the encoders' raw inputs and returns what the server needs:
   ``(batch, sequence, N)`` over the N image regions and ``image_reliance`` ``(batch,)``.
 
 The batch and sequence axes are dynamic. The file carries its own metadata (``metadata_props["mmfuse"]``, JSON):
-classes, the tuned threshold, the head, the model config, a digest of the checkpoint it came from, and where its
-preprocessing is. The preprocessing (the encoders' tokenizer and image-processor files, no weights) is written beside
-the file, one folder per ``.onnx`` so ``model.onnx`` and ``model-last.onnx`` can share a folder::
+classes, the tuned threshold, the head, the model config, a digest of the checkpoint it came from, the ``(h, w)`` of
+the image grid the attention's N regions lie on (``image_grid``), and where its preprocessing is. The preprocessing
+(the encoders' tokenizer and image-processor files, no weights) is written beside the file, one folder per ``.onnx``
+so ``model.onnx`` and ``model-last.onnx`` can share a folder::
 
     export/model.onnx
     export/model.preprocessing/text/     tokenizer.json, tokenizer_config.json, mmfuse_preprocessing.json
@@ -244,6 +245,8 @@ def export_onnx(
             "outputs": outputs,
             "config": config,
             "preprocessing": preprocessing,
+            # (h, w) of the image grid the attention's regions lie on (fixed by the image preprocessing's size)
+            "image_grid": None if probe.grid is None else [int(probe.grid[0]), int(probe.grid[1])],
             **(extra_metadata or {}),
         }
         _finish(tmp, trace_inputs, metadata)

@@ -98,7 +98,11 @@ class OnnxPredictor(Predictor):
             else:
                 raise ValueError(f"the ONNX model needs input {name!r}, but the preprocessing gave {sorted(inputs)}")
         wanted = [n for n in self.output_names if n != "probabilities"]
-        return dict(zip(wanted, self.session.run(wanted, feeds), strict=True))
+        outputs = dict(zip(wanted, self.session.run(wanted, feeds), strict=True))
+        grid = self.metadata.get("image_grid")  # absent from exports made before it was recorded: guessed then
+        if "attention" in outputs and grid is not None:
+            outputs["grid"] = np.asarray(grid, dtype=np.int64)
+        return outputs
 
 
 def _preprocessing(

@@ -37,6 +37,9 @@ class FeatureTable:
         offsets: ``(N + 1,)`` long; example ``i`` owns packed rows ``offsets[i]:offsets[i + 1]``.
         present: ``(N,)`` bool, for images: ``False`` where the image was missing or unreadable and a blank stood
             in; ``None`` for text.
+        grid: ``(h, w)`` of an image encoder's region grid (every example's ``h·w`` rows are its cells,
+            row-major), as the encoder returned it (:attr:`EncoderOutput.grid`); ``None`` for text, without
+            sequences, or for an encoder that does not say.
     """
 
     pooled: torch.Tensor
@@ -44,6 +47,7 @@ class FeatureTable:
     valid: torch.Tensor | None = None
     offsets: torch.Tensor | None = None
     present: torch.Tensor | None = None
+    grid: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         return self.pooled.shape[0]
@@ -65,7 +69,7 @@ class FeatureTable:
         starts, ends = self.offsets[rows].tolist(), self.offsets[rows + 1].tolist()
         seq = pad_sequence([self.values[s:e] for s, e in zip(starts, ends, strict=True)], batch_first=True)
         mask = pad_sequence([self.valid[s:e] for s, e in zip(starts, ends, strict=True)], batch_first=True)
-        return EncoderOutput(pooled=pooled, sequence=seq, mask=mask.bool())
+        return EncoderOutput(pooled=pooled, sequence=seq, mask=mask.bool(), grid=self.grid)
 
     def present_of(self, rows: torch.Tensor | Sequence[int]) -> torch.Tensor | None:
         """``image_present`` of ``rows`` (``None`` for text tables)."""
@@ -83,6 +87,9 @@ class FeatureTable:
         pooled = torch.cat([o.pooled.float().cpu() for o in outputs])
         if not keep_sequence:
             return cls(pooled=pooled, present=present)
+        grids = {out.grid for out in outputs}
+        if len(grids) > 1:  # one preprocessing gives every image one size, hence one grid
+            raise ValueError(f"the encoder returned image grids of different shapes {sorted(grids, key=str)}")
         values, valid, lengths = [], [], []
         for out in outputs:
             if out.sequence is None:
@@ -97,7 +104,7 @@ class FeatureTable:
                 lengths.append(n)
         offsets = torch.zeros(len(lengths) + 1, dtype=torch.long)
         offsets[1:] = torch.cumsum(torch.tensor(lengths, dtype=torch.long), 0)
-        return cls(pooled, torch.cat(values), torch.cat(valid).bool(), offsets, present)
+        return cls(pooled, torch.cat(values), torch.cat(valid).bool(), offsets, present, grids.pop())
 
 
 class FeatureSource(Protocol):

@@ -89,6 +89,8 @@ class FusionOutput:
             classifier's hidden layer, or ``fused`` itself for a single-layer classifier (dropout is the identity in
             eval mode); the fused embedding of ``MultimodalClassifier.extract_embedding``. ``None`` for a head that
             does not split its classifier.
+        grid: ``(h, w)`` of the image grid whose ``h·w`` cells (row-major) are the N regions of ``attention`` (the
+            image encoder output's ``grid``); ``None`` without attention, or when the encoder does not say.
     """
 
     logits: torch.Tensor
@@ -96,10 +98,12 @@ class FusionOutput:
     attention: torch.Tensor | None = None
     image_reliance: torch.Tensor | None = None
     embedding: torch.Tensor | None = None
+    grid: tuple[int, int] | None = None
 
     def as_dict(self) -> dict[str, torch.Tensor]:
-        """Non-None fields by name (what the ONNX export and the server emit)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        """Non-None tensor fields by name (what the ONNX export and the server emit; ``grid`` is not a tensor)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {k: v for k, v in values.items() if isinstance(v, torch.Tensor)}
 
 
 def classify(classifier: nn.Sequential, fused: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,4 +151,4 @@ def encode_image(encoder: ImageEncoder, inputs: FusionInputs) -> EncoderOutput:
         if mask is not None:
             mask = mask & inputs.image_present[:, None]
             mask[:, 0] = True  # an absent image leaves one all-zero region, never an all-masked row
-    return EncoderOutput(pooled=out.pooled * keep[:, None], sequence=seq, mask=mask)
+    return EncoderOutput(pooled=out.pooled * keep[:, None], sequence=seq, mask=mask, grid=out.grid)

@@ -94,7 +94,8 @@ class CrossAttentionHead(nn.Module):
 
     def forward(self, inputs: FusionInputs) -> FusionOutput:
         """Returns ``logits`` ``(B, C)``, ``fused`` ``(B, D)``, ``attention`` ``(B, T, N)`` (rows of valid text
-        tokens sum to 1 over valid regions, padding rows are 0) and ``image_reliance`` ``(B,)`` in ``[0, 1]``."""
+        tokens sum to 1 over valid regions, padding rows are 0), ``image_reliance`` ``(B,)`` in ``[0, 1]`` and ``grid``
+        (the image grid's ``(h, w)``)."""
         text = encode_text(self.text_encoder, inputs)
         image = encode_image(self.image_encoder, inputs)
         if text.sequence is None:
@@ -129,5 +130,10 @@ class CrossAttentionHead(nn.Module):
         attention = probs.mean(dim=1) * text_mask[:, :, None].to(probs.dtype)  # (B, T, N), padding rows 0
         logits, embedding = classify(self.classifier, fused)
         return FusionOutput(
-            logits=logits, fused=fused, attention=attention, image_reliance=z.mean(dim=-1), embedding=embedding
+            logits=logits,
+            fused=fused,
+            attention=attention,
+            image_reliance=z.mean(dim=-1),
+            embedding=embedding,
+            grid=image.grid,  # (h, w) of the N regions, for the attention plots
         )

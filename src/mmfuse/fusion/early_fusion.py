@@ -14,12 +14,14 @@ One joint sequence, ``L = T + K``::
 - One joint attention mask: text padding and invalid (or absent) image regions are masked out.
 - Index 0 stays [CLS]; the classifier reads its final state.
 
-A grid larger than ``num_image_tokens`` regions is pooled to that many (averaging runs of consecutive regions),
-which bounds the cost of a large grid and sizes the image position embeddings.
+A grid larger than ``num_image_tokens`` regions is pooled to at most that many by adaptive 2-D average pooling over
+its ``(h, w)`` (the encoder output's ``grid``; the region grid shape follows :func:`pooled_grid`), which bounds the
+cost of a large grid and sizes the image position embeddings.
 """
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import torch
@@ -39,23 +41,60 @@ from mmfuse.fusion.base import FusionInputs, FusionOutput, ImageUse, TextUse, cl
 from mmfuse.fusion.registry import FUSION_HEADS
 
 
-def pool_regions(grid: torch.Tensor, mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Averages ``grid`` ``(B, N, D)`` over ``k`` runs of consecutive regions (the bins of adaptive average
-    pooling), counting valid regions only.
+def pooled_grid(grid: tuple[int, int], k: int) -> tuple[int, int]:
+    """``(kh, kw)``: the region grid an ``(h, w)`` grid is pooled to when it has more than ``k`` cells.
 
-    Returns the pooled grid ``(B, k, D)`` and its mask ``(B, k)`` (a run is valid if any of its regions is).
-    A grid with ``N <= k`` regions is returned as is. Written as a matrix product, so it exports to ONNX.
+    The rule: ``kh = round(sqrt(k · h / w))`` clipped to ``[1, h]``, then ``kw = k // kh`` clipped to ``[1, w]``: at
+    most ``k`` regions, the aspect ratio of the grid kept as far as whole numbers allow, never finer than the grid
+    in either direction (7×7 → 4×4 for ``k = 16``; 24×24 → 4×4; 7×9 → 4×4; 1×N → 1×k; 7×7 → 3×3 for ``k = 10``).
     """
-    n = grid.shape[1]
+    h, w = grid
+    kh = min(h, max(1, round(math.sqrt(k * h / w))))
+    kw = min(w, max(1, k // kh))
+    return kh, kw
+
+
+def _bins(n: int, k: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``(k, n)`` 0/1: bin ``i`` covers cells ``[floor(i·n/k), ceil((i+1)·n/k))``, the bins of adaptive pooling."""
+    cell = torch.arange(n, device=device)
+    run = torch.arange(k, device=device)
+    start, end = (run * n) // k, ((run + 1) * n + k - 1) // k
+    return ((cell >= start[:, None]) & (cell < end[:, None])).to(dtype)
+
+
+def pool_regions(
+    regions: torch.Tensor, mask: torch.Tensor, k: int, grid: tuple[int, int] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adaptive 2-D average pooling of a region grid to at most ``k`` regions, counting valid regions only.
+
+    Args:
+        regions: ``(B, N, D)``, the cells of an ``(h, w)`` grid row-major (``N == h·w``).
+        mask: ``(B, N)`` bool, the valid cells.
+        k: at most this many regions out.
+        grid: ``(h, w)`` (the encoder output's ``grid``); ``None`` (an encoder that does not say): one row of N
+            regions, pooled in runs of consecutive regions.
+
+    Returns the pooled regions ``(B, kh·kw, D)``, row-major over the ``(kh, kw)`` of :func:`pooled_grid`, and their
+    mask (a region is valid if any of its cells is). Each output region averages the valid cells of a rectangle of
+    the grid (the bins of ``adaptive_avg_pool2d``), so it never mixes the right edge of one row with the left edge
+    of the next. A grid with ``N <= k`` regions is returned as is. Written as a matrix product, so it exports to
+    ONNX.
+
+    Raises:
+        ValueError: ``grid`` does not have ``N`` cells.
+    """
+    n = regions.shape[1]
     if n <= k:
-        return grid, mask
-    region = torch.arange(n, device=grid.device)
-    run = torch.arange(k, device=grid.device)
-    start, end = (run * n) // k, ((run + 1) * n + k - 1) // k  # run i covers regions [start_i, end_i)
-    bins = ((region >= start[:, None]) & (region < end[:, None])).to(grid.dtype)  # (k, N)
-    m = mask.to(grid.dtype).unsqueeze(-1)  # (B, N, 1)
-    count = bins @ m  # (B, k, 1): valid regions per run
-    pooled = (bins @ (grid * m)) / count.clamp_min(1.0)
+        return regions, mask
+    h, w = (1, n) if grid is None else (int(grid[0]), int(grid[1]))
+    if h * w != n:
+        raise ValueError(f"the image grid {h}×{w} has {h * w} cells, but the encoder returned {n} regions")
+    kh, kw = pooled_grid((h, w), k)
+    rows, cols = _bins(h, kh, regions.device, regions.dtype), _bins(w, kw, regions.device, regions.dtype)
+    bins = (rows[:, None, :, None] * cols[None, :, None, :]).reshape(kh * kw, n)  # (K, N): rectangle of each region
+    m = mask.to(regions.dtype).unsqueeze(-1)  # (B, N, 1)
+    count = bins @ m  # (B, K, 1): valid cells per region
+    pooled = (bins @ (regions * m)) / count.clamp_min(1.0)
     return pooled, count.squeeze(-1) > 0
 
 
@@ -68,7 +107,8 @@ class EarlyFusionHead(nn.Module):
             runs over the joint sequence, so its text features are never cached).
         image_encoder: built image encoder with a region/patch grid (owned as a submodule).
         num_classes: number of logits ``C``.
-        num_image_tokens: at most this many image tokens ``K``; larger grids are pooled to ``K`` regions.
+        num_image_tokens: at most this many image tokens ``K``; larger grids are pooled to at most ``K`` regions
+            in 2-D (:func:`pool_regions`).
         hidden: width of the classifier's hidden layer; 0 for a single linear layer (as in MMBT).
         dropout: dropout on the image tokens and in the classifier.
     """
@@ -127,7 +167,7 @@ class EarlyFusionHead(nn.Module):
         region_mask = image.mask if image.mask is not None else regions.new_ones(b, n, dtype=torch.bool)
         if inputs.image_present is not None:  # an absent image gives no tokens at all; text keeps rows non-empty
             region_mask = region_mask & inputs.image_present[:, None]
-        regions, region_mask = pool_regions(regions, region_mask, self.num_image_tokens)  # (B, K, d_reg), K <= cap
+        regions, region_mask = pool_regions(regions, region_mask, self.num_image_tokens, image.grid)  # K <= cap
         k = regions.shape[1]
 
         text_embeds = self.text_encoder.embed_tokens(inputs.text_inputs) + self.text_type  # (B, T, H), [CLS] at 0

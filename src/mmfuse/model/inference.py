@@ -28,6 +28,8 @@ class Outputs:
         image_reliance: ``(N,)`` (heads that have it).
         image_present: ``(N,)`` bool, ``False`` where the model got a blank for a missing or unreadable image
             (single-process runs only; ``None`` otherwise).
+        grid: ``(h, w)`` of the image grid the N regions of ``attention`` lie on, as the image encoder reported it
+            (``FusionOutput.grid``); ``None`` without attention or when the encoder does not say.
     """
 
     logits: np.ndarray
@@ -36,6 +38,7 @@ class Outputs:
     attention: list[np.ndarray] | None = None
     image_reliance: np.ndarray | None = None
     image_present: np.ndarray | None = None
+    grid: tuple[int, int] | None = None
 
     @property
     def proba(self) -> np.ndarray:
@@ -68,6 +71,7 @@ def run_model(
     """
     set_train_mode(model, False)
     logits, labels, ids, attention, reliance, present = [], [], [], [], [], []
+    grid: tuple[int, int] | None = None
     for batch in loader:
         inputs = make_inputs(batch, device)
         out = model(inputs)
@@ -83,6 +87,7 @@ def run_model(
         labels.append(batch_labels.cpu())
         if details:
             attention.extend(_attention_rows(out.attention, inputs))
+            grid = grid or getattr(out, "grid", None)  # one image preprocessing: one grid for every batch
             if out.image_reliance is not None:
                 reliance.append(out.image_reliance.float().cpu())
         if bar is not None:
@@ -94,6 +99,7 @@ def run_model(
         attention=attention if details and attention else None,
         image_reliance=torch.cat(reliance).numpy() if reliance else None,
         image_present=torch.cat(present).numpy() if present else None,
+        grid=grid if details and attention else None,
     )
 
 

@@ -2,13 +2,15 @@
 
 :class:`Prediction` is what :meth:`MultimodalClassifier.predict_details
 <mmfuse.engine.classifier.MultimodalClassifier.predict_details>`, the HTTP server and the ONNX runtime return;
-:func:`predict_labels` is the one decision rule (metrics, ensembles and the server use it too); :func:`grid_shape`
-lays image regions out on their grid (the report draws with it).
+:func:`predict_labels` is the one decision rule (metrics, ensembles and the server use it too); :func:`attention_grid`
+lays attention over image regions out on the grid the image encoder reported (:func:`grid_shape` guesses one only for
+models that do not carry it: checkpoints and ONNX exports made before encoders reported their grid).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,7 +80,10 @@ def predict_labels(proba: np.ndarray, threshold: float | None = None) -> np.ndar
 def grid_shape(regions: int, height: int = 1, width: int = 1) -> tuple[int, int]:
     """``(rows, cols)`` of a row-major grid of ``regions`` cells over an image of ``height × width`` pixels: the
     factorisation ``rows × cols = regions`` whose aspect ratio is closest to the image's (7 × 7 for 49 regions of a
-    square image; rows <= cols on a tie). Encoders flatten their feature map row-major (see their ``forward``)."""
+    square image; rows <= cols on a tie). Encoders flatten their feature map row-major (see their ``forward``).
+
+    A fallback only: image encoders report their grid (``EncoderOutput.grid``), and it travels with the model's
+    outputs; this guess serves outputs that lack it (exports made before the grid was recorded)."""
     if regions <= 0:
         raise ValueError(f"regions must be positive, got {regions}")
     target = height / max(width, 1)
@@ -87,15 +92,24 @@ def grid_shape(regions: int, height: int = 1, width: int = 1) -> tuple[int, int]
     return min(shapes, key=lambda rc: (round(abs(math.log(rc[0] / rc[1] / target)), 9), rc[0]))
 
 
-def attention_grid(attention: np.ndarray, valid: np.ndarray | None = None, image_size: tuple[int, int] = (1, 1)):
+def attention_grid(
+    attention: np.ndarray,
+    valid: np.ndarray | None = None,
+    image_size: tuple[int, int] = (1, 1),
+    grid: tuple[int, int] | Sequence[int] | None = None,
+):
     """``(B, Q, N)`` attention (or ``(B, N)``: one query) → ``(B, h, w)``: the mean over the valid query rows (text
-    tokens, or the one pooled query), renormalised to sum to 1, laid out on the region grid of an image of
-    ``image_size`` (height, width) pixels.
+    tokens, or the one pooled query), renormalised to sum to 1, laid out on the image's region grid.
 
     Args:
         attention: the head's attention weights.
         valid: ``(B, Q)`` bool, the rows to average (the text's attention mask); ``None``: all rows.
-        image_size: the model input's ``(height, width)``, for the grid's shape.
+        image_size: the model input's ``(height, width)``, for :func:`grid_shape`'s guess when ``grid`` is ``None``.
+        grid: ``(h, w)`` the image encoder reported (``FusionOutput.grid``); ``None``: guessed by :func:`grid_shape`
+            (outputs of models from before encoders reported it).
+
+    Raises:
+        ValueError: ``grid`` does not have N cells.
     """
     att = np.asarray(attention, dtype=np.float64)
     if att.ndim == 2:  # (B, N): one query
@@ -105,5 +119,10 @@ def attention_grid(attention: np.ndarray, valid: np.ndarray | None = None, image
     counts = np.maximum(rows.sum(axis=1, keepdims=True), 1)
     mean = (att * rows[:, :, None]).sum(axis=1) / counts  # (B, N)
     mean = mean / np.maximum(mean.sum(axis=1, keepdims=True), 1e-12)
-    h, w = grid_shape(n, *image_size)
+    if grid is None:
+        h, w = grid_shape(n, *image_size)
+    else:
+        h, w = int(grid[0]), int(grid[1])
+        if h * w != n:
+            raise ValueError(f"the image grid {h}×{w} has {h * w} cells, but the attention covers {n} regions")
     return mean.reshape(b, h, w)

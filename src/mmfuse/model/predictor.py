@@ -166,7 +166,8 @@ class Predictor:
 
     def _run(self, inputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
         """The model on named inputs → ``logits`` ``(B, C)``, and where the head has them ``attention``
-        ``(B, Q, N)`` and ``image_reliance`` ``(B,)``, as numpy arrays."""
+        ``(B, Q, N)``, ``image_reliance`` ``(B,)`` and ``grid`` ``(2,)`` (the ``(h, w)`` of the attention's image
+        grid), as numpy arrays."""
         raise NotImplementedError
 
     def _predictions(self, outputs: dict[str, np.ndarray], inputs: dict[str, torch.Tensor]) -> list[Prediction]:
@@ -177,7 +178,8 @@ class Predictor:
         if attention is not None:
             mask, pixels = inputs.get("attention_mask"), inputs.get("pixel_values")
             size = tuple(pixels.shape[-2:]) if pixels is not None else self.image_size()
-            attention = attention_grid(attention, None if mask is None else mask.numpy(), size)
+            grid = outputs.get("grid")  # (h, w) the image encoder reported; absent from old exports: guessed
+            attention = attention_grid(attention, None if mask is None else mask.numpy(), size, grid)
         return [
             Prediction(
                 label=self.classes[int(labels[i])],
@@ -328,7 +330,10 @@ class TorchPredictor(Predictor):
         out = self.model(
             FusionInputs(text_inputs=text or None, pixel_values=None if pixels is None else pixels.to(self.device))
         )
-        return {k: v.float().cpu().numpy() for k, v in out.as_dict().items() if k not in ("fused", "embedding")}
+        named = {k: v.float().cpu().numpy() for k, v in out.as_dict().items() if k not in ("fused", "embedding")}
+        if out.grid is not None:
+            named["grid"] = np.asarray(out.grid, dtype=np.int64)
+        return named
 
     # ------------------------------------------------------------------------------------------- datasets
 
@@ -487,7 +492,9 @@ class TorchPredictor(Predictor):
         labels = predict_labels(proba, threshold)
         binary = len(self.classes) == 2
         size = self.image_size()
-        grids = None if out.attention is None else [attention_grid(a[None], None, size)[0] for a in out.attention]
+        grids = None
+        if out.attention is not None:
+            grids = [attention_grid(a[None], None, size, out.grid)[0] for a in out.attention]
         return [
             Prediction(
                 label=self.classes[int(labels[i])],

@@ -257,7 +257,8 @@ def attention_card(image: np.ndarray | None, attention: np.ndarray | None, crop:
     Args:
         image: ``(H, W, 3)`` uint8, or ``None`` (a grey placeholder).
         attention: ``(h, w)`` attention over the region grid (a :class:`~mmfuse.model.prediction.Prediction`'s),
-            or ``(N,)`` over N regions in row-major order, laid out by :func:`~mmfuse.model.prediction.grid_shape`;
+            or ``(N,)`` over N regions in row-major order, laid out by :func:`~mmfuse.model.prediction.grid_shape`
+            (a guess: pass the ``(h, w)`` grid where there is one);
             ``None``, or a single row of regions (N prime: not a grid), draws the image alone. Drawn where the
             encoder looked: the whole image, or the centre square when it crops.
         crop: the encoder's centre crop as a share of the short side (``None``: it resizes the whole image).
