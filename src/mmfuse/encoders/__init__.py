@@ -21,10 +21,12 @@ from mmfuse.encoders.registry import (
 )
 from mmfuse.encoders.resnet import HFResNetEncoder
 from mmfuse.encoders.text import HFTextEncoder
+from mmfuse.encoders.text_towers import CLIPTextEncoder, SiglipTextEncoder
 
 __all__ = [
     "IMAGE_ENCODERS",
     "TEXT_ENCODERS",
+    "CLIPTextEncoder",
     "CLIPVisionEncoder",
     "EfficientNetLiteEncoder",
     "Encoder",
@@ -35,6 +37,7 @@ __all__ = [
     "HFTextEncoder",
     "ImageEncoder",
     "PreprocessingError",
+    "SiglipTextEncoder",
     "TextEncoder",
     "build_image_encoder",
     "build_text_encoder",
