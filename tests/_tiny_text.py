@@ -84,7 +84,9 @@ def _config(kind: str) -> Any:
             share_att_key=True,
         )  # fmt: skip
     if kind == "deberta":
-        return AutoConfig.for_model("deberta", **_COMMON, **common, relative_attention=True, pos_att_type=["c2p", "p2c"])
+        return AutoConfig.for_model(
+            "deberta", **_COMMON, **common, relative_attention=True, pos_att_type=["c2p", "p2c"]
+        )
     if kind == "modernbert":  # one global and one sliding-window layer, rotary positions
         return AutoConfig.for_model(
             "modernbert", **_COMMON, **common, global_attn_every_n_layers=2, local_attention=8,
@@ -130,7 +132,11 @@ def tiny_text_dir(kind: str) -> Path:
         if kind in TOWER_KINDS:
             _save_tower(kind, out)
         else:
-            AutoModel.from_config(_config(kind)).save_pretrained(out)
+            model = AutoModel.from_config(_config(kind))
+            if kind == "mpnet":  # relative-position biases of a trained model's size (at init, std 0.02: no effect)
+                with torch.no_grad():
+                    model.encoder.relative_attention_bias.weight.normal_(0.0, 2.0)
+            model.save_pretrained(out)
             _tokenizer().save_pretrained(out)
         _DIRS[kind] = out
     return _DIRS[kind]
