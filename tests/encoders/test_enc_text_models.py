@@ -295,3 +295,19 @@ def test_options_per_class():
     with pytest.raises(ValueError, match="max_length must be an int from 2 to 24"):
         build_text_encoder(str(tiny_text_dir("clip")), max_length=77)
     assert shared("clip").max_length == 24 and shared("siglip").max_length == 16  # the model's positions
+
+
+@pytest.mark.parametrize("kind", ["deberta-v3", "clip-text"])
+def test_a_checkpoint_missing_weights_is_an_error_not_a_random_layer(kind, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from mmfuse.encoders import EncoderLoadError
+
+    src = tiny_text_dir(kind)
+    for f in src.iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    weights = load_file(str(src / "model.safetensors"))
+    dropped = next(k for k in weights if "layers.1." in k or "layer.1." in k)
+    save_file({k: v for k, v in weights.items() if k != dropped}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(EncoderLoadError, match=r"lacks 1 weight"):
+        build_text_encoder(str(tmp_path))

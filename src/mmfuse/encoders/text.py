@@ -89,7 +89,7 @@ class HFTextEncoder(TextEncoder):
     Outputs: ``sequence`` ``(B, T, D)`` the last hidden states, ``mask`` ``(B, T)`` the attention mask, ``pooled``
     ``(B, D)``: with ``pooling="cls"`` the model's pooler output (dense + tanh over [CLS], as BERT was trained
     with) when the checkpoint has pooler weights, else the first ([CLS]) state; with ``pooling="pooler"`` always the
-    pooler output (an error for a model or checkpoint without one: DeBERTa, ModernBERT, DistilBERT have none); with
+    pooler output (an error for a model or checkpoint without one: DeBERTa, ModernBERT, DistilBERT, ELECTRA); with
     ``pooling="mean"`` the mean of the states over real tokens (how sentence-transformers models such as
     all-MiniLM-L6-v2, E5 and GTE are meant to be read; no L2 normalisation). ``dim == sequence_dim`` is the hidden
     size.
