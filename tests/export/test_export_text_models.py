@@ -42,7 +42,7 @@ def test_new_text_models_export_and_match_pytorch(head_name, text_kind, tmp_path
         head_name, text_encoder=tiny_text_model(text_kind), image_encoder=tiny_image_encoder("clip"), num_classes=3
     ).eval()
     torch_predictor = TorchPredictor(head, classes=["a", "b", "c"])
-    # 1e-4, as in test_export_onnx: onnxruntime's own kernels agree with torch's up to float32 rounding (<= 1e-6
+    # 1e-4, as in test_export_onnx: onnxruntime's own kernels agree with torch's up to float32 rounding (<= 2.2e-7
     # measured on these tiny models); a wrong weight or op moves probabilities by far more
     result = export_onnx(head, tmp_path / "model.onnx", classes=torch_predictor.classes, exporter="torchscript")
     assert result.fallback_reason is None and max(result.max_abs_diff.values()) <= 1e-4
