@@ -18,11 +18,12 @@ import torch
 from _tiny import _root, _vocab
 from mmfuse.encoders import TextEncoder, build_text_encoder
 
-# kind -> model_type. E5 and GTE are BERT models; CamemBERT is RoBERTa's twin (covered by the BERT-family tests).
+# kind -> model_type. E5 and GTE are BERT models.
 ENCODER_ONLY_KINDS = {
     "bert": "bert",
     "roberta": "roberta",
     "xlm-roberta": "xlm-roberta",
+    "camembert": "camembert",
     "deberta-v3": "deberta-v2",
     "deberta": "deberta",
     "modernbert": "modernbert",

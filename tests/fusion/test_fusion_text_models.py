@@ -11,8 +11,9 @@ import torch
 from PIL import Image
 
 from _tiny import tiny_image_encoder
-from _tiny_text import JOINT_KINDS, TOWER_KINDS, tiny_text_dir, tiny_text_model
+from _tiny_text import ENCODER_ONLY_KINDS, JOINT_KINDS, TOWER_KINDS, tiny_text_dir, tiny_text_model
 from mmfuse.encoders import build_text_encoder
+from mmfuse.encoders.text import JOINT_MODEL_TYPES
 from mmfuse.fusion import FusionInputs, build_head
 
 TEXTS = ["a cat", "the quick brown fox jumps over the lazy dog", "hello", "four short words here"]
@@ -37,6 +38,10 @@ def _head(kind: str, **params):
         num_classes=3,
         **params,
     )
+
+
+def test_every_model_type_early_fusion_accepts_is_tested() -> None:
+    assert {ENCODER_ONLY_KINDS[k] for k in JOINT_KINDS} == set(JOINT_MODEL_TYPES)
 
 
 @pytest.mark.numerics
