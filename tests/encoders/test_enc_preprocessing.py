@@ -94,7 +94,7 @@ def test_saving_refuses_a_used_folder_and_loading_names_what_is_wrong(tmp_path):
     for change, message in [
         ({"kind": "sentencepiece"}, "unknown preprocessing 'sentencepiece'"),
         ({"format_version": 99}, "format 99; this mmfuse reads up to 1"),
-        ({"settings": {**entry["settings"], "padding": "max_length"}}, "padding='max_length'"),
+        ({"settings": {**entry["settings"], "padding": "do_not_pad"}}, "padding='do_not_pad'"),
     ]:
         (folder / PREPROCESSING_FILE).write_text(json.dumps({**entry, **change}))
         with pytest.raises(PreprocessingError, match=message):

