@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from mmfuse._strict import StrictSection
 from mmfuse.data.config import DataConfig
@@ -83,6 +83,20 @@ class EncoderConfig(StrictSection):
                 f"{self.trainable_top_k}, or trainable_top_k=0 to train the whole encoder"
             )
         return self
+
+    @field_validator("options")
+    @classmethod
+    def _feature_files_against_base(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """The files of a ``precomputed`` encoder (``path``, ``ids``) resolve against the config file's folder, like
+        ``data.root``."""
+        base = (info.context or {}).get("base_dir")
+        if base is None or info.data.get("name") != "precomputed":
+            return v
+        out = dict(v)
+        for key in ("path", "ids"):
+            if isinstance(out.get(key), str) and not Path(out[key]).expanduser().is_absolute():
+                out[key] = str(Path(base) / Path(out[key]).expanduser())
+        return out
 
     @model_validator(mode="after")
     def _lora_on_frozen_base(self) -> EncoderConfig:

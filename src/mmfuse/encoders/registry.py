@@ -26,6 +26,7 @@ from mmfuse.encoders.base import ImageEncoder, TextEncoder
 from mmfuse.encoders.clip import CLIP_MODEL_TYPES, CLIPVisionEncoder
 from mmfuse.encoders.efficientnet import VARIANTS, EfficientNetLiteEncoder
 from mmfuse.encoders.packaged import MPNET, split_zip_model
+from mmfuse.encoders.precomputed import PrecomputedImageEncoder, PrecomputedTextEncoder
 from mmfuse.encoders.resnet import RESNET_MODEL_TYPES, HFResNetEncoder
 from mmfuse.encoders.text import TEXT_MODEL_TYPES, HFTextEncoder
 
@@ -125,6 +126,10 @@ IMAGE_ENCODERS.register("clip-vit-b16")(
 )
 IMAGE_ENCODERS.register("resnet-18")(EncoderSpec(HFResNetEncoder, "microsoft/resnet-18", summary="ResNet-18; hub"))
 IMAGE_ENCODERS.register("resnet-50")(EncoderSpec(HFResNetEncoder, "microsoft/resnet-50", summary="ResNet-50; hub"))
+
+_FEATURE_FILE = "features computed elsewhere, read by example id from options.path (.parquet/.npz/.npy)"
+TEXT_ENCODERS.register("precomputed")(EncoderSpec(PrecomputedTextEncoder, summary=f"text {_FEATURE_FILE}"))
+IMAGE_ENCODERS.register("precomputed")(EncoderSpec(PrecomputedImageEncoder, summary=f"image {_FEATURE_FILE}"))
 
 _IMAGE_MODEL_TYPES: dict[str, type] = {
     **{t: CLIPVisionEncoder for t in CLIP_MODEL_TYPES},

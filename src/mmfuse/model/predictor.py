@@ -377,7 +377,9 @@ class TorchPredictor(Predictor):
             raise ValueError("no examples to predict")
         limit = allowed_share(task, max_missing_images, cfg.data)
         where = {"report": inputs.report, "source": inputs.source, "image_root": inputs.image_root}
-        if self.reads_image:  # fail before the model runs when the paths already say so
+        # image paths matter unless the image features are looked up by id (a precomputed encoder counts those)
+        paths = self.reads_image and not getattr(getattr(model, "image_encoder", None), "reads_example_ids", False)
+        if paths:  # fail before the model runs when the paths already say so
             check_images(missing_images(items, **where), task=task, limit=limit, data=cfg.data, warn=False)
         plan = plan_features(model, precompute=cfg.cache.enabled)
         reporter = Reporter(quiet=cfg.run.quiet, main=is_main_process())
@@ -393,7 +395,7 @@ class TorchPredictor(Predictor):
         maker = InputMaker(plan, tables, getattr(model, "text_encoder", None))
         with reporter.bar(len(items), task) as bar:
             out = run_model(model, loader, maker, device=self.device, details=details, bar=bar)
-        if not self.reads_image:
+        if not paths:
             return out, None
         missing = missing_images(items, out.image_present, **where)
         check_images(missing, task=task, limit=limit, data=cfg.data, warn=warn)
