@@ -7,8 +7,8 @@ holds one row per example id:
 - **Parquet** (``.parquet``): a column ``id`` (``id_key``) and a column ``pooled`` (``pooled_key``) of equal-length
   lists of floats; optionally ``sequence`` (per row a list of vectors: token states or grid regions, any number per
   row) and ``mask`` (per row a list of bools, ``True`` for a real token/region; default all ``True``).
-- **NPZ** (``.npz``, ``numpy.savez``): arrays ``ids`` ``(N,)`` (strings or ints), ``pooled`` ``(N, D)``, optionally
-  ``sequence`` ``(N, L, D_seq)`` and ``mask`` ``(N, L)``.
+- **NPZ** (``.npz``, ``numpy.savez``): arrays ``ids`` (or ``id``; ``id_key``) ``(N,)`` (strings or ints),
+  ``pooled`` ``(N, D)``, optionally ``sequence`` ``(N, L, D_seq)`` and ``mask`` ``(N, L)``.
 - **NPY** (``.npy``): a ``(N, D)`` array of pooled vectors; the ids come from ``ids``: a text file with one id per
   line, in the array's row order.
 
@@ -187,6 +187,8 @@ class _FeatureFile:
             ) from None
         with data:
             keys = list(data.keys())
+            if id_key == "id" and "id" not in keys and "ids" in keys:  # the default key: ``ids`` reads as naturally
+                id_key = "ids"
             for key, what in ((id_key, "id_key"), (pooled_key, "pooled_key")):
                 if key not in keys:
                     raise FeatureFileError(
