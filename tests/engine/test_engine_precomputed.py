@@ -4,6 +4,7 @@ reloads to the same predictions, and serving or exporting such a model is refuse
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -131,3 +132,18 @@ def test_serving_or_exporting_a_precomputed_model_is_refused(trained) -> None:
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 2, result.output
         assert "its text encoder is precomputed" in result.output and "cannot read raw text" in result.output
+
+
+def test_a_changed_feature_file_is_refused_at_load(trained, features: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from mmfuse.model.checkpoint import CheckpointError, load_model
+
+    _, run = trained
+    folder = tmp_path / "ckpt"
+    shutil.copytree(run / "checkpoints" / "best", folder)
+    meta = json.loads((folder / "meta.json").read_text())
+    meta["encoders"]["text"]["fingerprint"] = "0" * 16  # as if the file had other content at training
+    (folder / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"text encoder 'precomputed' .* differs from the one it was"):
+        load_model(folder)
