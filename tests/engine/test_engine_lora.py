@@ -122,3 +122,18 @@ def test_lora_on_efficientnet_is_a_config_error_naming_what_supports_it(tmp_path
 
     with pytest.raises(ConfigError, match=r"model.image_encoder.lora: .*LoRA works on the Hugging Face encoders"):
         build_encoder("image", EncoderConfig(name="efficientnet-lite0", lora={"r": 4}))
+
+
+def test_lora_is_set_by_its_path_and_a_short_dropout_stays_the_heads() -> None:
+    import yaml
+    from typer.testing import CliRunner
+
+    from mmfuse.cli import app
+
+    shown = CliRunner().invoke(app, ["config", "show", "--set", "text_encoder.lora.r=4"])
+    assert shown.exit_code == 0, shown.output
+    lora = yaml.safe_load(shown.stdout)["model"]["text_encoder"]["lora"]
+    assert lora == {"r": 4, "alpha": 16.0, "dropout": 0.0, "target": None}
+    # `dropout` alone is not ambiguous with the two lora.dropout settings: it still points at the head's
+    ambiguous = CliRunner().invoke(app, ["config", "show", "--set", "dropout=0.2"])
+    assert ambiguous.exit_code == 2 and "did you mean model.head.params.dropout" in ambiguous.output
