@@ -137,3 +137,14 @@ def test_lora_is_set_by_its_path_and_a_short_dropout_stays_the_heads() -> None:
     # `dropout` alone is not ambiguous with the two lora.dropout settings: it still points at the head's
     ambiguous = CliRunner().invoke(app, ["config", "show", "--set", "dropout=0.2"])
     assert ambiguous.exit_code == 2 and "did you mean model.head.params.dropout" in ambiguous.output
+
+
+@pytest.mark.slow  # the ONNX export and its check: ~25 s
+def test_a_lora_model_exports_to_onnx_with_parity(trained, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime", reason="the ONNX check needs the export extra")
+    from mmfuse.export.onnx_export import export_run
+
+    _, _, run = trained
+    result = export_run(run, tmp_path / "lora.onnx")
+    # onnxruntime's kernels round differently from PyTorch's: float32 noise, far below any change of a prediction
+    assert max(result.max_abs_diff.values()) < 1e-4
