@@ -4,7 +4,8 @@ A checkpoint folder holds:
 
 - ``model.safetensors``: every weight of the model except those of fully frozen encoders, which are unchanged
   pretrained weights (often 100 MB): they are rebuilt from their names at load time, and their identity
-  fingerprint is checked against the one recorded here.
+  fingerprint is checked against the one recorded here. Of a LoRA encoder only the adapters are stored; its base
+  is rebuilt the same way and checked against the hash of the base weights it was trained on.
 - ``meta.json``: format version and the :class:`~mmfuse.model.spec.ModelSpec` (encoders and head, class names,
   tuned threshold, training-label counts, the encoders' identities: preprocessing, tokenizer, weights), plus what
   the trainer adds (epoch, step, validation metrics, mmfuse version).
