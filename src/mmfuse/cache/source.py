@@ -201,6 +201,8 @@ class FeatureCache:
         if not examples:
             raise ValueError("no examples to compute features for; pass at least one example")
         workers = num_workers or self.encode_workers
+        if encoder.reads_example_ids:  # features read from the user's own file: a copy on disk would gain nothing
+            return compute_features(encoder, examples, need_sequence=need_sequence, progress=progress)
         if not encoder.is_frozen:  # fine-tuned weights change as they train: their outputs are never stored
             self.stats.uncached += 1
             return self._encode(encoder, examples, need_sequence, device, batch_size, workers, progress)

@@ -188,6 +188,15 @@ def _schema_paths(cls: type[BaseModel], prefix: tuple[str, ...] = ()) -> dict[tu
 
 _PATHS: dict[tuple[str, ...], str] | None = None
 
+_FULL_PATH_ONLY = frozenset({"lora"})
+"""Sections whose settings a short key never means unless it names the section: ``dropout=0.2`` stays the head's
+dropout (a "did you mean"), not an ambiguity with ``model.text_encoder.lora.dropout``; ``lora.dropout`` or the
+full path reach them."""
+
+
+def _short_key_reaches(path: tuple[str, ...], parts: tuple[str, ...]) -> bool:
+    return not any(p in _FULL_PATH_ONLY and p not in parts for p in path)
+
 
 def _paths() -> dict[tuple[str, ...], str]:
     global _PATHS
@@ -218,6 +227,8 @@ def resolve_key(key: str) -> tuple[str, ...]:
         return parts  # a full path; a wrong key below the top level is reported by validation, naming its level
     matches: set[tuple[str, ...]] = set()
     for path, kind in _paths().items():
+        if not _short_key_reaches(path, parts):
+            continue
         for k in range(1, min(len(path), len(parts)) + 1):
             if path[-k:] == parts[:k] and (k == len(parts) or kind == "mapping"):
                 matches.add(path + parts[k:])
@@ -262,7 +273,7 @@ def suggest_keys(key: str, *, limit: int = 3) -> list[str]:
         return []
     by_suffix: dict[str, list[str]] = {}
     for path in [*_paths(), *_free_key_paths()]:
-        if len(path) >= len(parts):
+        if len(path) >= len(parts) and _short_key_reaches(path, parts):
             by_suffix.setdefault(".".join(path[-len(parts) :]), []).append(".".join(path))
     wanted, leaf = ".".join(parts), parts[-1]
 

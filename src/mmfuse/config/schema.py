@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from mmfuse._strict import StrictSection
 from mmfuse.data.config import DataConfig
@@ -27,6 +27,25 @@ from mmfuse.data.config import DataConfig
 
 class ConfigError(ValueError):
     """A config that does not validate; the message lists each bad key path with what is allowed."""
+
+
+class LoraSettings(StrictSection):
+    """LoRA adapters on an encoder (``model.<modality>_encoder.lora``): the pretrained weights stay frozen and only
+    low-rank adapters (rank ``r``, scaled by ``alpha / r``) beside the ``target`` layers train; checkpoints store
+    only the adapters. Needs a Hugging Face encoder and the ``lora`` extra (``peft``).
+
+    Attributes:
+        r: the adapters' rank.
+        alpha: scaling numerator (the update is scaled by ``alpha / r``).
+        dropout: dropout on the adapters' input.
+        target: names (suffixes) of the layers to adapt, e.g. ``[query, value]``; ``null``: the model type's default
+            (attention query and value projections; a ResNet's convolutions).
+    """
+
+    r: int = Field(default=8, ge=1)
+    alpha: float = Field(default=16.0, gt=0)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    target: list[str] | None = Field(default=None, min_length=1)
 
 
 class EncoderConfig(StrictSection):
@@ -40,12 +59,15 @@ class EncoderConfig(StrictSection):
         trainable_top_k: with ``freeze``, leave the top k layers/blocks trainable (0 = fully frozen). Without
             ``freeze`` every layer trains, so a k > 0 there is refused rather than ignored.
         options: keyword options of the encoder builder (checked when the encoder is built).
+        lora: train LoRA adapters on the frozen encoder instead of its weights (:class:`LoraSettings`); needs
+            ``freeze`` (the default) and ``trainable_top_k: 0``.
     """
 
     name: str
     freeze: bool = True
     trainable_top_k: int = Field(default=0, ge=0)
     options: dict[str, Any] = Field(default_factory=dict)
+    lora: LoraSettings | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -62,9 +84,39 @@ class EncoderConfig(StrictSection):
             )
         return self
 
+    @field_validator("options")
+    @classmethod
+    def _feature_files_against_base(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """The files of a ``precomputed`` encoder (``path``, ``ids``) resolve against the config file's folder, like
+        ``data.root``."""
+        base = (info.context or {}).get("base_dir")
+        if base is None or info.data.get("name") != "precomputed":
+            return v
+        out = dict(v)
+        for key in ("path", "ids"):
+            if isinstance(out.get(key), str) and not Path(out[key]).expanduser().is_absolute():
+                out[key] = str(Path(base) / Path(out[key]).expanduser())
+        return out
+
+    @model_validator(mode="after")
+    def _lora_on_frozen_base(self) -> EncoderConfig:
+        if self.lora is None:
+            return self
+        if not self.freeze:
+            raise ValueError(
+                "lora trains adapters on a frozen encoder, but freeze is false, which would train every weight too; "
+                "drop freeze: false to train only the adapters, or drop lora to fine-tune the whole encoder"
+            )
+        if self.trainable_top_k:
+            raise ValueError(
+                f"lora trains adapters on a frozen encoder, but trainable_top_k={self.trainable_top_k} would also "
+                "train the top layers' full weights; use one of them: trainable_top_k: 0 with lora, or no lora"
+            )
+        return self
+
     @property
     def fully_frozen(self) -> bool:
-        return self.freeze and self.trainable_top_k == 0
+        return self.freeze and self.trainable_top_k == 0 and self.lora is None
 
 
 class HeadConfig(StrictSection):

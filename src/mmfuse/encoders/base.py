@@ -110,6 +110,16 @@ class Encoder(nn.Module):
         """Freezes all weights, or all but the top ``trainable_top_k`` layers/blocks."""
         raise NotImplementedError
 
+    # An encoder of features computed elsewhere (``precomputed``) looks them up by example id instead of reading text
+    # or pixels: it sets ``reads_example_ids = True`` and implements ``encode_ids``, which the features layer calls
+    # in place of tokenize/preprocess + forward.
+    reads_example_ids: bool = False
+
+    def encode_ids(self, ids: list[str], *, need_sequence: bool) -> tuple[EncoderOutput, torch.Tensor]:
+        """Outputs for the examples ``ids`` and a ``(B,)`` bool tensor, ``False`` where an id had no features (only
+        for encoders with ``reads_example_ids``)."""
+        raise NotImplementedError(f"{type(self).__name__} reads text or pixels, not example ids")
+
     @property
     def is_frozen(self) -> bool:
         """True when no parameter of the encoder is trainable (its outputs can then be cached)."""

@@ -31,6 +31,7 @@ from mmfuse.encoders.clip import CLIP_MODEL_TYPES, CLIPVisionEncoder
 from mmfuse.encoders.efficientnet import VARIANTS, EfficientNetLiteEncoder
 from mmfuse.encoders.hf_vision import VISION_MODEL_TYPES, HFVisionEncoder
 from mmfuse.encoders.packaged import MPNET, split_zip_model
+from mmfuse.encoders.precomputed import PrecomputedImageEncoder, PrecomputedTextEncoder
 from mmfuse.encoders.resnet import RESNET_MODEL_TYPES, HFResNetEncoder
 from mmfuse.encoders.text import JOINT_MODEL_TYPES, SUPPORTED_TEXT_MODELS, HFTextEncoder, encoder_only_problem
 from mmfuse.encoders.text_towers import (
@@ -146,6 +147,10 @@ for _name, _hub, _summary in (
     ("swin-tiny", "microsoft/swin-tiny-patch4-window7-224", "Swin-T ImageNet-1k (7×7 grid); hub"),
 ):
     IMAGE_ENCODERS.register(_name)(EncoderSpec(HFVisionEncoder, _hub, summary=_summary))
+
+_FEATURE_FILE = "features computed elsewhere, read by example id from options.path (.parquet/.npz/.npy)"
+TEXT_ENCODERS.register("precomputed")(EncoderSpec(PrecomputedTextEncoder, summary=f"text {_FEATURE_FILE}"))
+IMAGE_ENCODERS.register("precomputed")(EncoderSpec(PrecomputedImageEncoder, summary=f"image {_FEATURE_FILE}"))
 
 _IMAGE_MODEL_TYPES: dict[str, type] = {
     **{t: CLIPVisionEncoder for t in CLIP_MODEL_TYPES},

@@ -208,9 +208,14 @@ def export_onnx(
         extra_metadata: more JSON-able entries for the file's metadata.
 
     Raises:
-        ValueError: an unknown exporter, or ``out`` not ending in ``.onnx``.
+        ValueError: an unknown exporter, ``out`` not ending in ``.onnx``, or a model that cannot read raw inputs
+            (a precomputed encoder).
         ExportError: the export failed, or the exported graph differs from PyTorch by more than ``atol``.
     """
+    from mmfuse.encoders.precomputed import raw_input_problem
+
+    if (problem := raw_input_problem(head, "export")) is not None:
+        raise ValueError(problem)
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {list(EXPORTERS)}, got {exporter!r}")
     out = Path(out)

@@ -43,6 +43,12 @@ def compute_features(
     """
     encoder.eval().to(device)
     outputs: list[EncoderOutput] = []
+    if encoder.reads_example_ids:  # features computed elsewhere, looked up by id (the precomputed encoders)
+        out, present = encoder.encode_ids([e.id for e in examples], need_sequence=need_sequence)
+        if progress is not None:
+            progress(len(examples))
+        image = isinstance(encoder, ImageEncoder)
+        return FeatureTable.from_outputs([out], keep_sequence=need_sequence, present=present if image else None)
     if isinstance(encoder, TextEncoder):
         for start in range(0, len(examples), batch_size):
             chunk = examples[start : start + batch_size]

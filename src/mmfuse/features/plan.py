@@ -88,7 +88,12 @@ def encoders_of(model: nn.Module) -> dict[str, tuple[str, Encoder]]:
 
 def plan_features(model: nn.Module, *, precompute: bool = True) -> FeaturePlan:
     """Which encoder outputs can be computed once: those of fully frozen encoders whose pooled, sequence or grid
-    output the head reads (never ``tokens``, never a fine-tuned encoder)."""
+    output the head reads (never ``tokens``, never a fine-tuned encoder). An encoder that reads features by example
+    id (``precomputed``) is always looked up this way, even with ``precompute=False`` (it has nothing to run).
+
+    Raises:
+        ValueError: the head reads what a precomputed encoder cannot give (``tokens``).
+    """
     encoders = encoders_of(model)
     uses = {"text": getattr(model, "uses_text", None), "image": getattr(model, "uses_image", None)}
     plan: dict[str, Any] = {}
@@ -96,8 +101,17 @@ def plan_features(model: nn.Module, *, precompute: bool = True) -> FeaturePlan:
         use = uses[modality]
         if use is None or modality not in encoders:
             plan[modality] = None
-        elif precompute and use in _PRECOMPUTED and encoders[modality][1].is_frozen:
+        elif use in _PRECOMPUTED and encoders[modality][1].is_frozen and (precompute or _by_id(encoders[modality][1])):
             plan[modality] = use
+        elif _by_id(encoders[modality][1]):
+            raise ValueError(
+                f"the head reads the {modality} encoder's {use!r}, which a precomputed {modality} encoder cannot "
+                "give (it has features, not tokens or pixels); use a head that reads pooled or sequence features"
+            )
         else:
             plan[modality] = "raw"
     return FeaturePlan(**plan)
+
+
+def _by_id(encoder: Encoder) -> bool:
+    return bool(getattr(encoder, "reads_example_ids", False))

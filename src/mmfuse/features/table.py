@@ -128,14 +128,17 @@ class FeatureSource(Protocol):
 def content_key(encoder: Encoder, examples: Sequence[Example], need_sequence: bool) -> str:
     """A hash of everything the features depend on: the encoder's identity and each example's input.
 
-    Images are keyed by path, size and modification time (their content read lazily by the encoder run).
+    Images are keyed by path, size and modification time (their content read lazily by the encoder run); the
+    examples of an encoder that reads features by id (``precomputed``) by their ids.
     """
     h = hashlib.sha256()
     h.update(json.dumps(encoder.cache_identity(), sort_keys=True, default=str).encode())
     h.update(b"seq" if need_sequence else b"pooled")
     text = isinstance(encoder, TextEncoder)
     for e in examples:
-        if text:
+        if encoder.reads_example_ids:
+            h.update(e.id.encode("utf-8", "surrogatepass"))
+        elif text:
             h.update(e.text.encode("utf-8", "surrogatepass"))
         elif e.image is None:
             h.update(b"<none>")

@@ -45,6 +45,13 @@ def build_encoder(modality: str, cfg: EncoderConfig) -> Encoder:
             raise ConfigError(f"{key}.trainable_top_k: {e}") from e
     else:
         encoder.requires_grad_(True)
+    if cfg.lora is not None:  # adapters on the frozen base (the schema refuses lora with freeze: false or top-k)
+        from mmfuse.encoders.lora import add_lora
+
+        try:
+            add_lora(encoder, **cfg.lora.model_dump())
+        except ValueError as e:
+            raise ConfigError(f"{key}.lora: {e}") from e
     return encoder
 
 
@@ -91,7 +98,11 @@ def fingerprint(identity: dict[str, Any]) -> str:
 
 
 def encoder_records(model: nn.Module) -> dict[str, dict[str, Any]]:
-    """Per encoder: name, whether it is frozen (and so left out of checkpoints), identity and its fingerprint."""
+    """Per encoder: name, whether it is frozen (and so left out of checkpoints), identity and its fingerprint; for a
+    LoRA encoder also its settings and the hash of its base weights (``lora``, ``base_weights``), which loading checks
+    the rebuilt base against."""
+    from mmfuse.encoders.lora import base_weights_hash, lora_settings
+
     records = {}
     for modality, (prefix, encoder) in encoders_of(model).items():
         identity = encoder.cache_identity()
@@ -102,4 +113,6 @@ def encoder_records(model: nn.Module) -> dict[str, dict[str, Any]]:
             "identity": identity,
             "fingerprint": fingerprint(identity),
         }
+        if (lora := lora_settings(encoder)) is not None:
+            records[modality].update(lora=lora, base_weights=base_weights_hash(encoder))
     return records

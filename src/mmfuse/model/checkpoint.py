@@ -4,7 +4,8 @@ A checkpoint folder holds:
 
 - ``model.safetensors``: every weight of the model except those of fully frozen encoders, which are unchanged
   pretrained weights (often 100 MB): they are rebuilt from their names at load time, and their identity
-  fingerprint is checked against the one recorded here.
+  fingerprint is checked against the one recorded here. Of a LoRA encoder only the adapters are stored; its base
+  is rebuilt the same way and checked against the hash of the base weights it was trained on.
 - ``meta.json``: format version and the :class:`~mmfuse.model.spec.ModelSpec` (encoders and head, class names,
   tuned threshold, training-label counts, the encoders' identities: preprocessing, tokenizer, weights), plus what
   the trainer adds (epoch, step, validation metrics, mmfuse version).
@@ -45,12 +46,18 @@ class CheckpointError(ValueError):
 
 
 def stored_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The state-dict entries a checkpoint stores: all but those of fully frozen encoders (copied to CPU)."""
-    skip = [prefix for prefix, enc in encoders_of(model).values() if enc.is_frozen]
+    """The state-dict entries a checkpoint stores: all but those of fully frozen encoders, and of a LoRA encoder
+    only its adapters (copied to CPU)."""
+    from mmfuse.encoders.lora import is_adapter_key, lora_settings
+
+    encoders = encoders_of(model).values()
+    skip = [prefix for prefix, enc in encoders if enc.is_frozen]
+    adapters_only = [prefix for prefix, enc in encoders if lora_settings(enc) is not None]
     return {
         k: v.detach().cpu().contiguous().clone()
         for k, v in model.state_dict().items()
         if not any(k.startswith(p) for p in skip)
+        and not any(k.startswith(p) and not is_adapter_key(k[len(p) :]) for p in adapters_only)
     }
 
 
@@ -190,6 +197,12 @@ def _check_encoders(model: nn.Module, meta: dict[str, Any], folder: Path) -> Non
         old = saved.get(modality)
         if old is None:
             raise CheckpointError(f"checkpoint {str(folder)!r} has no {modality} encoder, but the model has one")
+        if "base_weights" in record and record["base_weights"] != old.get("base_weights"):
+            raise CheckpointError(
+                f"the base weights of the LoRA {modality} encoder {record['name']!r} rebuilt for checkpoint "
+                f"{str(folder)!r} differ from those its adapters were trained on: the encoder's weights changed. "
+                "Install the encoder version used in training, or retrain"
+            )
         if record["frozen"] and old.get("frozen") and record["fingerprint"] != old.get("fingerprint"):
             raise CheckpointError(
                 f"the {modality} encoder {record['name']!r} rebuilt for checkpoint {str(folder)!r} differs from the "

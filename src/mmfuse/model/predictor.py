@@ -377,7 +377,7 @@ class TorchPredictor(Predictor):
         items = inputs.examples
         with self._batches(items, plan, labeled=labeled, task=task) as (loader, maker, bar):
             out = run_model(self.model, loader, maker, device=self.device, details=details, bar=bar)
-        if not self.reads_image:
+        if not self.reads_image_paths:
             return out, None
         missing = missing_images(items, out.image_present, **where)
         check_images(missing, task=task, limit=limit, data=self.config.data, warn=warn)
@@ -412,12 +412,13 @@ class TorchPredictor(Predictor):
                 )
             plan = dataclasses.replace(plan, **{"image" if kind == "text" else "text": None})  # read only `kind`
         task = "predict"
+        paths = plan.reads("image") and self.reads_image_paths
         inputs, limit, where = self._inputs(examples, labeled=False, task=task, max_missing_images=max_missing_images,
-                                            images=plan.reads("image"))  # fmt: skip
+                                            images=paths)  # fmt: skip
         items = inputs.examples
         with self._batches(items, plan, labeled=False, task=f"embed {kind}") as (loader, maker, bar):
             embeddings, ids, present = run_embeddings(self.model, loader, maker, kind=kind, device=self.device, bar=bar)
-        if not plan.reads("image"):
+        if not paths:
             return embeddings, ids, None
         missing = missing_images(items, present, **where)
         check_images(missing, task=task, limit=limit, data=self.config.data, warn=True)
@@ -440,9 +441,16 @@ class TorchPredictor(Predictor):
             raise ValueError("no examples to predict")
         limit = allowed_share(task, max_missing_images, cfg.data)
         where = {"report": inputs.report, "source": inputs.source, "image_root": inputs.image_root}
-        if self.reads_image if images is None else images:  # fail before the model runs when the paths already say so
+        if self.reads_image_paths if images is None else images:  # fail before the model runs when paths already say so
             check_images(missing_images(inputs.examples, **where), task=task, limit=limit, data=cfg.data, warn=False)
         return inputs, limit, where
+
+    @property
+    def reads_image_paths(self) -> bool:
+        """Whether running examples reads image files: the model reads images, and not by example id (a
+        ``precomputed`` image encoder looks its features up and counts missing ids itself)."""
+        encoder = getattr(self.model, "image_encoder", None)
+        return self.reads_image and not getattr(encoder, "reads_example_ids", False)
 
     @contextlib.contextmanager
     def _batches(self, items: list, plan: Any, *, labeled: bool, task: str) -> Iterator[tuple[Any, Any, Any]]:

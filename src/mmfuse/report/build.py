@@ -226,9 +226,12 @@ def _overview(clf: Any, metric: str, prefix: str) -> Section:
 def _encoder(enc: Any) -> str:
     if enc is None:
         return "(none)"
-    state = (
-        "frozen" if enc.fully_frozen else ("trainable" if not enc.freeze else f"top {enc.trainable_top_k} trainable")
-    )
+    if enc.lora is not None:
+        state = f"frozen, LoRA adapters r={enc.lora.r} trainable"
+    elif enc.fully_frozen:
+        state = "frozen"
+    else:
+        state = "trainable" if not enc.freeze else f"top {enc.trainable_top_k} trainable"
     return f"{enc.name} ({state})"
 
 

@@ -30,7 +30,8 @@ def load_predictor(
 
     Raises:
         FileNotFoundError: ``path`` holds neither a checkpoint nor an ONNX model.
-        ValueError: an ONNX file mmfuse did not export; a damaged checkpoint (``CheckpointError``).
+        ValueError: an ONNX file mmfuse did not export; a damaged checkpoint (``CheckpointError``); a model on
+            precomputed features (it cannot read raw requests).
     """
     path = Path(path)
     if path.is_file() and path.suffix.lower() == ".onnx":
@@ -46,7 +47,12 @@ def load_predictor(
 
         resolve_checkpoint(path, checkpoint)  # raises FileNotFoundError saying what is missing
     if not onnx:
-        return TorchPredictor.from_run(path, checkpoint=checkpoint)
+        predictor = TorchPredictor.from_run(path, checkpoint=checkpoint)
+        from mmfuse.encoders.precomputed import raw_input_problem
+
+        if (problem := raw_input_problem(predictor.model, "serve")) is not None:
+            raise ValueError(problem)
+        return predictor
     return _onnx(_current_export(path, checkpoint), threads)
 
 
