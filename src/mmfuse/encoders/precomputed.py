@@ -319,6 +319,25 @@ class _Precomputed:
     reads_example_ids = True
     modality = "?"
 
+    def __init__(
+        self,
+        source: Any = None,
+        *,
+        name: str | None = None,
+        path: str | None = None,
+        ids: str | None = None,
+        id_key: str = "id",
+        pooled_key: str = "pooled",
+        sequence_key: str = "sequence",
+        mask_key: str = "mask",
+        max_missing: float = 0.0,
+    ) -> None:
+        nn.Module.__init__(self)
+        self._setup(
+            path, name=name, ids=ids, id_key=id_key, pooled_key=pooled_key, sequence_key=sequence_key,
+            mask_key=mask_key, max_missing=max_missing,
+        )  # fmt: skip
+
     def _setup(
         self,
         path: str | Path | None,
@@ -446,6 +465,7 @@ _OPTIONS_DOC = """
         FileNotFoundError: no file at ``path`` (or ``ids``).
         FeatureFileError: a file that cannot be read, or arrays of the wrong shape, non-finite values, duplicate ids.
 """
+_Precomputed.__init__.__doc__ = _OPTIONS_DOC
 
 
 class PrecomputedTextEncoder(_Precomputed, TextEncoder):
@@ -453,27 +473,6 @@ class PrecomputedTextEncoder(_Precomputed, TextEncoder):
     ``(B, L, D_seq)`` with ``mask``. It has no tokenizer: :meth:`tokenize` and :meth:`forward` raise."""
 
     modality = "text"
-
-    def __init__(
-        self,
-        source: Any = None,
-        *,
-        name: str | None = None,
-        path: str | None = None,
-        ids: str | None = None,
-        id_key: str = "id",
-        pooled_key: str = "pooled",
-        sequence_key: str = "sequence",
-        mask_key: str = "mask",
-        max_missing: float = 0.0,
-    ) -> None:
-        nn.Module.__init__(self)
-        self._setup(
-            path, name=name, ids=ids, id_key=id_key, pooled_key=pooled_key, sequence_key=sequence_key,
-            mask_key=mask_key, max_missing=max_missing,
-        )  # fmt: skip
-
-    __init__.__doc__ = _OPTIONS_DOC
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         raise self._raw("tokenize raw text")
@@ -488,27 +487,6 @@ class PrecomputedImageEncoder(_Precomputed, ImageEncoder):
     (``image_present=False``). It has no image preprocessing: :meth:`preprocess` and :meth:`forward` raise."""
 
     modality = "image"
-
-    def __init__(
-        self,
-        source: Any = None,
-        *,
-        name: str | None = None,
-        path: str | None = None,
-        ids: str | None = None,
-        id_key: str = "id",
-        pooled_key: str = "pooled",
-        sequence_key: str = "sequence",
-        mask_key: str = "mask",
-        max_missing: float = 0.0,
-    ) -> None:
-        nn.Module.__init__(self)
-        self._setup(
-            path, name=name, ids=ids, id_key=id_key, pooled_key=pooled_key, sequence_key=sequence_key,
-            mask_key=mask_key, max_missing=max_missing,
-        )  # fmt: skip
-
-    __init__.__doc__ = _OPTIONS_DOC
 
     def preprocess(self, image: Any) -> torch.Tensor:
         raise self._raw("preprocess raw images")

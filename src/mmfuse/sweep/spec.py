@@ -247,7 +247,7 @@ class VariantSpec(StrictSection):
         return _check_seeds(v)
 
 
-class HeadVariant(StrictSection):
+class HeadVariant(VariantSpec):
     """How one compared head runs one of the sweep's variants (``heads.<head>.variants.<variant>``).
 
     Attributes:
@@ -255,20 +255,6 @@ class HeadVariant(StrictSection):
         grid: key -> list of values replacing those keys of the variant's grid (e.g. one encoder lr for a slow head).
         seeds: replace the variant's seeds for this head.
     """
-
-    overrides: dict[str, Any] = Field(default_factory=dict)
-    grid: dict[str, list[Any]] | None = None
-    seeds: list[int] | None = None
-
-    @field_validator("grid", mode="before")
-    @classmethod
-    def _grid_lists(cls, v: Any) -> Any:
-        return _check_grid_lists(v)
-
-    @field_validator("seeds")
-    @classmethod
-    def _seed_list(cls, v: list[int] | None) -> list[int] | None:
-        return _check_seeds(v)
 
 
 class HeadSpec(StrictSection):
