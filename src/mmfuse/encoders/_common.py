@@ -62,6 +62,17 @@ def hub_unreachable() -> str | None:
     return _HUB_PROBES[endpoint]
 
 
+def _loads_a_model(loader: Callable[..., Any]) -> bool:
+    """Whether ``loader`` is the ``from_pretrained`` of a transformers model class (``AutoModel``, ``BertModel``,
+    ...), which take ``adapter_kwargs``; a config, tokenizer or image processor loader does not."""
+    owner = getattr(loader, "__self__", None)
+    if not isinstance(owner, type):
+        return False
+    from transformers import PreTrainedModel
+
+    return issubclass(owner, PreTrainedModel) or hasattr(owner, "_model_mapping")  # Auto* model classes
+
+
 def load_pretrained(loader: Callable[..., T], source: str | Path, what: str, **kwargs: Any) -> T:
     """Calls ``loader(source, **kwargs)`` (a transformers ``from_pretrained``), turning its failures into one
     :class:`EncoderLoadError` that says how to fix them, instead of a long traceback from the hub client.
@@ -82,6 +93,10 @@ def load_pretrained(loader: Callable[..., T], source: str | Path, what: str, **k
     unreachable = None if local or offline else hub_unreachable()
     if unreachable is not None:
         kwargs = {**kwargs, "local_files_only": True}
+        if _loads_a_model(loader):
+            # transformers' Auto*.from_pretrained looks for a PEFT adapter_config.json on the hub whenever peft is
+            # installed, without passing local_files_only on to that lookup: it would try the unreachable hub
+            kwargs["adapter_kwargs"] = {**(kwargs.get("adapter_kwargs") or {}), "local_files_only": True}
     bars = hf_logging.is_progress_bar_enabled()
     if bars and local:
         hf_logging.disable_progress_bar()  # a "Loading weights" bar for a local folder read in milliseconds is noise
