@@ -220,7 +220,21 @@ class PrunerSpec(StrictSection):
         return {"name": data} if isinstance(data, str) else data
 
 
-class VariantSpec(StrictSection):
+class _GridAndSeedsChecks(StrictSection):
+    """The checks of a section's ``grid`` (lists of values) and ``seeds``; the subclass declares the fields."""
+
+    @field_validator("grid", mode="before", check_fields=False)
+    @classmethod
+    def _grid_lists(cls, v: Any) -> Any:
+        return _check_grid_lists(v)
+
+    @field_validator("seeds", check_fields=False)
+    @classmethod
+    def _seed_list(cls, v: list[int] | None) -> list[int] | None:
+        return _check_seeds(v)
+
+
+class VariantSpec(_GridAndSeedsChecks):
     """A variant of the selected point (``variants:`` of the sweep file), trained after the search.
 
     Attributes:
@@ -236,16 +250,6 @@ class VariantSpec(StrictSection):
     grid: dict[str, list[Any]] | None = None
     seeds: list[int] | None = None
 
-    @field_validator("grid", mode="before")
-    @classmethod
-    def _grid_lists(cls, v: Any) -> Any:
-        return _check_grid_lists(v)
-
-    @field_validator("seeds")
-    @classmethod
-    def _seed_list(cls, v: list[int] | None) -> list[int] | None:
-        return _check_seeds(v)
-
 
 class HeadVariant(VariantSpec):
     """How one compared head runs one of the sweep's variants (``heads.<head>.variants.<variant>``).
@@ -257,7 +261,7 @@ class HeadVariant(VariantSpec):
     """
 
 
-class HeadSpec(StrictSection):
+class HeadSpec(_GridAndSeedsChecks):
     """One head of a sweep that compares heads (``heads:``): what it changes from the sweep's shared settings.
 
     The head's base config is the sweep's with ``model.head.name`` set to the head, the head hyperparameters it does
@@ -293,16 +297,6 @@ class HeadSpec(StrictSection):
         if isinstance(v, Mapping):
             return {k: ({} if x is None else x) for k, x in v.items()}
         return v
-
-    @field_validator("grid", mode="before")
-    @classmethod
-    def _grid_lists(cls, v: Any) -> Any:
-        return _check_grid_lists(v)
-
-    @field_validator("seeds")
-    @classmethod
-    def _seed_list(cls, v: list[int] | None) -> list[int] | None:
-        return _check_seeds(v)
 
 
 class EnsembleSpec(StrictSection):
