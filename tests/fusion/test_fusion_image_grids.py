@@ -33,6 +33,7 @@ def test_pooled_grid_rule(grid, k, expected) -> None:
     assert kh * kw <= k and kh <= grid[0] and kw <= grid[1]
 
 
+@pytest.mark.numerics  # compared with torch's kernel under a float32 tolerance: rerun on the scalar kernels too
 @pytest.mark.parametrize(("grid", "k"), [((7, 7), 16), ((6, 10), 12), ((14, 14), 16), ((3, 8), 5)])
 def test_pool_regions_is_adaptive_2d_average_pooling_of_the_grid(grid, k) -> None:
     regions = torch.randn(2, grid[0] * grid[1], 5)
