@@ -200,3 +200,33 @@ def test_zero_shot_exports_to_onnx_with_parity(zero_shot_run, tmp_path: Path) ->
     result = export_run(run, tmp_path / "zs.onnx")
     # onnxruntime's kernels round differently from PyTorch's: float32 noise, far below any change of a prediction
     assert max(result.max_abs_diff.values()) < 1e-4
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_evaluate_shows_the_zero_shot_baseline_beside_a_two_tower_model(
+    family: str, synthetic_root: Path, synthetic_splits: dict, tmp_path: Path
+) -> None:
+    """A model on one checkpoint's frozen towers is evaluated beside that checkpoint's zero-shot predictions (the
+    same numbers as a zero_shot run's own evaluation); a model on two separately named encoders has no such row."""
+    folder = str(tiny_text_dir(family))
+    test = synthetic_splits["test"]
+    runs = {}
+    for name, model in (
+        ("align", {"encoder": folder, "zero_shot_prompts": PROMPTS, "head": "align"}),
+        ("zs", {"encoder": folder, "head": {"name": "zero_shot", "params": {"prompts": PROMPTS}}}),
+        ("apart", {"text_encoder": folder, "image_encoder": folder, "head": "align"}),
+    ):
+        cfg = validate_config(_config(synthetic_root, tmp_path, model, name))
+        runs[name] = MultimodalClassifier(cfg).fit(synthetic_splits["train"], synthetic_splits["val"])
+    result = runs["align"].evaluate(test)
+    assert set(result["baselines"]) == {"majority", "random", "zero_shot"}
+    assert result["baselines"]["zero_shot"] == runs["zs"].evaluate(test)["metrics"]
+    assert "zero_shot" not in runs["apart"].evaluate(test)["baselines"]
+
+    from typer.testing import CliRunner
+
+    from mmfuse.cli import app
+
+    shown = CliRunner().invoke(app, ["evaluate", str(tmp_path / "align"), "--split", "test"], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert "zero_shot baseline" in shown.output

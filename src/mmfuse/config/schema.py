@@ -167,9 +167,13 @@ class ModelConfig(StrictSection):
         text_encoder: the text encoder.
         image_encoder: the image encoder.
         head: the fusion head.
+        zero_shot_prompts: class name -> prompt of the zero-shot baseline that ``evaluate`` shows beside a model
+            whose frozen encoders are one checkpoint's two towers (``model.encoder``); a class not named gets
+            ``"a photo of {label}"``. The ``zero_shot`` head itself takes its prompts from ``head.params``.
     """
 
     encoder: str | None = None
+    zero_shot_prompts: dict[str, str] | None = None
     text_encoder: EncoderConfig | None = Field(default_factory=lambda: EncoderConfig(name="minilm"))
     image_encoder: EncoderConfig | None = Field(default_factory=lambda: EncoderConfig(name="efficientnet-lite0"))
     head: HeadConfig = Field(default_factory=HeadConfig)
