@@ -230,3 +230,18 @@ def test_evaluate_shows_the_zero_shot_baseline_beside_a_two_tower_model(
     shown = CliRunner().invoke(app, ["evaluate", str(tmp_path / "align"), "--split", "test"], env={"COLUMNS": "200"})
     assert shown.exit_code == 0, shown.output
     assert "zero_shot baseline" in shown.output
+
+
+def test_an_override_of_a_tower_setting_keeps_the_checkpoint_of_model_encoder(tmp_path: Path) -> None:
+    """``--set model.text_encoder.freeze=false`` beside ``model.encoder`` (a section the file does not have) adjusts
+    that tower; it does not bring back the default encoder's name, which would contradict ``model.encoder``."""
+    import yaml
+
+    from mmfuse.config import load_config
+
+    folder = str(tiny_text_dir("clip"))
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"model": {"encoder": folder, "head": "align"}}), encoding="utf-8")
+    cfg = load_config(path, ["model.text_encoder.freeze=false", "model.image_encoder.options={}"])
+    assert cfg.model.text_encoder.name == cfg.model.image_encoder.name == folder
+    assert cfg.model.text_encoder.freeze is False
