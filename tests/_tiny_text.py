@@ -98,8 +98,8 @@ def _config(kind: str) -> Any:
 
 
 def _save_tower(kind: str, out: Path) -> None:
-    """CLIP / SigLIP: a full model (both towers; the vision tower is what the text encoder must skip) or the text
-    tower alone."""
+    """CLIP / SigLIP: a full model (both towers; the vision tower is what the text encoder must skip) with its image
+    processor (32 px: a two-tower folder for ``model.encoder``), or the text tower alone."""
     import transformers as tf
 
     text = {**_COMMON, "vocab_size": _VOCAB_SIZE, "pad_token_id": 0}
@@ -109,6 +109,8 @@ def _save_tower(kind: str, out: Path) -> None:
         if kind == "clip":
             config = tf.CLIPConfig(text_config=text, vision_config=vision, projection_dim=24)
             tf.CLIPModel(config).save_pretrained(out)
+            size = {"shortest_edge": 32}
+            tf.CLIPImageProcessorPil(size=size, crop_size={"height": 32, "width": 32}).save_pretrained(out)
         else:
             tf.CLIPTextModelWithProjection(tf.CLIPTextConfig(**text, projection_dim=24)).save_pretrained(out)
         _tokenizer(pad="[SEP]", max_length=24).save_pretrained(out)  # CLIP pads with its end-of-text token
@@ -116,6 +118,7 @@ def _save_tower(kind: str, out: Path) -> None:
         text |= {"max_position_embeddings": 16, "bos_token_id": 2, "eos_token_id": 3}
         if kind == "siglip":
             tf.SiglipModel(tf.SiglipConfig(text_config=text, vision_config=vision)).save_pretrained(out)
+            tf.SiglipImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(out)
         else:
             tf.SiglipTextModel(tf.SiglipTextConfig(**text)).save_pretrained(out)
         _tokenizer(max_length=16).save_pretrained(out)

@@ -26,6 +26,7 @@ import yaml
 from typer.testing import CliRunner
 
 from _tiny import tiny_bert_dir, tiny_clip_vision_dir
+from _tiny_text import tiny_text_dir
 from mmfuse.cli import app
 from mmfuse.data import make_synthetic
 
@@ -109,13 +110,27 @@ def data_roots(tmp_path_factory: pytest.TempPathFactory, shared_datasets: Path) 
     }
 
 
-def _overrides(root: Path) -> list[str]:
-    """What a quick run changes: the data, the encoders (tiny, random, without the example's encoder options),
-    the base epochs and the loader's worker processes."""
+def _two_towers(path: Path) -> str | None:
+    """``clip`` / ``siglip`` for a config that builds both towers from one checkpoint (``model.encoder``), else
+    ``None``."""
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    name = ((data.get("model") or {}) if isinstance(data, dict) else {}).get("encoder")
+    if name is None:
+        return None
+    return "siglip" if "siglip" in str(name).lower() else "clip"
+
+
+def _overrides(root: Path, two_towers: str | None = None) -> list[str]:
+    """What a quick run changes: the data, the encoders (tiny, random, without the example's encoder options; for
+    a config of one two-tower checkpoint a tiny random CLIP / SigLIP of both towers), the base epochs and the
+    loader's worker processes."""
+    if two_towers is not None:
+        encoders = [f"model.encoder={tiny_text_dir(two_towers)}"]
+    else:
+        encoders = [f"model.text_encoder.name={tiny_bert_dir()}", f"model.image_encoder.name={tiny_clip_vision_dir()}"]
     return [
         f"data.root={root}",
-        f"model.text_encoder.name={tiny_bert_dir()}",
-        f"model.image_encoder.name={tiny_clip_vision_dir()}",
+        *encoders,
         "model.text_encoder.options={}",
         "model.image_encoder.options={}",
         "train.epochs=1",
@@ -143,9 +158,11 @@ def test_example_runs(path: Path, data_roots: dict[str, Path], tmp_path: Path, o
         _run_script(path, tmp_path)
         return
     root = _root_for(path, data_roots)
-    overrides = _overrides(root)
+    overrides = _overrides(root, _two_towers(path))
     if kind == "config":
         _run_config(path, overrides, root, tmp_path)
+        if _two_towers(path) is not None:  # a recipe that needs the internet: also exported and served, as issued
+            _export_and_serve(tmp_path)
     else:
         _run_sweep(path, overrides, tmp_path)
 
@@ -161,6 +178,39 @@ def _run_config(path: Path, overrides: list[str], root: Path, tmp_path: Path) ->
     assert len(pd.read_csv(tmp_path / "predictions.csv")) == summary["test"]["n"]
     _invoke("report", run)
     assert (run / "report" / "report.html").is_file()
+
+
+def _export_and_serve(tmp_path: Path) -> None:
+    """The run exported to ONNX (checked against PyTorch by the export) and served from that file."""
+    import base64
+
+    pytest.importorskip("onnxruntime", reason="the export needs the serve extra")
+    pytest.importorskip("fastapi", reason="the server needs the serve extra")
+    from fastapi.testclient import TestClient
+
+    from mmfuse.serve import create_app, load_predictor
+
+    (run,) = (tmp_path / "runs").iterdir()
+    onnx = tmp_path / "model.onnx"
+    _invoke("export", run, "--out", onnx)
+    payload = base64.b64encode(_png()).decode()
+    with TestClient(create_app(load_predictor(onnx))) as client:
+        answer = client.post("/predict", json={"text": "a meme", "image": payload})
+        assert client.get("/info").json()["backend"] == "onnx"
+    assert answer.status_code == 200, answer.text
+    probabilities = answer.json()["probabilities"]
+    values = probabilities.values() if isinstance(probabilities, dict) else probabilities
+    assert sum(values) == pytest.approx(1.0)  # float32 probabilities summed
+
+
+def _png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def _run_sweep(path: Path, overrides: list[str], tmp_path: Path) -> None:

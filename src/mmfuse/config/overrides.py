@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from mmfuse.config.schema import ConfigError, TrainConfig, validate_config
+from mmfuse.config.schema import ConfigError, EncoderConfig, TrainConfig, validate_config
 
 # --------------------------------------------------------------------------------------------------- loading
 
@@ -328,14 +328,17 @@ def _default_at(parts: tuple[str, ...]) -> Any:
 
 def set_path(data: dict[str, Any], parts: Iterable[str], value: Any) -> None:
     """Sets ``data[a][b][c] = value`` for ``parts = (a, b, c)``, creating sections on the way: a section the data
-    does not have starts from its defaults (so ``model.text_encoder.options.x=1`` keeps the default encoder name);
-    one set to null starts empty."""
+    does not have starts from its defaults (so ``model.text_encoder.options.x=1`` keeps the default encoder name;
+    beside ``model.encoder``, set before, it starts without a name, which ``model.encoder`` fills in); one set to
+    null starts empty."""
     parts = list(parts)
     node = data
     for i, part in enumerate(parts[:-1]):
         child = node.get(part, _MISSING)
         if child is _MISSING:
             child = _default_at(tuple(parts[: i + 1]))
+            if isinstance(child, EncoderConfig) and node.get("encoder") is not None:  # model.encoder names it
+                child = child.model_dump(mode="json", exclude={"name"})
         if isinstance(child, BaseModel):
             child = child.model_dump(mode="json")
         if child is None:

@@ -155,18 +155,66 @@ class HeadConfig(StrictSection):
 
 
 class ModelConfig(StrictSection):
-    """Encoders and head. An encoder may be ``null`` when the head does not read its modality."""
+    """Encoders and head. An encoder may be ``null`` when the head does not read its modality.
 
+    Attributes:
+        encoder: one CLIP / SigLIP checkpoint (hub id, folder, or ``clip-vit-b32``-style registered name) for both
+            towers: it becomes the ``name`` of ``text_encoder`` and ``image_encoder`` (whose other settings, such
+            as ``freeze`` or ``options``, still apply per tower), and the model loads it once, the two encoders
+            sharing its weights (what the ``zero_shot`` head needs). Rule: an encoder section given with a name
+            must name the same checkpoint; a different name is a config error (drop ``model.encoder`` to mix
+            encoders).
+        text_encoder: the text encoder.
+        image_encoder: the image encoder.
+        head: the fusion head.
+        zero_shot_prompts: class name -> prompt of the zero-shot baseline that ``evaluate`` shows beside a model
+            whose frozen encoders are one checkpoint's two towers (``model.encoder``); a class not named gets
+            ``"a photo of {label}"``. The ``zero_shot`` head itself takes its prompts from ``head.params``.
+    """
+
+    encoder: str | None = None
+    zero_shot_prompts: dict[str, str] | None = None
     text_encoder: EncoderConfig | None = Field(default_factory=lambda: EncoderConfig(name="minilm"))
     image_encoder: EncoderConfig | None = Field(default_factory=lambda: EncoderConfig(name="efficientnet-lite0"))
     head: HeadConfig = Field(default_factory=HeadConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_checkpoint(cls, data: Any) -> Any:
+        """``encoder`` names both towers: fills the encoder sections' names, refuses a different one."""
+        if not isinstance(data, dict) or data.get("encoder") is None:
+            return data
+        name = data["encoder"]
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"encoder must be the name of a CLIP / SigLIP checkpoint, got {name!r}")
+        data = dict(data)
+        for modality in ("text", "image"):
+            key = f"{modality}_encoder"
+            section = data.get(key, {})
+            if section is None:
+                continue  # the head reads no such modality (checked below)
+            if isinstance(section, str):
+                section = {"name": section}
+            if isinstance(section, EncoderConfig):
+                section = section.model_dump()
+            if not isinstance(section, dict):
+                continue  # the section's own validation says what is wrong
+            given = section.get("name")
+            if given is not None and given != name:
+                raise ValueError(
+                    f"encoder={name!r} builds both towers from one checkpoint, but {key}.name={given!r} names "
+                    f"another; drop {key}.name (or make it {name!r}), or drop encoder to use two different encoders"
+                )
+            data[key] = {**section, "name": name}
+        return data
 
     @model_validator(mode="after")
     def _encoders_for_head(self) -> ModelConfig:
         from mmfuse.fusion import FUSION_HEADS
 
         cls = FUSION_HEADS.get(self.head.name)
-        for modality, uses in (("text", cls.uses_text), ("image", cls.uses_image)):
+        text_use = cls.uses_text or ("prompts" if getattr(cls, "needs_text_tower", False) else None)
+        for modality, uses in (("text", text_use), ("image", cls.uses_image)):
             if uses is not None and getattr(self, f"{modality}_encoder") is None:
                 raise ValueError(
                     f"head {self.head.name!r} reads the {modality}, but {modality}_encoder is null; "

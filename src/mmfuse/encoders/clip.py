@@ -49,9 +49,11 @@ class CLIPVisionEncoder(ImageEncoder):
         source: hub id (``"openai/clip-vit-base-patch32"``) or a folder made with ``save_pretrained``, holding a
             full CLIP model or only its vision tower, and ``preprocessor_config.json``.
         name: the name it was built from; defaults to ``source``.
+        tower: the vision tower already loaded (a ``CLIPVisionModelWithProjection`` sharing a full CLIP model's
+            weights, from :func:`~mmfuse.encoders.two_towers.build_two_towers`); default: loaded from ``source``.
     """
 
-    def __init__(self, source: str | Path, *, name: str | None = None) -> None:
+    def __init__(self, source: str | Path, *, name: str | None = None, tower: torch.nn.Module | None = None) -> None:
         super().__init__()
         from transformers import AutoConfig  # lazy: keeps `import mmfuse` fast
 
@@ -68,9 +70,10 @@ class CLIPVisionEncoder(ImageEncoder):
             vision_config.projection_dim = config.projection_dim
         else:
             vision_config = config
-        tower = _vision_tower_class()
-        self.model = load_pretrained(tower.from_pretrained, source, "CLIP vision model", config=vision_config)
-        self.model.eval()
+        if tower is None:
+            loader = _vision_tower_class().from_pretrained
+            tower = load_pretrained(loader, source, "CLIP vision model", config=vision_config)
+        self.model = tower.eval()
         self._preprocessor = HFImagePreprocessor(source)
         self.dim = int(self.model.config.projection_dim)
         self.sequence_dim = int(self.model.config.hidden_size)

@@ -188,9 +188,11 @@ class HFVisionEncoder(ImageEncoder):
             image-classification model of it; for SigLIP the full two-tower model or its vision tower) with
             ``preprocessor_config.json``.
         name: the name it was built from; defaults to ``source``.
+        tower: the vision model already loaded (SigLIP: a ``SiglipVisionModel`` sharing a full SigLIP model's
+            weights, from :func:`~mmfuse.encoders.two_towers.build_two_towers`); default: loaded from ``source``.
     """
 
-    def __init__(self, source: str | Path, *, name: str | None = None) -> None:
+    def __init__(self, source: str | Path, *, name: str | None = None, tower: nn.Module | None = None) -> None:
         super().__init__()
         import transformers
         from transformers import AutoConfig, AutoModel
@@ -210,8 +212,9 @@ class HFVisionEncoder(ImageEncoder):
             loader = getattr(transformers, family.vision_class).from_pretrained
         else:
             loader = AutoModel.from_pretrained
-        model = _load_quietly(loader, source, "vision model", config=config, **family.model_kwargs)
-        self.model = model.eval()
+        if tower is None:
+            tower = _load_quietly(loader, source, "vision model", config=config, **family.model_kwargs)
+        self.model = tower.eval()
         self._preprocessor = HFImagePreprocessor(source)
         sizes = getattr(self.model.config, "hidden_sizes", None)
         self.dim = int(sizes[-1] if sizes else self.model.config.hidden_size)

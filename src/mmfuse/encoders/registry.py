@@ -182,9 +182,10 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def encoder_options(cls: type) -> dict[str, Any]:
-    """Options an encoder class takes, with their defaults (its keyword-only arguments except ``name``)."""
+    """Options an encoder class takes, with their defaults (its keyword-only arguments except ``name`` and ``tower``,
+    a model already loaded, which :func:`~mmfuse.encoders.two_towers.build_two_towers` passes)."""
     params = inspect.signature(cls.__init__).parameters.values()
-    return {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY and p.name != "name"}
+    return {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY and p.name not in ("name", "tower")}
 
 
 def _looks_like_path(name: str) -> bool:

@@ -65,7 +65,14 @@ class _ContrastiveTextEncoder(TextEncoder):
     model_types: ClassVar[tuple[str, ...]]
     padding: ClassVar[str]
 
-    def __init__(self, source: str | Path, *, name: str | None = None, max_length: int | None = None) -> None:
+    def __init__(
+        self,
+        source: str | Path,
+        *,
+        name: str | None = None,
+        max_length: int | None = None,
+        tower: nn.Module | None = None,
+    ) -> None:
         super().__init__()
         from transformers import AutoConfig, AutoTokenizer  # lazy: keeps `import mmfuse` fast
 
@@ -90,11 +97,17 @@ class _ContrastiveTextEncoder(TextEncoder):
                 f"{positions}), got {max_length!r}"
             )
         self.max_length = max_length
-        tower = _tower_class(self.family)
-        model, info = load_pretrained(
-            tower.from_pretrained, source, f"{self.family} text model", config=text_config, output_loading_info=True
-        )
-        missing = list(info.get("missing_keys", ()))
+        if tower is not None:  # the text tower of a two-tower model loaded once (mmfuse.encoders.two_towers)
+            model, missing = tower, []
+        else:
+            model, info = load_pretrained(
+                _tower_class(self.family).from_pretrained,
+                source,
+                f"{self.family} text model",
+                config=text_config,
+                output_loading_info=True,
+            )
+            missing = list(info.get("missing_keys", ()))
         if missing:
             raise EncoderLoadError(
                 f"{self.source!r} lacks {len(missing)} weight(s) of the {self.family} text tower "
@@ -179,14 +192,23 @@ class CLIPTextEncoder(_ContrastiveTextEncoder):
             CLIP model (model_type ``clip``) or its text tower (``clip_text_model``), and the tokenizer.
         name: the name it was built from; defaults to ``source``.
         max_length: tokens per text after truncation; default: the model's positions (77).
+        tower: the text tower already loaded (a ``CLIPTextModelWithProjection`` sharing a full CLIP model's weights,
+            from :func:`~mmfuse.encoders.two_towers.build_two_towers`); default: loaded from ``source``.
     """
 
     family = "clip"
     model_types = CLIP_TEXT_MODEL_TYPES
     padding = "longest"
 
-    def __init__(self, source: str | Path, *, name: str | None = None, max_length: int | None = None) -> None:
-        super().__init__(source, name=name, max_length=max_length)
+    def __init__(
+        self,
+        source: str | Path,
+        *,
+        name: str | None = None,
+        max_length: int | None = None,
+        tower: nn.Module | None = None,
+    ) -> None:
+        super().__init__(source, name=name, max_length=max_length, tower=tower)
         self.dim = int(self.model.config.projection_dim)
         self.sequence_dim = int(self.model.config.hidden_size)
 
@@ -219,14 +241,23 @@ class SiglipTextEncoder(_ContrastiveTextEncoder):
             full SigLIP model (model_type ``siglip``) or its text tower (``siglip_text_model``), and the tokenizer.
         name: the name it was built from; defaults to ``source``.
         max_length: tokens per text (every text is padded to it); default: the model's positions (64).
+        tower: the text tower already loaded (a ``SiglipTextModel`` sharing a full SigLIP model's weights, from
+            :func:`~mmfuse.encoders.two_towers.build_two_towers`); default: loaded from ``source``.
     """
 
     family = "siglip"
     model_types = SIGLIP_TEXT_MODEL_TYPES
     padding = "max_length"
 
-    def __init__(self, source: str | Path, *, name: str | None = None, max_length: int | None = None) -> None:
-        super().__init__(source, name=name, max_length=max_length)
+    def __init__(
+        self,
+        source: str | Path,
+        *,
+        name: str | None = None,
+        max_length: int | None = None,
+        tower: nn.Module | None = None,
+    ) -> None:
+        super().__init__(source, name=name, max_length=max_length, tower=tower)
         config = self.model.config
         self.dim = int(getattr(config, "projection_size", None) or config.hidden_size)  # pooled: the head's output
         if self.dim != config.hidden_size:

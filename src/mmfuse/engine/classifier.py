@@ -361,11 +361,39 @@ class MultimodalClassifier:
         if metrics is not None:
             return scorer_metrics(out.labels, out.proba, metrics)
         split = name or (examples.name if isinstance(examples, Split) else str(examples)[:60])
+        zero_shot = self._zero_shot_proba(inputs)
         result = evaluation(out.labels, out.proba, label_map.classes, split=split, threshold=self.threshold,
-                            train_class_counts=self.train_class_counts, seed=self.config.train.seed)  # fmt: skip
+                            train_class_counts=self.train_class_counts, seed=self.config.train.seed,
+                            other_baselines={"zero_shot": zero_shot} if zero_shot is not None else None)  # fmt: skip
         if missing is not None:
             result["missing_images"] = missing.to_dict()
         return result
+
+    def _zero_shot_proba(self, inputs: Any) -> np.ndarray | None:
+        """The ``zero_shot`` baseline's probabilities on ``inputs``, for a model whose frozen, unadapted encoders are
+        the two towers of one CLIP / SigLIP checkpoint (``model.encoder``) and whose head is another; else ``None``.
+        It runs on the model's own encoders (frozen image features are reused from the feature source), with
+        ``model.zero_shot_prompts``."""
+        from mmfuse.encoders.lora import lora_settings
+        from mmfuse.encoders.two_towers import two_towers_of
+        from mmfuse.fusion import build_head
+
+        model, label_map = self._model(), self._label_map()
+        text, image = getattr(model, "text_encoder", None), getattr(model, "image_encoder", None)
+        if self.config.model.head.name == "zero_shot" or two_towers_of(text, image) is None:
+            return None
+        if not (text.is_frozen and image.is_frozen) or lora_settings(text) or lora_settings(image):
+            return None  # fine-tuned towers are no longer the pretrained model a zero-shot baseline stands for
+        head = build_head(
+            "zero_shot", text_encoder=text, image_encoder=image, num_classes=label_map.num_classes,
+            classes=label_map.classes, prompts=self.config.model.zero_shot_prompts,
+        )  # fmt: skip
+        predictor = TorchPredictor(
+            head, classes=label_map.classes, head="zero_shot", device=self.device, config=self.config,
+            features=self.source,
+        )  # fmt: skip
+        out, _ = predictor.run_examples(inputs, labeled=True, task="evaluate", max_missing_images=1.0, warn=False)
+        return out.proba
 
     def predictor(self) -> TorchPredictor:
         """The fitted or loaded model behind the one inference path (:class:`~mmfuse.model.TorchPredictor`), run

@@ -10,7 +10,7 @@ labels, ``offensive`` of ``non-offensive/offensive``).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -173,10 +173,12 @@ def evaluation(
     threshold: float | None = None,
     train_class_counts: Sequence[int] | None = None,
     seed: int = 0,
+    other_baselines: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """What ``evaluate`` returns (a classifier's or an ensemble's): ``split``, ``n``, ``classes``, ``metrics``; for
     binary tasks with a tuned ``threshold`` that and ``metrics_at_threshold``; with training-label counts the
-    majority-class and random ``baselines`` (drawn with ``seed``)."""
+    majority-class and random ``baselines`` (drawn with ``seed``), and beside them ``other_baselines`` (name ->
+    their probabilities on the same examples, e.g. ``zero_shot``)."""
     result: dict[str, Any] = {
         "split": split,
         "n": len(y),
@@ -189,6 +191,8 @@ def evaluation(
     train_y = np.repeat(np.arange(len(classes)), train_class_counts or 0)
     if len(train_y):
         result["baselines"] = baseline_metrics(train_y, y, classes, seed=seed)
+    for name, other in (other_baselines or {}).items():
+        result.setdefault("baselines", {})[name] = classification_metrics(y, other, classes)
     return result
 
 

@@ -180,7 +180,7 @@ class Trainer:
         set_seed(cfg.train.seed)
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
-        self.model = build_model(cfg.model, len(self.classes))
+        self.model = build_model(cfg.model, len(self.classes), self.classes)
         self.run = run_dir or self._create_run_dir()
         self.tracking = Tracking.for_run(cfg, self.run.path, main=acc.is_main_process)
         self.plan = plan_features(self.model, precompute=cfg.cache.enabled)
@@ -219,10 +219,14 @@ class Trainer:
             sampler=self.sampler, **common,
         )  # fmt: skip
         val_loader = make_loader(self.val_examples, batch_size=eval_bs, num_workers=cfg.train.num_workers, **common)
+        self.model.to(device)
+        if self.trains_nothing:  # no optimizer, nothing to synchronise: the model as it is, the loaders prepared
+            self.ddp_model, self.optimizer, self.scheduler = self.model, None, None
+            self.train_loader, self.val_loader = acc.prepare(train_loader, val_loader)
+            return
         optimizer = build_optimizer(self.model, cfg.optim)
         total = optimizer_steps(len(train_loader), cfg.train.epochs, cfg.optim.grad_accum)
         scheduler = build_scheduler(optimizer, cfg.optim, total)
-        self.model.to(device)
         self.ddp_model, self.optimizer, self.train_loader, self.val_loader, self.scheduler = acc.prepare(
             self.model, optimizer, train_loader, val_loader, scheduler
         )
@@ -267,7 +271,35 @@ class Trainer:
         self.tracking.finish()
         return result
 
+    @property
+    def trains_nothing(self) -> bool:
+        """The head has no weights to train (``zero_shot``): fit validates once instead of training epochs."""
+        return bool(getattr(type(self.model), "trains_nothing", False))
+
+    def _validate_only(self) -> str:
+        """A head that trains nothing: one validation pass (it picks the binary threshold), recorded as epoch 1."""
+        note = (
+            f"head {self.cfg.model.head.name!r} has no trainable weights: no training epoch was run "
+            f"(train.epochs={self.cfg.train.epochs} ignored); the model was validated once, as built"
+        )
+        self.notes.append(note)
+        self.reporter.info(note)
+        started = time.perf_counter()
+        val, _ = self._validate(1)
+        self.state.epoch, self.state.best_epoch, self.state.bad_epochs = 1, 1, 0
+        self.state.best_value, self.state.best_loss = val[self.metric], val.get("loss")
+        seconds = time.perf_counter() - started
+        stats = {"train_loss": math.nan, "lr": {}, "examples_per_s": 0.0, "seconds": seconds, "step": self.state.step}
+        record = {"epoch": 1, **stats, "val": val, "best": True}
+        self._checkpoint(record, True)
+        self.tracking.log_metrics(self.state.step, {**scalars(val, "val"), "epoch": 1})
+        for callback in self.callbacks:
+            callback(record)
+        return "completed"
+
     def _loop(self) -> str:
+        if self.trains_nothing:
+            return self._validate_only()
         cfg = self.cfg.train
         longest = 0.0  # the longest epoch (training and validation) so far, to tell whether the next one fits
         while self.state.epoch < cfg.epochs:
@@ -467,8 +499,8 @@ class Trainer:
             return
         model = self.accelerator.unwrap_model(self.ddp_model)
         state = {
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else {},
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
             "rng": ckpt.rng_state(),
             "loop": asdict(self.state),
         }
@@ -484,8 +516,9 @@ class Trainer:
         ckpt.check_matches(meta, head=self.cfg.model.head.name, classes=self.classes, folder=folder)
         ckpt.load_weights(self.accelerator.unwrap_model(self.ddp_model), folder, meta)
         state = ckpt.load_training_state(folder)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
         self.state = LoopState(**state["loop"])
         self.history = [r for r in self.run.history() if r["epoch"] <= self.state.epoch]
         if self.accelerator.is_main_process:

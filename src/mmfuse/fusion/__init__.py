@@ -14,6 +14,7 @@ from mmfuse.fusion.align import AlignHead  # isort: skip
 from mmfuse.fusion.cross import CrossHead  # isort: skip
 from mmfuse.fusion.text_only import TextOnlyHead  # isort: skip
 from mmfuse.fusion.image_only import ImageOnlyHead  # isort: skip
+from mmfuse.fusion.zero_shot import ZeroShotHead  # isort: skip
 
 __all__ = [
     "FUSION_HEADS",
@@ -28,6 +29,7 @@ __all__ = [
     "ImageUse",
     "TextOnlyHead",
     "TextUse",
+    "ZeroShotHead",
     "build_head",
     "classify",
     "encode_image",

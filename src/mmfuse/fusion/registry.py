@@ -9,7 +9,7 @@ built and reads the same either way.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import nn
@@ -20,7 +20,7 @@ from mmfuse.encoders.base import ImageEncoder, TextEncoder
 FUSION_HEADS: Registry[type[nn.Module]] = Registry("fusion head")
 
 # Constructor arguments build_head fills itself; everything else a head's __init__ takes is a hyperparameter.
-_BUILD_ARGS = ("self", "text_encoder", "image_encoder", "num_classes")
+_BUILD_ARGS = ("self", "text_encoder", "image_encoder", "num_classes", "classes")
 
 
 def head_params(name: str) -> dict[str, Any]:
@@ -65,6 +65,7 @@ def build_head(
     text_encoder: TextEncoder | None,
     image_encoder: ImageEncoder | None,
     num_classes: int,
+    classes: Sequence[str] | None = None,
     **params: Any,
 ) -> nn.Module:
     """Builds fusion head ``name`` around already-built encoders.
@@ -78,6 +79,8 @@ def build_head(
         text_encoder: built text encoder, or ``None`` for a head that reads no text.
         image_encoder: built image encoder, or ``None`` for a head that reads no image.
         num_classes: number of logits ``C``.
+        classes: the class names in logit order, for a head that reads them (``zero_shot``'s prompts); others
+            ignore them.
         **params: the head's hyperparameters (see :func:`head_params`); unknown ones and values of the wrong kind
             raise (:func:`check_head_params`).
 
@@ -88,8 +91,10 @@ def build_head(
     """
     cls = FUSION_HEADS.get(name)
     check_head_params(name, params)
-    if cls.uses_text is None:
+    if cls.uses_text is None and not getattr(cls, "needs_text_tower", False):
         text_encoder = None
     if cls.uses_image is None:
         image_encoder = None
+    if "classes" in inspect.signature(cls.__init__).parameters:
+        params = {**params, "classes": list(classes) if classes is not None else None}
     return cls(text_encoder=text_encoder, image_encoder=image_encoder, num_classes=num_classes, **params)

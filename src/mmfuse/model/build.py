@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
@@ -38,6 +39,31 @@ def build_encoder(modality: str, cfg: EncoderConfig) -> Encoder:
         raise ConfigError(f"{key}.options: {e}") from e
     except ValueError as e:
         raise ConfigError(f"{key}: {e}") from e
+    return _configure(modality, cfg, encoder)
+
+
+def build_two_tower_encoders(name: str, text: EncoderConfig, image: EncoderConfig) -> tuple[Encoder, Encoder]:
+    """Both encoders of one CLIP / SigLIP checkpoint (``model.encoder``), loaded once, each frozen / adapted as its
+    own section says.
+
+    Raises:
+        ConfigError: a checkpoint without both towers, a bad option (naming ``model.encoder``).
+        FileNotFoundError: a local folder that does not exist.
+    """
+    from mmfuse.encoders.two_towers import build_two_towers
+
+    try:
+        text_encoder, image_encoder = build_two_towers(name, text_options=text.options, image_options=image.options)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"model.encoder: {e}") from e
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"model.encoder: {e}") from e
+    return _configure("text", text, text_encoder), _configure("image", image, image_encoder)
+
+
+def _configure(modality: str, cfg: EncoderConfig, encoder: Encoder) -> Encoder:
+    """Freezes (or unfreezes) ``encoder`` and adds its LoRA adapters, as ``cfg`` says."""
+    key = f"model.{modality}_encoder"
     if cfg.freeze:
         try:
             encoder.freeze(trainable_top_k=cfg.trainable_top_k)
@@ -55,8 +81,9 @@ def build_encoder(modality: str, cfg: EncoderConfig) -> Encoder:
     return encoder
 
 
-def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
-    """Builds the encoders the head reads (only those) and the head around them.
+def build_model(cfg: ModelConfig, num_classes: int, classes: Sequence[str] | None = None) -> nn.Module:
+    """Builds the encoders the head reads (only those) and the head around them; ``classes`` (the class names in
+    logit order) go to a head that reads them (``zero_shot``).
 
     Raises:
         ConfigError: a bad encoder name/option or head parameter value (naming its key path).
@@ -66,16 +93,21 @@ def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
 
     cls = FUSION_HEADS.get(cfg.head.name)
     encoders: dict[str, Encoder | None] = {"text": None, "image": None}
-    for modality, uses in (("text", cls.uses_text), ("image", cls.uses_image)):
-        spec = getattr(cfg, f"{modality}_encoder")
-        if uses is not None and spec is not None:
-            encoders[modality] = build_encoder(modality, spec)
+    needs = {"text": cls.uses_text is not None or getattr(cls, "needs_text_tower", False), "image": cls.uses_image}
+    if cfg.encoder is not None and needs["text"] and needs["image"] and cfg.text_encoder and cfg.image_encoder:
+        encoders["text"], encoders["image"] = build_two_tower_encoders(cfg.encoder, cfg.text_encoder, cfg.image_encoder)
+    else:
+        for modality in ("text", "image"):
+            spec = getattr(cfg, f"{modality}_encoder")
+            if needs[modality] and spec is not None:
+                encoders[modality] = build_encoder(modality, spec)
     try:
         return build_head(
             cfg.head.name,
             text_encoder=encoders["text"],  # type: ignore[arg-type]
             image_encoder=encoders["image"],  # type: ignore[arg-type]
             num_classes=num_classes,
+            classes=classes,
             **cfg.head.params,
         )
     except (ValueError, TypeError) as e:

@@ -236,7 +236,7 @@ def load_model(
         spec = ModelSpec.from_meta(meta, source=f"checkpoint {str(folder)!r}")
     except ConfigError as e:
         raise CheckpointError(str(e)) from None
-    model = build_model(spec.model, len(spec.classes))
+    model = build_model(spec.model, len(spec.classes), spec.classes)
     load_weights(model, folder, meta)
     set_train_mode(model, False)
     return model.to(torch.device(device)), spec, folder
