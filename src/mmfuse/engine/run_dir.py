@@ -7,19 +7,26 @@ Layout::
         config.yaml            the resolved config (every default filled in)
         label_map.json         class names in id order
         metrics.jsonl          one JSON line per epoch: train loss, val metrics, lr, examples/s, time
-        checkpoints/best/      model.safetensors + meta.json (+ training_state.pt)
-        checkpoints/last/      the same, for --resume
+        checkpoints/best/      model.safetensors + meta.json
+        checkpoints/last/      the same + training_state.pt, for --resume
         train.log              everything the run reported
         summary.json           best epoch, its val metrics, threshold, test metrics, status
         tensorboard/           TensorBoard event files (train.report_to naming tensorboard)
         mlflow_run.json        the MLflow run id, which a resume continues (train.report_to naming mlflow)
+
+``metrics.jsonl`` and ``summary.json`` are written whole to a ``.tmp`` sibling and renamed into place, so a reader
+(or a crash) never sees half a file; how a run folder stays resumable whatever moment the process dies is in
+:mod:`mmfuse.engine.checkpoint`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,25 +83,41 @@ class RunDir:
             )
         return run
 
-    def append_metrics(self, record: dict[str, Any]) -> None:
-        with self.metrics.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record, default=float) + "\n")
-
     def history(self) -> list[dict[str, Any]]:
         """The epoch records of ``metrics.jsonl``."""
         if not self.metrics.is_file():
             return []
         return [json.loads(line) for line in self.metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
 
-    def rewrite_metrics(self, records: list[dict[str, Any]]) -> None:
-        """Replaces ``metrics.jsonl`` (on resume: drops records of epochs after the last checkpoint)."""
-        self.metrics.write_text("".join(json.dumps(r, default=float) + "\n" for r in records), encoding="utf-8")
+    def rewrite_metrics(self, records: list[dict[str, Any]], *, on_step: Callable[[str], None] | None = None) -> None:
+        """Replaces ``metrics.jsonl`` by ``records``, one JSON line each (whole or not at all)."""
+        write_atomic(self.metrics, "".join(json.dumps(r, default=float) + "\n" for r in records), on_step)
 
-    def write_summary(self, summary: dict[str, Any]) -> None:
-        self.summary.write_text(json.dumps(summary, indent=2, default=float) + "\n", encoding="utf-8")
+    def write_summary(self, summary: dict[str, Any], *, on_step: Callable[[str], None] | None = None) -> None:
+        """Replaces ``summary.json`` (whole or not at all)."""
+        write_atomic(self.summary, json.dumps(summary, indent=2, default=float) + "\n", on_step)
 
     def read_summary(self) -> dict[str, Any]:
         return json.loads(self.summary.read_text(encoding="utf-8")) if self.summary.is_file() else {}
+
+
+def write_atomic(path: Path, text: str, on_step: Callable[[str], None] | None = None) -> None:
+    """Writes ``text`` to ``<path>.tmp``, flushes it to the disk and renames it to ``path``: a crash leaves the old
+    file or the new one, never a part (at most a stray ``.tmp``, which resuming deletes). ``on_step("written")``
+    runs between the write and the rename (the trainer's fault-injection hook for crash tests)."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        if on_step is not None:
+            on_step("written")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 class Timer:

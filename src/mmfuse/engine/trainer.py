@@ -8,6 +8,11 @@ are computed on predictions gathered from every process, and only the main proce
 Determinism: weights and dropout draw from the global RNG seeded by ``train.seed``; the data order of epoch ``e``
 comes from a generator seeded with ``seed + e`` (:class:`~mmfuse.engine.sampler.EpochSampler`); the last checkpoint
 stores the RNG states, so a resumed run continues exactly where the uninterrupted one would have.
+
+Crash safety: each epoch ends with one commit (:func:`mmfuse.engine.checkpoint.commit_epoch`: the last checkpoint,
+the best one, ``metrics.jsonl``); ``--resume`` first repairs whatever a kill at any moment of it left
+(:func:`~mmfuse.engine.checkpoint.recover_run`, with the table of every such state), so the resumed run ends exactly
+like an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ class LoopState:
     best_epoch: int | None = None
     bad_epochs: int = 0  # epochs since the last improvement
     best_loss: float | None = None  # validation loss of the best epoch: breaks ties of the selection metric
+    seconds: float = 0.0  # the run's time up to this epoch's checkpoint, over every attempt (a resume adds its own)
 
 
 @dataclass
@@ -158,6 +164,7 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.metric = selection_metric(config.train.selection_metric, len(self.classes))
         self.state = LoopState()
+        self.seconds_before = 0.0  # the run's time before this attempt (a resume)
         self.history: list[dict[str, Any]] = []
         self.data_reports = dict(data_reports or {})
         counts = dict(zip(self.classes, _class_counts(self.train_y, len(self.classes)), strict=True))
@@ -303,6 +310,8 @@ class Trainer:
         cfg = self.cfg.train
         longest = 0.0  # the longest epoch (training and validation) so far, to tell whether the next one fits
         while self.state.epoch < cfg.epochs:
+            if self._patience_spent():  # a resumed run that had stopped early (killed before its summary)
+                return "early_stopped"
             if self.state.epoch and self._out_of_time(longest):
                 return "time_limit"
             started = time.perf_counter()
@@ -324,11 +333,16 @@ class Trainer:
             for callback in self.callbacks:
                 callback(record)
             longest = max(longest, time.perf_counter() - started)
-            patience = cfg.early_stopping_patience
-            if patience is not None and self.state.bad_epochs >= patience:
-                self.reporter.info(f"early stopping: no {self.metric} improvement in {patience} epochs")
+            if self._patience_spent():
                 return "early_stopped"
         return "completed"
+
+    def _patience_spent(self) -> bool:
+        patience = self.cfg.train.early_stopping_patience
+        if patience is None or self.state.bad_epochs < patience:
+            return False
+        self.reporter.info(f"early stopping: no {self.metric} improvement in {patience} epochs")
+        return True
 
     def _out_of_time(self, longest: float) -> bool:
         """Whether ``train.time_limit`` stops training before the next epoch: it would end past the limit if it took
@@ -493,36 +507,48 @@ class Trainer:
         }
 
     def _checkpoint(self, record: dict[str, Any], improved: bool) -> None:
+        """Commits the epoch of ``record``: last checkpoint, best one, ``metrics.jsonl``, in one recoverable step."""
         self.history.append(record)
         if not self.accelerator.is_main_process:
             self.accelerator.wait_for_everyone()
             return
         model = self.accelerator.unwrap_model(self.ddp_model)
+        self.state.seconds = self.seconds_before + self.timer.seconds
         state = {
             "optimizer": self.optimizer.state_dict() if self.optimizer is not None else {},
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
             "rng": ckpt.rng_state(),
             "loop": asdict(self.state),
         }
-        ckpt.save_checkpoint(self.run.last, model, self._meta(record), state)
-        if improved:
-            ckpt.save_checkpoint(self.run.best, model, self._meta(record))
-        self.run.append_metrics(record)
+        ckpt.commit_epoch(self.run, model, self._meta(record), state, self.history, improved)
         self.accelerator.wait_for_everyone()
 
     def _restore(self) -> None:
+        """Continues from the last committed epoch, after repairing what an interruption left (main process)."""
+        if self.accelerator.is_main_process:
+            for action in ckpt.recover_run(self.run):
+                self.reporter.warning(f"resume: {action}")
+        self.accelerator.wait_for_everyone()
+        found = ckpt.committed(self.run)
+        if found is None:
+            self.reporter.warning(
+                f"resume: {self.run.path} has no checkpoint yet (interrupted before the end of its first epoch): "
+                "training starts over, as a new run would"
+            )
+            self._write_run_files()
+            return
         folder = self.run.last
         meta = ckpt.read_meta(folder)
         ckpt.check_matches(meta, head=self.cfg.model.head.name, classes=self.classes, folder=folder)
         ckpt.load_weights(self.accelerator.unwrap_model(self.ddp_model), folder, meta)
-        state = ckpt.load_training_state(folder)
+        state = found.state
         if self.optimizer is not None:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
         self.state = LoopState(**state["loop"])
-        self.history = [r for r in self.run.history() if r["epoch"] <= self.state.epoch]
+        self.seconds_before = self.state.seconds
+        self.history = found.history
         if self.accelerator.is_main_process:
-            self.run.rewrite_metrics(self.history)
             self.run.config.write_text(self.cfg.to_yaml(), encoding="utf-8")
         ckpt.set_rng_state(state["rng"])  # last: nothing may draw from the RNG between here and the next epoch
         self.reporter.info(f"resumed {self.run.path} after epoch {self.state.epoch} (step {self.state.step})")
@@ -549,12 +575,13 @@ class Trainer:
             ckpt.load_weights(model, self.run.best, ckpt.read_meta(self.run.best))
         set_train_mode(model, False)
         threshold = best["val"].get("threshold") if best else None
+        seconds = self.seconds_before + timer.seconds  # a resumed run counts the time before the interruption too
         if self.accelerator.is_main_process:
             summary = {**self._summary_base(), "status": status, "threshold": threshold}
-            summary.update(val=best["val"] if best else None, seconds=timer.seconds)
-            self.run.write_summary(summary)
+            summary.update(val=best["val"] if best else None, seconds=seconds)
+            self.run.write_summary(summary, on_step=lambda step: ckpt.fault(f"summary:{step}", self.state.epoch))
         self.reporter.info(
-            f"done ({status}) in {timer.seconds:.1f}s: best epoch {self.state.best_epoch}, "
+            f"done ({status}) in {seconds:.1f}s: best epoch {self.state.best_epoch}, "
             f"val {self.metric} {_fmt(self.state.best_value)}; checkpoints in {self.run.path / 'checkpoints'}"
         )
         return FitResult(

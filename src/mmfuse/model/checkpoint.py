@@ -13,19 +13,29 @@ A checkpoint folder holds:
   :mod:`mmfuse.engine.checkpoint`.
 
 :func:`load_model` turns a folder into a model in eval mode and its spec. Format 1 (the whole training config in
-``meta.json`` under ``config``) is still read. Folders are written to a temporary sibling and renamed into place,
-so an interrupted save leaves the previous checkpoint whole.
+``meta.json`` under ``config``) is still read.
+
+Saving is crash-safe: :func:`save_checkpoint` writes every file into the sibling ``<folder>.tmp`` (each flushed to
+disk), then moves the old folder aside to ``<folder>.old``, renames ``<folder>.tmp`` to ``<folder>`` and deletes
+``<folder>.old``. Whenever the process dies, :func:`recover_checkpoint` turns what is left into exactly one whole
+checkpoint, the old or the new one (the table is in its docstring). A write that fails (a full disk, a read-only or
+unwritable folder) raises :class:`CheckpointWriteError` and leaves only the previous checkpoint.
 """
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
+import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -45,6 +55,44 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, damaged, or does not match the model or config it is loaded into."""
 
 
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint (or another file of a training run's epoch commit) could not be written: a full disk, a read-only
+    filesystem, a folder without write permission. What was half written is removed (or, where even that fails,
+    ignored by :func:`recover_checkpoint`); the previous checkpoint is kept whole.
+
+    Attributes:
+        path: the file or folder that could not be written.
+        reason: the system's words for it (``No space left on device``).
+        errno: the error number (``errno.ENOSPC``), ``None`` when unknown.
+    """
+
+    def __init__(self, path: str | Path, reason: str, errno_: int | None = None, *, then: str = "") -> None:
+        self.path, self.reason, self.errno = Path(path), reason, errno_
+        super().__init__(f"could not write {str(path)!r}: {reason}. {write_fix(errno_)}{then}")
+
+    @classmethod
+    def of(cls, error: BaseException, path: str | Path, *, then: str = "") -> CheckpointWriteError:
+        """The error for ``error`` (an ``OSError`` or safetensors' ``SafetensorError``) raised while writing
+        ``path`` (the error's own file name wins when it has one)."""
+        code = getattr(error, "errno", None)
+        reason = getattr(error, "strerror", None) or str(error)
+        if isinstance(error, SafetensorError):  # "...IoError(Os { code: 28, kind: StorageFull, message: \"No sp..."
+            found = re.search(r"code: (\d+)", str(error))
+            code = int(found.group(1)) if found else None
+            reason = os.strerror(code) if code is not None else str(error)
+        where = getattr(error, "filename", None) or path
+        return cls(where, reason, code, then=then)
+
+
+def write_fix(code: int | None) -> str:
+    """What to do about a failed write with error number ``code``."""
+    if code in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        return "Free space on that disk (or write the run elsewhere: run.out_dir)"
+    if code in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return "Make the folder writable (or write the run elsewhere: run.out_dir)"
+    return "Check the disk and the folder's permissions (or write the run elsewhere: run.out_dir)"
+
+
 def stored_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The state-dict entries a checkpoint stores: all but those of fully frozen encoders, and of a LoRA encoder
     only its adapters (copied to CPU)."""
@@ -62,9 +110,16 @@ def stored_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(
-    folder: str | Path, model: nn.Module, meta: dict[str, Any], training_state: dict[str, Any] | None = None
+    folder: str | Path,
+    model: nn.Module,
+    meta: dict[str, Any],
+    training_state: dict[str, Any] | None = None,
+    *,
+    on_step: Callable[[str], None] | None = None,
 ) -> Path:
     """Writes a checkpoint folder (replacing one that exists) and returns its path.
+
+    The files go to ``<folder>.tmp`` first; :func:`replace_folder` puts it in place (see the module docstring).
 
     Args:
         folder: the checkpoint folder.
@@ -72,23 +127,147 @@ def save_checkpoint(
         meta: :meth:`ModelSpec.to_meta` and whatever else to record (epoch, metrics); the format version and the
             encoder records are added.
         training_state: what resuming needs (see :mod:`mmfuse.engine.checkpoint`), or ``None``.
+        on_step: called with the name of each step done (``weights``, then those of :func:`replace_folder`): the
+            trainer's fault-injection hook for crash tests.
+
+    Raises:
+        CheckpointWriteError: a file could not be written (full disk, read-only or unwritable folder); nothing
+            half written is left, and ``folder`` is still the previous checkpoint.
     """
     folder = Path(folder)
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(stored_state(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
-    full_meta = {"format_version": FORMAT_VERSION, **meta, "encoders": encoder_records(model)}
-    (tmp / META).write_text(json.dumps(full_meta, indent=2, default=str) + "\n", encoding="utf-8")
-    if training_state is not None:
-        torch.save(training_state, tmp / STATE)
-    old = folder.with_name(folder.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
+    tmp = staging(folder)
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file(stored_state(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
+        _fsync(tmp / WEIGHTS)
+        if on_step is not None:
+            on_step("weights")
+        full_meta = {"format_version": FORMAT_VERSION, **meta, "encoders": encoder_records(model)}
+        write_bytes(tmp / META, (json.dumps(full_meta, indent=2, default=str) + "\n").encode("utf-8"))
+        if training_state is not None:
+            buffer = io.BytesIO()  # serialized in memory: a failed write is then a plain OSError with its errno
+            torch.save(training_state, buffer)
+            write_bytes(tmp / STATE, buffer.getvalue())
+    except (OSError, SafetensorError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointWriteError.of(e, tmp) from None
+    replace_folder(tmp, folder, on_step=on_step)
     return folder
+
+
+def staging(folder: str | Path) -> Path:
+    """Where a new version of ``folder`` is written before it replaces ``folder``: ``<folder>.tmp``."""
+    folder = Path(folder)
+    return folder.with_name(folder.name + ".tmp")
+
+
+def _old(folder: Path) -> Path:
+    return folder.with_name(folder.name + ".old")
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Writes ``data`` to ``path`` and flushes it to the disk (so a rename after it never exposes a short file)."""
+    with path.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync(path: Path) -> None:
+    """Flushes a file (or, on POSIX, a folder's entries) to the disk; a filesystem that cannot is left as it is."""
+    if path.is_dir() and os.name == "nt":
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on a folder (EINVAL)
+        pass
+    finally:
+        os.close(fd)
+
+
+def replace_folder(tmp: Path, folder: Path, *, on_step: Callable[[str], None] | None = None) -> None:
+    """Puts the whole folder ``tmp`` in the place of ``folder``: ``folder`` -> ``folder.old``, ``tmp`` ->
+    ``folder``, delete ``folder.old``. Each rename is atomic; :func:`recover_checkpoint` finishes or undoes the
+    sequence after a crash. ``on_step`` is called with ``written``, ``moved``, ``replaced`` after each step.
+
+    Raises:
+        CheckpointWriteError: a rename failed (``tmp`` is removed, ``folder`` is the previous one).
+    """
+    old = _old(folder)
+    step = on_step or (lambda _: None)
+    _fsync(tmp)
+    step("written")
+    try:
+        shutil.rmtree(old, ignore_errors=True)
+        if folder.exists():
+            os.replace(folder, old)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointWriteError.of(e, folder) from None
+    step("moved")
+    try:
+        os.replace(tmp, folder)
+    except OSError as e:
+        if old.exists() and not folder.exists():
+            os.replace(old, folder)  # put the previous one back
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointWriteError.of(e, folder) from None
+    _fsync(folder.parent)
+    step("replaced")
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_checkpoint(folder: str | Path) -> str | None:
+    """Turns what an interrupted :func:`save_checkpoint` (or :func:`replace_folder`) left into one whole folder.
+
+    Every state a crash can leave, and what becomes of it (``F`` the folder; the steps are: write ``F.tmp``, move
+    ``F`` to ``F.old``, rename ``F.tmp`` to ``F``, delete ``F.old``):
+
+    ====  ==========  ============  ==========  ===========================================  ===================
+    F     F.tmp       F.old         killed      meaning                                      recovery
+    ====  ==========  ============  ==========  ===========================================  ===================
+    yes   no          no            --          nothing was interrupted                      nothing to do
+    yes   partial     no            writing     the new files are not all written            delete F.tmp (old)
+    yes   whole       no            renaming    written, the old one not yet moved           delete F.tmp (old)
+    yes   any         partial/whole cleaning    a stale F.old being deleted before a save    delete both (old)
+    no    whole       whole         renaming    between the two renames                      F.tmp -> F (new)
+    yes   no          whole         cleaning    renamed, F.old not yet deleted               delete F.old (new)
+    no    no          whole         --          (not left by a save) F.old alone             F.old -> F (old)
+    no    partial     no            writing     the first save of F, unfinished              delete F.tmp (none)
+    ====  ==========  ============  ==========  ===========================================  ===================
+
+    ``F.old`` exists only once ``F.tmp`` is whole (it is moved aside after the last write), so ``F.tmp`` beside
+    ``F.old`` is always a whole checkpoint. Each recovery step is itself a rename or a deletion, so a crash during
+    recovery leaves one of the states above.
+
+    Returns:
+        What was done, in words (for the log), or ``None`` when there was nothing to do.
+    """
+    folder = Path(folder)
+    tmp, old = staging(folder), _old(folder)
+    if folder.exists():
+        left = [p for p in (tmp, old) if p.exists()]
+        for path in left:
+            shutil.rmtree(path)
+        if not left:
+            return None
+        return f"removed {', '.join(p.name for p in left)} left by an interrupted save; {folder.name} is whole"
+    if old.exists():
+        if tmp.exists():
+            os.replace(tmp, folder)
+            shutil.rmtree(old)
+            return f"finished an interrupted save of {folder.name} (the new version was whole in {tmp.name})"
+        os.replace(old, folder)
+        return f"restored {folder.name} from {old.name}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+        return f"removed {tmp.name}, an unfinished first save of {folder.name}"
+    return None
 
 
 def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import optuna
@@ -68,6 +68,9 @@ from mmfuse.sweep.study import (
     worker_id,
 )
 from mmfuse.sweep.table import best_trial, metric_text, real_trials, short_value, trials_frame, write_tables
+
+if TYPE_CHECKING:
+    from mmfuse.engine.checkpoint import Committed
 
 logger = logging.getLogger("mmfuse.sweep")
 
@@ -425,7 +428,7 @@ class _Worker:
                 (run_dir / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
             self.log(f"trial {trial.number} failed: {type(e).__name__}: {e}")
             raise
-        result["seconds"] = time.perf_counter() - start
+        result["seconds"] = time.perf_counter() - start + result.pop("resumed_seconds")
         trial.set_user_attr(A_RESULT, result)
         best = best_trial(self.study, self.metric)
         best_text = "" if best is None else f" (best so far {best.value:.4f}, trial {best.number})"
@@ -477,8 +480,10 @@ class _Worker:
         splits = self.splits.get(cfg.data)  # type: ignore[arg-type]
         resume = _resumable(run_dir) if trial.user_attrs.get(A_RETRY_OF) is not None else None
         baseline = A_BASELINE in trial.user_attrs  # a fixed reference: never pruned, and no part of the pruner's median
+        for action in resume.actions if resume is not None else []:
+            self.log(f"trial {trial.number}: {action}")
         if resume is not None and not baseline:
-            for record in resume:  # the epochs before the checkpoint, for the pruner
+            for record in resume.history:  # the epochs before the checkpoint, for the pruner
                 value = record["val"].get(self.metric)
                 if value is not None:
                     trial.report(float(value), step=int(record["epoch"]))
@@ -500,6 +505,8 @@ class _Worker:
             "epochs_run": summary.get("epochs_run"),
             "status": summary.get("status"),
             "val": headline(summary.get("val") or {}),
+            # the training time of the epochs before the interruption, which the trial's time includes
+            "resumed_seconds": float(resume.state["loop"].get("seconds", 0.0)) if resume is not None else 0.0,
         }
         return float(value), result
 
@@ -644,19 +651,23 @@ def _save_val_predictions(clf: Any, val: Split, run_dir: Path) -> None:
     np.savez(run_dir / VAL_PREDICTIONS, ids=ids, proba=proba, labels=labels, classes=np.array(clf.classes))
 
 
-def _resumable(run_dir: Path) -> list[dict[str, Any]] | None:
-    """The epoch records up to the last checkpoint of an interrupted trial's folder (``None``: start afresh)."""
+def _resumable(run_dir: Path) -> Committed | None:
+    """What an interrupted trial's folder holds after its last committed epoch (the epoch records, for the pruner;
+    the training time so far), repaired first if a kill left a checkpoint half saved; ``None``: start afresh."""
+    from mmfuse.engine.checkpoint import CheckpointError, committed, recover_run
     from mmfuse.engine.run_dir import RunDir
-    from mmfuse.model.checkpoint import read_meta
 
     run = RunDir(run_dir)
-    try:
-        epoch = int(read_meta(run.last)["epoch"])
-    except (FileNotFoundError, ValueError, KeyError):
-        return None
     if not run.config.is_file():
         return None
-    return [r for r in run.history() if r["epoch"] <= epoch]
+    try:
+        actions = recover_run(run)
+        found = committed(run)
+    except (FileNotFoundError, CheckpointError, KeyError, ValueError):
+        return None
+    if found is not None:
+        found.actions = actions
+    return found
 
 
 def _partial_result(run_dir: Path, metric: str, seconds: float) -> dict[str, Any]:

@@ -113,6 +113,8 @@ def trials_frame(
     frame = pd.DataFrame(rows, columns=columns)
     if frame.empty:
         return frame
+    for column in ("best_epoch", "epochs_run"):  # counts stay whole beside a trial without them (not 5.0)
+        frame[column] = frame[column].astype("Int64")
     val = frame[f"val_{metric}"].astype(float)
     sign = -1.0 if HIGHER_IS_BETTER[metric] else 1.0
     frame["_order"] = frame["state"].map(_ORDER)
