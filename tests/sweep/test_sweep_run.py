@@ -13,6 +13,7 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
+import torch
 import yaml
 from optuna.trial import TrialState
 from typer.testing import CliRunner
@@ -130,6 +131,9 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(base_config
     with pytest.raises(KeyboardInterrupt):
         run_sweep(sweep, out=tmp_path / "s", log=lambda _: None)
     monkeypatch.undo()
+    state = torch.load(tmp_path / "s" / "trials" / "trial-0001" / "checkpoints" / "last" / "training_state.pt")
+    before = state["loop"]["seconds"]  # the interrupted trial's training time up to its epoch-1 checkpoint
+    assert before > 0
     table = pd.read_csv(tmp_path / "s" / "trials.csv")  # written on the way out
     assert dict(zip(table["trial"], table["state"], strict=True)) == {
         0: "complete",
@@ -155,6 +159,21 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(base_config
     assert sorted(retry.intermediate_values) == [1, 2]
     assert result.finished
     assert set(result.table["state"]) == {"complete", "interrupted"}
+    # the table after a resume reads like an uninterrupted sweep's: whole epoch counts (not 2.0 beside the
+    # interrupted row's empty cells), the resumed trial's from its run (as an uninterrupted trial's), and its
+    # training time includes the epochs before the interruption
+    summary = json.loads((tmp_path / "s" / "trials" / "trial-0001" / "summary.json").read_text())
+    row = result.table.set_index("trial").loc[3]
+    assert (row["best_epoch"], row["epochs_run"]) == (summary["best_epoch"], summary["epochs_run"])
+    assert summary["epochs_run"] == 2
+    complete = result.table[result.table["state"] == "complete"]
+    csv_text = pd.read_csv(tmp_path / "s" / "trials.csv", dtype=str)
+    csv_complete = csv_text[csv_text["state"] == "complete"]
+    assert list(csv_complete["epochs_run"]) == [str(n) for n in complete["epochs_run"]] == ["2", "2", "2"]
+    assert list(csv_complete["best_epoch"]) == [str(n) for n in complete["best_epoch"]]
+    assert set(complete["best_epoch"]) <= {1, 2}
+    after = history[1]["seconds"]  # epoch 2, trained after the resume
+    assert row["train_s"] >= before + after
 
 
 class _FakeTrial:

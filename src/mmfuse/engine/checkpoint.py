@@ -258,8 +258,8 @@ def recover_run(run: RunDir) -> list[str]:
     if current != text:
         run.rewrite_metrics(found.history)
         actions.append(
-            f"rewrote metrics.jsonl from the last checkpoint's records ({len(found.history)} epochs; it had "
-            f"{len(_lines(run.metrics)) if current is None else len(current.splitlines())} lines)"
+            f"rewrote metrics.jsonl from the last checkpoint's records ({len(found.history)} epochs; the file had "
+            f"{0 if current is None else len(current.splitlines())})"
         )
     return actions
 

@@ -18,6 +18,7 @@ from mmfuse._lazy import lazy_exports
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
     "CheckpointError": "mmfuse.model.checkpoint",
+    "CheckpointWriteError": "mmfuse.model.checkpoint",
     "load_model": "mmfuse.model.checkpoint",
     "resolve_checkpoint": "mmfuse.model.checkpoint",
     "save_checkpoint": "mmfuse.model.checkpoint",
