@@ -386,19 +386,23 @@ def test_cli_a_full_disk_during_a_checkpoint_is_exit_2_with_one_message(
     assert str(tmp_path / "runs" / "run" / "checkpoints" / "last.tmp") in lines[0]
 
 
-def test_a_failed_metrics_write_is_the_same_typed_error(
-    scripted, synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(("name", "nth"), [("metrics.jsonl", 2), ("summary.json", 1)])
+def test_a_failed_metrics_or_summary_write_is_the_same_typed_error(
+    scripted, synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, nth: int
 ) -> None:
+    """``nth``: metrics.jsonl's first write is the empty file of a new run (before training: checked up front);
+    the second is epoch 1's commit. The summary is written once, after the last epoch."""
     real, calls = os.replace, []
 
     def replace(src: Any, dst: Any) -> None:
-        if Path(dst).name == "metrics.jsonl":
+        if Path(dst).name == name:
             calls.append(dst)
-            if len(calls) == 2:  # the first is the empty file of a new run; the second, epoch 1's commit
+            if len(calls) == nth:
                 raise PermissionError(errno.EACCES, "Permission denied", str(dst))
         real(src, dst)
 
     monkeypatch.setattr(os, "replace", replace)
-    with pytest.raises(ckpt.CheckpointWriteError, match=r"metrics\.jsonl.*Permission denied.*Make the folder writable"):
+    pattern = rf"{name.replace('.', '[.]')}.*Permission denied.*Make the folder writable.*--resume"
+    with pytest.raises(ckpt.CheckpointWriteError, match=pattern):
         MultimodalClassifier(make_config(synthetic_root, tmp_path)).fit()
-    assert not (tmp_path / "run" / "metrics.jsonl.tmp").exists()
+    assert not (tmp_path / "run" / f"{name}.tmp").exists()

@@ -113,6 +113,7 @@ __all__ = [
     "rng_state",
     "save_checkpoint",
     "set_rng_state",
+    "write_summary",
 ]
 
 FAULT_ENV = "MMFUSE_FAULT"
@@ -172,6 +173,18 @@ def commit_epoch(
         raise CheckpointWriteError(e.path, e.reason, e.errno, then=_resume_hint(run)) from None
     except OSError as e:
         raise CheckpointWriteError.of(e, run.metrics, then=_resume_hint(run)) from None
+
+
+def write_summary(run: RunDir, summary: dict[str, Any], epoch: int) -> None:
+    """Writes ``summary.json`` whole (``summary.json.tmp``, then renamed; fault point ``summary:written``).
+
+    Raises:
+        CheckpointWriteError: it could not be written (full disk, read-only or unwritable folder).
+    """
+    try:
+        run.write_summary(summary, on_step=_hook("summary", epoch))
+    except OSError as e:
+        raise CheckpointWriteError.of(e, run.summary, then=_resume_hint(run)) from None
 
 
 def copy_checkpoint(source: Path, folder: Path, *, on_step=None) -> Path:

@@ -579,7 +579,7 @@ class Trainer:
         if self.accelerator.is_main_process:
             summary = {**self._summary_base(), "status": status, "threshold": threshold}
             summary.update(val=best["val"] if best else None, seconds=seconds)
-            self.run.write_summary(summary, on_step=lambda step: ckpt.fault(f"summary:{step}", self.state.epoch))
+            ckpt.write_summary(self.run, summary, self.state.epoch)
         self.reporter.info(
             f"done ({status}) in {seconds:.1f}s: best epoch {self.state.best_epoch}, "
             f"val {self.metric} {_fmt(self.state.best_value)}; checkpoints in {self.run.path / 'checkpoints'}"
