@@ -91,7 +91,6 @@ from mmfuse.model.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
     staging,
-    write_bytes,
 )
 
 __all__ = [
@@ -199,7 +198,10 @@ def copy_checkpoint(source: Path, folder: Path, *, on_step=None) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         for i, path in enumerate(sorted(p for p in source.iterdir() if p.is_file() and p.name != STATE)):
-            write_bytes(tmp / path.name, path.read_bytes())
+            with path.open("rb") as src, (tmp / path.name).open("wb") as dst:  # streamed: weights can be large
+                shutil.copyfileobj(src, dst)
+                dst.flush()
+                os.fsync(dst.fileno())
             if i == 0 and on_step is not None:
                 on_step("weights")
     except (OSError, SafetensorError) as e:
