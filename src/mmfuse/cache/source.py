@@ -181,8 +181,7 @@ class FeatureCache:
             was asked for, so a later sequence request (``cross_attention`` after ``concat``) does not encode again:
             ``True``, the modalities (``["image"]``), or ``False`` (the default: only what was asked; an
             EfficientNet-Lite0 grid is 50x its pooled vector).
-        dtype: storage dtype of sequences and grids, ``float32`` or ``float16`` (see :class:`CacheStorage`; runs
-            get theirs from ``cache.dtype``, ``float16`` by default, through :func:`source_for`).
+        dtype: storage dtype of sequences and grids, ``float32`` or ``float16`` (see :class:`CacheStorage`).
         pooled_dtype: storage dtype of pooled vectors.
 
     Raises:

@@ -385,11 +385,9 @@ class CacheConfig(StrictSection):
         dir: folder of the persistent feature cache shared by every run, head and sweep trial (relative to the
             working directory). ``null``: ``$MMFUSE_CACHE_DIR``, else ``$XDG_CACHE_HOME/mmfuse`` (``~/.cache/mmfuse``).
             ``off``: features live in this process only.
-        dtype: how the persistent cache stores token sequences and image grids: ``float16`` (the default: half the
-            bytes, an EfficientNet-Lite0 image with its grid takes 128 KiB instead of 250 KiB; values are read back
-            as float32, each rounded to 11 significant bits, which moved no MVSA-Single test score: see
-            docs/performance.md) or ``float32``. float32 and float16 entries are kept apart: entries of the other
-            dtype (e.g. written before float16 existed) are not read, the inputs are encoded again.
+        dtype: how the persistent cache stores token sequences and image grids: ``float32``, or ``float16`` (half
+            the bytes: an EfficientNet-Lite0 grid takes 123 KiB instead of 245 KiB per image; values are read back
+            as float32, each rounded to 11 significant bits). float32 and float16 entries are kept apart.
         pooled_dtype: how it stores pooled vectors (``float32``; ``float16`` halves these small vectors too).
         store_sequences: also store sequences / grids of inputs when the head reads only pooled vectors, so a
             later head that reads them does not run the encoder again: ``true``, ``false`` (store what the head
@@ -398,7 +396,7 @@ class CacheConfig(StrictSection):
 
     enabled: bool = True
     dir: str | None = None
-    dtype: Literal["float32", "float16"] = "float16"
+    dtype: Literal["float32", "float16"] = "float32"
     pooled_dtype: Literal["float32", "float16"] = "float32"
     store_sequences: bool | list[Literal["text", "image"]] = False
 
