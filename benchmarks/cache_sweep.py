@@ -135,12 +135,14 @@ def phase_throughput(args: argparse.Namespace) -> dict[str, Any]:
 
 def phase_sweep(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     from mmfuse.cache import FeatureCache
-    from mmfuse.config import config_from
+    from mmfuse.config import CacheConfig, config_from
     from mmfuse.engine.classifier import MultimodalClassifier
 
     train, val = _splits(args)
     cached = mode != "uncached"
-    source = FeatureCache(Path(args.out) / "cache")
+    # as a sweep over these heads stores: with every input the grids and sequences cross_attention reads (so each
+    # input is encoded once), in the config's default dtype
+    source = FeatureCache(Path(args.out) / "cache", store_sequences=True, dtype=CacheConfig().dtype)
     records = []
     configs = CONFIGS[: args.configs]
     for i, (name, head, params, lr) in enumerate(configs):

@@ -200,6 +200,8 @@ def dataset_sweep(dataset: str, args: argparse.Namespace) -> dict[str, Any]:
             _put(data, path, list(range(value)) if name == "seeds" else value)
     data["base"]["data"]["root"] = str(args.root / dataset)
     data["base"]["cache"] = {"dir": str(args.cache_dir or args.work / "cache")}
+    if args.cache_dtype is not None:
+        data["base"]["cache"]["dtype"] = args.cache_dtype
     heads = data["heads"]
     data["heads"] = {h: copy.deepcopy(own) or {} for h, own in heads.items() if h in (args.heads or heads)}
     keep = list(data["variants"]) if args.variants == ["all"] else args.variants
@@ -776,6 +778,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--root", type=Path, default=DATASETS_ROOT, help="folder holding mvsa_single/ and multioff/")
     add("--work", type=Path, default=Path("/tmp/mmfuse-quality"), help="sweep folders and the feature cache")
     add("--cache-dir", type=Path, default=None, help="feature cache (default: <work>/cache)")
+    add("--cache-dtype", choices=["float32", "float16"], default=None,
+        help="cache.dtype: how the cache stores sequences and grids (default: the config's)")  # fmt: skip
     add("--docs", type=Path, default=Path("docs"), help="where benchmarks.md and benchmarks.json go")
     add("--notes", type=Path, default=Path("docs/benchmarks-notes.md"), help="markdown appended to the report")
     add("--dry-run", action="store_true", help="write the resolved sweep files and print the mmfuse sweep commands")

@@ -80,7 +80,7 @@ def test_only_missing_inputs_are_encoded(tmp_path: Path, examples: list[Example]
 def test_pooled_entries_cannot_serve_sequences_but_sequence_entries_serve_both(
     tmp_path: Path, examples: list[Example], text_encoder: Encoder
 ) -> None:
-    lean = FeatureCache(tmp_path / "c", encode_workers=0, store_sequences=False)  # stores only what is asked
+    lean = FeatureCache(tmp_path / "c", encode_workers=0)  # stores only what is asked (the default)
     lean.get(text_encoder, examples, need_sequence=False)
     seq = FeatureCache(tmp_path / "c", encode_workers=0)
     table = seq.get(text_encoder, examples, need_sequence=True)
@@ -287,14 +287,17 @@ def test_no_examples_is_an_error(tmp_path: Path, text_encoder: Encoder) -> None:
 def test_a_pooled_request_stores_the_sequence_so_a_later_sequence_request_encodes_nothing(
     tmp_path: Path, examples: list[Example], image_encoder: Encoder
 ) -> None:
+    """With ``store_sequences`` (``cache.store_sequences: true``); by default only what is asked is stored."""
     want = compute_features(image_encoder, examples, need_sequence=True, batch_size=16)
-    cache = FeatureCache(tmp_path / "c", encode_workers=0)
+    cache = FeatureCache(tmp_path / "c", encode_workers=0, store_sequences=True)
     pooled = cache.get(image_encoder, examples, need_sequence=False)
     assert not pooled.has_sequence and cache.stats.computed == len(examples)
-    later = FeatureCache(tmp_path / "c", encode_workers=0).get(image_encoder, examples, need_sequence=True)
+    reader = FeatureCache(tmp_path / "c", encode_workers=0)
+    later = reader.get(image_encoder, examples, need_sequence=True)
+    assert reader.stats.computed == 0
     assert_tables_close(later, want)
 
-    lean = FeatureCache(tmp_path / "lean", encode_workers=0, store_sequences=False)
+    lean = FeatureCache(tmp_path / "lean", encode_workers=0)  # the default: stores only what is asked
     lean.get(image_encoder, examples, need_sequence=False)
     again = FeatureCache(tmp_path / "lean", encode_workers=0)
     again.get(image_encoder, examples, need_sequence=True)

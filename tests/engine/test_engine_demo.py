@@ -10,7 +10,15 @@ import pytest
 from typer.testing import CliRunner
 
 from mmfuse.cli import app
-from mmfuse.engine.demo import DEMO_HEADS, FUSION_HEADS, HEAD_SETTINGS, UNIMODAL_HEADS, demo_config, run_demo
+from mmfuse.engine.demo import (
+    DEMO_HEADS,
+    FUSION_HEADS,
+    HEAD_SETTINGS,
+    UNIMODAL_HEADS,
+    _sequences_read_by,
+    demo_config,
+    run_demo,
+)
 
 
 def test_demo_writes_data_runs_and_a_table_with_every_head(tmp_path: Path, fake_encoders: None) -> None:
@@ -39,6 +47,17 @@ def test_head_settings_apply_unless_epochs_are_given(tmp_path: Path, monkeypatch
     assert demo_config("concat", tmp_path, tmp_path / "runs", epochs=20, seed=0, quiet=True).train.epochs == 7
     explicit = demo_config("concat", tmp_path, tmp_path / "runs", epochs=3, seed=0, quiet=True, explicit_epochs=3)
     assert explicit.train.epochs == 3
+
+
+def test_the_demo_cache_keeps_what_any_of_its_heads_reads(tmp_path: Path) -> None:
+    # the cache stores grids only for heads that read them; the demo trains pooled heads (concat first) and grid
+    # heads on one cache, so every head's config keeps the sequences some demo head reads: encoded once for all
+    assert _sequences_read_by(DEMO_HEADS) == ["image", "text"]
+    assert _sequences_read_by(["concat", "text_only"]) == []
+    assert _sequences_read_by(["concat", "cross_attention"]) == ["image", "text"]
+    cfg = demo_config("concat", tmp_path, tmp_path / "runs", epochs=1, seed=0, quiet=True, store_sequences=["image"])
+    assert cfg.cache.store_sequences == ["image"]
+    assert cfg.cache.dtype == "float32"  # the demo's table (README) was made with float32 grids
 
 
 # The demo's promise (README, "What one run printed"): on 92 test examples every fusion head learns the XOR (0.95

@@ -25,6 +25,7 @@ _EXPORTS: dict[str, str] = {
     "list_cache": "mmfuse.cache.inventory",
     "CorruptShardError": "mmfuse.cache.shards",
     "CacheStats": "mmfuse.cache.source",
+    "CacheStorage": "mmfuse.cache.source",
     "FeatureCache": "mmfuse.cache.source",
     "feature_source": "mmfuse.cache.source",
     "source_for": "mmfuse.cache.source",

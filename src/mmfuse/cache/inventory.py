@@ -35,6 +35,8 @@ class CachedEncoder:
         entries: distinct inputs cached.
         sequence_entries: of which with their sequence/grid (the rest pooled only).
         bytes: size of the folder on disk.
+        shard_bytes: of which in usable shards (what :attr:`bytes_per_example` divides).
+        dtypes: storage dtype -> inputs stored with it: ``pooled float32``, ``sequence float16``, ...
         unusable: damaged, foreign or half-written files (set aside; removed by ``cache clear``).
         datasets: per dataset (common image folder): ``examples`` asked for, ``sequence``, ``last_used``.
         last_used: latest use (seconds since the epoch), or ``None``.
@@ -50,13 +52,23 @@ class CachedEncoder:
     entries: int = 0
     sequence_entries: int = 0
     bytes: int = 0
+    shard_bytes: int = 0
+    dtypes: dict[str, int] = field(default_factory=dict)
     unusable: int = 0
     datasets: list[dict[str, Any]] = field(default_factory=list)
     last_used: float | None = None
 
+    @property
+    def bytes_per_example(self) -> float | None:
+        """Bytes of usable shards per cached input (``None`` when nothing is cached): what one more example costs.
+        An input stored twice (pooled only, later with its grid) counts once, so a folder of such entries says
+        more than a fresh one would."""
+        return self.shard_bytes / self.entries if self.entries else None
+
     def to_dict(self) -> dict[str, Any]:
         out = dict(self.__dict__)
         out["path"] = str(self.path)
+        out["bytes_per_example"] = self.bytes_per_example
         return out
 
 
@@ -82,6 +94,7 @@ def describe_folder(path: Path) -> CachedEncoder:
         pass
     keys: set[str] = set()
     seq_keys: set[str] = set()
+    by_dtype: dict[str, set[str]] = {}
     for file in _files(path):
         info.bytes += _size(file)
         if not is_shard_file(file):
@@ -93,10 +106,14 @@ def describe_folder(path: Path) -> CachedEncoder:
             info.unusable += 1
             continue
         info.shards += 1
+        info.shard_bytes += header.size
         keys.update(header.keys)
+        by_dtype.setdefault(f"pooled {header.dtype_of('pooled')}", set()).update(header.keys)
         if header.sequence:
             seq_keys.update(header.keys)
+            by_dtype.setdefault(f"sequence {header.dtype_of('values')}", set()).update(header.keys)
     info.entries, info.sequence_entries = len(keys), len(seq_keys)
+    info.dtypes = {name: len(k) for name, k in sorted(by_dtype.items())}
     info.datasets = _datasets(path / USAGE_DIR)
     info.last_used = max((d["last_used"] for d in info.datasets), default=None)
     return info

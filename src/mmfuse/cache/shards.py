@@ -2,9 +2,13 @@
 
 A shard holds, for ``n`` inputs (rows), the tensors of a :class:`~mmfuse.features.FeatureTable`:
 
-- ``pooled`` ``(n, D)`` float32; ``present`` ``(n,)`` bool (images only);
-- with sequences: ``values`` ``(M, D_seq)`` float32 packed rows, ``valid`` ``(M,)`` bool, ``offsets`` ``(n + 1,)``
-  int64.
+- ``pooled`` ``(n, D)`` float32 or float16; ``present`` ``(n,)`` bool (images only);
+- with sequences: ``values`` ``(M, D_seq)`` float32 or float16 packed rows, ``valid`` ``(M,)`` bool, ``offsets``
+  ``(n + 1,)`` int64.
+
+The float dtype of ``pooled`` and of ``values`` is each tensor's own safetensors dtype (``F32``/``F16``), read from
+the header (:attr:`ShardHeader.dtypes`): a reader asks for the dtypes it wants and never mixes shards of other
+dtypes into its table (see :meth:`ShardHeader.serves`); shards written before float16 existed are float32.
 
 Its safetensors metadata holds everything needed to trust it: the format, the encoder identity (canonical JSON,
 compared with the requesting encoder's), the modality, whether it has sequences, for image grids their ``(h, w)``
@@ -25,7 +29,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +44,12 @@ TMP_PREFIX = ".tmp-"
 _MAX_HEADER = 256 << 20  # a header larger than this is garbage, not a shard
 
 _SEQUENCE_TENSORS = ("values", "valid", "offsets")
+
+FLOAT_DTYPES = {"float32": "F32", "float16": "F16"}
+"""Storage dtypes of float tensors (``cache.dtype`` / ``cache.pooled_dtype``) -> their safetensors dtype code."""
+_CODES = {"torch.float32": "F32", "torch.float16": "F16", "torch.bool": "BOOL", "torch.int64": "I64"}
+_DTYPES = {"pooled": set(FLOAT_DTYPES.values()), "values": set(FLOAT_DTYPES.values()), "present": {"BOOL"},
+           "valid": {"BOOL"}, "offsets": {"I64"}}  # fmt: skip
 
 
 class CorruptShardError(ValueError):
@@ -67,6 +77,7 @@ class ShardHeader:
         shapes: shape of each tensor.
         grid: ``(h, w)`` of the image grid its sequences hold; ``None`` for text, pooled-only shards, and shards
             written before the grid was stored.
+        dtypes: safetensors dtype code of each tensor (``F32``, ``F16``, ``BOOL``, ``I64``).
     """
 
     path: Path
@@ -79,10 +90,23 @@ class ShardHeader:
     checksums: dict[str, int]
     shapes: dict[str, tuple[int, ...]]
     grid: tuple[int, int] | None = None
+    dtypes: dict[str, str] = field(default_factory=dict)
 
     @property
     def rows(self) -> int:
         return len(self.keys)
+
+    def dtype_of(self, name: str) -> str | None:
+        """Storage dtype (``float32`` / ``float16``) of float tensor ``name``; ``None`` when the shard lacks it."""
+        code = self.dtypes.get(name, "F32" if name in self.shapes else None)
+        return next((dtype for dtype, c in FLOAT_DTYPES.items() if c == code), None)
+
+    def serves(self, *, need_sequence: bool, dtype: str, pooled_dtype: str) -> bool:
+        """Whether this shard can answer a request for pooled vectors stored as ``pooled_dtype`` (and sequences
+        stored as ``dtype`` when ``need_sequence``): float32 and float16 entries never mix in one table."""
+        if self.dtype_of("pooled") != pooled_dtype:
+            return False
+        return not need_sequence or (self.sequence and self.dtype_of("values") == dtype)
 
 
 def crc32(tensor: torch.Tensor) -> int:
@@ -104,8 +128,31 @@ def is_shard_file(path: Path) -> bool:
     return path.name.endswith(SUFFIX) and not path.name.startswith(TMP_PREFIX)
 
 
-def write_shard(folder: Path, table: FeatureTable, keys: list[str], *, identity: str, modality: str) -> ShardHeader:
-    """Writes ``table`` (one row per key) as a new shard in ``folder``, atomically.
+def torch_dtype(dtype: str) -> torch.dtype:
+    """The torch dtype of a storage dtype name (``float32`` / ``float16``).
+
+    Raises:
+        ValueError: another name.
+    """
+    import torch
+
+    if dtype not in FLOAT_DTYPES:
+        raise ValueError(f"cache dtype must be one of {', '.join(FLOAT_DTYPES)}, got {dtype!r}")
+    return getattr(torch, dtype)
+
+
+def write_shard(
+    folder: Path,
+    table: FeatureTable,
+    keys: list[str],
+    *,
+    identity: str,
+    modality: str,
+    dtype: str = "float32",
+    pooled_dtype: str = "float32",
+) -> ShardHeader:
+    """Writes ``table`` (one row per key) as a new shard in ``folder``, atomically, its sequences stored as
+    ``dtype`` and its pooled vectors as ``pooled_dtype`` (``float32`` or ``float16``).
 
     Raises:
         OSError: the folder cannot be written (full disk, read-only); no partial file is left behind.
@@ -113,13 +160,13 @@ def write_shard(folder: Path, table: FeatureTable, keys: list[str], *, identity:
     from safetensors.torch import save_file
 
     assert len(keys) == len(table), f"{len(keys)} keys for {len(table)} rows"
-    tensors: dict[str, Any] = {"pooled": table.pooled.float().contiguous()}
+    tensors: dict[str, Any] = {"pooled": table.pooled.to(torch_dtype(pooled_dtype)).contiguous()}
     if table.present is not None:
         tensors["present"] = table.present.bool().contiguous()
     if table.has_sequence:
         assert table.values is not None and table.valid is not None and table.offsets is not None
         tensors.update(
-            values=table.values.float().contiguous(),
+            values=table.values.to(torch_dtype(dtype)).contiguous(),
             valid=table.valid.bool().contiguous(),
             offsets=table.offsets.long().contiguous(),
         )
@@ -146,10 +193,11 @@ def write_shard(folder: Path, table: FeatureTable, keys: list[str], *, identity:
         tmp.unlink(missing_ok=True)
         raise
     shapes = {name: tuple(t.shape) for name, t in tensors.items()}
+    dtypes = {name: _CODES[str(t.dtype)] for name, t in tensors.items()}
     grid = (int(table.grid[0]), int(table.grid[1])) if "grid" in metadata and table.grid is not None else None
     return ShardHeader(
         final, identity, modality, table.has_sequence, tuple(keys), final.stat().st_size, created, checksums, shapes,
-        grid,
+        grid, dtypes,
     )  # fmt: skip
 
 
@@ -179,6 +227,7 @@ def read_header(path: Path) -> ShardHeader:
         keys = json.loads(meta["keys"])
         checksums = {str(k): int(v) for k, v in json.loads(meta["crc32"]).items()}
         shapes = {name: tuple(int(d) for d in info["shape"]) for name, info in header.items()}
+        dtypes = {name: str(info["dtype"]) for name, info in header.items()}
         end = max((int(info["data_offsets"][1]) for info in header.values()), default=0)
         grid = None
         if "grid" in meta:
@@ -197,6 +246,7 @@ def read_header(path: Path) -> ShardHeader:
             checksums=checksums,
             shapes=shapes,
             grid=grid,
+            dtypes=dtypes,
         )
     except CorruptShardError:
         raise
@@ -221,6 +271,11 @@ def _check_shapes(h: ShardHeader) -> None:
         raise CorruptShardError(h.path, f"present has shape {h.shapes['present']} for {n} keys")
     if h.sequence and h.shapes["offsets"] != (n + 1,):
         raise CorruptShardError(h.path, f"offsets has shape {h.shapes['offsets']} for {n} keys")
+    for name, code in h.dtypes.items():  # a tensor of another dtype is never reinterpreted
+        if code not in _DTYPES[name]:
+            raise CorruptShardError(
+                h.path, f"tensor {name!r} has dtype {code}, expected one of {sorted(_DTYPES[name])}"
+            )
 
 
 def read_tensors(header: ShardHeader, names: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -251,7 +306,8 @@ def read_tensors(header: ShardHeader, names: Sequence[str]) -> dict[str, torch.T
 
 
 def load_shard(header: ShardHeader, *, need_sequence: bool) -> FeatureTable:
-    """The shard's rows as a :class:`FeatureTable` (sequences only when asked), every tensor checked.
+    """The shard's rows as a :class:`FeatureTable` (sequences only when asked; float32 whatever the stored dtype),
+    every tensor checked.
 
     Raises:
         ValueError: sequences asked of a pooled-only shard.
@@ -266,10 +322,10 @@ def load_shard(header: ShardHeader, *, need_sequence: bool) -> FeatureTable:
     if need_sequence:
         names += list(_SEQUENCE_TENSORS)
     t = read_tensors(header, names)
-    table = FeatureTable(pooled=t["pooled"], present=t.get("present"))
+    table = FeatureTable(pooled=t["pooled"].float(), present=t.get("present"))  # float16 is read back as float32
     if need_sequence:
         check_offsets(header, t["offsets"], header.shapes["values"][0])
-        table.values, table.valid, table.offsets = t["values"], t["valid"], t["offsets"]
+        table.values, table.valid, table.offsets = t["values"].float(), t["valid"], t["offsets"]
         table.grid = header.grid
     return table
 

@@ -9,11 +9,21 @@
    in DataLoader workers, batched forward under ``torch.inference_mode``), and written as new shards, one per
    ``shard_examples`` inputs, so an interrupted encoding keeps what it finished.
 
-A pooled-only entry cannot serve a sequence request; a sequence entry serves both. So that an encoder runs once
-per input whatever heads come later, new entries keep the sequence even for a pooled request (``store_sequences``,
-the default; an encoder without a sequence output is stored pooled). An image grid's ``(h, w)`` is stored with its
-entries; entries written before it was (same cache key: the encoder identity did not change) stay readable, and
-their grid is read from the encoder itself (:meth:`ImageEncoder.grid_shape`, one blank image), never guessed.
+A pooled-only entry cannot serve a sequence request (a later head that reads the grid encodes those inputs again and
+stores them with their grids); a sequence entry serves both. New entries keep what the request asks for, plus the
+sequence of the modalities :attr:`CacheStorage.store_sequences` names (``cache.store_sequences``; a sweep over several
+heads names those any of its heads reads, so the encoder runs once per input for the whole sweep). An EfficientNet-
+Lite0 grid is 50x its pooled vector, so storing it only where a head needs it is most of the cache's size.
+
+Sequences and grids are stored as :attr:`CacheStorage.dtype` (``cache.dtype``: ``float32`` or ``float16``, half
+the bytes), pooled vectors as :attr:`CacheStorage.pooled_dtype`; whatever is stored is read back as float32. The
+storage dtype is part of each entry's key: a request reads only shards of its own dtypes (float32 and float16
+entries never mix in one table; shards written before float16 existed are float32), and a table computed on a miss
+is rounded to the storage dtype before it is returned, so a cold and a warm run train on the same numbers.
+
+An image grid's ``(h, w)`` is stored with its entries; entries written before it was (same cache key: the encoder
+identity did not change) stay readable, and their grid is read from the encoder itself
+(:meth:`ImageEncoder.grid_shape`, one blank image), never guessed.
 Encoders with trainable weights are never cached: their features are computed and returned, nothing is stored.
 
 Folder layout::
@@ -27,6 +37,7 @@ Folder layout::
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -35,7 +46,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +63,7 @@ from mmfuse.cache.shards import (
     load_shard,
     read_header,
     read_tensors,
+    torch_dtype,
     write_shard,
 )
 from mmfuse.data.example import Example
@@ -91,6 +103,60 @@ class CacheStats:
         return dict(self.__dict__)
 
 
+@dataclass(frozen=True)
+class CacheStorage:
+    """How a run stores the entries it computes (the ``cache`` config's ``dtype``, ``pooled_dtype`` and
+    ``store_sequences``) and which stored entries it may read.
+
+    Attributes:
+        dtype: storage dtype of sequences and grids: ``float32``, or ``float16`` (half the bytes; each value
+            rounded to 11 significant bits, a relative error <= 2**-11 ~ 4.9e-4).
+        pooled_dtype: storage dtype of pooled vectors (``float32`` unless asked: they are small).
+        store_sequences: also store the token sequence / region grid of new entries when only the pooled vector
+            was asked for: ``True`` (every modality), ``False`` (only what a request asks), or the modalities
+            (``{"image"}``).
+
+    Raises:
+        ValueError: an unknown dtype or modality.
+    """
+
+    dtype: str = "float32"
+    pooled_dtype: str = "float32"
+    store_sequences: bool | frozenset[str] = False
+
+    def __post_init__(self) -> None:
+        for name in (self.dtype, self.pooled_dtype):
+            torch_dtype(name)  # raises on an unknown name
+        if not isinstance(self.store_sequences, bool):
+            modalities = frozenset(self.store_sequences)
+            unknown = sorted(modalities - {"text", "image"})
+            if unknown:
+                raise ValueError(f"store_sequences: unknown modalities {unknown}; use true, false, or [text, image]")
+            object.__setattr__(self, "store_sequences", modalities)
+
+    def stores_sequence(self, modality: str) -> bool:
+        """Whether new entries of ``modality`` keep their sequence / grid even for a pooled request."""
+        if isinstance(self.store_sequences, bool):
+            return self.store_sequences
+        return modality in self.store_sequences
+
+    @property
+    def key_suffix(self) -> str:
+        """What the dtypes add to a request's key: nothing for float32 throughout."""
+        if self.dtype == self.pooled_dtype == "float32":
+            return ""
+        return f"|pooled={self.pooled_dtype}|sequence={self.dtype}"
+
+    def rounded(self, table: FeatureTable) -> FeatureTable:
+        """``table`` as it reads back from the cache: each float tensor passed through its storage dtype (float32)."""
+        out = replace(table)
+        if self.pooled_dtype != "float32":
+            out.pooled = table.pooled.to(torch_dtype(self.pooled_dtype)).float()
+        if self.dtype != "float32" and table.values is not None:
+            out.values = table.values.to(torch_dtype(self.dtype)).float()
+        return out
+
+
 @dataclass
 class _Folder:
     """One encoder identity's folder, with the headers of its shards read so far."""
@@ -112,8 +178,11 @@ class FeatureCache:
         encode_workers: DataLoader workers that decode images while the encoder runs, used when the caller asks
             for none (``num_workers=0``); ``None``: two, or one on a one-core machine.
         store_sequences: store the token sequence / region grid of new entries even when only the pooled vector
-            was asked for, so a later sequence request (``cross_attention`` after ``concat``) does not encode again;
-            ``False`` stores only what was asked (less disk: an EfficientNet-Lite0 grid is 50x its pooled vector).
+            was asked for, so a later sequence request (``cross_attention`` after ``concat``) does not encode again:
+            ``True``, the modalities (``["image"]``), or ``False`` (the default: only what was asked; an
+            EfficientNet-Lite0 grid is 50x its pooled vector).
+        dtype: storage dtype of sequences and grids, ``float32`` or ``float16`` (see :class:`CacheStorage`).
+        pooled_dtype: storage dtype of pooled vectors.
 
     Raises:
         ValueError: ``root`` is a file, or a bad ``shard_examples`` / ``max_tables``.
@@ -126,7 +195,9 @@ class FeatureCache:
         shard_examples: int = 512,
         max_tables: int = 16,
         encode_workers: int | None = None,
-        store_sequences: bool = True,
+        store_sequences: bool | Sequence[str] = False,
+        dtype: str = "float32",
+        pooled_dtype: str = "float32",
     ) -> None:
         resolved = resolve_cache_dir(root)
         if resolved is None:
@@ -137,7 +208,8 @@ class FeatureCache:
         self.shard_examples = shard_examples
         self.max_tables = max_tables
         self.encode_workers = min(2, os.cpu_count() or 1) if encode_workers is None else encode_workers
-        self.store_sequences = store_sequences
+        stored = store_sequences if isinstance(store_sequences, bool) else frozenset(store_sequences)
+        self.storage = CacheStorage(dtype=dtype, pooled_dtype=pooled_dtype, store_sequences=stored)
         self.stats = CacheStats()
         self._hasher = ContentHasher()
         self._memo: OrderedDict[str, FeatureTable] = OrderedDict()
@@ -154,8 +226,21 @@ class FeatureCache:
     def misses(self) -> int:
         return self.stats.requests
 
+    @property
+    def store_sequences(self) -> bool | frozenset[str]:
+        return self.storage.store_sequences
+
     def __repr__(self) -> str:
-        return f"FeatureCache(root={str(self.root)!r}, memo={len(self._memo)} tables)"
+        return f"FeatureCache(root={str(self.root)!r}, memo={len(self._memo)} tables, {self.storage})"
+
+    def with_storage(self, storage: CacheStorage) -> FeatureCache:
+        """This cache (same folder, memo, statistics and lock) storing and reading entries as ``storage`` says: what
+        one run's ``cache`` config asks, while the process shares one cache per folder."""
+        if storage == self.storage:
+            return self
+        view = copy.copy(self)
+        view.storage = storage
+        return view
 
     # ----------------------------------------------------------------------------------------------- FeatureSource
 
@@ -210,7 +295,9 @@ class FeatureCache:
         identity = canonical_identity(encoder.cache_identity())
         ident_hex = identity_hash(identity)
         keys = self._hasher.keys(examples, modality=modality)
-        request = request_key(ident_hex, keys)
+        # the storage dtypes key the memo as they key the shards: float32 and float16 tables never stand in for
+        # each other (all-float32 keeps the key it had before float16 existed: it also names the usage records)
+        request = request_key(ident_hex + self.storage.key_suffix, keys)
         memo = self._memo.get(request)
         if memo is not None and (memo.has_sequence or not need_sequence):
             self._memo.move_to_end(request)
@@ -273,6 +360,7 @@ class FeatureCache:
             table = self._encode_for_store(
                 encoder, [examples[first[k]] for k in chunk], need_sequence, device, batch_size, workers, progress
             )
+            table = self.storage.rounded(table)  # what a warm run will read back
             self._write(folder, table, chunk)
             parts.append(_Part(table))
             where.update((k, (len(parts) - 1, j)) for j, k in enumerate(chunk))
@@ -294,7 +382,12 @@ class FeatureCache:
     ) -> None:
         """Finds the shards that hold ``wanted`` keys (newest first) and opens them as parts (small tensors read
         and checked now, sequences when the table is assembled)."""
-        headers = [h for h in self._scan(folder) if h.sequence or not need_sequence]
+        want = self.storage
+        headers = [
+            h
+            for h in self._scan(folder)
+            if h.serves(need_sequence=need_sequence, dtype=want.dtype, pooled_dtype=want.pooled_dtype)
+        ]
         for header in sorted(headers, key=lambda h: h.created, reverse=True):
             rows = [(k, j) for j, k in enumerate(header.keys) if k in wanted and k not in where]
             if not rows:
@@ -369,8 +462,10 @@ class FeatureCache:
         need_sequence: bool,
         *args: Any,
     ) -> FeatureTable:
-        """Encodes new entries, with their sequences when :attr:`store_sequences` (see the module docstring)."""
-        if need_sequence or not self.store_sequences:
+        """Encodes new entries, with their sequences when asked or when :attr:`CacheStorage.store_sequences` names the
+        encoder's modality (see the module docstring)."""
+        modality = "text" if isinstance(encoder, TextEncoder) else "image"
+        if need_sequence or not self.storage.stores_sequence(modality):
             return self._encode(encoder, examples, need_sequence, *args)
         try:
             return self._encode(encoder, examples, True, *args)
@@ -407,7 +502,15 @@ class FeatureCache:
     def _write(self, folder: _Folder, table: FeatureTable, keys: list[str]) -> None:
         modality = "image" if table.present is not None else "text"
         try:
-            header = write_shard(folder.path, table, keys, identity=folder.identity, modality=modality)
+            header = write_shard(
+                folder.path,
+                table,
+                keys,
+                identity=folder.identity,
+                modality=modality,
+                dtype=self.storage.dtype,
+                pooled_dtype=self.storage.pooled_dtype,
+            )
         except OSError as e:
             if not self._write_failed:
                 logger.warning(
@@ -548,7 +651,7 @@ def assemble(parts: Sequence[_Part], sources: Sequence[tuple[int, int]], *, need
         if not len(sel):
             continue
         rows = row_of[sel]
-        pooled[sel] = part.pooled[rows]
+        pooled[sel] = part.pooled[rows].float()
         if present is not None:
             assert part.present is not None
             present[sel] = part.present[rows]
@@ -575,7 +678,7 @@ def assemble(parts: Sequence[_Part], sources: Sequence[tuple[int, int]], *, need
         within = torch.arange(total) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
         src = torch.repeat_interleave(part.offsets[rows], counts) + within
         dst = torch.repeat_interleave(offsets[sel], counts) + within
-        values[dst] = part_values[src]
+        values[dst] = part_values[src].float()  # float16 entries are read back as float32
         valid[dst] = part_valid[src]
         del part_values, part_valid
     grid = grids.pop() if grids else None
@@ -585,13 +688,16 @@ def assemble(parts: Sequence[_Part], sources: Sequence[tuple[int, int]], *, need
 _SHARED: dict[Path, FeatureCache] = {}
 
 
-def feature_source(cache_dir: str | os.PathLike[str] | None = None) -> FeatureSource:
+def feature_source(
+    cache_dir: str | os.PathLike[str] | None = None, storage: CacheStorage | None = None
+) -> FeatureSource:
     """The feature source the engine should use: this process's :class:`FeatureCache` for the resolved cache folder
     (one per folder, so every model trained in the process shares its memo), or the in-process memo
     (:func:`~mmfuse.features.default_store`) when the persistent cache is off.
 
     Args:
         cache_dir: config ``cache.dir`` / ``--cache-dir``; ``None`` uses ``MMFUSE_CACHE_DIR`` or the default folder.
+        storage: how entries are stored and read (default: :class:`CacheStorage`'s defaults).
     """
     root = resolve_cache_dir(cache_dir)
     if root is None:
@@ -599,13 +705,22 @@ def feature_source(cache_dir: str | os.PathLike[str] | None = None) -> FeatureSo
     key = root.resolve() if root.exists() else root.absolute()
     if key not in _SHARED:
         _SHARED[key] = FeatureCache(key)
-    return _SHARED[key]
+    return _SHARED[key].with_storage(storage or CacheStorage())
 
 
-def source_for(enabled: bool, folder: str | None) -> FeatureSource:
+def source_for(
+    enabled: bool,
+    folder: str | None,
+    *,
+    dtype: str = "float32",
+    pooled_dtype: str = "float32",
+    store_sequences: bool | Sequence[str] = False,
+) -> FeatureSource:
     """Where a run gets features of frozen encoders, as its ``cache`` config says: the persistent feature cache
     (:func:`feature_source`: ``folder``, else ``$MMFUSE_CACHE_DIR``, else ``~/.cache/mmfuse``; one per folder and
-    process), or the in-process memo when ``enabled`` is false or the folder is ``off``."""
+    process) storing entries as ``dtype`` / ``pooled_dtype`` / ``store_sequences`` say (see :class:`CacheStorage`), or
+    the in-process memo when ``enabled`` is false or the folder is ``off``."""
     if not enabled:
         return default_store()
-    return feature_source(folder)
+    stored = store_sequences if isinstance(store_sequences, bool) else frozenset(store_sequences)
+    return feature_source(folder, CacheStorage(dtype=dtype, pooled_dtype=pooled_dtype, store_sequences=stored))

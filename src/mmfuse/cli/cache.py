@@ -104,10 +104,13 @@ def _print_listing(root: Path, cached: list[CachedEncoder]) -> None:
         used = time.strftime("%Y-%m-%d %H:%M", time.localtime(c.last_used)) if c.last_used else "never"
         typer.echo("")
         typer.echo(f"{c.name}  [{c.modality}, {c.encoder_class}]  identity {c.identity_sha256[:12]}")
+        per = f"{_size(round(c.bytes_per_example))} per example" if c.bytes_per_example is not None else "no entries"
         typer.echo(
             f"  {c.entries} inputs ({c.sequence_entries} with sequence/grid), {c.shards} shard(s), "
-            f"{_size(c.bytes)}, last used {used}"
+            f"{_size(c.bytes)}, {per}, last used {used}"
         )
+        if c.dtypes:
+            typer.echo("  stored as: " + ", ".join(f"{kind} ({n} inputs)" for kind, n in c.dtypes.items()))
         for d in c.datasets:
             kind = "sequence/grid" if d["sequence"] else "pooled"
             typer.echo(f"  dataset {d['dataset']}: {d['examples']} examples asked for ({kind})")

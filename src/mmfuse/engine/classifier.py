@@ -93,7 +93,9 @@ class MultimodalClassifier:
         elif overrides:
             config = load_config(None, overrides, base=config.to_dict() if config is not None else None)
         self.config = config_from(config, **shortcuts) if shortcuts or config is None else config
-        self.source = source or source_for(self.config.cache.enabled, self.config.cache.dir)
+        self.source = source or source_for(
+            self.config.cache.enabled, self.config.cache.dir, **self.config.cache.storage_options()
+        )
         self.model: nn.Module | None = None
         self.label_map: LabelMap | None = None
         self.threshold: float | None = None

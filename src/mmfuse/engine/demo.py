@@ -78,10 +78,19 @@ class DemoResult:
 
 
 def demo_config(
-    head: str, data_root: Path, runs: Path, *, epochs: int, seed: int, quiet: bool, explicit_epochs: int | None = None
+    head: str,
+    data_root: Path,
+    runs: Path,
+    *,
+    epochs: int,
+    seed: int,
+    quiet: bool,
+    explicit_epochs: int | None = None,
+    store_sequences: Sequence[str] = (),
 ) -> TrainConfig:
     """The training config of one demo head (``explicit_epochs``: the user's ``--epochs``, which overrides the
-    head's own epoch count in :data:`HEAD_SETTINGS`)."""
+    head's own epoch count in :data:`HEAD_SETTINGS`; ``store_sequences``: the modalities whose sequences / grids
+    the feature cache keeps, those any demo head reads, so each input is encoded once for all heads)."""
     settings = HEAD_SETTINGS.get(head, {})
     encoders = {
         "text_encoder": {"name": TEXT_ENCODER, **settings.get("text_encoder", {})},
@@ -96,6 +105,7 @@ def demo_config(
             "model": {**encoders, "head": {"name": head, "params": settings.get("head", {})}},
             "optim": {"lr": 1e-3, "schedule": "cosine", "warmup_ratio": 0.05, **settings.get("optim", {})},
             "train": train,
+            "cache": {"store_sequences": sorted(store_sequences)},
             "run": {"out_dir": str(runs), "name": head, "quiet": quiet, "overwrite": True},
         }
     )
@@ -128,9 +138,17 @@ def run_demo(
     splits = load_splits(DataConfig(root=data_root, preset="hateful_memes"))
     say(f"synthetic data in {data_root}: " + ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
     rows, feature_seconds = [], 0.0
+    stored = _sequences_read_by(heads)
     for i, head in enumerate(heads, 1):
         cfg = demo_config(
-            head, data_root, out / "runs", epochs=epochs or DEMO_EPOCHS, seed=seed, quiet=quiet, explicit_epochs=epochs
+            head,
+            data_root,
+            out / "runs",
+            epochs=epochs or DEMO_EPOCHS,
+            seed=seed,
+            quiet=quiet,
+            explicit_epochs=epochs,
+            store_sequences=stored,
         )
         head_timer = Timer()
         clf = MultimodalClassifier(cfg).fit(splits["train"], splits["val"])
@@ -144,6 +162,19 @@ def run_demo(
     table["best_epoch"] = table["best_epoch"].astype("Int64")  # integers, blank for the baseline row
     _write(table, out)
     return DemoResult(table=table, out=out, seconds=timer.seconds, feature_seconds=feature_seconds)
+
+
+def _sequences_read_by(heads: Sequence[str]) -> list[str]:
+    """The modalities whose token sequences / image grids some of ``heads`` read (the cache stores them for every
+    head, so the first head's encoding serves the others)."""
+    from mmfuse.fusion import FUSION_HEADS as REGISTRY
+
+    wanted: set[str] = set()
+    for name in heads:
+        cls = REGISTRY.get(name)
+        wanted |= {"text"} if cls.uses_text == "sequence" else set()
+        wanted |= {"image"} if cls.uses_image == "grid" else set()
+    return sorted(wanted)
 
 
 def _row(head: str, clf: MultimodalClassifier, result: dict[str, Any], seconds: float) -> dict[str, Any]:

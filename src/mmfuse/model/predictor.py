@@ -318,7 +318,9 @@ class TorchPredictor(Predictor):
         if self._features is None:
             from mmfuse.cache import source_for
 
-            self._features = source_for(self.config.cache.enabled, self.config.cache.dir)
+            self._features = source_for(
+                self.config.cache.enabled, self.config.cache.dir, **self.config.cache.storage_options()
+            )
         return self._features
 
     @torch.inference_mode()

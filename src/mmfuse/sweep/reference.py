@@ -162,7 +162,7 @@ def _pooled(config: Any, splits: dict[str, Any], parts: Sequence[str], modalitie
     from mmfuse.cache import source_for
     from mmfuse.model.build import build_encoder
 
-    source = source_for(config.cache.enabled, config.cache.dir)
+    source = source_for(config.cache.enabled, config.cache.dir, **config.cache.storage_options())
     out: dict[str, dict[str, np.ndarray]] = {}
     for modality in ("text", "image"):
         if modality not in modalities:

@@ -650,7 +650,9 @@ def sweep_from_dict(data: Mapping[str, Any], *, base_dir: Path | None = None, so
     base = _base_config(spec, base_dir, where)
     if spec.heads is not None:
         heads = {head: _head_sweep(spec, head, name, base_dir, source, where) for head in spec.heads}
-        return Sweep(spec=spec, name=name, base=base, source=source, heads=heads)
+        sweep = Sweep(spec=spec, name=name, base=base, source=source, heads=heads)
+        _store_what_the_heads_read(sweep, [sweep, *heads.values()])
+        return sweep
     points, keys = _points(spec, base, where)
     sweep = Sweep(spec=spec, name=name, base=base, points=points, keys=keys, source=source)
     if spec.search is not None:
@@ -658,7 +660,60 @@ def sweep_from_dict(data: Mapping[str, Any], *, base_dir: Path | None = None, so
     if "unimodal" in spec.baseline_kinds:
         sweep.baselines = _baselines(sweep)
     sweep.variants = _variants(sweep, where)
+    _store_what_the_heads_read(sweep, [sweep])
     return sweep
+
+
+_HEAD_NAME = ("model", "head", "name")
+
+
+def _head_names(sweep: Sweep) -> set[str]:
+    """Every head a sweep (not its compared heads) may train: the base's, the grid's or list's, the search's, the
+    variants' and the baselines'."""
+    names = {sweep.base.model.head.name}
+    overrides = [*sweep.points, *sweep.baselines.values(), *(p for ps in sweep.variants.values() for p in ps)]
+    for point in overrides:
+        names.update(str(v) for k, v in point.items() if resolve_key(k) == _HEAD_NAME)
+    if sweep.spec.search is not None:
+        for key, param in sweep.spec.search.params.items():
+            if resolve_key(key) == _HEAD_NAME:
+                names.update(str(c) for c in param.choices or [])
+    return names
+
+
+def _store_what_the_heads_read(sweep: Sweep, parts: list[Sweep]) -> None:
+    """A sweep over several heads stores, for every input it encodes, the sequences / grids any of its heads reads
+    (``cache.store_sequences`` of each part's base config), so each frozen encoder runs once per input for the whole
+    sweep whichever head comes first; the change is noted (``notes``, logged by the runner)."""
+    from mmfuse.fusion import FUSION_HEADS
+
+    names = set().union(*(_head_names(part) for part in parts))
+    if len(names) < 2:
+        return
+    wanted: set[str] = set()
+    for name in names:
+        try:
+            cls = FUSION_HEADS.get(name)
+        except ValueError:  # an unknown name fails the trial's own validation, with the registry's message
+            continue
+        wanted |= {"text"} if cls.uses_text == "sequence" else set()
+        wanted |= {"image"} if cls.uses_image == "grid" else set()
+    for part in parts:
+        given = part.base.cache.store_sequences
+        if given is True or not wanted - set(given or []):
+            continue
+        store = sorted(wanted | set(given or []))
+        cache = part.base.cache.model_copy(update={"store_sequences": store})
+        part.base = part.base.model_copy(update={"cache": cache})
+        readers = sorted(n for n in names if n in FUSION_HEADS and _reads_sequences(FUSION_HEADS.get(n)))
+        part.notes.append(
+            f"cache.store_sequences: {store} (the sweep's heads {', '.join(readers)} read them; stored with every "
+            "input encoded, so each encoder runs once per input)"
+        )
+
+
+def _reads_sequences(cls: Any) -> bool:
+    return cls.uses_text == "sequence" or cls.uses_image == "grid"
 
 
 def _head_sweep(spec: SweepSpec, head: str, name: str, base_dir: Path, source: Path | None, where: str) -> Sweep:
