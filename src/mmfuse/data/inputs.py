@@ -177,16 +177,19 @@ def file_examples(
 ) -> Split:
     """Reads one data file (CSV, TSV, JSONL, Parquet) with the run's data config (columns, templates, label map).
 
-    A file inside the run's dataset root resolves its images against that root; a file elsewhere against its own
-    folder; either against ``image_root`` when it is given. Missing images become blanks (``image_present=False``)
-    rather than dropped rows, so every row of the file gets a prediction.
+    The file is read as what it is, whatever format the run's data had (``format: auto``): by its extension, or by
+    its content when that shows another format (the report's notes then say so, see
+    :func:`~mmfuse.data.readers.detect_format`). A file inside the run's dataset root resolves its images against
+    that root; a file elsewhere against its own folder; either against ``image_root`` when it is given. Missing
+    images become blanks (``image_present=False``) rather than dropped rows, so every row of the file gets a
+    prediction.
 
     Raises:
         FileNotFoundError: no such file.
     """
     path = Path(path)
     if data is not None and _in_data_root(path, data):
-        cfg = data.model_copy(update={"on_missing_image": "blank"})
+        cfg = data.model_copy(update={"on_missing_image": "blank", "format": "auto"})
         if image_root is None:
             return load_examples(path, cfg, labeled=labeled, image_cache=image_cache)
         path = path if path.is_absolute() else data.resolved_root() / path
@@ -195,7 +198,7 @@ def file_examples(
         raise FileNotFoundError(f"data file {str(path)!r} not found{where}; pass a CSV, TSV, JSONL or Parquet file")
     root = image_root or path.resolve().parent
     base = data or DataConfig(root=root, train=path.name)
-    cfg = base.model_copy(update={"root": root, "on_missing_image": "blank"})
+    cfg = base.model_copy(update={"root": root, "on_missing_image": "blank", "format": "auto"})
     return load_examples(path.resolve(), cfg, labeled=labeled, image_cache=image_cache)
 
 
