@@ -90,3 +90,18 @@ def test_missing_images_of_rows_sharing_an_id_keep_their_own_paths(cp1250_datase
     split = load_examples("twice.csv", DataConfig(root=cp1250_dataset, on_missing_image="blank"))
     found = missing_images(split.examples, report=split.report)
     assert [(p.id, p.path) for p in found.blanked] == [("k", "img/gone1.png"), ("k", "img/gone2.png")]
+
+
+def test_training_warns_about_every_kind_that_data_check_lists(cp1250_dataset: Path) -> None:
+    from mmfuse.data import load_data_config, load_splits
+    from mmfuse.data.inputs import data_warnings
+
+    splits = load_splits(load_data_config(cp1250_dataset / "data.yaml").model_copy(update={"on_missing_image": "skip"}))
+    reports = {name: split.report for name, split in splits.items()}
+    said = "\n".join(data_warnings(reports, {}))
+    train = reports["train"]
+    assert train.problem_lists(), "the data has defects"
+    for kind, problems in train.problem_lists().items():
+        head, first = f"train: {len(problems)} of {train.rows} ", str(problems[0])
+        assert any(w.startswith(head) and first in w for w in said.splitlines()), (kind, said)
+    assert "train: the file train.csv is not UTF-8: decoded as cp1250" in said

@@ -33,7 +33,7 @@ column mapping; relative image paths resolve against the working directory; an i
 bytes or ``datasets.Image`` values, written once to files, see :mod:`mmfuse.data.embedded`)."""
 
 _CONFIG_SUFFIXES = (".yaml", ".yml")
-_SAID_NOTES = (NO_SPLIT_FILE, READ_BY_CONTENT)  # report notes that training repeats as warnings
+_SAID_NOTES = (NO_SPLIT_FILE, READ_BY_CONTENT, "possible leak")  # report notes that training repeats as warnings
 
 
 @dataclass
@@ -344,8 +344,9 @@ _FLAGGED = {
 def data_warnings(reports: Mapping[str, SplitReport], class_counts: Mapping[str, int]) -> list[str]:
     """What a training run must say about its data, as ``mmfuse data check`` does: rows and images left out or
     blanked, rows sharing an id, and the defects of kept examples (how many, why, the first few); a split file that
-    is not UTF-8; a split the preset names that is not there; splits that could not be stratified; classes with
-    fewer than :data:`MIN_CLASS_EXAMPLES` examples.
+    is not UTF-8 or not in the format its extension says; a split the preset names that is not there; images or
+    ids shared with another split (possible leaks); splits that could not be stratified; classes with fewer than
+    :data:`MIN_CLASS_EXAMPLES` examples.
 
     Args:
         reports: the load reports of the splits trained on, by split name.
