@@ -122,14 +122,28 @@ def test_label_map_merges_raw_values_and_rejects_unmapped(
     assert split.labels == ["positive", "positive", "negative"]
 
 
-def test_duplicate_ids_keep_the_first(tmp_path: Path, write_image: Callable, write_jsonl: Callable) -> None:
+def test_duplicate_ids_keep_every_row_and_are_reported(
+    tmp_path: Path, write_image: Callable, write_jsonl: Callable
+) -> None:
+    # ids name rows for people: a second row with an id seen before is another example, never merged away
     write_image(tmp_path / "img" / "a.png")
-    rows = [{"id": k, "text": t, "img": "img/a.png", "label": 0} for k, t in [(1, "first"), (2, "x"), (1, "again")]]
+    write_image(tmp_path / "img" / "b.png", color=(0, 0, 200))
+    rows = [
+        {"id": 1, "text": "first", "img": "img/a.png", "label": 0},
+        {"id": 2, "text": "x", "img": "img/a.png", "label": 1},
+        {"id": 1, "text": "again", "img": "img/b.png", "label": 1},
+        {"id": 2, "text": "x", "img": "img/a.png", "label": 1},
+    ]
     write_jsonl(tmp_path / "train.jsonl", rows)
     split = load_examples("train.jsonl", _cfg(tmp_path))
-    assert [e.text for e in split.examples] == ["first", "x"]
-    assert split.report.duplicate_ids[0].id == "1"
-    assert "first at line 1" in split.report.duplicate_ids[0].reason
+    assert [(e.id, e.text) for e in split.examples] == [("1", "first"), ("2", "x"), ("1", "again"), ("2", "x")]
+    assert split.report.examples == 4
+    assert [(p.where, p.id) for p in split.report.duplicate_ids] == [("line 3", "1"), ("line 4", "2")]
+    first, second = (p.reason for p in split.report.duplicate_ids)
+    assert first == "id also at line 1 (different text, image, label); both rows kept"
+    assert second == "id also at line 2 (same text, image and label); both rows kept"
+    # the same image under one id twice is still found (image digests are keyed by file, not by id)
+    assert [p.id for p in split.report.same_images] == ["2", "2"]
 
 
 def test_same_image_twice_and_conflicting_labels(tiny_dataset: Callable, write_jsonl: Callable) -> None:

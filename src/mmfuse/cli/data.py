@@ -108,13 +108,13 @@ def synth(
 
 def _config(source: str, preset: str | None) -> DataConfig:
     """A DataConfig from a YAML file, or from a dataset folder and a preset."""
-    from mmfuse.data import PRESETS, DataConfig, load_data_config
+    from mmfuse.data import PRESETS, load_data_config
 
     path = Path(source)
     if path.is_dir():
         if preset is None:
             fail(f"{source!r} is a folder: pass --preset NAME (one of {', '.join(PRESETS)}) or a YAML data config")
-        return guard(lambda: DataConfig(root=path, preset=preset))
+        return guard(lambda: load_data_config({"root": path, "preset": preset}))
     if not path.exists():
         fail(f"{source!r} not found: pass a YAML data config, or a dataset folder with --preset")
     return guard(lambda: load_data_config(path, overrides={"preset": preset} if preset else None))
@@ -194,6 +194,7 @@ _OVERVIEW_ROWS: list[tuple[str, Any]] = [
     ("images skipped", lambda s: str(len(s.report.skipped_images))),
     ("images blank", lambda s: str(len(s.report.blank_images))),
     ("ext. mismatch", lambda s: str(len(s.report.extension_mismatches))),
+    ("file encoding", lambda s: f"{s.report.file_encoding} (not UTF-8)" if s.report.file_encoding else "UTF-8"),
     ("fallback texts", lambda s: str(len(s.report.fallback_texts))),
     ("U+FFFD texts", lambda s: str(len(s.report.replacement_chars))),
     ("empty texts", lambda s: str(s.report.empty_texts)),

@@ -5,10 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.text import Text
+
+if TYPE_CHECKING:
+    from mmfuse.data.report import SplitReport
 
 # markup=False: messages quote paths, ids and labels from the data, in which rich would read [...] as markup
 _console = Console(markup=False)
@@ -92,6 +96,7 @@ def evaluate(
     with _user_errors(), _warnings_to_stderr():
         clf = load_predictor(run, checkpoint=checkpoint)
         examples = split_examples(split, clf.config.data, data)
+        _say_input_notes(examples.report)
         if split is None and data is None:
             note = "" if examples.name == "test" else " (the data has no labeled test split; val chose the best epoch)"
             _errors_console.print(f"evaluating the {examples.name} split{note}", highlight=False, soft_wrap=True)
@@ -115,19 +120,44 @@ def predict(
     ),
 ) -> None:
     """Write predictions: id,proba,label for binary tasks (Hateful Memes format), else one proba column per class;
-    then image_present (false: the image was missing or unreadable and a blank stood in)."""
+    then image_present (false: the image was missing or unreadable and a blank stood in).
+
+    The file is read as what it holds (JSON lines, CSV/TSV or Parquet), whatever the run was trained on; its labels
+    are optional, and labels the model never saw are named in one warning and counted in the last line."""
+    from mmfuse.data.inputs import inputs_of, unseen_labels, unseen_labels_message
     from mmfuse.sweep.ensemble import load_predictor
 
     with _user_errors(), _warnings_to_stderr():
         clf = load_predictor(run, checkpoint=checkpoint)
+        inputs = inputs_of(data, clf.config.data)
+        _say_input_notes(inputs.report)
+        unseen = unseen_labels(inputs.examples, clf.classes)
+        if unseen:
+            _warn(unseen_labels_message(unseen, len(inputs.examples), clf.classes))
         frame = clf.predictions_table(
-            data, threshold=_threshold(threshold, clf.threshold), max_missing_images=max_missing_images
+            inputs, threshold=_threshold(threshold, clf.threshold), max_missing_images=max_missing_images
         )
         out.parent.mkdir(parents=True, exist_ok=True)
         frame.to_csv(out, index=False)
     blank = int((~frame["image_present"]).sum()) if "image_present" in frame else 0
-    without = f" ({blank} from a blank image: image_present false)" if blank else ""
-    _errors_console.print(f"wrote {len(frame)} predictions to {out}{without}", highlight=False, soft_wrap=True)
+    counts = [f"{blank} from a blank image: image_present false"] if blank else []
+    if unseen:
+        counts.append(f"{sum(unseen.values())} with a label the model never saw: {', '.join(map(repr, unseen))}")
+    said = f" ({'; '.join(counts)})" if counts else ""
+    _errors_console.print(f"wrote {len(frame)} predictions to {out}{said}", highlight=False, soft_wrap=True)
+
+
+def _warn(message: str) -> None:
+    _errors_console.print(Text.assemble(("warning:", "yellow"), " ", message), highlight=False, soft_wrap=True)
+
+
+def _say_input_notes(report: SplitReport | None) -> None:
+    """Warns what reading an input file decided on its own: a format other than its extension's or the run's."""
+    from mmfuse.data.loading import READ_BY_CONTENT
+
+    for note in report.notes if report is not None else []:
+        if READ_BY_CONTENT in note:
+            _warn(note)
 
 
 @contextmanager

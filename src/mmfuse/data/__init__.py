@@ -26,6 +26,7 @@ _EXPORTS: dict[str, str] = {
     "OutsideRootError": "mmfuse.data._paths",
     "ColumnMap": "mmfuse.data.config",
     "DataConfig": "mmfuse.data.config",
+    "DataConfigError": "mmfuse.data.config",
     "SplitConfig": "mmfuse.data.config",
     "load_data_config": "mmfuse.data.config",
     "MultimodalDataset": "mmfuse.data.dataset",

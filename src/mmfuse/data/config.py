@@ -19,13 +19,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from mmfuse._strict import StrictSection
 from mmfuse.data.presets import PRESETS
 
 TEMPLATE_FIELDS = ("id", "image")
 """Placeholders that ``text_file`` and ``image_template`` may use: the row's id and raw image column value."""
+
+
+class DataConfigError(ValueError):
+    """A data config with wrong keys or values; one line per problem, naming the key (no pydantic boilerplate)."""
 
 
 class SplitConfig(StrictSection):
@@ -240,8 +244,8 @@ def load_data_config(
 
     Raises:
         FileNotFoundError: the YAML file does not exist.
-        ValueError: the YAML does not parse, or is not a mapping; pydantic's ``ValidationError`` (a ``ValueError``)
-            for wrong keys or values.
+        ValueError: the YAML does not parse, or is not a mapping.
+        DataConfigError: wrong keys or values (an unknown preset lists the known ones), one line each.
     """
     base_dir: Path | None = None
     if isinstance(source, Mapping):
@@ -262,4 +266,15 @@ def load_data_config(
     if "root" not in data and isinstance(data.get("data"), Mapping):
         data = dict(data["data"])
     data = {**data, **(overrides or {})}
-    return DataConfig.model_validate(data, context={"base_dir": base_dir} if base_dir else None)
+    try:
+        return DataConfig.model_validate(data, context={"base_dir": base_dir} if base_dir else None)
+    except ValidationError as e:
+        where = f" {str(source)!r}" if base_dir is not None else ""
+        raise DataConfigError(f"invalid data config{where}:\n" + "\n".join(map(_error_line, e.errors()))) from None
+
+
+def _error_line(error: Any) -> str:
+    """``  key.path: what is wrong`` for one of pydantic's errors (its own message, less its prefix and URL)."""
+    key = "".join(f"{p}: " for p in [".".join(str(p) for p in error["loc"])] if p)  # none for the whole config
+    got = "" if error["type"] in ("value_error", "missing") else f" (got {str(error.get('input'))[:60]!r})"
+    return f"  {key}{error['msg'].removeprefix('Value error, ')}{got}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -14,7 +15,15 @@ import pandas as pd
 from mmfuse.data.config import DataConfig, SplitConfig, load_data_config
 from mmfuse.data.embedded import hf_frame, is_hf_dataset
 from mmfuse.data.example import Example
-from mmfuse.data.loading import Split, carve_off, load_examples, load_records, load_splits
+from mmfuse.data.loading import (
+    NO_SPLIT_FILE,
+    READ_BY_CONTENT,
+    Split,
+    carve_off,
+    load_examples,
+    load_records,
+    load_splits,
+)
 from mmfuse.data.report import Problem, SplitReport
 
 ExamplesLike = Sequence[Example] | Split | str | Path | pd.DataFrame | Sequence[Mapping] | Any
@@ -24,6 +33,7 @@ column mapping; relative image paths resolve against the working directory; an i
 bytes or ``datasets.Image`` values, written once to files, see :mod:`mmfuse.data.embedded`)."""
 
 _CONFIG_SUFFIXES = (".yaml", ".yml")
+_SAID_NOTES = (NO_SPLIT_FILE, READ_BY_CONTENT, "possible leak")  # report notes that training repeats as warnings
 
 
 @dataclass
@@ -167,16 +177,19 @@ def file_examples(
 ) -> Split:
     """Reads one data file (CSV, TSV, JSONL, Parquet) with the run's data config (columns, templates, label map).
 
-    A file inside the run's dataset root resolves its images against that root; a file elsewhere against its own
-    folder; either against ``image_root`` when it is given. Missing images become blanks (``image_present=False``)
-    rather than dropped rows, so every row of the file gets a prediction.
+    The file is read as what it is, whatever format the run's data had (``format: auto``): by its extension, or by
+    its content when that shows another format (the report's notes then say so, see
+    :func:`~mmfuse.data.readers.detect_format`). A file inside the run's dataset root resolves its images against
+    that root; a file elsewhere against its own folder; either against ``image_root`` when it is given. Missing
+    images become blanks (``image_present=False``) rather than dropped rows, so every row of the file gets a
+    prediction.
 
     Raises:
         FileNotFoundError: no such file.
     """
     path = Path(path)
     if data is not None and _in_data_root(path, data):
-        cfg = data.model_copy(update={"on_missing_image": "blank"})
+        cfg = data.model_copy(update={"on_missing_image": "blank", "format": "auto"})
         if image_root is None:
             return load_examples(path, cfg, labeled=labeled, image_cache=image_cache)
         path = path if path.is_absolute() else data.resolved_root() / path
@@ -185,7 +198,7 @@ def file_examples(
         raise FileNotFoundError(f"data file {str(path)!r} not found{where}; pass a CSV, TSV, JSONL or Parquet file")
     root = image_root or path.resolve().parent
     base = data or DataConfig(root=root, train=path.name)
-    cfg = base.model_copy(update={"root": root, "on_missing_image": "blank"})
+    cfg = base.model_copy(update={"root": root, "on_missing_image": "blank", "format": "auto"})
     return load_examples(path.resolve(), cfg, labeled=labeled, image_cache=image_cache)
 
 
@@ -276,12 +289,33 @@ def predictions_frame(
     return frame
 
 
+def unseen_labels(examples: Sequence[Example], classes: Sequence[str]) -> dict[str, int]:
+    """The labels of ``examples`` that are not among ``classes`` (the model's), with how many examples carry each,
+    most frequent first. Unlabeled examples count for nothing: labels are optional to predict."""
+    known = set(classes)
+    counts = Counter(e.label for e in examples if e.label is not None and e.label not in known)
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def unseen_labels_message(unseen: Mapping[str, int], total: int, classes: Sequence[str]) -> str:
+    """One warning naming the labels the model never saw (with their counts) and the classes it knows."""
+    n = sum(unseen.values())
+    shown = ", ".join(f"{label!r} ({count})" for label, count in list(unseen.items())[:10])
+    more = f" and {len(unseen) - 10} more" if len(unseen) > 10 else ""
+    return (
+        f"{n} of {total} examples carry a label the model never saw: {shown}{more}; it knows "
+        f"{', '.join(map(repr, classes))}. They are predicted as one of those; the labels are not used to predict "
+        "(`mmfuse evaluate` refuses them: map them with the data config's label_map, or retrain with these classes)"
+    )
+
+
 MIN_CLASS_EXAMPLES = 5
 """A class with fewer training examples than this gets a warning (often a label typo that became a class)."""
 
 
 def data_counts(reports: Mapping[str, SplitReport]) -> dict[str, dict[str, int]]:
-    """Per split: rows read, examples kept, and how many were left out (or blanked) for what, for ``summary.json``."""
+    """Per split: rows read, examples kept, how many were left out (or blanked) for what, and how many rows share
+    an id with another (kept), for ``summary.json``."""
     return {
         name: {
             "rows": r.rows,
@@ -294,15 +328,25 @@ def data_counts(reports: Mapping[str, SplitReport]) -> dict[str, dict[str, int]]
 
 _LEFT_OUT = {
     "bad_rows": "rows skipped as unreadable (on_bad_row: skip)",
-    "duplicate_ids": "rows dropped for an id seen before",
+    "duplicate_ids": "rows with an id that an earlier row has too (both kept; ids need not be unique)",
     "skipped_images": "examples dropped for a missing or unreadable image (on_missing_image: skip)",
     "blank_images": "examples kept with a blank image for a missing or unreadable one (on_missing_image: blank)",
 }
+_FLAGGED = {
+    "same_images": "examples with the same image file (byte for byte) as an earlier one (kept)",
+    "extension_mismatches": "images whose content is another format than their extension says (kept)",
+    "fallback_texts": "texts that were not UTF-8, decoded with a fallback encoding (kept)",
+    "replacement_chars": "texts holding U+FFFD, mangled before they reached this file (kept)",
+}
+"""Defects of kept examples: what ``mmfuse data check`` lists beside :data:`_LEFT_OUT`, said by training too."""
 
 
 def data_warnings(reports: Mapping[str, SplitReport], class_counts: Mapping[str, int]) -> list[str]:
-    """What a training run must say about its data: rows and images left out or blanked (how many, why, the first
-    few), splits that could not be stratified, and classes with fewer than :data:`MIN_CLASS_EXAMPLES` examples.
+    """What a training run must say about its data, as ``mmfuse data check`` does: rows and images left out or
+    blanked, rows sharing an id, and the defects of kept examples (how many, why, the first few); a split file that
+    is not UTF-8 or not in the format its extension says; a split the preset names that is not there; images or
+    ids shared with another split (possible leaks); splits that could not be stratified; classes with fewer than
+    :data:`MIN_CLASS_EXAMPLES` examples.
 
     Args:
         reports: the load reports of the splits trained on, by split name.
@@ -310,15 +354,18 @@ def data_warnings(reports: Mapping[str, SplitReport], class_counts: Mapping[str,
     """
     out = []
     for name, report in reports.items():
-        for kind, what in _LEFT_OUT.items():
+        for kind, what in {**_LEFT_OUT, **_FLAGGED}.items():
             problems = getattr(report, kind)
             if problems:
                 out.append(f"{name}: {len(problems)} of {report.rows} {what}: {_first(problems)}")
+        if report.file_encoding:
+            out.append(f"{name}: the file {report.source} is not UTF-8: decoded as {report.file_encoding}")
         out += [
             f"{name}: the seeded split is not stratified by label ({note}); class shares may differ between splits"
             for note in report.notes
             if "not stratified" in note
         ]
+        out += [f"{name}: {note}" for note in report.notes if any(m in note for m in _SAID_NOTES)]
     for label, count in class_counts.items():
         if count < MIN_CLASS_EXAMPLES:
             out.append(

@@ -36,6 +36,11 @@ _IMAGE_FIX = "fix the file, or set on_missing_image: skip (drop the example) or 
 
 WRITTEN_IMAGES = "were written to"
 """Words of the report note that says where images held in memory were written (what fit repeats in its notes)."""
+READ_BY_CONTENT = "from its content"
+"""Words of the report note of a file read in another format than its suffix or the config says (training repeats
+it among its data warnings, ``predict`` prints it)."""
+NO_SPLIT_FILE = "is not there"
+"""Words of the report note of a split that a preset names and the dataset folder does not have (it is left out)."""
 
 
 class ColumnKindError(BadRowError):
@@ -55,14 +60,14 @@ class Split:
         name: ``train``, ``val`` or ``test`` (or the file stem for :func:`load_examples`).
         examples: the usable examples, in file order.
         report: counts and defects.
-        image_digests: example id -> hash of its image file's bytes (when images were verified), to find the same
-            image under two ids, within and across splits.
+        image_digests: image path -> hash of the file's bytes (when images were verified), to find the same image
+            under two names, within and across splits (keyed by path, not id: ids need not be unique).
     """
 
     name: str
     examples: list[Example]
     report: SplitReport
-    image_digests: dict[str, str] = field(default_factory=dict, repr=False)
+    image_digests: dict[Path, str] = field(default_factory=dict, repr=False)
 
     @property
     def labels(self) -> list[str | None]:
@@ -109,6 +114,8 @@ def load_splits(cfg: DataConfig, *, strict: bool = True) -> dict[str, Split]:
             "without files (e.g. from MultimodalClassifier(label=..., text=..., image=...)) only says how to read rows "
             "passed to fit / predict"
         )
+    absent = _absent_preset_splits(cfg)
+    cfg = cfg.model_copy(update=dict.fromkeys(absent))  # as if never named: a missing val is carved off train
     splits: dict[str, Split] = {}
     for name in SPLIT_NAMES:
         file = getattr(cfg, name)
@@ -116,6 +123,15 @@ def load_splits(cfg: DataConfig, *, strict: bool = True) -> dict[str, Split]:
             splits[name] = load_examples(file, cfg, name=name)
     if "train" in splits:
         _carve(splits, cfg)
+    first = next(iter(splits.values()), None)
+    for name, file in absent.items():
+        instead = f"{cfg.split.val:g} of train is carved off for val" if name == "val" and cfg.split.val else ""
+        note = (
+            f"no {name} split: {file!r}, which the preset {cfg.preset!r} names, {NO_SPLIT_FILE}; "
+            f"{instead or f'the data has no {name} split'} (add the file, or set {name}: to another one)"
+        )
+        if first is not None:
+            first.report.notes.insert(0, note)
     _cross_check(splits)
     splits = {n: splits[n] for n in SPLIT_NAMES if n in splits}
     fatal = [f"{n}: {reason}" for n, s in splits.items() for reason in s.report.fatal]
@@ -225,6 +241,8 @@ def _load_raw(
     written = _write_embedded(raw, cfg, image_cache)
     _check_column_kinds(raw, cfg, labeled)
     report = SplitReport(name=name, source=source, labeled=labeled, rows=len(raw.rows), file_encoding=raw.encoding)
+    if raw.format_note is not None:
+        report.notes.append(raw.format_note)
     if row_ids:
         report.notes.append(
             f"no {cfg_id!r} column: each example's id is its row number (0-based); set columns.id to the column "
@@ -240,7 +258,7 @@ def _load_raw(
     candidates = _read_rows(raw, cfg, root, labeled, report, trusted)
     _check_images(candidates, cfg)
     examples = _apply_image_policy(candidates, cfg, report, file, root)
-    digests = {c.example.id: c.image_info.digest for c in candidates if c.image_info is not None}
+    digests = {c.example.image: c.image_info.digest for c in candidates if c.image_info and c.example.image}
     _same_images(candidates, digests, report)
     report.count_examples(examples)
     if not examples:
@@ -249,6 +267,22 @@ def _load_raw(
             f"{len(report.skipped_images)} without a usable image)"
         )
     return Split(name=report.name, examples=examples, report=report, image_digests=digests)
+
+
+def _absent_preset_splits(cfg: DataConfig) -> dict[str, str]:
+    """The val / test files that the config's preset names (and the config leaves as they are) and that are not
+    under the root: a preset describes a full release, and a folder may hold part of it (the public Hateful Memes
+    release has no test labels; a user's own data may have train and dev only). The train file is never optional."""
+    if cfg.preset is None:
+        return {}
+    from mmfuse.data.presets import PRESETS
+
+    preset, root = PRESETS.get(cfg.preset), _root(cfg)
+    return {
+        name: file
+        for name in ("val", "test")
+        if (file := getattr(cfg, name)) is not None and file == preset.get(name) and not (root / file).exists()
+    }
 
 
 def _root(cfg: DataConfig) -> Path:
@@ -390,7 +424,7 @@ def _check_column_kinds(raw: RawFile, cfg: DataConfig, labeled: bool) -> None:
 def _read_rows(
     raw: RawFile, cfg: DataConfig, root: Path, labeled: bool, report: SplitReport, trusted: Path | None = None
 ) -> list[_Candidate]:
-    seen: dict[str, str] = {}
+    seen: dict[str, _Candidate] = {}  # id -> the first row with it
     candidates: list[_Candidate] = []
     for index, row in enumerate(raw.rows):
         example_id: str | None = None
@@ -399,20 +433,24 @@ def _read_rows(
                 raise _RowError(row.error)
             assert row.values is not None
             example_id = _id(row.values, index, cfg)
-            if example_id in seen:
-                report.duplicate_ids.append(
-                    Problem(row.where, example_id, f"duplicate id (first at {seen[example_id]}); dropped")
-                )
-                continue
             candidate = _row_to_candidate(row.values, row.where, example_id, cfg, root, labeled, report, trusted)
         except _RowError as e:
             if cfg.on_bad_row == "error":
                 raise BadRowError(raw.path, row.where, str(e), _BAD_ROW_FIX) from None
             report.bad_rows.append(Problem(row.where, example_id, str(e)))
             continue
-        seen[example_id] = row.where
+        first = seen.setdefault(example_id, candidate)
+        if first is not candidate:  # kept: an id names a row for people; nothing downstream needs it unique
+            reason = f"id also at {first.where} ({_difference(first.example, candidate.example)}); both rows kept"
+            report.duplicate_ids.append(Problem(row.where, example_id, reason))
         candidates.append(candidate)
     return candidates
+
+
+def _difference(first: Example, again: Example) -> str:
+    """How a row with an id seen before differs from the first row with that id."""
+    differ = [name for name in ("text", "image", "label") if getattr(first, name) != getattr(again, name)]
+    return f"different {', '.join(differ)}" if differ else "same text, image and label"
 
 
 def _row_to_candidate(
@@ -593,11 +631,11 @@ def _apply_image_policy(
     return examples
 
 
-def _same_images(candidates: list[_Candidate], digests: dict[str, str], report: SplitReport) -> None:
+def _same_images(candidates: list[_Candidate], digests: dict[Path, str], report: SplitReport) -> None:
     """Reports examples whose image file has the same bytes as an earlier example's (kept: memes reuse images)."""
     first: dict[str, _Candidate] = {}
     for c in candidates:
-        digest = digests.get(c.example.id)
+        digest = digests.get(c.example.image) if c.example.image is not None else None
         if digest is None or c.image_error is not None:
             continue
         if digest not in first:
@@ -639,7 +677,10 @@ def carve_off(train: Split, fractions: Mapping[str, float], how: SplitConfig) ->
         remaining, taken, kind = _split_off(remaining, size, labels if stratify else None, how.seed)
         examples = [train.examples[i] for i in sorted(taken)]
         source = f"{train.report.source} ({fractions[name]:g} carved off, seed {how.seed}, {kind})"
-        report = SplitReport(name=name, source=source, labeled=train.report.labeled, rows=len(examples))
+        report = SplitReport(
+            name=name, source=source, labeled=train.report.labeled, rows=len(examples),
+            file_encoding=train.report.file_encoding,
+        )  # fmt: skip
         report.notes.append(f"defects met while reading the data are listed under {train.name}")
         report.count_examples(examples)
         out[name] = Split(name=name, examples=examples, report=report, image_digests=train.image_digests)
@@ -674,8 +715,8 @@ def _leaks(splits: dict[str, Split]) -> None:
         split = splits[name]
         for other in names[:i]:
             earlier = splits[other]
-            seen = {earlier.image_digests[e.id] for e in earlier.examples if e.id in earlier.image_digests}
-            shared = [e.id for e in split.examples if split.image_digests.get(e.id) in seen]
+            seen = {earlier.image_digests[e.image] for e in earlier.examples if e.image in earlier.image_digests}
+            shared = [e.id for e in split.examples if e.image is not None and split.image_digests.get(e.image) in seen]
             if shared:
                 split.report.notes.append(
                     f"{len(shared)} examples have the same image file as an example of {other} "

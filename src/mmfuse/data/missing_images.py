@@ -116,14 +116,16 @@ def missing_images(
         source: what was read, for messages.
         image_root: where relative image paths resolved, for messages.
     """
-    known = {p.id: p for p in report.blank_images} if report is not None else {}
+    known: dict[str | None, list[Problem]] = {}  # id -> its rows' problems in file order (ids need not be unique)
+    for p in report.blank_images if report is not None else []:
+        known.setdefault(p.id, []).append(p)
     blanked = []
     for i, e in enumerate(examples):
         has = bool(present[i]) if present is not None else e.image is not None and e.image.is_file()
         if has:
             continue
-        if e.id in known:
-            blanked.append(known[e.id])
+        if known.get(e.id):
+            blanked.append(known[e.id].pop(0))
         elif e.image is None:
             reason = "no image (none named, or missing or unreadable when the data was loaded)"
             blanked.append(Problem("", e.id, reason))

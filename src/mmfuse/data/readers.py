@@ -50,51 +50,98 @@ class RawRow:
 
 @dataclass
 class RawFile:
-    """All rows of one file, the fields it has, and the encoding it needed when not UTF-8."""
+    """All rows of one file, the fields it has, the encoding it needed when not UTF-8, and a note when it was read
+    in another format than its suffix or the config says (:func:`detect_format`)."""
 
     path: Path
     rows: list[RawRow] = field(default_factory=list)
     fields: list[str] = field(default_factory=list)
     encoding: str | None = None
     has_header: bool = False
+    format_note: str | None = None
 
 
-def detect_format(path: Path, fmt: str) -> str:
-    """``jsonl`` or ``csv``: ``fmt`` itself unless it is ``auto``, else by suffix.
+_FORMAT_NAMES = {"jsonl": "JSON lines", "csv": "CSV", "parquet": "Parquet"}
+
+
+def format_by_suffix(path: Path) -> str | None:
+    """``jsonl``, ``csv`` or ``parquet`` as the file's suffix says, or ``None`` for a suffix that says none."""
+    suffix = path.suffix.lower()
+    for fmt, suffixes in (("jsonl", JSONL_SUFFIXES), ("csv", CSV_SUFFIXES), ("parquet", PARQUET_SUFFIXES)):
+        if suffix in suffixes:
+            return fmt
+    return None
+
+
+def format_by_content(head: bytes) -> str | None:
+    """The format the first bytes of a file show: ``parquet`` (its magic number), ``jsonl`` (the first non-blank
+    character opens a JSON object or array), ``csv`` (a first line that is not JSON and holds a delimiter), or
+    ``None`` when they show none of these (an empty file, one column, binary data)."""
+    if head.startswith(b"PAR1"):
+        return "parquet"
+    text = head.decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")
+    if not text:
+        return None
+    if text[0] in "{[":
+        return "jsonl"
+    first = text.split("\n", 1)[0]
+    if "\ufffd" in first[:64] or "\x00" in first:
+        return None  # not text
+    return "csv" if any(d in first for d in _SNIFF_DELIMITERS) else None
+
+
+def detect_format(path: Path, fmt: str) -> tuple[str, str | None]:
+    """The format to read ``path`` with, and a note when it is not the one its suffix or ``fmt`` says.
+
+    The file's own content decides when it shows a format (:func:`format_by_content`): a CSV file given to a config
+    of ``format: jsonl`` (e.g. to ``predict`` with a run trained on JSON lines), or a file whose extension lies, is
+    read as what it holds, and the note says so. Otherwise ``fmt`` (unless ``auto``), else the suffix, decides; a
+    file said to be Parquet without Parquet's magic number is read as Parquet (and refused as a broken one).
 
     Raises:
-        ValueError: ``auto`` and a suffix that says neither.
+        ValueError: neither the content, ``fmt`` nor the suffix says a format.
     """
-    if fmt != "auto":
-        return fmt
-    suffix = path.suffix.lower()
-    if suffix in JSONL_SUFFIXES:
-        return "jsonl"
-    if suffix in CSV_SUFFIXES:
-        return "csv"
-    if suffix in PARQUET_SUFFIXES:
-        return "parquet"
-    raise ValueError(
-        f"cannot tell the format of {str(path)!r} from its suffix {suffix!r} (jsonl: {', '.join(JSONL_SUFFIXES)};"
-        f" csv: {', '.join(CSV_SUFFIXES)}; parquet: {', '.join(PARQUET_SUFFIXES)}); set format: jsonl, csv or "
-        "parquet"
+    expected = fmt if fmt != "auto" else format_by_suffix(path)
+    with path.open("rb") as f:
+        content = format_by_content(f.read(4096))
+    if content is None or content == expected or expected == "parquet":  # Parquet without its magic: broken
+        if expected is None:
+            raise ValueError(
+                f"cannot tell the format of {str(path)!r}: its suffix {path.suffix!r} says none (jsonl: "
+                f"{', '.join(JSONL_SUFFIXES)}; csv: {', '.join(CSV_SUFFIXES)}; parquet: {', '.join(PARQUET_SUFFIXES)}) "
+                "and its first line is not JSON nor delimited text; rename the file or set format: jsonl, csv or "
+                "parquet"
+            )
+        return expected, None
+    said = f"format: {fmt} in the data config" if fmt != "auto" else f"its extension {path.suffix!r}"
+    if expected is None:
+        said = f"its extension {path.suffix!r} says no format"
+        return content, f"{str(path)!r} read as {_FORMAT_NAMES[content]}, from its content ({said})"
+    return content, (
+        f"{str(path)!r} holds {_FORMAT_NAMES[content]}, not {_FORMAT_NAMES[expected]} as {said} says: "
+        f"read as {_FORMAT_NAMES[content]} (from its content)"
     )
 
 
 def read_file(path: Path, fmt: str, *, delimiter: str | None = None, fallback_encodings: Sequence[str] = ()) -> RawFile:
-    """Reads every row of ``path`` (``fmt`` is ``jsonl``, ``csv``, ``parquet`` or ``auto``).
+    """Reads every row of ``path`` (``fmt`` is ``jsonl``, ``csv``, ``parquet`` or ``auto``; the file's content
+    overrides it, see :func:`detect_format`, and ``RawFile.format_note`` then says so).
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: unknown format; a CSV file with no header; a file that is not Parquet read as Parquet.
+        ValueError: a format that neither the content, ``fmt`` nor the suffix says; a CSV file with no header; a
+            file that is not Parquet read as Parquet.
     """
     if not path.is_file():
         raise FileNotFoundError(f"split file {str(path)!r} not found; check root and the split file names")
-    if detect_format(path, fmt) == "parquet":
-        return _read_parquet(path)
-    text, encoding = decode_text(path.read_bytes(), fallback_encodings)
-    raw = _read_jsonl(path, text) if detect_format(path, fmt) == "jsonl" else _read_csv(path, text, delimiter)
-    raw.encoding = encoding
+    found, note = detect_format(path, fmt)
+    if found == "parquet":
+        raw = _read_parquet(path)
+    else:
+        text, encoding = decode_text(path.read_bytes(), fallback_encodings)
+        raw = _read_jsonl(path, text) if found == "jsonl" else _read_csv(path, text, delimiter)
+        raw.encoding = encoding
+    raw.format_note = note
     return raw
 
 

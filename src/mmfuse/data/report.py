@@ -44,7 +44,8 @@ class SplitReport:
         rows: non-blank rows read from the file (for a carved split: the examples it received).
         examples: examples kept.
         bad_rows: rows dropped as unreadable (``on_bad_row: skip``).
-        duplicate_ids: later rows with an id already seen (dropped; the first one is kept).
+        duplicate_ids: later rows with an id already seen (kept: ids need not be unique), and how they differ from
+            the first row with that id.
         same_images: examples whose image file has the same bytes as an earlier example's (kept), with whether
             the text is the same too and whether the labels conflict.
         skipped_images: examples dropped for a missing/unreadable image (``on_missing_image: skip``).

@@ -245,7 +245,7 @@ def _training_data_notes(summary: dict[str, Any]) -> str:
         body += f'<div class="warn"><b>Training warned about its data</b><ul>{items}</ul></div>'
     if counts:
         kinds = ["bad_rows", "duplicate_ids", "skipped_images", "blank_images"]
-        header = ["split", "rows read", "examples used", "bad rows skipped", "duplicate ids dropped",
+        header = ["split", "rows read", "examples used", "bad rows skipped", "duplicate ids (kept)",
                   "images missing: dropped", "images missing: blank"]  # fmt: skip
         rows = [[name, c.get("rows"), c.get("examples"), *(c.get(k, 0) for k in kinds)] for name, c in counts.items()]
         body += H.table(header, rows, numeric=[False, *([True] * 6)])
