@@ -32,7 +32,15 @@ from mmfuse.report import plots
 if TYPE_CHECKING:
     from mmfuse.model.explain import Explanation
 
-__all__ = ["MAX_WORD_MAPS", "encoder_crop", "explanation_figure", "load_picture", "words_markup", "write_explanations"]
+__all__ = [
+    "MAX_WORD_MAPS",
+    "SCALE_FLOOR",
+    "encoder_crop",
+    "explanation_figure",
+    "load_picture",
+    "words_markup",
+    "write_explanations",
+]
 
 MAX_WORD_MAPS = 6
 """Word × region maps drawn per example (the words of largest contribution); the JSON holds every word's."""
@@ -41,6 +49,15 @@ MAX_WORD_BARS = 40
 """Word bars drawn per example (the words of largest absolute contribution); the JSON holds every word's."""
 
 _ALPHA = 0.55
+
+SCALE_FLOOR = 0.01
+"""Contributions are coloured on a scale that saturates at the largest one, or at this (one point of probability)
+when all are smaller, so that changes of no consequence stay faint."""
+
+
+def _num(value: float) -> str:
+    """A contribution for people: 3 decimals, or 2 significant digits when smaller than that shows."""
+    return f"{value:+.3f}" if value == 0 or abs(value) >= 5e-4 else f"{value:+.1e}"
 
 
 def encoder_crop(model: Any) -> float | None:
@@ -83,7 +100,7 @@ def _overlay(ax: Any, picture: np.ndarray | None, heat: np.ndarray | None, crop:
     if heat is not None and heat.size:
         heat = np.asarray(heat, dtype=float)
         if signed:
-            m = max(float(np.abs(heat).max()), 1e-9)
+            m = max(float(np.abs(heat).max()), SCALE_FLOOR)
             kw = {"cmap": "RdBu_r", "vmin": -m, "vmax": m}
         else:
             kw = {"cmap": "inferno", "vmin": 0.0, "vmax": max(float(heat.max()), 1e-9)}
@@ -117,6 +134,8 @@ def _word_bars(ax: Any, explanation: Explanation) -> str:
         label.set_parse_math(False)
     ax.invert_yaxis()
     ax.axvline(0, color="#616e7c", linewidth=0.8)
+    low, high = ax.get_xlim()
+    ax.set_xlim(min(low, -SCALE_FLOOR), max(high, SCALE_FLOOR))  # changes of no consequence look small
     ax.set_xlabel(f"contribution to P({explanation.label})", fontsize=9)
     ax.set_title("What each piece adds: P(label) minus P(label) without it", fontsize=10)
     ax.tick_params(axis="x", labelsize=9)
@@ -165,7 +184,7 @@ def explanation_figure(explanation: Explanation, picture: np.ndarray | None, cro
         assert explanation.word_attention is not None
         sub = grid[2].subgridspec(1, MAX_WORD_MAPS)
         for k, i in enumerate(word_maps):
-            title = f"{explanation.words[i][:16]} ({explanation.word_contributions[i]:+.3f})"
+            title = f"{explanation.words[i][:16]} ({_num(explanation.word_contributions[i])})"
             _overlay(fig.add_subplot(sub[k]), picture, explanation.word_attention[i], crop, signed=False, title=title)
     truth = f" · true {explanation.true_label}" if explanation.true_label is not None else ""
     head = f"{explanation.id}: predicted {explanation.label} (P = {explanation.probability:.3f}){truth}"
@@ -185,7 +204,7 @@ def words_markup(explanation: Explanation) -> str:
     """The text as HTML, each word shaded by its contribution (red supports the label, blue opposes it; the
     number in its tooltip), words the model never read struck through."""
     contrib = np.asarray(explanation.word_contributions, dtype=float)
-    scale = max(float(np.abs(contrib).max()) if contrib.size else 0.0, 1e-9)
+    scale = max(float(np.abs(contrib).max()) if contrib.size else 0.0, SCALE_FLOOR)
     spans = []
     for word, value, read in zip(explanation.words, contrib, explanation.words_read, strict=True):
         strength = min(abs(value) / scale, 1.0) * 0.6
@@ -193,7 +212,7 @@ def words_markup(explanation: Explanation) -> str:
         style = f"background:{colour};padding:1px 2px;border-radius:3px" + (
             "" if read else ";text-decoration:line-through"
         )
-        tip = f"{value:+.4f}" + ("" if read else " (not read: past the text encoder's max_length)")
+        tip = _num(value) + ("" if read else " (not read: past the text encoder's max_length)")
         spans.append(f'<span style="{style}" title="{H.esc(tip)}">{H.esc(word)}</span>')
     return " ".join(spans) if spans else "<i>(empty text)</i>"
 
@@ -210,14 +229,14 @@ def _example_section(n: int, explanation: Explanation, png: Path) -> tuple[str, 
     rows = [
         ["predicted", f"{explanation.label} (P = {explanation.probability:.3f})"],
         ["true label", explanation.true_label if explanation.true_label is not None else "(none)"],
-        ["without the text", f"P changes by {-explanation.text_contribution:+.3f}"],
-        ["without the image", f"P changes by {-explanation.image_contribution:+.3f}"],
-        ["strongest words", ", ".join(f"{w} {c:+.3f}" for w, c in top) or "(none)"],
+        ["without the text", f"P changes by {_num(-explanation.text_contribution)}"],
+        ["without the image", f"P changes by {_num(-explanation.image_contribution)}"],
+        ["strongest words", ", ".join(f"{w} {_num(c)}" for w, c in top) or "(none)"],
     ]
     notes = "".join(f"<li>{H.esc(n)}</li>" for n in explanation.notes)
     body = (
         f'<p style="font-size:16px;line-height:1.9">{words_markup(explanation)}</p>'
-        + H.table(["", ""], rows, numeric=[False, False])
+        + H.table(["", "value"], rows, numeric=[False, False])
         + (f'<div class="warn"><ul>{notes}</ul></div>' if notes else "")
         + H.figure(png, alt=f"explanation of example {explanation.id}")
     )
@@ -229,8 +248,9 @@ _LEAD = (
     "A contribution is the predicted class's probability minus its probability without the piece: a word dropped "
     "from the text, a region of the model's input image set to the blank that stands in for a missing image, the "
     "whole text (empty) or the whole image (the missing-image path). Red supports the prediction, blue opposes it. "
-    "Attention (cross_attention heads) shows where the head looked; where it differs from the occlusion map, "
-    "attention is not the explanation."
+    f"Colours saturate at the largest change, or at {SCALE_FLOOR:g} when all are smaller. Attention "
+    "(cross_attention heads) shows where the head looked; where it differs from the occlusion map, attention is not "
+    "the explanation."
 )
 
 
