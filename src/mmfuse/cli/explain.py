@@ -60,7 +60,7 @@ def explain(
         clf = MultimodalClassifier.load(run, checkpoint=checkpoint)
         examples = _examples(clf, data)
         log = lambda line: typer.echo(line, err=True)  # noqa: E731
-        explanations = clf.explain(examples, wanted, grid=cells)
+        explanations = clf.explain(examples, wanted, grid=cells, progress=log)
         folder = out if out is not None else run / "explain"
         page = write_explanations(
             explanations, folder, crop=encoder_crop(clf.model), title=f"Explanations · {run.resolve().name}",

@@ -23,7 +23,7 @@ describes the model alone (:class:`~mmfuse.model.ModelSpec`), the training confi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -313,6 +313,7 @@ class MultimodalClassifier:
         *,
         threshold: float | None = None,
         grid: tuple[int, int] | None = None,
+        progress: Callable[[str], None] | None = None,
     ) -> list[Explanation]:
         """Why the model labelled the examples ``ids`` of ``examples`` as it did: per example an
         :class:`~mmfuse.model.explain.Explanation` with each word's and each image region's contribution (the fall
@@ -320,7 +321,7 @@ class MultimodalClassifier:
         contribution, and for heads with attention (``cross_attention``) each word's attention over the regions.
 
         ``threshold`` decides binary labels as in :meth:`predict`; ``grid`` sets the occlusion cells (default: the
-        image encoder's grid). ``mmfuse explain`` draws the same numbers
+        image encoder's grid); ``progress`` is called with a line per example. ``mmfuse explain`` draws the same numbers
         (:func:`mmfuse.report.explain.write_explanations`).
 
         Raises:
@@ -328,7 +329,7 @@ class MultimodalClassifier:
         """
         from mmfuse.model.explain import explain_examples
 
-        return explain_examples(self.predictor(), examples, ids, threshold=threshold, grid=grid)
+        return explain_examples(self.predictor(), examples, ids, threshold=threshold, grid=grid, progress=progress)
 
     def predictions_table(
         self, examples: ExamplesLike, *, threshold: float | None = None, max_missing_images: float | None = None

@@ -183,8 +183,11 @@ def explain_examples(
     wanted = list(dict.fromkeys(str(i) for i in ids))
     if not wanted:
         raise ValueError("no ids to explain; pass the ids of one or more examples")
-    if grid is not None and (len(grid) != 2 or any(isinstance(g, bool) or int(g) != g or g < 1 for g in grid)):
+    if grid is not None and (
+        len(grid) != 2 or any(not isinstance(g, (int, np.integer)) or isinstance(g, bool) or g < 1 for g in grid)
+    ):
         raise ValueError(f"grid must be two positive ints (rows, cols), got {grid!r}")
+    cells = None if grid is None else (int(grid[0]), int(grid[1]))
     for modality in ("text", "image"):
         encoder = getattr(predictor.model, f"{modality}_encoder", None)
         if getattr(encoder, "reads_example_ids", False):
@@ -200,7 +203,7 @@ def explain_examples(
     runner = _Runner(predictor)
     out = []
     for n, example_id in enumerate(wanted, 1):
-        explanation = runner.explain(by_id[example_id], threshold=threshold, grid=grid)
+        explanation = runner.explain(by_id[example_id], threshold=threshold, grid=cells)
         if progress is not None:
             progress(
                 f"explained {n}/{len(wanted)}: {example_id} -> {explanation.label} ({explanation.probability:.3f})"
