@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,8 @@ from typer.testing import CliRunner
 
 from mmfuse.cli import app
 from mmfuse.engine.classifier import MultimodalClassifier
+from mmfuse.model.explain import Explanation
+from mmfuse.report.explain import MAX_WORD_BARS, MAX_WORD_MAPS, explanation_figure, words_markup
 
 
 def _val_ids(root: Path, k: int) -> list[str]:
@@ -88,3 +91,38 @@ def test_a_data_file_and_another_grid(binary_run: Path, binary_root: Path, tmp_p
     [example] = json.loads((out / "explanations.json").read_text())["examples"]
     assert example["regions"]["grid"] == [2, 3]
     assert np.asarray(example["attention"]["words"]).shape[1:] == (4, 4)  # attention stays on the encoder's grid
+
+
+def _explanation(n_words: int, *, attention: bool) -> Explanation:
+    """A hand-made explanation (no model): ``n_words`` words, the last one not read, a 2 × 3 grid."""
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(n_words - 1)] + ["<b>late</b>"]
+    per_word = rng.dirichlet(np.ones(6), size=n_words).reshape(n_words, 2, 3) if attention else None
+    return Explanation(
+        id="x/1", text=" ".join(words), image=None, image_present=False, label="a", true_label="b", probability=0.7,
+        probabilities={"a": 0.7, "b": 0.3}, words=words, word_contributions=rng.normal(0, 0.1, n_words),
+        region_contributions=rng.normal(0, 0.05, (2, 3)), text_contribution=0.4, image_contribution=-0.1,
+        words_read=np.array([True] * (n_words - 1) + [False]), word_attention=per_word,
+        attention=per_word.mean(axis=0) if per_word is not None else None, notes=["a note <i>"],
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(("n_words", "attention"), [(5, True), (60, False)])
+def test_the_panel_draws_what_the_explanation_has(n_words: int, attention: bool) -> None:
+    explanation = _explanation(n_words, attention=attention)
+    fig = explanation_figure(explanation, None)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert "no image (blank)" in titles and "occlusion: blanking each of 2×3 regions" in titles
+    assert ("attention (mean over the text's tokens)" in titles) == attention
+    # one attention map per read word, at most MAX_WORD_MAPS: w0..w3 here (the last word was not read)
+    maps = [t for t in titles if re.fullmatch(r"w\d+ \(.*\)", t)]
+    assert len(maps) == (min(n_words - 1, MAX_WORD_MAPS) if attention else 0)
+    title = fig._suptitle.get_text()  # type: ignore[union-attr]
+    assert "x/1: predicted a (P = 0.700)" in title
+    assert (f"{MAX_WORD_BARS} of {n_words} words shown" in title) == (n_words > MAX_WORD_BARS)
+
+
+def test_words_markup_escapes_and_marks_unread_words() -> None:
+    markup = words_markup(_explanation(4, attention=False))
+    assert "&lt;b&gt;late&lt;/b&gt;" in markup and "<b>" not in markup
+    assert markup.count("line-through") == 1 and "not read" in markup
