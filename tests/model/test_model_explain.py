@@ -104,6 +104,7 @@ def test_cross_attention_gives_each_word_its_attention_over_the_regions(examples
     # each read word's row: the mean of softmax rows (float32) summing to 1
     np.testing.assert_allclose(sums[:4], 1.0, atol=1e-5)
     assert np.all(e.word_attention[4:] == 0.0)
+    assert np.all(e.word_contributions[4:] == 0.0)  # dropping them leaves the model's input as it was
     np.testing.assert_allclose(e.attention.sum(), 1.0, atol=1e-9)
     assert any("never reached the model" in n and "'night'" in n for n in e.notes)
 

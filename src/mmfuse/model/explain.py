@@ -8,7 +8,8 @@ prediction; negative: it speaks against it; 0: the model did not use it.
 
 - **Words**: the text split at whitespace; each word in turn is *dropped* from the text (not replaced by a mask
   token: not every tokenizer has one, and a dropped word is what the text would be without it), and the text is
-  tokenized again.
+  tokenized again. A word that never reached the model (past the text encoder's ``max_length``) contributes 0
+  and is not re-run: without it the model's input is the same.
 - **Image regions**: the model's input image (after the image encoder's own resize and crop) is cut into the cells
   of the image encoder's grid (``EncoderOutput.grid``, the ``h × w`` cells a ``cross_attention`` head attends over;
   :data:`FALLBACK_GRID` for an encoder that reports none, or the ``grid`` asked for), and each cell in turn is set
@@ -81,7 +82,8 @@ class Explanation:
         probability: ``P(label | example)``.
         probabilities: class name -> probability.
         words: the text's words (split at whitespace), in order.
-        word_contributions: ``(len(words),)`` the fall of ``P(label)`` when each word is dropped.
+        word_contributions: ``(len(words),)`` the fall of ``P(label)`` when each word is dropped (0 for a word not
+            read).
         region_contributions: ``(h, w)`` the fall of ``P(label)`` when each cell of the model's input image is
             blanked (row-major, top-left first; ``1 × 1`` zero for a head that reads no image).
         text_contribution: the fall of ``P(label)`` with an empty text.
@@ -264,12 +266,20 @@ class _Runner:
         label = int(predict_labels(full[None], threshold)[0])
         p = float(full[label])
 
+        spans = self._spans(words, notes)
+        read = (
+            np.array([b > a for a, b in spans], dtype=bool)
+            if spans is not None
+            else np.full(len(words), self.uses_text)
+        )
         word_contrib = np.zeros(len(words))
         text_contrib = 0.0
         if self.uses_text and words:
-            dropped = [" ".join(words[:i] + words[i + 1 :]) for i in range(len(words))]
+            # a word that never reached the model (past max_length) leaves the input as it was: 0, not re-run
+            kept = [i for i in range(len(words)) if read[i]]
+            dropped = [" ".join(words[:i] + words[i + 1 :]) for i in kept]
             probs, _ = self.run([(t, pixels, present) for t in [*dropped, ""]])
-            word_contrib = p - probs[:-1, label]
+            word_contrib[kept] = p - probs[:-1, label]
             text_contrib = p - float(probs[-1, label])
         elif not self.uses_text:
             notes.append(f"the {self.predictor.head} head reads no text: every word contributes 0")
@@ -292,7 +302,7 @@ class _Runner:
             regions = (p - probs[:-1, label]).reshape(cells)
             image_contrib = p - float(probs[-1, label])
 
-        words_read, word_att, attention = self._attention(text, words, out, notes)
+        word_att, attention = self._attention(text, words, spans, out, notes)
         return Explanation(
             id=example.id,
             text=text,
@@ -307,7 +317,7 @@ class _Runner:
             region_contributions=np.asarray(regions, dtype=np.float64),
             text_contribution=float(text_contrib),
             image_contribution=float(image_contrib),
-            words_read=words_read,
+            words_read=read,
             word_attention=word_att,
             attention=attention,
             notes=notes,
@@ -340,27 +350,34 @@ class _Runner:
                 found = self.model.image_encoder(pixels[None].to(self.predictor.device)).grid
         return (int(found[0]), int(found[1])) if found is not None else FALLBACK_GRID
 
-    def _attention(
-        self, text: str, words: list[str], out: Any, notes: list[str]
-    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """``(words read, word × region attention (W, h, w), mean attention (h, w))`` of the head's output."""
+    def _spans(self, words: list[str], notes: list[str]) -> list[tuple[int, int]] | None:
+        """Each word's ``[start, end)`` token positions (empty: the model never read it, noted), or ``None`` when
+        the head reads no text or the tokenizer's tokens do not follow the words (noted)."""
         tokenize = getattr(getattr(self.model, "text_encoder", None), "tokenize", None)
         if tokenize is None or not self.uses_text:
-            return np.zeros(len(words), dtype=bool), None, None
+            return None
         try:
             spans = word_token_spans(tokenize, words)
         except ValueError as e:
-            notes.append(f"no word x region view and no words-read check: {e}")
-            return np.ones(len(words), dtype=bool), None, None
-        read = np.array([b > a for a, b in spans], dtype=bool)
-        unread = [w for w, r in zip(words, read, strict=True) if not r]
+            notes.append(f"no word x region view, every word taken as read: {e}")
+            return None
+        unread = [w for w, (a, b) in zip(words, spans, strict=True) if b <= a]
         if unread:
             shown = ", ".join(map(repr, unread[:8])) + (" ..." if len(unread) > 8 else "")
             notes.append(f"{len(unread)} of {len(words)} words never reached the model (past the text encoder's "
-                         f"max_length, or no tokens): {shown}")  # fmt: skip
+                         f"max_length, or no tokens), so they contribute 0: {shown}")  # fmt: skip
+        return spans
+
+    def _attention(
+        self, text: str, words: list[str], spans: list[tuple[int, int]] | None, out: Any, notes: list[str]
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """``(word × region attention (W, h, w), mean attention (h, w))`` of the head's output."""
+        if not self.uses_text:
+            return None, None
+        tokenize = self.model.text_encoder.tokenize
         att = getattr(out, "attention", None)
         if att is None:
-            return read, None, None
+            return None, None
         rows = att[0].float().cpu().numpy()  # (T, N): this example alone, so no padding of batch-mates
         n = rows.shape[1]
         size = self.predictor.image_size()
@@ -369,12 +386,14 @@ class _Runner:
         mean = attention_grid(rows[None], mask if mask.shape[1] == rows.shape[0] else None, size, cells)[0]
         if rows.shape[0] == 1:  # one pooled query, not one row per token: no word view
             notes.append("the head's attention has one pooled query, not one per token: no word x region view")
-            return read, None, mean
+            return None, mean
+        if spans is None:
+            return None, mean
         per_word = np.zeros((len(words), n))
         for k, (a, b) in enumerate(spans):
             if b > a:
                 per_word[k] = rows[a:b].mean(axis=0)
-        return read, per_word.reshape(len(words), int(cells[0]), int(cells[1])), mean
+        return per_word.reshape(len(words), int(cells[0]), int(cells[1])), mean
 
 
 def occluded(pixels: torch.Tensor, cells: tuple[int, int]) -> list[torch.Tensor]:
