@@ -43,11 +43,11 @@ def _options(
 
 
 def _attach() -> None:
-    from mmfuse.cli import cache, config, data, report, run, serve, sweep
+    from mmfuse.cli import cache, config, data, explain, report, run, serve, sweep
 
     app.add_typer(data.app, name="data")
     app.add_typer(config.app, name="config")
-    for module in (run, cache, sweep, report, serve):
+    for module in (run, cache, sweep, report, explain, serve):
         module.register(app)
 
 

@@ -23,7 +23,7 @@ describes the model alone (:class:`~mmfuse.model.ModelSpec`), the training confi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ from mmfuse.engine.run_dir import RunDir
 from mmfuse.engine.trainer import EpochCallback, Trainer
 from mmfuse.features import FeatureSource
 from mmfuse.model import checkpoint as ckpt
+from mmfuse.model.explain import Explanation
 from mmfuse.model.prediction import Prediction
 from mmfuse.model.predictor import TorchPredictor
 from mmfuse.model.spec import ModelSpec
@@ -306,6 +307,31 @@ class MultimodalClassifier:
         """Per example a :class:`~mmfuse.model.prediction.Prediction`: id, label, probabilities, whether its image
         was read, and where the head has them, the attention grid over image regions and image reliance."""
         return self.predictor().predict_examples(examples, threshold=threshold, max_missing_images=max_missing_images)
+
+    def explain(
+        self,
+        examples: ExamplesLike,
+        ids: Sequence[str],
+        *,
+        threshold: float | None = None,
+        grid: tuple[int, int] | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> list[Explanation]:
+        """Why the model labelled the examples ``ids`` of ``examples`` as it did: per example an
+        :class:`~mmfuse.model.explain.Explanation` with each word's and each image region's contribution (the fall
+        of the predicted class's probability when it is dropped or blanked), the text's and the image's
+        contribution, and for heads with attention (``cross_attention``) each word's attention over the regions.
+
+        ``threshold`` decides binary labels as in :meth:`predict`; ``grid`` sets the occlusion cells (default: the
+        image encoder's grid); ``progress`` is called with a line per example. ``mmfuse explain`` draws the same numbers
+        (:func:`mmfuse.report.explain.write_explanations`).
+
+        Raises:
+            UnknownIdsError: ids not in ``examples`` (a ``ValueError`` naming them).
+        """
+        from mmfuse.model.explain import explain_examples
+
+        return explain_examples(self.predictor(), examples, ids, threshold=threshold, grid=grid, progress=progress)
 
     def predictions_table(
         self, examples: ExamplesLike, *, threshold: float | None = None, max_missing_images: float | None = None
