@@ -18,6 +18,7 @@ The header is parsed here without torch, so ``mmfuse cache ls`` stays light.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import struct
@@ -28,6 +29,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from mmfuse._writable import error_code
 
 if TYPE_CHECKING:
     import torch
@@ -108,8 +111,11 @@ def write_shard(folder: Path, table: FeatureTable, keys: list[str], *, identity:
     """Writes ``table`` (one row per key) as a new shard in ``folder``, atomically.
 
     Raises:
-        OSError: the folder cannot be written (full disk, read-only); no partial file is left behind.
+        OSError: the folder cannot be written (full disk, read-only); no partial file is left behind. safetensors'
+            own ``SafetensorError`` for a failed write is raised as the ``OSError`` it wraps (its error number,
+            the shard's path).
     """
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     assert len(keys) == len(table), f"{len(keys)} keys for {len(table)} rows"
@@ -142,8 +148,12 @@ def write_shard(folder: Path, table: FeatureTable, keys: list[str], *, identity:
     try:
         save_file(tensors, str(tmp), metadata=metadata)
         os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as e:
+        with contextlib.suppress(OSError):  # never made (a read-only folder), or gone already
+            tmp.unlink()
+        if isinstance(e, SafetensorError):  # "Error while serializing: I/O error: ... (os error 28)"
+            code = error_code(e)
+            raise OSError(code, os.strerror(code) if code is not None else str(e), str(final)) from None
         raise
     shapes = {name: tuple(t.shape) for name, t in tensors.items()}
     grid = (int(table.grid[0]), int(table.grid[1])) if "grid" in metadata and table.grid is not None else None

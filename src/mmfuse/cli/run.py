@@ -10,6 +10,9 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from mmfuse._writable import atomic_path, check_writable, write_text_atomic
+from mmfuse.cli._errors import write_failure
+
 # markup=False: messages quote paths, ids and labels from the data, in which rich would read [...] as markup
 _console = Console(markup=False)
 _errors_console = Console(stderr=True, markup=False)
@@ -22,7 +25,8 @@ def _error(error: Exception) -> None:
 
 @contextmanager
 def _user_errors() -> Iterator[None]:
-    """Bad configs, files or checkpoints end the command with their message (exit 2); a diverged run with 1."""
+    """Bad configs, files or checkpoints, and writes that fail for lack of space or permission, end the command
+    with their message (exit 2); a diverged run with 1."""
     from mmfuse.engine.trainer import NonFiniteLossError
 
     try:
@@ -32,6 +36,11 @@ def _user_errors() -> Iterator[None]:
         raise typer.Exit(1) from None
     except (ValueError, FileNotFoundError) as e:
         _error(e)
+        raise typer.Exit(2) from None
+    except Exception as e:
+        if (failure := write_failure(e)) is None:
+            raise
+        _error(failure)
         raise typer.Exit(2) from None
 
 
@@ -90,6 +99,8 @@ def evaluate(
     from mmfuse.sweep.ensemble import load_predictor
 
     with _user_errors(), _warnings_to_stderr():
+        if json_out is not None:
+            _check_out(json_out, "results file", "--json")  # before the model is loaded
         clf = load_predictor(run, checkpoint=checkpoint)
         examples = split_examples(split, clf.config.data, data)
         if split is None and data is None:
@@ -99,7 +110,9 @@ def evaluate(
         result = clf.evaluate(examples, name=name, max_missing_images=max_missing_images)
     _console.print(evaluation_view(result))
     if json_out is not None:
-        json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        with _user_errors():
+            text = json.dumps(result, indent=2) + "\n"
+            write_text_atomic(json_out, text, what="results file", fix=_elsewhere("--json"))
 
 
 def predict(
@@ -119,15 +132,28 @@ def predict(
     from mmfuse.sweep.ensemble import load_predictor
 
     with _user_errors(), _warnings_to_stderr():
+        _check_out(out, "predictions file", "--out")  # before the model is loaded
         clf = load_predictor(run, checkpoint=checkpoint)
         frame = clf.predictions_table(
             data, threshold=_threshold(threshold, clf.threshold), max_missing_images=max_missing_images
         )
-        out.parent.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(out, index=False)
+        with atomic_path(out, what="predictions file", fix=_elsewhere("--out")) as tmp:
+            frame.to_csv(tmp, index=False)
     blank = int((~frame["image_present"]).sum()) if "image_present" in frame else 0
     without = f" ({blank} from a blank image: image_present false)" if blank else ""
     _errors_console.print(f"wrote {len(frame)} predictions to {out}{without}", highlight=False, soft_wrap=True)
+
+
+def _elsewhere(option: str) -> str:
+    return f"pass {option} a path in a writable folder"
+
+
+def _check_out(path: Path, what: str, option: str) -> None:
+    """The folder of an output file is made and proved writable before the work that fills it; a folder named as
+    the file is refused."""
+    if path.is_dir():
+        raise ValueError(f"{option} {str(path)!r} is a folder; pass the path of the file to write")
+    check_writable(path.parent, what=f"the folder of the {what}", fix=_elsewhere(option))
 
 
 @contextmanager
