@@ -24,6 +24,11 @@ WRITE_ERRNOS = frozenset(
 )
 """Error numbers of a place that cannot be written: full, read-only, not permitted."""
 
+FAULT_ENV = "MMFUSE_TEST_UNWRITABLE"
+"""A test hook for machines where a test cannot mount a read-only or a full filesystem: ``ERRNO:FOLDER``
+(``EROFS:/tmp/x``, ``ENOSPC:/tmp/x``) makes every write this module checks or makes under ``FOLDER`` fail with that
+error, and a full disk (``ENOSPC``) report no free space. Unset, it costs one environment lookup."""
+
 TMP_PREFIX = ".tmp-"
 """Prefix of the temporary files :func:`atomic_path` writes before renaming them into place."""
 
@@ -88,6 +93,26 @@ def unwritable(error: BaseException, path: str | os.PathLike[str], *, what: str,
     return UnwritableError(where, reason_of(error), error_code(error), what=what, fix=fix)
 
 
+def injected_fault(path: str | os.PathLike[str]) -> int | None:
+    """The error number :data:`FAULT_ENV` injects for writes under ``path``, or ``None``."""
+    raw = os.environ.get(FAULT_ENV, "")
+    if not raw:
+        return None
+    name, _, folder = raw.partition(":")
+    code = getattr(errno, name, None)
+    if code is None or not folder:
+        raise ValueError(f"{FAULT_ENV}={raw!r}: expected ERRNO:FOLDER, e.g. ENOSPC:/tmp/full")
+    inside = Path(path).absolute()
+    return code if inside == Path(folder).absolute() or Path(folder).absolute() in inside.parents else None
+
+
+def raise_injected(path: str | os.PathLike[str]) -> None:
+    """Raises the ``OSError`` :data:`FAULT_ENV` injects for a write of ``path``, if any."""
+    code = injected_fault(path)
+    if code is not None:
+        raise OSError(code, os.strerror(code), str(path))
+
+
 def check_writable(folder: str | os.PathLike[str], *, what: str, fix: str) -> Path:
     """Makes ``folder`` (and its parents) and proves it writable by creating and removing a small file in it.
 
@@ -102,6 +127,7 @@ def check_writable(folder: str | os.PathLike[str], *, what: str, fix: str) -> Pa
     folder = Path(folder)
     probe = folder / f"{TMP_PREFIX}probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
+        raise_injected(probe)
         folder.mkdir(parents=True, exist_ok=True)
         with open(probe, "wb") as f:
             f.write(b"\0")
@@ -119,6 +145,8 @@ def check_writable(folder: str | os.PathLike[str], *, what: str, fix: str) -> Pa
 def free_bytes(path: str | os.PathLike[str]) -> int | None:
     """Free bytes on the filesystem of ``path`` (or of its nearest existing parent); ``None`` when unknown."""
     path = Path(path).absolute()
+    if injected_fault(path) == errno.ENOSPC:
+        return 0
     for candidate in (path, *path.parents):
         if candidate.exists():
             try:
@@ -143,6 +171,7 @@ def atomic_path(path: str | os.PathLike[str], *, what: str, fix: str) -> Iterato
     tmp = path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex[:8]}-{path.name}")
     try:
         yield tmp
+        raise_injected(tmp)
         os.replace(tmp, path)
     except BaseException as e:
         _remove(tmp)

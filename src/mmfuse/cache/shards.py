@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mmfuse._writable import error_code
+from mmfuse._writable import error_code, raise_injected
 
 if TYPE_CHECKING:
     import torch
@@ -146,6 +146,7 @@ def write_shard(folder: Path, table: FeatureTable, keys: list[str], *, identity:
     final = folder / shard_name()
     tmp = folder / f"{TMP_PREFIX}{final.name}"
     try:
+        raise_injected(tmp)
         save_file(tensors, str(tmp), metadata=metadata)
         os.replace(tmp, final)
     except BaseException as e:

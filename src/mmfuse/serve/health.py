@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
-LOGGERS = ("", "mmfuse", "uvicorn", "uvicorn.error", "uvicorn.access")
+LOGGERS = ("", "mmfuse", "mmfuse.serve", "uvicorn", "uvicorn.error", "uvicorn.access")
 """Loggers whose handlers :meth:`LogWatch.watch_all` watches: the root and the server's own."""
 
 
