@@ -99,7 +99,7 @@ def test_a_disk_that_fills_up_while_the_run_starts(
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_predict_to_an_unwritable_place_stops_before_loading_the_model(
-    trained_run: Path, synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+    fake_encoders, trained_run: Path, synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
     with unwritable(kind, tmp_path / "place", monkeypatch) as place:
         out = place / "preds.csv"
@@ -110,7 +110,7 @@ def test_predict_to_an_unwritable_place_stops_before_loading_the_model(
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_evaluate_json_to_an_unwritable_place(
-    trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+    fake_encoders, trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
     with unwritable(kind, tmp_path / "place", monkeypatch) as place:
         out = place / "eval.json"
