@@ -15,6 +15,9 @@ the default; an encoder without a sequence output is stored pooled). An image gr
 entries; entries written before it was (same cache key: the encoder identity did not change) stay readable, and
 their grid is read from the encoder itself (:meth:`ImageEncoder.grid_shape`, one blank image), never guessed.
 Encoders with trainable weights are never cached: their features are computed and returned, nothing is stored.
+A cache folder that cannot take new entries (read-only, no permission, a full disk, or less free space than they need,
+compared before the first shard is written) is said once as a warning (which a run also shows on its console), and
+the features are served from memory (:attr:`CacheStats.unstored` counts them).
 
 Folder layout::
 
