@@ -297,6 +297,17 @@ class _LogFile(logging.FileHandler):
         if not isinstance(error, OSError):
             super().handleError(record)
             return
+        self._failed(error)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError as e:  # the last buffered records cannot be flushed either
+            self._failed(e)
+
+    def _failed(self, error: OSError) -> None:
+        if self.failed:
+            return
         self.failed = True
         reason = error.strerror or str(error)
         tqdm.write(
