@@ -70,7 +70,7 @@ def unwritable(
         if kind == "full" or not mounted:
             _copy(holding, where)
         if kind == "full" and mounted:
-            _fill(where, free)
+            fill(where, free)
         if not mounted:  # the fault hook stands in for the mount
             monkeypatch.setenv(FAULT_ENV, f"{'EROFS' if kind == 'read-only' else 'ENOSPC'}:{where}")
         yield where
@@ -84,7 +84,7 @@ def _copy(holding: Path | None, into: Path) -> None:
         shutil.copytree(holding, into / holding.name)
 
 
-def _fill(folder: Path, free: int) -> None:
+def fill(folder: Path, free: int) -> None:
     """Fills the filesystem of ``folder`` up to about ``free`` bytes left (one hidden file)."""
     filler = folder / ".filler"
     fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o644)
