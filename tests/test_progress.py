@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+from pathlib import Path
 
 import pytest
 
@@ -172,3 +174,38 @@ def test_off_writes_no_lines(monkeypatch: pytest.MonkeyPatch) -> None:
     with Progress(10, "predict", stream=out) as bar:
         bar.update(10)
     assert out.getvalue() == ""
+
+
+class _FullStream:
+    """A log file on a disk that is full, where the test cannot mount one."""
+
+    name = "<full disk>"
+
+    def write(self, text: str) -> int:
+        raise OSError(28, os.strerror(28))
+
+    def flush(self) -> None:
+        raise OSError(28, os.strerror(28))
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_run_log_on_a_full_disk_is_said_once_and_the_run_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from _unwritable import FAULT_ENV, REASONS, unwritable
+
+    reporter = Reporter(quiet=True)
+    with unwritable("full", tmp_path / "place", monkeypatch) as place:
+        if os.environ.get(FAULT_ENV):  # no mount here: the log file's stream is a full disk's
+            monkeypatch.setattr(logging.FileHandler, "_open", lambda self: _FullStream())
+        with reporter.log_to(place / "train.log"):
+            for i in range(3):
+                reporter.info(f"epoch {i}")  # each fails to reach the file
+            reporter.warning("still said on the console")
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "cannot write the run's log" in line]
+    assert len(lines) == 1 and str(place / "train.log") in lines[0] and REASONS["full"] in lines[0]
+    assert "Traceback" not in err and "Logging error" not in err
+    assert "warning: still said on the console" in err

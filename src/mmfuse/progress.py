@@ -36,6 +36,11 @@ from tqdm.auto import tqdm
 logger = logging.getLogger("mmfuse.progress")
 run_logger = logging.getLogger("mmfuse.engine")  # a run's messages (Reporter), under the name they have always had
 
+CONSOLE_WARNINGS = ("mmfuse.cache",)
+"""Loggers whose warnings a run shows on the console too, not only in its log (:meth:`Reporter.log_to`): news from
+layers that have no :class:`Reporter`, such as a feature cache folder that cannot be written or damaged cache shards
+that were recomputed."""
+
 ENV_SECONDS = "MMFUSE_PROGRESS_SECONDS"
 DEFAULT_SECONDS = 30.0
 
@@ -236,23 +241,80 @@ class Reporter:
 
     @contextmanager
     def log_to(self, path: Path) -> Iterator[None]:
-        """Also writes the ``mmfuse`` loggers' records to ``path`` while the context is open (main process)."""
+        """Also writes the ``mmfuse`` loggers' records to ``path`` while the context is open (main process), and
+        shows the warnings of :data:`CONSOLE_WARNINGS` on the console.
+
+        A log file that cannot be written on (a full disk) does not stop the run: that is said once on the console
+        and the file gets nothing more.
+        """
         if not self.main:
             yield
             return
-        handler = logging.FileHandler(path, encoding="utf-8")
+        handler = _LogFile(path)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        console = _ConsoleWarnings()
         root = logging.getLogger("mmfuse")
         old_level = root.level
         root.addHandler(handler)
+        for name in CONSOLE_WARNINGS:
+            logging.getLogger(name).addHandler(console)
         if root.level == logging.NOTSET or root.level > logging.INFO:
             root.setLevel(logging.INFO)
         try:
             yield
         finally:
             root.removeHandler(handler)
+            for name in CONSOLE_WARNINGS:
+                logging.getLogger(name).removeHandler(console)
             root.setLevel(old_level)
             handler.close()
+
+
+class _ConsoleWarnings(logging.Handler):
+    """Prints warnings as :meth:`Reporter.warning` does (``warning: ...`` on stderr, around the bars)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm.write(f"warning: {record.getMessage()}", file=sys.stderr)
+
+
+class _LogFile(logging.FileHandler):
+    """A run's log file; when a record cannot be written (a full disk, a folder turned read-only), says so once on
+    the console, instead of a traceback per record, and writes nothing more."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, encoding="utf-8")
+        self.failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        if not isinstance(error, OSError):
+            super().handleError(record)
+            return
+        self._failed(error)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError as e:  # the last buffered records cannot be flushed either
+            self._failed(e)
+
+    def _failed(self, error: OSError) -> None:
+        if self.failed:
+            return
+        self.failed = True
+        reason = error.strerror or str(error)
+        tqdm.write(
+            f"warning: cannot write the run's log {str(self.baseFilename)!r} ({reason}); the run goes on, and the "
+            "log gets nothing more. Free space there",
+            file=sys.stderr,
+        )
 
 
 def _isatty(stream: Any) -> bool:

@@ -22,6 +22,7 @@ The header is parsed here without torch, so ``mmfuse cache ls`` stays light.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import struct
@@ -32,6 +33,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from mmfuse._writable import error_code, raise_injected
 
 if TYPE_CHECKING:
     import torch
@@ -155,8 +158,11 @@ def write_shard(
     ``dtype`` and its pooled vectors as ``pooled_dtype`` (``float32`` or ``float16``).
 
     Raises:
-        OSError: the folder cannot be written (full disk, read-only); no partial file is left behind.
+        OSError: the folder cannot be written (full disk, read-only); no partial file is left behind. safetensors'
+            own ``SafetensorError`` for a failed write is raised as the ``OSError`` it wraps (its error number,
+            the shard's path).
     """
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     assert len(keys) == len(table), f"{len(keys)} keys for {len(table)} rows"
@@ -187,10 +193,15 @@ def write_shard(
     final = folder / shard_name()
     tmp = folder / f"{TMP_PREFIX}{final.name}"
     try:
+        raise_injected(tmp)
         save_file(tensors, str(tmp), metadata=metadata)
         os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as e:
+        with contextlib.suppress(OSError):  # never made (a read-only folder), or gone already
+            tmp.unlink()
+        if isinstance(e, SafetensorError):  # "Error while serializing: I/O error: ... (os error 28)"
+            code = error_code(e)
+            raise OSError(code, os.strerror(code) if code is not None else str(e), str(final)) from None
         raise
     shapes = {name: tuple(t.shape) for name, t in tensors.items()}
     dtypes = {name: _CODES[str(t.dtype)] for name, t in tensors.items()}

@@ -25,6 +25,9 @@ An image grid's ``(h, w)`` is stored with its entries; entries written before it
 identity did not change) stay readable, and their grid is read from the encoder itself
 (:meth:`ImageEncoder.grid_shape`, one blank image), never guessed.
 Encoders with trainable weights are never cached: their features are computed and returned, nothing is stored.
+A cache folder that cannot take new entries (read-only, no permission, a full disk, or less free space than they need,
+compared before the first shard is written) is said once as a warning (which a run also shows on its console), and
+the features are served from memory (:attr:`CacheStats.unstored` counts them).
 
 Folder layout::
 
@@ -52,6 +55,7 @@ from typing import Any
 
 import torch
 
+from mmfuse._writable import free_bytes, reason_of
 from mmfuse.cache.inventory import IDENTITY_FILE, USAGE_DIR, stale_temporaries
 from mmfuse.cache.keys import ContentHasher, canonical_identity, identity_hash, request_key
 from mmfuse.cache.location import features_dir, resolve_cache_dir
@@ -72,6 +76,7 @@ from mmfuse.features import FeatureSource, FeatureTable, compute_features, defau
 
 logger = logging.getLogger("mmfuse.cache")
 
+_KEY_BYTES = 70  # a content key in a shard's header: 64 hex digits, quotes and a comma
 _STALE_TMP_S = 24 * 3600  # a half-written shard this old belongs to a writer that was killed
 
 
@@ -83,7 +88,9 @@ class CacheStats:
         memo_hits: requests answered from the in-process memo.
         requests: requests that went to disk (and maybe to the encoder).
         loaded: inputs read from shards.
-        computed: inputs encoded (and written).
+        computed: inputs encoded (and written, unless the folder could not take them: ``unstored``).
+        unstored: inputs encoded but not written, because the cache folder is read-only, full, or has too little
+            space left for them (said once as a warning; their features live in this process only).
         uncached: requests for encoders with trainable weights (computed, never stored).
         corrupt: shards found damaged or foreign (ignored; their entries recomputed).
         seconds: time spent inside ``get`` (hashing, reading, encoding, writing).
@@ -94,6 +101,7 @@ class CacheStats:
     requests: int = 0
     loaded: int = 0
     computed: int = 0
+    unstored: int = 0
     uncached: int = 0
     corrupt: int = 0
     seconds: float = 0.0
@@ -361,7 +369,7 @@ class FeatureCache:
                 encoder, [examples[first[k]] for k in chunk], need_sequence, device, batch_size, workers, progress
             )
             table = self.storage.rounded(table)  # what a warm run will read back
-            self._write(folder, table, chunk)
+            self._write(folder, table, chunk, remaining=len(missing) - start)
             parts.append(_Part(table))
             where.update((k, (len(parts) - 1, j)) for j, k in enumerate(chunk))
         duplicates = len(keys) - loaded - len(missing)
@@ -499,7 +507,23 @@ class FeatureCache:
         finally:
             self.stats.encode_seconds += time.perf_counter() - start
 
-    def _write(self, folder: _Folder, table: FeatureTable, keys: list[str]) -> None:
+    def _write(self, folder: _Folder, table: FeatureTable, keys: list[str], *, remaining: int) -> None:
+        """Stores ``table`` as a new shard. Before the first byte is written, the free space of the cache folder's
+        disk is compared with what the ``remaining`` inputs still to store (these and the ones after them) need, at
+        this table's bytes per input: a folder that cannot take them (too little space, read-only, full, no
+        permission) is said once, as a warning naming the folder, the reason and the fix, and this cache stores
+        nothing more in this process; the run goes on with the features in memory."""
+        if self._write_failed:
+            self.stats.unstored += len(keys)
+            return
+        need = remaining * _bytes_per_input(table)
+        free = free_bytes(folder.path)
+        if free is not None and need > free:
+            self._stop_writing(
+                folder.path, f"{_mb(free)} free on its disk, and the features of {remaining} inputs need about "
+                f"{_mb(need)}", len(keys)
+            )  # fmt: skip
+            return
         modality = "image" if table.present is not None else "text"
         try:
             header = write_shard(
@@ -511,18 +535,22 @@ class FeatureCache:
                 dtype=self.storage.dtype,
                 pooled_dtype=self.storage.pooled_dtype,
             )
-        except OSError as e:
-            if not self._write_failed:
-                logger.warning(
-                    "cannot write to the feature cache %s (%s); features are kept in this process only. Free "
-                    "space, or set cache.dir / MMFUSE_CACHE_DIR to a writable folder",
-                    folder.path,
-                    e,
-                )
-            self._write_failed = True
+        except OSError as e:  # write_shard left no partial file behind
+            self._stop_writing(folder.path, reason_of(e), len(keys))
             return
         st = header.path.stat()
         folder.headers[header.path.name] = ((st.st_size, st.st_mtime_ns), header)
+
+    def _stop_writing(self, path: Path, reason: str, unstored: int) -> None:
+        self._write_failed = True
+        self.stats.unstored += unstored
+        logger.warning(
+            "the feature cache folder %s cannot be written (%s): features are kept in this process only, and later "
+            "runs encode them again. Free space there, or set cache.dir (or MMFUSE_CACHE_DIR) to a writable "
+            "folder, or to off",
+            path,
+            reason,
+        )
 
     def _folder(self, ident_hex: str, identity: str, encoder: Encoder, modality: str) -> _Folder:
         folder = self._folders.get(ident_hex)
@@ -570,14 +598,31 @@ class FeatureCache:
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Writes JSON atomically (temporary file + ``os.replace``); a read-only cache is not an error."""
+    """Writes JSON atomically (temporary file + ``os.replace``); a read-only or full cache is not an error (the
+    shard writes say it), and leaves no temporary file behind."""
+    tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
         tmp.write_text(json.dumps(payload, indent=1, ensure_ascii=False), encoding="utf-8")
         os.replace(tmp, path)
     except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
         logger.debug("cannot write %s: %s", path, e)
+
+
+def _bytes_per_input(table: FeatureTable) -> int:
+    """Bytes one input of ``table`` takes in a shard: its tensors as stored (float32 features, bool masks, int64
+    offsets) and its content key in the header."""
+    stored = table.pooled.numel() * 4 + (table.present.numel() if table.present is not None else 0)
+    if table.has_sequence:
+        assert table.values is not None and table.valid is not None and table.offsets is not None
+        stored += table.values.numel() * 4 + table.valid.numel() + table.offsets.numel() * 8
+    return -(-stored // len(table)) + _KEY_BYTES
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
 
 
 def dataset_label(examples: Sequence[Example]) -> str:

@@ -11,6 +11,9 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from mmfuse._writable import atomic_path, check_writable, write_text_atomic
+from mmfuse.cli._errors import write_failure
+
 if TYPE_CHECKING:
     from mmfuse.data.report import SplitReport
 
@@ -26,7 +29,8 @@ def _error(error: Exception) -> None:
 
 @contextmanager
 def _user_errors() -> Iterator[None]:
-    """Bad configs, files or checkpoints end the command with their message (exit 2); a diverged run with 1."""
+    """Bad configs, files or checkpoints, and writes that fail for lack of space or permission, end the command
+    with their message (exit 2); a diverged run with 1."""
     from mmfuse.engine.trainer import NonFiniteLossError
 
     try:
@@ -36,6 +40,11 @@ def _user_errors() -> Iterator[None]:
         raise typer.Exit(1) from None
     except (ValueError, FileNotFoundError) as e:
         _error(e)
+        raise typer.Exit(2) from None
+    except Exception as e:
+        if (failure := write_failure(e)) is None:
+            raise
+        _error(failure)
         raise typer.Exit(2) from None
 
 
@@ -94,6 +103,8 @@ def evaluate(
     from mmfuse.sweep.ensemble import load_predictor
 
     with _user_errors(), _warnings_to_stderr():
+        if json_out is not None:
+            _check_out(json_out, "results file", "--json")  # before the model is loaded
         clf = load_predictor(run, checkpoint=checkpoint)
         examples = split_examples(split, clf.config.data, data)
         _say_input_notes(examples.report)
@@ -104,7 +115,9 @@ def evaluate(
         result = clf.evaluate(examples, name=name, max_missing_images=max_missing_images)
     _console.print(evaluation_view(result))
     if json_out is not None:
-        json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        with _user_errors():
+            text = json.dumps(result, indent=2) + "\n"
+            write_text_atomic(json_out, text, what="results file", fix=_elsewhere("--json"))
 
 
 def predict(
@@ -128,6 +141,7 @@ def predict(
     from mmfuse.sweep.ensemble import load_predictor
 
     with _user_errors(), _warnings_to_stderr():
+        _check_out(out, "predictions file", "--out")  # before the model is loaded
         clf = load_predictor(run, checkpoint=checkpoint)
         inputs = inputs_of(data, clf.config.data)
         _say_input_notes(inputs.report)
@@ -137,8 +151,8 @@ def predict(
         frame = clf.predictions_table(
             inputs, threshold=_threshold(threshold, clf.threshold), max_missing_images=max_missing_images
         )
-        out.parent.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(out, index=False)
+        with atomic_path(out, what="predictions file", fix=_elsewhere("--out")) as tmp:
+            frame.to_csv(tmp, index=False)
     blank = int((~frame["image_present"]).sum()) if "image_present" in frame else 0
     counts = [f"{blank} from a blank image: image_present false"] if blank else []
     if unseen:
@@ -158,6 +172,18 @@ def _say_input_notes(report: SplitReport | None) -> None:
     for note in report.notes if report is not None else []:
         if READ_BY_CONTENT in note:
             _warn(note)
+
+
+def _elsewhere(option: str) -> str:
+    return f"pass {option} a path in a writable folder"
+
+
+def _check_out(path: Path, what: str, option: str) -> None:
+    """The folder of an output file is made and proved writable before the work that fills it; a folder named as
+    the file is refused."""
+    if path.is_dir():
+        raise ValueError(f"{option} {str(path)!r} is a folder; pass the path of the file to write")
+    check_writable(path.parent, what=f"the folder of the {what}", fix=_elsewhere(option))
 
 
 @contextmanager

@@ -6,6 +6,7 @@ Each command parses its arguments, calls :mod:`mmfuse.serve` / :mod:`mmfuse.expo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -94,7 +95,8 @@ def serve(
         predictor = load_predictor(run, onnx=onnx, checkpoint=checkpoint, threads=threads)
 
         def ready(url: str) -> None:
-            typer.echo(f"serving {predictor.head} ({predictor.backend}) from {run} on {url}", err=True)
+            with contextlib.suppress(OSError):  # stderr on a full disk: the server runs on, /health says it
+                typer.echo(f"serving {predictor.head} ({predictor.backend}) from {run} on {url}", err=True)
 
         run_server(predictor, host=host, port=port, settings=settings, log_level=log_level, on_ready=ready)
 

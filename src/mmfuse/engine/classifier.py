@@ -41,7 +41,7 @@ from mmfuse.data.inputs import ExamplesLike, hold_out, inputs_of, predictions_fr
 from mmfuse.data.labels import LabelMap
 from mmfuse.data.loading import WRITTEN_IMAGES, Split, load_splits
 from mmfuse.engine.metrics import check_scorer_names, evaluation, evaluation_scalars, scorer_metrics
-from mmfuse.engine.run_dir import RunDir
+from mmfuse.engine.run_dir import RunDir, check_run_folder
 from mmfuse.engine.trainer import EpochCallback, Trainer
 from mmfuse.features import FeatureSource
 from mmfuse.model import checkpoint as ckpt
@@ -151,10 +151,12 @@ class MultimodalClassifier:
 
         Raises:
             ValueError: no data, a hold-out too small, a column of the wrong kind (naming it, with a value).
+            UnwritableError: the run folder (``run.out_dir``) cannot be written: checked before any data is read.
             NonFiniteLossError: the loss became NaN/inf.
         """
         train_data = _alias(train_data, train, "train_data", "train")
         tuning_data = _alias(tuning_data, val, "tuning_data", "val")
+        check_run_folder(resume if resume is not None else self.config.run.out_dir)  # before any data is read
         if time_limit is not None:
             self.config = self.config.model_copy(
                 update={"train": self.config.train.model_validate({**self.config.train.model_dump(),

@@ -30,11 +30,26 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mmfuse._writable import atomic_path, check_writable, unwritable, write_text_atomic
 from mmfuse.config import RunConfig
+
+RUN_FOLDER_FIX = "set run.out_dir to a writable folder (run.out_dir=PATH on the command line)"
+"""How to write a run elsewhere, as every refusal of an unwritable run folder says it."""
 
 
 class RunExistsError(ValueError):
     """The run folder exists already and holds a run."""
+
+
+def check_run_folder(path: str | Path) -> Path:
+    """Makes ``path`` (a run folder, or ``run.out_dir`` before the run's name is known) and proves it writable,
+    before any data is read or encoder loaded.
+
+    Raises:
+        UnwritableError: a read-only filesystem, no write permission, or no space left (a ``ValueError`` that
+            names the folder, the reason and the fix).
+    """
+    return check_writable(path, what="run folder", fix=RUN_FOLDER_FIX)
 
 
 class RunDir:
@@ -57,6 +72,7 @@ class RunDir:
 
         Raises:
             RunExistsError: the folder holds a run and ``overwrite`` is off.
+            UnwritableError: the folder cannot be written (see :func:`check_run_folder`).
         """
         path = Path(cfg.out_dir) / (cfg.name or default_name)
         if path.exists() and any(path.iterdir()):
@@ -65,8 +81,11 @@ class RunDir:
                     f"run folder {str(path)!r} exists already; pick another run.name, set run.overwrite=true to "
                     f"replace it, or continue it with --resume {path}"
                 )
-            shutil.rmtree(path)
-        path.mkdir(parents=True, exist_ok=True)
+            try:
+                shutil.rmtree(path)
+            except OSError as e:
+                raise unwritable(e, path, what="run folder", fix=RUN_FOLDER_FIX) from None
+        check_run_folder(path)
         return cls(path)
 
     @classmethod
@@ -82,6 +101,17 @@ class RunDir:
                 f"{str(path)!r} is not a run folder (no config.yaml there); pass the folder `mmfuse train` wrote"
             )
         return run
+
+    def write_start(self, config_yaml: str, save_label_map: Callable[[Path], None]) -> None:
+        """Writes ``config.yaml`` and ``label_map.json`` (through ``save_label_map(path)``), each whole under a
+        temporary name first, so a full disk never leaves half a file for a later command to read.
+
+        Raises:
+            UnwritableError: no space left or no permission, naming the file and the fix.
+        """
+        write_text_atomic(self.config, config_yaml, what="run file", fix=RUN_FOLDER_FIX)
+        with atomic_path(self.label_map, what="run file", fix=RUN_FOLDER_FIX) as tmp:
+            save_label_map(tmp)
 
     def history(self) -> list[dict[str, Any]]:
         """The epoch records of ``metrics.jsonl``."""

@@ -481,8 +481,7 @@ class Trainer:
 
     def _write_run_files(self) -> None:
         if self.accelerator.is_main_process:
-            self.run.config.write_text(self.cfg.to_yaml(), encoding="utf-8")
-            self.label_map.save(self.run.label_map)
+            self.run.write_start(self.cfg.to_yaml(), self.label_map.save)
             self.run.rewrite_metrics([])
         self.reporter.info(
             f"run folder {self.run.path}: {self.cfg.model.head.name} head, {len(self.train_examples)} train / "

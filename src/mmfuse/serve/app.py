@@ -55,6 +55,7 @@ from mmfuse.data.images import ImageDecodeError, ImageError, ImageTooLargeError
 from mmfuse.model.prediction import Prediction
 from mmfuse.model.predictor import Predictor
 from mmfuse.serve.batching import MicroBatcher, QueueFullError
+from mmfuse.serve.health import LogWatch, unreadable
 from mmfuse.serve.images import decode_base64, decode_image
 from mmfuse.serve.settings import ServeSettings
 
@@ -117,7 +118,12 @@ class BatchOut(BaseModel):
 
 
 class HealthOut(BaseModel):
-    status: str
+    status: str = Field(
+        description="ok; degraded: it answers, but something needs a fix (see problems); unavailable: it cannot answer"
+    )
+    problems: list[str] = Field(
+        default_factory=list, description="what is wrong, each with its fix (empty when status is ok)"
+    )
     queued: int = Field(description="items waiting for the model")
     batches: int = Field(description="model batches run so far")
     mean_batch: float = Field(description="mean items per model batch so far")
@@ -401,6 +407,7 @@ class _Service:
     def __init__(self, predictor: Predictor, settings: ServeSettings) -> None:
         self.predictor = predictor
         self.settings = settings
+        self.logs = LogWatch()
         self.models = _request_models(predictor, settings)
         self.batcher: MicroBatcher[tuple[str, Any], Prediction] = MicroBatcher(
             self._run_batch, max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms,
@@ -499,6 +506,20 @@ class _Service:
     def info(self) -> dict[str, Any]:
         return {**self.predictor.info(), "settings": self.settings.to_dict()}
 
+    def problems(self) -> list[str]:
+        """What ``/health`` reports besides a stopped batcher: a model source that can no longer be read, a log
+        that cannot be written. Neither stops the server: the model is in memory, and records are dropped."""
+        out = []
+        source = self.predictor.info().get("source")
+        if source is not None and (reason := unreadable(source)) is not None:
+            out.append(
+                f"the model source {str(source)!r} cannot be read any more ({reason}): the model loaded at start "
+                "keeps answering, but a restart would fail; restore the folder (or its permissions)"
+            )
+        if self.logs.failed:
+            out.append(self.logs.problem())
+        return out
+
 
 async def _text_sent(request: Request) -> None:
     """422 when a multipart body has no text field at all (an empty one is valid: see PredictForm)."""
@@ -564,6 +585,7 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
         lifespan=lifespan,
     )
     app.state.service = service
+    service.logs.watch_all()  # the handlers there now; run_server watches uvicorn's once it configured them
     app.add_middleware(_BodyLimit, limit=settings.max_request_bytes)
     _add_predict_routes(app, service)
     _add_other_routes(app, service, pages)
@@ -624,10 +646,13 @@ def _add_predict_routes(app: FastAPI, service: _Service) -> None:
 def _add_other_routes(app: FastAPI, service: _Service, pages: dict[str, bytes]) -> None:
     @app.get("/health", response_model=HealthOut, responses={503: {"description": "the model worker is not running"}})
     async def health() -> Any:
-        """Liveness: ok while the batcher and its model thread run."""
+        """Liveness: ok while the batcher and its model thread run and nothing needs a fix; degraded (still 200)
+        when the model's folder can no longer be read or the log cannot be written; ``problems`` says what."""
         batcher = service.batcher
+        problems = await run_in_threadpool(service.problems)  # a hung network mount must not block the event loop
         body = {
-            "status": "ok" if batcher.running else "unavailable",
+            "status": "unavailable" if not batcher.running else "degraded" if problems else "ok",
+            "problems": problems if batcher.running else ["the model worker is not running", *problems],
             "queued": batcher.queued,
             "batches": batcher.stats.batches,
             "mean_batch": round(batcher.stats.mean_batch, 3),

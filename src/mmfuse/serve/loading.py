@@ -133,6 +133,7 @@ def run_server(
     predictor.warmup()
     app = create_app(predictor, settings)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, workers=1, timeout_graceful_shutdown=5)
+    app.state.service.logs.watch_all()  # uvicorn.Config set up its log handlers
     server = Server(config)  # what uvicorn.run does for one worker, with the startup hook above
     with contextlib.suppress(KeyboardInterrupt):
         server.run()

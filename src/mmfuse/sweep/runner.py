@@ -36,6 +36,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
+from mmfuse._writable import check_writable
 from mmfuse.config import TrainConfig
 from mmfuse.data.config import DataConfig
 from mmfuse.data.labels import LabelMap
@@ -219,10 +220,13 @@ def run_sweep(
 
     Raises:
         SweepError: a bad sweep or storage, or a sweep folder holding another sweep.
+        UnwritableError: the sweep folder cannot be written (checked before anything runs).
         KeyboardInterrupt: the running trial was queued again first, so a resume picks it up.
     """
     if not isinstance(sweep, Sweep):
         sweep = load_sweep(sweep)
+    check_writable(out if out is not None else sweep.spec.out_dir / sweep.name, what="sweep folder",
+                   fix="pass --out a writable folder, or set out_dir in the sweep file")  # fmt: skip
     if sweep.heads:
         from mmfuse.sweep.heads import run_heads
 
