@@ -24,6 +24,7 @@ def calibrated_checkpoint(tmp_path_factory):
     return clf.save(folder / "calibrated")
 
 
+@pytest.mark.numerics
 def test_onnx_export_applies_the_temperature_as_pytorch_does(calibrated_checkpoint, tmp_path):
     import onnxruntime as ort
 

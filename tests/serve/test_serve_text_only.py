@@ -54,6 +54,7 @@ def _hidden_image_probabilities(predictor, text: str) -> list[float]:
     return torch.softmax(out.logits.double(), dim=-1)[0].tolist()
 
 
+@pytest.mark.numerics
 def test_a_text_only_request_is_predicted_from_the_text_when_trained_with_blank_images(blank_client, blank_run):
     from mmfuse.serve import TorchPredictor
 
