@@ -59,7 +59,6 @@ class Prediction:
             "threshold": self.threshold,
             "image_reliance": self.image_reliance,
             "attention": None,
-            "image_present": self.image_present,
         }
         if self.attention is not None:
             out["attention"] = {"grid": list(self.attention.shape), "weights": self.attention.round(6).tolist()}

@@ -496,7 +496,7 @@ class _Service:
         if isinstance(result, _ItemFailure):
             log.info("predict: no prediction (%d): %s", result.status, result.detail)
             return _error(result.status, result.detail)
-        return result.to_dict()
+        return _answer(result)
 
     async def answer_batch(self, items: list[_RawItem]) -> dict[str, Any]:
         results = await self.predict(items)
@@ -507,13 +507,18 @@ class _Service:
             more = f"; ... {len(errors) - 5} more" if len(errors) > 5 else ""
             log.warning("predict/batch: %d of %d items got no prediction: %s%s", len(errors), len(results), shown, more)
         return {
-            "predictions": [r.to_dict() if isinstance(r, Prediction) else None for r in results],
+            "predictions": [_answer(r) if isinstance(r, Prediction) else None for r in results],
             "errors": errors,
             "failed": len(errors),
         }
 
     def info(self) -> dict[str, Any]:
         return {**self.predictor.info(), "settings": self.settings.to_dict()}
+
+
+def _answer(prediction: Prediction) -> dict[str, Any]:
+    """A prediction as the API answers it: its JSON form, and whether the item came with an image."""
+    return {**prediction.to_dict(), "image_present": prediction.image_present}
 
 
 async def _text_sent(request: Request) -> None:
