@@ -236,7 +236,8 @@ class MultimodalClassifier:
     def predict_proba(
         self, examples: ExamplesLike, *, as_pandas: bool = False, max_missing_images: float | None = None
     ) -> np.ndarray | pd.DataFrame:
-        """``(N, C)`` class probabilities (columns in :attr:`classes` order).
+        """``(N, C)`` class probabilities (columns in :attr:`classes` order): ``softmax(logits / T)`` with the
+        calibration :attr:`temperature` fitted on validation (``train.calibrate``), the plain softmax without one.
 
         With ``as_pandas``, a DataFrame with one column per class (named by the class) indexed like the input: a
         DataFrame's own index, else the example ids (index ``id``).
