@@ -559,14 +559,14 @@ class Trainer:
             ckpt.load_weights(model, self.run.best, ckpt.read_meta(self.run.best))
         set_train_mode(model, False)
         threshold = best["val"].get("threshold") if best else None
-        calibration, val = self._calibrate(best) if best is not None else (None, None)
-        if val is not None:
-            threshold = val.get("threshold")
+        calibration, calibrated = self._calibrate(best) if best is not None else (None, None)
+        if calibrated is not None and len(self.classes) == 2:  # the threshold the model uses: on calibrated proba
+            threshold = calibrated["threshold"]
         if self.accelerator.is_main_process:
             summary = {**self._summary_base(), "status": status, "threshold": threshold}
-            summary.update(val=val or (best["val"] if best else None), seconds=timer.seconds)
+            summary.update(val=best["val"] if best else None, seconds=timer.seconds)
             if calibration is not None:
-                summary["calibration"] = calibration.to_dict()
+                summary["calibration"] = _calibration_record(calibration, calibrated, best)
             self.run.write_summary(summary)
         self.reporter.info(
             f"done ({status}) in {timer.seconds:.1f}s: best epoch {self.state.best_epoch}, "
@@ -587,8 +587,8 @@ class Trainer:
     def _calibrate(self, best: dict[str, Any]) -> tuple[Calibration | None, dict[str, Any] | None]:
         """``train.calibrate``: fits the temperature on the best checkpoint's validation logits (the model holds its
         weights now), tunes the binary threshold again on the calibrated probabilities, and stores both in the best
-        checkpoint's ``meta.json``. Returns the fit and the best epoch's validation metrics with that threshold
-        (``None`` when nothing changed)."""
+        checkpoint's ``meta.json`` (its ``val`` stays the epoch's record, as ``metrics.jsonl`` has it). Returns the
+        fit and the validation metrics of the calibrated probabilities (``None`` when no temperature was fitted)."""
         if self.cfg.train.calibrate == "none":
             return None, None
         with self.reporter.bar(len(self.val_examples), "calibrate") as bar:
@@ -600,8 +600,7 @@ class Trainer:
         val: dict[str, Any] | None = None
         if calibration.temperature is None:
             note = f"calibration: no temperature fitted ({calibration.note}); probabilities are the model's own softmax"
-            self.reporter.warning(note)
-            self.notes.append(note)
+            self.reporter.warning(note)  # console and train.log; summary.json has it under calibration.note
             changes: dict[str, Any] = {"temperature": None}  # a resumed run's best may hold an older fit
         else:
             val = dict(best["val"])
@@ -610,17 +609,31 @@ class Trainer:
                                               self.classes))  # fmt: skip
             if calibration.note is not None:
                 self.reporter.warning(f"calibration: {calibration.note}")
-                self.notes.append(f"calibration: {calibration.note}")
             self.reporter.info(
                 f"calibration: temperature {calibration.temperature:.3f} fitted on {calibration.n} val examples: NLL "
                 f"{calibration.nll_before:.4f} -> {calibration.nll_after:.4f}, ECE {calibration.ece_before:.4f} -> "
                 f"{calibration.ece_after:.4f}" + (f", threshold {val['threshold']:.3f}" if "threshold" in val else "")
             )
-            changes = {"temperature": calibration.temperature, "val": val, "threshold": val.get("threshold")}
+            changes = {"temperature": calibration.temperature, "threshold": val.get("threshold")}
         if self.accelerator.is_main_process and self.run.best.is_dir():
             update_meta(self.run.best, {**changes, "calibration": calibration.to_dict()})
         self.accelerator.wait_for_everyone()
         return calibration, val
+
+
+def _calibration_record(
+    calibration: Calibration, calibrated: dict[str, Any] | None, best: dict[str, Any]
+) -> dict[str, Any]:
+    """``summary.json``'s ``calibration``: the fit, and for a binary task the threshold tuned on the calibrated
+    validation probabilities (``threshold``, the one the model uses) beside the epoch's (``threshold_uncalibrated``,
+    as ``val`` and ``metrics.jsonl`` record it) with the validation metrics at it."""
+    out = calibration.to_dict()
+    if calibrated is not None and "threshold" in calibrated:
+        out["threshold"] = calibrated["threshold"]
+        out["threshold_uncalibrated"] = best["val"].get("threshold")
+        for key in ("accuracy_at_threshold", "macro_f1_at_threshold"):
+            out[key] = calibrated[key]
+    return out
 
 
 def hide_images(present: torch.Tensor | None, n: int, p: float, device: torch.device) -> torch.Tensor:

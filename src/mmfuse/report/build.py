@@ -49,6 +49,7 @@ class Evaluation:
         reliance: ``(N,)`` image reliance (heads that have it).
         threshold: binary decision threshold tuned on validation.
         temperature: the model's calibration temperature (``proba`` is calibrated by it), ``None`` when uncalibrated.
+        calibration_note: what training said about the fit (no temperature, or one clamped), from ``summary.json``.
         missing_images: examples predicted from a blank image because theirs was missing or unreadable.
     """
 
@@ -62,6 +63,7 @@ class Evaluation:
     threshold: float | None = None
     missing_images: list[str] | None = None
     temperature: float | None = None
+    calibration_note: str | None = None
 
 
 def write_report(
@@ -183,6 +185,7 @@ def run_sections(clf: Any, run: Path, out: Path, split: str, per_group: int, say
         return sections
     evaluation.threshold = clf.threshold
     evaluation.temperature = getattr(clf, "temperature", None)
+    evaluation.calibration_note = (clf.summary.get("calibration") or {}).get("note")
     sections += _evaluation_sections(evaluation, clf.train_class_counts, out, per_group, _crop_of(clf.model), prefix)
     return sections
 
@@ -380,6 +383,8 @@ def _calibration(ev: Evaluation, out: Path, figures: list[str]) -> str:
         else '<p class="note">No calibration temperature applies to these probabilities as a whole (a run trained with '
         "train.calibrate: none or without a fit, or an ensemble of calibrated runs). Lower is better.</p>"
     )
+    if ev.calibration_note:
+        lead = f'<div class="warn">Calibration at training: {H.esc(ev.calibration_note)}</div>' + lead
     return lead + H.table(["calibration", *(n for n, _ in columns)], rows)
 
 
