@@ -603,10 +603,13 @@ class Trainer:
             self.reporter.warning(note)  # console and train.log; summary.json has it under calibration.note
             changes: dict[str, Any] = {"temperature": None}  # a resumed run's best may hold an older fit
         else:
-            val = dict(best["val"])
+            val = {}
             if len(self.classes) == 2:  # the threshold's value moves with the probabilities: tuned on the calibrated
-                val.update(validation_metrics(Outputs(out.logits, out.labels, temperature=calibration.temperature),
-                                              self.classes))  # fmt: skip
+                proba = Outputs(out.logits, out.labels, temperature=calibration.temperature).proba
+                threshold = tune_threshold(out.labels, proba)
+                tuned = classification_metrics(out.labels, proba, self.classes, threshold=threshold)
+                val = {"threshold": threshold, "accuracy_at_threshold": tuned["accuracy"],
+                       "macro_f1_at_threshold": tuned["macro_f1"]}  # fmt: skip
             if calibration.note is not None:
                 self.reporter.warning(f"calibration: {calibration.note}")
             self.reporter.info(
