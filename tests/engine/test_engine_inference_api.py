@@ -97,7 +97,8 @@ def test_extract_embedding(fitted: MultimodalClassifier, synthetic_splits: dict)
     # and on scalar kernels); the tolerance is float32 rounding, for a batch size that would split them differently
     with torch.no_grad():
         logits = head.classifier[-1](torch.from_numpy(fused)).double()
-    np.testing.assert_allclose(logits.softmax(-1).numpy(), fitted.predict_proba(test), atol=1e-6)
+    t = fitted.temperature or 1.0  # probabilities are calibrated: softmax(logits / T)
+    np.testing.assert_allclose((logits / t).softmax(-1).numpy(), fitted.predict_proba(test), atol=1e-6)
 
     text = fitted.extract_embedding(test, kind="text")
     image = fitted.extract_embedding(test, kind="image")

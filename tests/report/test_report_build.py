@@ -43,11 +43,39 @@ def test_run_report_has_every_section_and_figure(binary_report):
     gallery = sorted(p.name for p in (out / "gallery").glob("*.png"))
     assert {"best_1.png", "uncertain_1.png"} <= set(gallery) and len(gallery) <= 12
     images = _images(page)
-    assert len(images) == 5 + len(gallery)  # four figures and the data preview, then one per card
+    assert len(images) == 6 + len(gallery)  # five figures (calibration before and after) and the data preview, cards
     assert all(data[:8] == b"\x89PNG\r\n\x1a\n" for data in images)
     assert "Most confidently right" in page and "Most uncertain" in page
     assert "majority baseline" in page and "Reliability diagram" in page
     assert "image reliance" in page and "attention peak" in page  # cross-attention has both
+
+
+def test_run_report_shows_calibration_before_and_after(binary_report, binary_run):
+    """The run is calibrated (train.calibrate defaults to temperature): its report has both reliability diagrams and
+    the ECE and Brier score of both, computed from the same validation predictions."""
+    import json
+
+    import numpy as np
+
+    from mmfuse.data.inputs import split_examples
+    from mmfuse.engine.calibration import uncalibrated
+    from mmfuse.engine.classifier import MultimodalClassifier
+    from mmfuse.engine.metrics import brier_score, expected_calibration_error
+    from mmfuse.report import html as H
+
+    path, page = binary_report
+    clf = MultimodalClassifier.load(binary_run)
+    t = clf.temperature
+    assert t is not None and json.loads((binary_run / "summary.json").read_text())["calibration"]["temperature"] == t
+    assert (path.parent / "calibration_before.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Reliability diagram before calibration" in page
+    assert f"Reliability diagram after (temperature {t:.3f})" in page
+    val = split_examples("val", clf.config.data).examples
+    proba = clf.predict_proba(val)
+    y = np.array([clf.classes.index(e.label) for e in val])
+    for value in (expected_calibration_error(y, uncalibrated(proba, t)), expected_calibration_error(y, proba),
+                  brier_score(y, proba)):  # fmt: skip
+        assert H.fmt(value) in page
 
 
 def test_run_report_escapes_user_text(binary_report, hostile):

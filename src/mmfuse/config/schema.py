@@ -291,6 +291,10 @@ class TrainingConfig(StrictSection):
             limit. Training stops at an epoch boundary once the next epoch (estimated as the longest so far) would
             end past it, so at least one epoch always runs; the best checkpoint is kept and the summary says
             ``status: time_limit``.
+        calibrate: after training, ``temperature`` fits one temperature ``T`` on the best checkpoint's validation
+            logits (temperature scaling: LBFGS on the negative log-likelihood), stored with the model, so that every
+            probability it gives (predict, evaluate, serve, ONNX) is ``softmax(logits / T)``; the binary threshold is
+            tuned again on those. It changes no argmax label. ``none`` keeps the raw softmax.
     """
 
     epochs: int = Field(default=10, ge=1)
@@ -310,6 +314,7 @@ class TrainingConfig(StrictSection):
     report_to: list[Literal["tensorboard", "mlflow"]] = Field(default_factory=list)
     log_every_steps: int = Field(default=50, ge=1)
     time_limit: float | None = Field(default=None, gt=0)
+    calibrate: Literal["temperature", "none"] = "temperature"
 
     @field_validator("report_to", mode="before")
     @classmethod

@@ -100,6 +100,7 @@ class MultimodalClassifier:
         self.model: nn.Module | None = None
         self.label_map: LabelMap | None = None
         self.threshold: float | None = None
+        self.temperature: float | None = None  # calibration (train.calibrate): probabilities = softmax(logits / T)
         self.train_class_counts: list[int] | None = None
         self.run_dir: RunDir | None = None
         self.history: list[dict[str, Any]] = []
@@ -205,6 +206,7 @@ class MultimodalClassifier:
         result = trainer.fit(run_dir=run, resume=resume is not None)
         self.model, self.device, self.label_map = result.model, result.device, trainer.label_map
         self.threshold, self.run_dir, self.history = result.threshold, result.run_dir, result.history
+        self.temperature = result.temperature
         self.train_class_counts = [int(c) for c in np.bincount(trainer.train_y, minlength=len(self.classes))]
         self.summary = result.run_dir.read_summary()
         if test is not None and test.report.labeled and trainer.accelerator.is_main_process:
@@ -239,7 +241,8 @@ class MultimodalClassifier:
     def predict_proba(
         self, examples: ExamplesLike, *, as_pandas: bool = False, max_missing_images: float | None = None
     ) -> np.ndarray | pd.DataFrame:
-        """``(N, C)`` class probabilities (columns in :attr:`classes` order).
+        """``(N, C)`` class probabilities (columns in :attr:`classes` order): ``softmax(logits / T)`` with the
+        calibration :attr:`temperature` fitted on validation (``train.calibrate``), the plain softmax without one.
 
         With ``as_pandas``, a DataFrame with one column per class (named by the class) indexed like the input: a
         DataFrame's own index, else the example ids (index ``id``).
@@ -367,7 +370,9 @@ class MultimodalClassifier:
 
         Returns:
             ``split``, ``n``, ``metrics`` (accuracy, macro precision/recall/F1, weighted F1, AUROC, per class,
-            confusion matrix; argmax = threshold 0.5), for binary tasks ``threshold`` (tuned on validation) and
+            confusion matrix; argmax = threshold 0.5), ``calibration`` (expected calibration error ``ece`` and
+            ``brier`` score; for a calibrated model also its ``temperature`` and both before calibration:
+            ``ece_uncalibrated``, ``brier_uncalibrated``), for binary tasks ``threshold`` (tuned on validation) and
             ``metrics_at_threshold``, ``baselines`` (``majority``, ``random``) computed the same way, and for models
             that read images ``missing_images`` (examples predicted from a blank image, examples dropped at load).
 
@@ -394,7 +399,8 @@ class MultimodalClassifier:
         zero_shot = self._zero_shot_proba(inputs)
         result = evaluation(out.labels, out.proba, label_map.classes, split=split, threshold=self.threshold,
                             train_class_counts=self.train_class_counts, seed=self.config.train.seed,
-                            other_baselines={"zero_shot": zero_shot} if zero_shot is not None else None)  # fmt: skip
+                            other_baselines={"zero_shot": zero_shot} if zero_shot is not None else None,
+                            temperature=self.temperature, uncalibrated=out.uncalibrated_proba)  # fmt: skip
         if missing is not None:
             result["missing_images"] = missing.to_dict()
         return result
@@ -445,16 +451,18 @@ class MultimodalClassifier:
             train_class_counts=self.train_class_counts,
             config=self.config,
             features=self.source,
+            temperature=self.temperature,
         )
 
     def spec(self) -> ModelSpec:
-        """What the fitted or loaded model is (its config's ``model``, classes, threshold, training-label counts):
-        what :meth:`save` writes to ``meta.json``."""
+        """What the fitted or loaded model is (its config's ``model``, classes, threshold, training-label counts,
+        calibration temperature): what :meth:`save` writes to ``meta.json``."""
         return ModelSpec(
             model=self.config.model,
             classes=self._label_map().classes,
             threshold=self.threshold,
             train_class_counts=self.train_class_counts,
+            temperature=self.temperature,
         )
 
     def _model(self) -> nn.Module:
@@ -499,6 +507,7 @@ class MultimodalClassifier:
         clf.label_map = LabelMap(predictor.classes)
         clf.model, clf.device = predictor.model, predictor.device
         clf.threshold = predictor.tuned_threshold
+        clf.temperature = predictor.temperature
         clf.train_class_counts = predictor.train_class_counts
         folder = ckpt.resolve_checkpoint(path, checkpoint)
         run = folder.parent.parent

@@ -18,6 +18,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.dummy import DummyClassifier
 from sklearn.metrics import (
     accuracy_score,
+    brier_score_loss,
     confusion_matrix,
     f1_score,
     precision_recall_curve,
@@ -138,6 +139,60 @@ def tune_threshold(y: np.ndarray, proba: np.ndarray) -> float:
     return float(candidates[np.argmin(np.abs(candidates - 0.5))])
 
 
+ECE_BINS = 10
+"""Equal-width confidence bins of the expected calibration error (Guo et al. 2017 use 15; 10 is the reliability
+diagram's, so the number matches the picture)."""
+
+
+def confidence_bins(y: np.ndarray, proba: np.ndarray, bins: int = ECE_BINS) -> list[dict[str, float]]:
+    """The reliability diagram's bins of the top-label confidence: per non-empty bin of equal width over ``[0, 1]``,
+    the mean ``confidence`` (top probability), the ``accuracy`` (share where the top class is the true one) and the
+    ``count`` of examples; the last bin includes 1."""
+    y = np.asarray(y, dtype=np.int64)
+    proba = np.asarray(proba, dtype=np.float64)
+    conf, correct = proba.max(axis=1), (proba.argmax(axis=1) == y).astype(np.float64)
+    which = np.clip(np.digitize(conf, np.linspace(0, 1, bins + 1)[1:-1]), 0, bins - 1)
+    return [
+        {"confidence": float(conf[m].mean()), "accuracy": float(correct[m].mean()), "count": int(m.sum())}
+        for b in range(bins)
+        if (m := which == b).any()
+    ]
+
+
+def expected_calibration_error(y: np.ndarray, proba: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Expected calibration error of the top-label confidence: the gap between mean confidence and accuracy in
+    each of ``bins`` equal-width bins, weighted by the bin's share of examples (0: calibrated; NaN: no examples)."""
+    n = len(y)
+    if n == 0:
+        return math.nan
+    return float(sum(abs(b["confidence"] - b["accuracy"]) * b["count"] / n for b in confidence_bins(y, proba, bins)))
+
+
+def brier_score(y: np.ndarray, proba: np.ndarray) -> float:
+    """Brier score (scikit-learn's ``brier_score_loss``, lower is better): for binary tasks the mean squared gap
+    between P(class 1) and the 0/1 label, for more classes the mean over examples of the summed squared gaps of
+    every class's probability to its one-hot label (0 to 2)."""
+    if len(y) == 0:
+        return math.nan
+    proba = np.asarray(proba, dtype=np.float64)
+    return float(brier_score_loss(np.asarray(y, dtype=np.int64), proba, labels=list(range(proba.shape[1]))))
+
+
+def calibration_metrics(
+    y: np.ndarray, proba: np.ndarray, *, temperature: float | None = None, uncalibrated: np.ndarray | None = None
+) -> dict[str, Any]:
+    """``ece`` and ``brier`` of ``proba``; for a calibrated model (its ``temperature`` and its ``uncalibrated``
+    probabilities ``softmax(logits)``) also ``temperature``, ``ece_uncalibrated`` and ``brier_uncalibrated``."""
+    out: dict[str, Any] = {"ece": expected_calibration_error(y, proba), "brier": brier_score(y, proba)}
+    if temperature is not None and uncalibrated is not None:
+        out.update(
+            temperature=float(temperature),
+            ece_uncalibrated=expected_calibration_error(y, uncalibrated),
+            brier_uncalibrated=brier_score(y, uncalibrated),
+        )
+    return out
+
+
 def baseline_probas(train_y: Sequence[int], n: int, num_classes: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Probabilities of the two reference predictors for ``n`` examples, fitted on the training labels.
 
@@ -174,16 +229,21 @@ def evaluation(
     train_class_counts: Sequence[int] | None = None,
     seed: int = 0,
     other_baselines: Mapping[str, np.ndarray] | None = None,
+    temperature: float | None = None,
+    uncalibrated: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """What ``evaluate`` returns (a classifier's or an ensemble's): ``split``, ``n``, ``classes``, ``metrics``; for
-    binary tasks with a tuned ``threshold`` that and ``metrics_at_threshold``; with training-label counts the
-    majority-class and random ``baselines`` (drawn with ``seed``), and beside them ``other_baselines`` (name ->
-    their probabilities on the same examples, e.g. ``zero_shot``)."""
+    """What ``evaluate`` returns (a classifier's or an ensemble's): ``split``, ``n``, ``classes``, ``metrics``,
+    ``calibration`` (:func:`calibration_metrics`: ECE and Brier score, and for a model calibrated with a
+    ``temperature`` the same of its ``uncalibrated`` probabilities); for binary tasks with a tuned ``threshold``
+    that and ``metrics_at_threshold``; with training-label counts the majority-class and random ``baselines``
+    (drawn with ``seed``), and beside them ``other_baselines`` (name -> their probabilities on the same examples,
+    e.g. ``zero_shot``)."""
     result: dict[str, Any] = {
         "split": split,
         "n": len(y),
         "classes": list(classes),
         "metrics": classification_metrics(y, proba, classes),
+        "calibration": calibration_metrics(y, proba, temperature=temperature, uncalibrated=uncalibrated),
     }
     if len(classes) == 2 and threshold is not None:
         result["threshold"] = threshold
@@ -282,6 +342,9 @@ def evaluation_scalars(result: dict[str, Any]) -> dict[str, Any]:
         out["threshold"] = result["threshold"]
         out["accuracy_at_threshold"] = result["metrics_at_threshold"]["accuracy"]
         out["macro_f1_at_threshold"] = result["metrics_at_threshold"]["macro_f1"]
+    for key in ("ece", "brier", "temperature"):
+        if key in result.get("calibration", {}):
+            out[key] = result["calibration"][key]
     for name, metrics in result.get("baselines", {}).items():
         out[f"{name}_accuracy"] = metrics["accuracy"]
         out[f"{name}_macro_f1"] = metrics["macro_f1"]

@@ -72,10 +72,33 @@ def confusion_table(metrics: dict[str, Any], classes: Sequence[str]) -> Table:
     return table
 
 
+def calibration_table(calibration: dict[str, Any]) -> Table:
+    """Expected calibration error and Brier score of the probabilities (lower is better), and for a model calibrated
+    with a temperature, the same before calibration beside them."""
+    calibrated = "temperature" in calibration
+    title = (
+        f"calibration (temperature {calibration['temperature']:.3f}, fitted on val)"
+        if calibrated
+        else "calibration (no temperature: the model's own softmax)"
+    )
+    table = Table(title=title)
+    table.add_column("metric")
+    if calibrated:
+        table.add_column("uncalibrated", justify="right")
+    table.add_column("calibrated" if calibrated else "model", justify="right")
+    for key, name in (("ece", "expected calibration error"), ("brier", "Brier score")):
+        before = [_num(calibration.get(f"{key}_uncalibrated"))] if calibrated else []
+        table.add_row(name, *before, _num(calibration.get(key)))
+    return table
+
+
 def evaluation_view(result: dict[str, Any]) -> Group:
     """Everything ``mmfuse evaluate`` shows."""
     metrics = result["metrics"]
-    return Group(metrics_table(result), per_class_table(metrics), confusion_table(metrics, result["classes"]))
+    parts = [metrics_table(result)]
+    if "calibration" in result:
+        parts.append(calibration_table(result["calibration"]))
+    return Group(*parts, per_class_table(metrics), confusion_table(metrics, result["classes"]))
 
 
 def summary_view(summary: dict[str, Any]) -> Table:

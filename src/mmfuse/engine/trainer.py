@@ -38,6 +38,7 @@ from mmfuse.data.inputs import data_counts, data_warnings
 from mmfuse.data.labels import LabelMap
 from mmfuse.data.report import SplitReport
 from mmfuse.engine import checkpoint as ckpt
+from mmfuse.engine.calibration import Calibration, fit_temperature
 from mmfuse.engine.metrics import classification_metrics, headline, improves, selection_metric, tune_threshold
 from mmfuse.engine.optim import build_optimizer, build_scheduler, class_weight_tensor, current_lrs, optimizer_steps
 from mmfuse.engine.run_dir import RunDir, Timer
@@ -45,6 +46,7 @@ from mmfuse.engine.sampler import EpochSampler
 from mmfuse.engine.tracking import Tracking, check_installed, ended_status, scalars
 from mmfuse.features import FeatureSource, InputMaker, compute_tables, default_store, make_loader, plan_features
 from mmfuse.model.build import build_model, set_train_mode
+from mmfuse.model.checkpoint import update_meta
 from mmfuse.model.inference import Outputs, run_model
 from mmfuse.model.spec import ModelSpec
 from mmfuse.progress import Reporter
@@ -79,8 +81,10 @@ class FitResult:
         history: one record per epoch (as in ``metrics.jsonl``).
         best_epoch: epoch (1-based) of the best checkpoint.
         selection_metric: the metric that chose it.
-        threshold: binary decision threshold tuned on validation at the best epoch (``None`` otherwise).
+        threshold: binary decision threshold tuned on validation at the best epoch (``None`` otherwise), on the
+            calibrated probabilities when there is a ``temperature``.
         status: ``completed``, ``early_stopped``.
+        calibration: the temperature fit on validation (``train.calibrate``), ``None`` when off.
     """
 
     model: nn.Module
@@ -91,6 +95,12 @@ class FitResult:
     threshold: float | None
     status: str
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    calibration: Calibration | None = None
+
+    @property
+    def temperature(self) -> float | None:
+        """The calibration temperature stored with the best checkpoint, or ``None``."""
+        return self.calibration.temperature if self.calibration is not None else None
 
     @property
     def best_record(self) -> dict[str, Any]:
@@ -575,9 +585,14 @@ class Trainer:
         set_train_mode(model, False)
         threshold = best["val"].get("threshold") if best else None
         seconds = self.seconds_before + timer.seconds  # a resumed run counts the time before the interruption too
+        calibration, calibrated = self._calibrate(best) if best is not None else (None, None)
+        if calibrated is not None and len(self.classes) == 2:  # the threshold the model uses: on calibrated proba
+            threshold = calibrated["threshold"]
         if self.accelerator.is_main_process:
             summary = {**self._summary_base(), "status": status, "threshold": threshold}
             summary.update(val=best["val"] if best else None, seconds=seconds)
+            if calibration is not None:
+                summary["calibration"] = _calibration_record(calibration, calibrated, best)
             ckpt.write_summary(self.run, summary, self.state.epoch)
         self.reporter.info(
             f"done ({status}) in {seconds:.1f}s: best epoch {self.state.best_epoch}, "
@@ -592,7 +607,62 @@ class Trainer:
             threshold,
             status,
             self.accelerator.device,
+            calibration,
         )
+
+    def _calibrate(self, best: dict[str, Any]) -> tuple[Calibration | None, dict[str, Any] | None]:
+        """``train.calibrate``: fits the temperature on the best checkpoint's validation logits (the model holds its
+        weights now), tunes the binary threshold again on the calibrated probabilities, and stores both in the best
+        checkpoint's ``meta.json`` (its ``val`` stays the epoch's record, as ``metrics.jsonl`` has it). Returns the
+        fit and the validation metrics of the calibrated probabilities (``None`` when no temperature was fitted)."""
+        if self.cfg.train.calibrate == "none":
+            return None, None
+        with self.reporter.bar(len(self.val_examples), "calibrate") as bar:
+            out = run_model(
+                self.ddp_model, self.val_loader, self.make_val_inputs, device=self.accelerator.device,
+                accelerator=self.accelerator, bar=bar,
+            )  # fmt: skip
+        calibration = fit_temperature(out.logits, out.labels)
+        val: dict[str, Any] | None = None
+        if calibration.temperature is None:
+            note = f"calibration: no temperature fitted ({calibration.note}); probabilities are the model's own softmax"
+            self.reporter.warning(note)  # console and train.log; summary.json has it under calibration.note
+            changes: dict[str, Any] = {"temperature": None}  # a resumed run's best may hold an older fit
+        else:
+            val = {}
+            if len(self.classes) == 2:  # the threshold's value moves with the probabilities: tuned on the calibrated
+                proba = Outputs(out.logits, out.labels, temperature=calibration.temperature).proba
+                threshold = tune_threshold(out.labels, proba)
+                tuned = classification_metrics(out.labels, proba, self.classes, threshold=threshold)
+                val = {"threshold": threshold, "accuracy_at_threshold": tuned["accuracy"],
+                       "macro_f1_at_threshold": tuned["macro_f1"]}  # fmt: skip
+            if calibration.note is not None:
+                self.reporter.warning(f"calibration: {calibration.note}")
+            self.reporter.info(
+                f"calibration: temperature {calibration.temperature:.3f} fitted on {calibration.n} val examples: NLL "
+                f"{calibration.nll_before:.4f} -> {calibration.nll_after:.4f}, ECE {calibration.ece_before:.4f} -> "
+                f"{calibration.ece_after:.4f}" + (f", threshold {val['threshold']:.3f}" if "threshold" in val else "")
+            )
+            changes = {"temperature": calibration.temperature, "threshold": val.get("threshold")}
+        if self.accelerator.is_main_process and self.run.best.is_dir():
+            update_meta(self.run.best, {**changes, "calibration": calibration.to_dict()})
+        self.accelerator.wait_for_everyone()
+        return calibration, val
+
+
+def _calibration_record(
+    calibration: Calibration, calibrated: dict[str, Any] | None, best: dict[str, Any]
+) -> dict[str, Any]:
+    """``summary.json``'s ``calibration``: the fit, and for a binary task the threshold tuned on the calibrated
+    validation probabilities (``threshold``, the one the model uses) beside the epoch's (``threshold_uncalibrated``,
+    as ``val`` and ``metrics.jsonl`` record it) with the validation metrics at it."""
+    out = calibration.to_dict()
+    if calibrated is not None and "threshold" in calibrated:
+        out["threshold"] = calibrated["threshold"]
+        out["threshold_uncalibrated"] = best["val"].get("threshold")
+        for key in ("accuracy_at_threshold", "macro_f1_at_threshold"):
+            out[key] = calibrated[key]
+    return out
 
 
 def hide_images(present: torch.Tensor | None, n: int, p: float, device: torch.device) -> torch.Tensor:
@@ -603,7 +673,8 @@ def hide_images(present: torch.Tensor | None, n: int, p: float, device: torch.de
 
 
 def validation_metrics(out: Outputs, classes: Sequence[str]) -> dict[str, Any]:
-    """Headline metrics of a validation pass, its unweighted cross-entropy, and (binary) the tuned threshold."""
+    """Headline metrics of a validation pass, its unweighted cross-entropy, and (binary) the tuned threshold (on
+    ``out.proba``: calibrated when ``out`` has a temperature)."""
     proba = out.proba
     metrics = headline(classification_metrics(out.labels, proba, classes))
     logits = torch.from_numpy(out.logits).double()

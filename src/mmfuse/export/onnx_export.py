@@ -5,12 +5,15 @@ The graph takes the encoders' raw inputs and returns what the server needs:
 - inputs: ``input_ids``, ``attention_mask`` (and ``token_type_ids`` where the text model takes them), each
   ``(batch, sequence)`` int64; ``pixel_values`` ``(batch, 3, H, W)`` float32 (H, W fixed by the image preprocessing).
   A head that reads no image has no ``pixel_values``; one that reads no text, no text inputs.
-- outputs: ``logits`` and ``probabilities`` ``(batch, C)``; where the head has them ``attention``
-  ``(batch, sequence, N)`` over the N image regions and ``image_reliance`` ``(batch,)``.
+- outputs: ``logits`` (the model's own) and ``probabilities`` ``(batch, C)`` (``softmax(logits / T)`` with the
+  calibration temperature ``T`` fitted on validation, inside the graph; ``softmax(logits)`` for a model without
+  one); where the head has them ``attention`` ``(batch, sequence, N)`` over the N image regions and
+  ``image_reliance`` ``(batch,)``.
 
 The batch and sequence axes are dynamic. The file carries its own metadata (``metadata_props["mmfuse"]``, JSON):
-classes, the tuned threshold, the head, the model config, a digest of the checkpoint it came from, the ``(h, w)`` of
-the image grid the attention's N regions lie on (``image_grid``), and where its preprocessing is. The preprocessing
+classes, the tuned threshold, the calibration ``temperature``, the head, the model config, a digest of the checkpoint
+it came from, the ``(h, w)`` of the image grid the attention's N regions lie on (``image_grid``), and where its
+preprocessing is. The preprocessing
 (the encoders' tokenizer and image-processor files, no weights) is written beside the file, one folder per ``.onnx``
 so ``model.onnx`` and ``model-last.onnx`` can share a folder::
 
@@ -116,12 +119,14 @@ class OnnxGraph(nn.Module):
     Args:
         head: a fusion head owning its encoders.
         outputs: the output names to return, in order (``logits``, ``probabilities``, and optional ones).
+        temperature: the calibration temperature the probabilities divide the logits by (``None``: 1).
     """
 
-    def __init__(self, head: nn.Module, outputs: Sequence[str]) -> None:
+    def __init__(self, head: nn.Module, outputs: Sequence[str], temperature: float | None = None) -> None:
         super().__init__()
         self.head = head
         self.output_names = list(outputs)
+        self.temperature = float(temperature) if temperature is not None else 1.0
 
     def forward(
         self,
@@ -135,7 +140,7 @@ class OnnxGraph(nn.Module):
         out = self.head(FusionInputs(text_inputs=text or None, pixel_values=pixel_values))
         values = {
             "logits": out.logits,
-            "probabilities": out.logits.softmax(dim=-1),
+            "probabilities": (out.logits / self.temperature).softmax(dim=-1),
             "attention": out.attention,
             "image_reliance": out.image_reliance,
         }
@@ -181,6 +186,7 @@ def export_onnx(
     *,
     classes: Sequence[str],
     threshold: float | None = None,
+    temperature: float | None = None,
     head_name: str | None = None,
     config: dict[str, Any] | None = None,
     exporter: Exporter = "dynamo",
@@ -197,6 +203,7 @@ def export_onnx(
         out: the ``.onnx`` file to write (its folder is created; written to a temporary name, then renamed).
         classes: class names in logit order.
         threshold: the run's tuned threshold (binary tasks).
+        temperature: the run's calibration temperature: the graph's ``probabilities`` are ``softmax(logits / T)``.
         head_name: the head's registered name (default: looked up from the model's class).
         config: the model's config as ``{"model": ModelConfig dict}`` (what :func:`export_run` writes; a whole
             ``TrainConfig.to_dict()`` works too), so a server can rebuild its preprocessing.
@@ -234,7 +241,7 @@ def export_onnx(
         with torch.inference_mode():
             probe = head(_fusion_inputs(trace_inputs))
         outputs = ["logits", "probabilities", *(k for k in OPTIONAL_OUTPUTS if getattr(probe, k) is not None)]
-        graph = OnnxGraph(head, outputs).eval()
+        graph = OnnxGraph(head, outputs, temperature).eval()
         start = time.perf_counter()
         used, reason = _export_with_fallback(graph, trace_inputs, outputs, tmp, exporter, fallback, opset)
         seconds = time.perf_counter() - start
@@ -246,6 +253,7 @@ def export_onnx(
             "head": head_name or registered_head_name(head),
             "classes": [str(c) for c in classes],
             "threshold": threshold,
+            "temperature": temperature,
             "inputs": list(trace_inputs),
             "outputs": outputs,
             "config": config,
@@ -511,6 +519,7 @@ def export_run(
         out if out is not None else default_onnx_path(run, checkpoint),
         classes=spec.classes,
         threshold=spec.threshold,
+        temperature=spec.temperature,
         head_name=spec.head,
         config={"model": spec.model.model_dump(mode="json")},
         exporter=exporter,

@@ -74,6 +74,7 @@ class OnnxPredictor(Predictor):
             image_encoder=image_encoder if reads_image else None,
             classes=self.metadata["classes"],
             threshold=self.metadata.get("threshold"),
+            temperature=self.metadata.get("temperature"),  # absent from exports made before calibration: none
             head=self.metadata.get("head", "?"),
             encoders={
                 m: ((model_cfg.get(f"{m}_encoder") or {}).get("name") if used else None)
@@ -87,6 +88,16 @@ class OnnxPredictor(Predictor):
         self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def missing_image_problem(self) -> str | None:
+        """An export has no input that marks an image as missing, so every item needs its image."""
+        if not self.reads_image:
+            return None
+        return (
+            f"an image is required: the ONNX export {self.path.name!r} has no input for a missing image; send an "
+            "image, or serve the run folder (mmfuse serve RUN) of a model trained with data.on_missing_image: blank "
+            "(or train.image_dropout > 0) to take text-only requests"
+        )
 
     def _run(self, inputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
         feeds = {}

@@ -7,8 +7,9 @@ A checkpoint folder holds:
   fingerprint is checked against the one recorded here. Of a LoRA encoder only the adapters are stored; its base
   is rebuilt the same way and checked against the hash of the base weights it was trained on.
 - ``meta.json``: format version and the :class:`~mmfuse.model.spec.ModelSpec` (encoders and head, class names,
-  tuned threshold, training-label counts, the encoders' identities: preprocessing, tokenizer, weights), plus what
-  the trainer adds (epoch, step, validation metrics, mmfuse version).
+  tuned threshold, calibration temperature, training-label counts, the encoders' identities: preprocessing,
+  tokenizer, weights), plus what the trainer adds (epoch, step, validation metrics, the calibration fit, mmfuse
+  version).
 - ``training_state.pt`` (checkpoints that can resume a run): written and read by
   :mod:`mmfuse.engine.checkpoint`.
 
@@ -228,7 +229,8 @@ def recover_checkpoint(folder: str | Path) -> str | None:
     Every state a crash can leave, and what becomes of it (``F`` the folder; the steps are: write ``F.tmp``, move
     ``F`` to ``F.old``, rename ``F.tmp`` to ``F``, delete ``F.old``):
 
-    ====  ==========  ============  ==========  ===========================================  ===================
+    ====  ==========  ============  ==========  ===========================================  ============
+
     F     F.tmp       F.old         killed      meaning                                      recovery
     ====  ==========  ============  ==========  ===========================================  ===================
     yes   no          no            --          nothing was interrupted                      nothing to do
@@ -268,6 +270,17 @@ def recover_checkpoint(folder: str | Path) -> str | None:
         shutil.rmtree(tmp)
         return f"removed {tmp.name}, an unfinished first save of {folder.name}"
     return None
+
+
+def update_meta(folder: str | Path, changes: dict[str, Any]) -> dict[str, Any]:
+    """Sets ``changes`` in a checkpoint's ``meta.json`` (written to a temporary file, then renamed into place, so an
+    interruption leaves the old one whole) and returns the new metadata; the weights are not touched."""
+    folder = Path(folder)
+    meta = {**read_meta(folder), **changes}
+    tmp = folder / (META + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, folder / META)
+    return meta
 
 
 def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:

@@ -30,6 +30,8 @@ class Outputs:
             (single-process runs only; ``None`` otherwise).
         grid: ``(h, w)`` of the image grid the N regions of ``attention`` lie on, as the image encoder reported it
             (``FusionOutput.grid``); ``None`` without attention or when the encoder does not say.
+        temperature: the model's calibration temperature (:attr:`proba` is ``softmax(logits / temperature)``);
+            ``None``: not calibrated. ``logits`` are always the model's own.
     """
 
     logits: np.ndarray
@@ -39,9 +41,16 @@ class Outputs:
     image_reliance: np.ndarray | None = None
     image_present: np.ndarray | None = None
     grid: tuple[int, int] | None = None
+    temperature: float | None = None
 
     @property
     def proba(self) -> np.ndarray:
+        """``(N, C)`` class probabilities, calibrated by :attr:`temperature` when it is set."""
+        return probabilities(self.logits, self.temperature)
+
+    @property
+    def uncalibrated_proba(self) -> np.ndarray:
+        """``(N, C)`` ``softmax(logits)``, the probabilities before calibration."""
         return probabilities(self.logits)
 
 

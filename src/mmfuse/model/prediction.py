@@ -65,9 +65,13 @@ class Prediction:
         return out
 
 
-def probabilities(logits: np.ndarray) -> np.ndarray:
-    """``(N, C)`` logits → class probabilities, softmax in float64 (every backend's probabilities come from here)."""
-    return torch.softmax(torch.from_numpy(np.asarray(logits)).double(), dim=-1).numpy()
+def probabilities(logits: np.ndarray, temperature: float | None = None) -> np.ndarray:
+    """``(N, C)`` logits → class probabilities, ``softmax(logits / temperature)`` in float64 (every backend's
+    probabilities come from here); ``temperature``: the model's calibration temperature, ``None`` for none (1)."""
+    z = torch.from_numpy(np.asarray(logits)).double()
+    if temperature is not None and temperature != 1.0:
+        z = z / float(temperature)
+    return torch.softmax(z, dim=-1).numpy()
 
 
 def predict_labels(proba: np.ndarray, threshold: float | None = None) -> np.ndarray:

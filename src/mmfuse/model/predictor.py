@@ -54,6 +54,8 @@ class Predictor:
         classes: class names in logit order.
         threshold: the run's tuned threshold for binary tasks (``None``: 0.5); ignored for more classes.
         head: the fusion head's name.
+        temperature: the calibration temperature fitted on validation (probabilities are
+            ``softmax(logits / temperature)``); ``None``: not calibrated.
         encoders: modality -> encoder name (for ``/info``).
         source: where the model came from (run folder or ONNX file), for ``/info``.
     """
@@ -70,6 +72,7 @@ class Predictor:
         head: str,
         encoders: dict[str, str | None],
         source: str | Path | None = None,
+        temperature: float | None = None,
     ) -> None:
         if len(classes) < 2:
             raise ValueError(f"a classifier needs at least 2 classes, got {list(classes)!r}")
@@ -85,8 +88,12 @@ class Predictor:
         self.head = head
         self.encoders = dict(encoders)
         self.source = str(source) if source is not None else None
+        if temperature is not None and not temperature > 0:
+            raise ValueError(f"the calibration temperature must be positive, got {temperature!r}")
+        self.temperature = float(temperature) if temperature is not None else None
         self._outputs: set[str] | None = None
         self._image_size: tuple[int, int] | None = None
+        self._blank: torch.Tensor | None = None
 
     # ------------------------------------------------------------------------------------------- what it reads
 
@@ -120,6 +127,8 @@ class Predictor:
             "encoders": self.encoders,
             "classes": self.classes,
             "threshold": self.threshold,
+            "temperature": self.temperature,
+            "image_required": self.reads_image and self.missing_image_problem() is not None,
             "inputs": [name for name, used in (("text", self.reads_text), ("image", self.reads_image)) if used],
             "attention": "attention" in self.outputs,
             "image_reliance": "image_reliance" in self.outputs,
@@ -127,6 +136,20 @@ class Predictor:
             "version": mmfuse.__version__,
             "source": self.source,
         }
+
+    def missing_image_problem(self) -> str | None:
+        """Why this model cannot predict an item sent without an image; ``None`` when it can (or reads no image).
+
+        An item without an image is predicted from a blank with ``image_present=False`` (its image features zeroed),
+        as training saw a missing image, only for a model that learnt what that means. The base predictor does not
+        know how its model was trained, so it refuses.
+        """
+        if not self.reads_image:
+            return None
+        return (
+            f"the {self.head!r} model reads an image with every text and this server cannot tell whether it was "
+            "trained to predict without one; send an image"
+        )
 
     # ------------------------------------------------------------------------------------------- preprocessing
 
@@ -136,8 +159,13 @@ class Predictor:
             raise ValueError(f"the {self.head!r} head reads no image")
         return self._preprocess(image)
 
-    def make_inputs(self, texts: Sequence[str], pixels: Sequence[torch.Tensor] | None) -> dict[str, torch.Tensor]:
-        """Named model inputs for a batch: tokenized ``texts`` (padded to the longest) and stacked ``pixels``."""
+    def make_inputs(
+        self, texts: Sequence[str], pixels: Sequence[torch.Tensor | None] | None
+    ) -> dict[str, torch.Tensor]:
+        """Named model inputs for a batch: tokenized ``texts`` (padded to the longest) and stacked ``pixels``.
+
+        A ``None`` among ``pixels`` is an item without an image: a blank stands in and ``image_present`` ``(B,)``
+        says which items have one (only when one has not; see :meth:`missing_image_problem`)."""
         inputs: dict[str, torch.Tensor] = {}
         if self._tokenize is not None:
             tokens = self._tokenize(list(texts))
@@ -145,13 +173,26 @@ class Predictor:
         if self._preprocess is not None:
             if not pixels:
                 raise ValueError(f"the {self.head!r} head reads images; pass one preprocessed image per text")
-            inputs["pixel_values"] = torch.stack(list(pixels))
+            present = [p is not None for p in pixels]
+            if not all(present):
+                problem = self.missing_image_problem()
+                if problem is not None:
+                    raise ValueError(problem)
+                inputs["image_present"] = torch.tensor(present, dtype=torch.bool)
+            inputs["pixel_values"] = torch.stack([p if p is not None else self._blank_pixels() for p in pixels])
         return inputs
+
+    def _blank_pixels(self) -> torch.Tensor:
+        """The stand-in for a missing image: zeros shaped like a preprocessed image (what training uses)."""
+        if self._blank is None:
+            self._blank = torch.zeros_like(self.prepare_image(Image.new("RGB", (64, 64), (128, 128, 128))))
+        return self._blank
 
     # ------------------------------------------------------------------------------------------- running
 
-    def predict(self, texts: Sequence[str], pixels: Sequence[torch.Tensor] | None = None) -> list[Prediction]:
-        """Predictions for one batch; ``pixels[i]`` is :meth:`prepare_image` of item ``i``'s image.
+    def predict(self, texts: Sequence[str], pixels: Sequence[torch.Tensor | None] | None = None) -> list[Prediction]:
+        """Predictions for one batch; ``pixels[i]`` is :meth:`prepare_image` of item ``i``'s image, or ``None`` for
+        an item without one (a model that allows it: :meth:`missing_image_problem`; it gets no attention map).
 
         For a head that reads no text (no image), ``texts`` (``pixels``) only give the batch size.
         """
@@ -171,8 +212,10 @@ class Predictor:
         raise NotImplementedError
 
     def _predictions(self, outputs: dict[str, np.ndarray], inputs: dict[str, torch.Tensor]) -> list[Prediction]:
-        proba = probabilities(outputs["logits"])  # float64, as MultimodalClassifier.predict_proba
+        proba = probabilities(outputs["logits"], self.temperature)  # float64, as MultimodalClassifier.predict_proba
         labels = predict_labels(proba, self.threshold)
+        shown = inputs.get("image_present")
+        present = [True] * len(proba) if shown is None else [bool(v) for v in shown]
         reliance = outputs.get("image_reliance")
         attention = outputs.get("attention")
         if attention is not None:
@@ -186,7 +229,8 @@ class Predictor:
                 probabilities=self._named(proba[i]),
                 threshold=self.threshold,
                 image_reliance=None if reliance is None else float(reliance[i]),
-                attention=None if attention is None else attention[i],
+                attention=None if attention is None or not present[i] else attention[i],
+                image_present=present[i],
             )
             for i in range(len(proba))
         ]
@@ -227,6 +271,7 @@ class TorchPredictor(Predictor):
             of missing images; ``cache``: whether frozen encoders' features are precomputed; ``train.eval_batch``,
             ``train.num_workers``; ``run.quiet``); default: the defaults. Its ``model`` is not read.
         features: where precomputed features come from (default: as ``config.cache`` says).
+        temperature: the calibration temperature (see :class:`Predictor`).
     """
 
     backend = "torch"
@@ -244,6 +289,7 @@ class TorchPredictor(Predictor):
         train_class_counts: Sequence[int] | None = None,
         config: TrainConfig | None = None,
         features: FeatureSource | None = None,
+        temperature: float | None = None,
     ) -> None:
         text_encoder = getattr(model, "text_encoder", None)
         image_encoder = getattr(model, "image_encoder", None)
@@ -260,6 +306,7 @@ class TorchPredictor(Predictor):
             head=head or head_name(model),
             encoders=encoders,
             source=source,
+            temperature=temperature,
         )
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
@@ -301,6 +348,25 @@ class TorchPredictor(Predictor):
             device=device,
             train_class_counts=spec.train_class_counts,
             config=config,
+            temperature=spec.temperature,
+        )
+
+    def missing_image_problem(self) -> str | None:
+        """``None`` when the model reads no image, or was trained with missing-image handling: its training config
+        kept examples without a usable image as blanks (``data.on_missing_image: blank``) or hid images at random
+        (``train.image_dropout`` > 0); else why an item without an image cannot be predicted, and what to do."""
+        if not self.reads_image:
+            return None
+        cfg = self.config
+        policy = cfg.data.on_missing_image if cfg.data is not None else None
+        if policy == "blank" or cfg.train.image_dropout > 0:
+            return None
+        how = f"data.on_missing_image: {policy}" if policy is not None else "no data config"
+        return (
+            f"an image is required: this {self.head!r} model was trained without missing-image handling ({how}, "
+            f"train.image_dropout: {cfg.train.image_dropout:g}), so a prediction without an image would be a guess. "
+            "Send an image, or retrain with data.on_missing_image: blank (or train.image_dropout > 0) to serve "
+            "text-only requests"
         )
 
     @property
@@ -328,9 +394,13 @@ class TorchPredictor(Predictor):
         from mmfuse.fusion.base import FusionInputs
 
         text = {k: v.to(self.device) for k, v in inputs.items() if k in TEXT_INPUTS}
-        pixels = inputs.get("pixel_values")
+        pixels, present = inputs.get("pixel_values"), inputs.get("image_present")
         out = self.model(
-            FusionInputs(text_inputs=text or None, pixel_values=None if pixels is None else pixels.to(self.device))
+            FusionInputs(
+                text_inputs=text or None,
+                pixel_values=None if pixels is None else pixels.to(self.device),
+                image_present=None if present is None else present.to(self.device),
+            )
         )
         named = {k: v.float().cpu().numpy() for k, v in out.as_dict().items() if k not in ("fused", "embedding")}
         if out.grid is not None:
@@ -379,6 +449,7 @@ class TorchPredictor(Predictor):
         items = inputs.examples
         with self._batches(items, plan, labeled=labeled, task=task) as (loader, maker, bar):
             out = run_model(self.model, loader, maker, device=self.device, details=details, bar=bar)
+        out.temperature = self.temperature
         if not self.reads_image_paths:
             return out, None
         missing = missing_images(items, out.image_present, **where)

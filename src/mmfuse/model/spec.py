@@ -2,9 +2,9 @@
 
 A checkpoint's ``meta.json`` holds the spec (format version 2): the encoders and head (a
 :class:`~mmfuse.config.ModelConfig`), the class names in logit order, the tuned threshold, the training-label counts
-(for the baselines of an evaluation) and, added at save time, each encoder's identity (its preprocessing, tokenizer
-and weights) with a fingerprint. That is everything needed to rebuild the model and turn its logits into labels;
-the training config (data, optimizer, loop) stays in the run folder's ``config.yaml``.
+(for the baselines of an evaluation), the calibration temperature and, added at save time, each encoder's identity
+(its preprocessing, tokenizer and weights) with a fingerprint. That is everything needed to rebuild the model and
+turn its logits into labels; the training config (data, optimizer, loop) stays in the run folder's ``config.yaml``.
 
 Format version 1 stored the whole training config under ``config``; :meth:`ModelSpec.from_meta` reads both.
 """
@@ -28,10 +28,13 @@ class ModelSpec:
     Attributes:
         model: encoders and fusion head.
         classes: class names in logit order (the label map).
-        threshold: the tuned decision threshold on P(class 1) for binary tasks; ``None``: argmax.
+        threshold: the tuned decision threshold on P(class 1) for binary tasks (on the calibrated probabilities when
+            the model has a ``temperature``); ``None``: argmax.
         train_class_counts: examples per class in the training split (for the majority / random baselines).
         encoders: per modality, the encoder's record (name, frozen, identity with its preprocessing, fingerprint),
             as the checkpoint recorded it; empty before the model is saved.
+        temperature: the calibration temperature fitted on validation (``train.calibrate``): probabilities are
+            ``softmax(logits / temperature)``; ``None``: not calibrated (as ``1``).
     """
 
     model: ModelConfig
@@ -39,6 +42,7 @@ class ModelSpec:
     threshold: float | None = None
     train_class_counts: list[int] | None = None
     encoders: dict[str, dict[str, Any]] = field(default_factory=dict)
+    temperature: float | None = None
 
     @property
     def head(self) -> str:
@@ -58,6 +62,7 @@ class ModelSpec:
             "classes": list(self.classes),
             "threshold": self.threshold,
             "train_class_counts": self.train_class_counts,
+            "temperature": self.temperature,
         }
 
     @classmethod
@@ -81,12 +86,16 @@ class ModelSpec:
         if not isinstance(classes, list) or len(classes) < 2:
             raise ConfigError(f"{source}: its metadata names no classes (at least 2), got {classes!r}")
         counts = meta.get("train_class_counts")
+        temperature = meta.get("temperature")
+        if temperature is not None and not (isinstance(temperature, (int, float)) and temperature > 0):
+            raise ConfigError(f"{source}: its calibration temperature must be a positive number, got {temperature!r}")
         return cls(
             model=model_config,
             classes=[str(c) for c in classes],
             threshold=meta.get("threshold"),
             train_class_counts=[int(c) for c in counts] if counts is not None else None,
             encoders=dict(meta.get("encoders") or {}),
+            temperature=float(temperature) if temperature is not None else None,
         )
 
 

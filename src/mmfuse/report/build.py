@@ -48,6 +48,8 @@ class Evaluation:
         attention: per example the ``(h, w)`` attention grid over image regions (heads that have it).
         reliance: ``(N,)`` image reliance (heads that have it).
         threshold: binary decision threshold tuned on validation.
+        temperature: the model's calibration temperature (``proba`` is calibrated by it), ``None`` when uncalibrated.
+        calibration_note: what training said about the fit (no temperature, or one clamped), from ``summary.json``.
         missing_images: examples predicted from a blank image because theirs was missing or unreadable.
     """
 
@@ -60,6 +62,8 @@ class Evaluation:
     reliance: np.ndarray | None = None
     threshold: float | None = None
     missing_images: list[str] | None = None
+    temperature: float | None = None
+    calibration_note: str | None = None
 
 
 def write_report(
@@ -180,6 +184,8 @@ def run_sections(clf: Any, run: Path, out: Path, split: str, per_group: int, say
         sections.append(_section("evaluation", prefix + "Evaluation", f'<p class="note">{H.esc(evaluation)}</p>'))
         return sections
     evaluation.threshold = clf.threshold
+    evaluation.temperature = getattr(clf, "temperature", None)
+    evaluation.calibration_note = (clf.summary.get("calibration") or {}).get("note")
     sections += _evaluation_sections(evaluation, clf.train_class_counts, out, per_group, _crop_of(clf.model), prefix)
     return sections
 
@@ -334,13 +340,12 @@ def _evaluation_sections(ev: Evaluation, train_counts: Sequence[int] | None, out
         curve = plots.save(plots.pr_curves(ev.y, ev.proba, ev.classes), out / "precision_recall.png")
         curve_caption = "Precision-recall per class, one against the rest"
     confusion = plots.save(plots.confusion_plot(metrics["confusion_matrix"], ev.classes), out / "confusion_matrix.png")
-    fig, ece = plots.calibration_plot(ev.y, ev.proba, ev.classes)
-    calibration = plots.save(fig, out / "calibration.png")
-    body += H.figs([
+    figures = [
         H.figure(curve, curve_caption),
         H.figure(confusion, "Confusion matrix (argmax): counts and share of each true class"),
-        H.figure(calibration, f"Reliability diagram; expected calibration error {ece:.3f}"),
-    ])  # fmt: skip
+    ]
+    body += _calibration(ev, out, figures)
+    body += H.figs(figures)
     lead = f"{len(ev.y)} labeled {ev.split} examples."
     sections = [_section("evaluation", f"{prefix}Evaluation on {ev.split}", body, lead)]
     gallery = _gallery(ev, out, per_group, crop)
@@ -350,6 +355,37 @@ def _evaluation_sections(ev: Evaluation, train_counts: Sequence[int] | None, out
         lead += " Heatmap: the text's attention over image regions (mean over its tokens)."
     sections.append(_section("gallery", title, gallery, lead))
     return sections
+
+
+def _calibration(ev: Evaluation, out: Path, figures: list[str]) -> str:
+    """The calibration table (ECE and Brier score; before and after for a model calibrated with a temperature), and
+    its reliability diagrams added to ``figures``: before calibration too when there is a temperature."""
+    from mmfuse.engine.calibration import uncalibrated
+    from mmfuse.engine.metrics import brier_score, expected_calibration_error
+
+    columns = [("model", ev.proba)]
+    if ev.temperature is not None:
+        columns = [("before calibration", uncalibrated(ev.proba, ev.temperature)),
+                   (f"after (temperature {ev.temperature:.3f})", ev.proba)]  # fmt: skip
+    for i, (name, proba) in enumerate(columns):
+        title = "Calibration" if len(columns) == 1 else ("Before calibration", "After calibration")[i]
+        fig, ece = plots.calibration_plot(ev.y, proba, ev.classes, title=title)
+        png = plots.save(fig, out / ("calibration.png" if i == len(columns) - 1 else "calibration_before.png"))
+        figures.append(H.figure(png, f"Reliability diagram {name}; expected calibration error {ece:.3f}"))
+    rows = [
+        ["expected calibration error", *(expected_calibration_error(ev.y, p) for _, p in columns)],
+        ["Brier score", *(brier_score(ev.y, p) for _, p in columns)],
+    ]
+    lead = (
+        f'<p class="note">Probabilities calibrated by temperature scaling fitted on validation: softmax(logits / '
+        f"{ev.temperature:.3f}); labels (argmax) are unchanged. Lower is better.</p>"
+        if ev.temperature is not None
+        else '<p class="note">No calibration temperature applies to these probabilities as a whole (a run trained with '
+        "train.calibrate: none or without a fit, or an ensemble of calibrated runs). Lower is better.</p>"
+    )
+    if ev.calibration_note:
+        lead = f'<div class="warn">Calibration at training: {H.esc(ev.calibration_note)}</div>' + lead
+    return lead + H.table(["calibration", *(n for n, _ in columns)], rows)
 
 
 # ------------------------------------------------------------------------------------------------------ gallery

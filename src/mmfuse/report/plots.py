@@ -159,12 +159,16 @@ def confusion_plot(cm: Sequence[Sequence[int]], classes: Sequence[str]) -> Figur
     return fig
 
 
-def calibration_plot(y: np.ndarray, proba: np.ndarray, classes: Sequence[str], bins: int = 10) -> tuple[Figure, float]:
+def calibration_plot(y: np.ndarray, proba: np.ndarray, classes: Sequence[str], bins: int = 10,
+                     title: str = "Calibration") -> tuple[Figure, float]:  # fmt: skip
     """Reliability diagram and confidence histogram; returns the figure and the expected calibration error.
 
     Binary tasks plot P(class 1) against the observed frequency of class 1; others plot the confidence (the top
-    probability) against accuracy. ECE: the mean gap between confidence and accuracy, weighted by bin size.
+    probability) against accuracy. ECE (:func:`~mmfuse.engine.metrics.expected_calibration_error`): the mean gap
+    between top-label confidence and accuracy, weighted by bin size. ``title`` heads the diagram, with the ECE.
     """
+    from mmfuse.engine.metrics import expected_calibration_error
+
     binary = proba.shape[1] == 2
     if binary:
         score, hit, what = proba[:, 1], (y == 1).astype(float), f"P({classes[1]})"
@@ -179,11 +183,7 @@ def calibration_plot(y: np.ndarray, proba: np.ndarray, classes: Sequence[str], b
             centers.append(score[mask].mean())
             observed.append(hit[mask].mean())
             counts.append(int(mask.sum()))
-    conf = proba.max(axis=1)
-    correct = (proba.argmax(axis=1) == y).astype(float)
-    which_conf = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
-    ece = float(sum(abs(conf[which_conf == b].mean() - correct[which_conf == b].mean()) * (which_conf == b).mean()
-                    for b in range(bins) if (which_conf == b).any()))  # fmt: skip
+    ece = expected_calibration_error(y, proba, bins)
     fig = new_figure(5, 5)
     ax, hist = fig.subplots(2, 1, height_ratios=[3, 1], sharex=True)
     ax.plot([0, 1], [0, 1], ls="--", color="#999", lw=1, label="perfectly calibrated")
@@ -191,7 +191,7 @@ def calibration_plot(y: np.ndarray, proba: np.ndarray, classes: Sequence[str], b
     for x, o, n in zip(centers, observed, counts, strict=True):
         ax.annotate(str(n), (x, o), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7, color="#666")
     ax.set(ylabel=f"observed {'frequency of ' + classes[1] if binary else 'accuracy'}", xlim=(0, 1), ylim=(0, 1.05),
-           title=f"Calibration (ECE {ece:.3f})")  # fmt: skip
+           title=f"{title} (ECE {ece:.3f})")  # fmt: skip
     ax.yaxis.label.set_parse_math(False)
     ax.legend(fontsize=8, frameon=False, loc="upper left")
     hist.hist(score, bins=edges, color=PALETTE[0], alpha=0.7)

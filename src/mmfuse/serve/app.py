@@ -99,6 +99,11 @@ class PredictionOut(BaseModel):
         None, description="how much the image contributed, in [0, 1] (heads with a gate); else null"
     )
     attention: AttentionOut | None = Field(None, description="heads with attention over image regions; else null")
+    image_present: bool = Field(
+        True,
+        description="false: the item came without an image and was predicted from the text alone (a model "
+        "trained with missing-image handling)",
+    )
 
 
 class ItemError(BaseModel):
@@ -134,6 +139,12 @@ class InfoOut(BaseModel):
     encoders: dict[str, str | None]
     classes: list[str]
     threshold: float | None
+    temperature: float | None = Field(
+        None, description="calibration temperature: probabilities are softmax(logits / temperature); null: none"
+    )
+    image_required: bool = Field(
+        False, description="every item needs an image (false: the model also predicts from the text alone)"
+    )
     inputs: list[str] = Field(description="the fields an item needs: text, image")
     attention: bool = Field(description="predictions carry attention over image regions")
     image_reliance: bool = Field(description="predictions carry the image-reliance weight")
@@ -176,18 +187,20 @@ def _request_models(predictor: Predictor, settings: ServeSettings) -> _RequestMo
     def field(kind: Any, used: bool) -> Any:
         return (kind, ...) if used else (kind | None, None)
 
+    # a model trained with missing-image handling takes items without an image (predicted from a blank, as trained)
+    needs_image = predictor.reads_image and predictor.missing_image_problem() is not None
     json_item = create_model(
         "PredictRequest",
         __doc__="One item: the text, and the image file's bytes base64-encoded (a data: URL works too).",
         text=field(text, predictor.reads_text),
-        image=field(image64, predictor.reads_image),
+        image=field(image64, needs_image),
     )
     json_batch = create_model(
         "PredictBatchRequest",
         __doc__="Many items, run through the model together.",
         items=(list[json_item], Field(**many)),  # type: ignore[valid-type]
     )
-    required = [name for name, used in (("text", predictor.reads_text), ("image", predictor.reads_image)) if used]
+    required = [name for name, used in (("text", predictor.reads_text), ("image", needs_image)) if used]
 
     def form_schema(schema: dict[str, Any]) -> None:
         if predictor.reads_text:  # the text is required although it has a default (see _text_sent)
@@ -201,14 +214,16 @@ def _request_models(predictor: Predictor, settings: ServeSettings) -> _RequestMo
         # FastAPI reads an empty form field as an absent one (HTML forms send empty inputs), but an empty text is
         # valid here: the default keeps it, and the route tells an absent field from an empty one (_text_sent).
         text=(text, "") if predictor.reads_text else (text | None, None),
-        image=field(image_file, predictor.reads_image),
+        image=field(image_file, needs_image),
     )
     texts = list[text] if predictor.reads_text else list[text] | None  # type: ignore[valid-type]
-    images = list[image_file] if predictor.reads_image else list[image_file] | None  # type: ignore[valid-type]
+    images = list[image_file] if needs_image else list[image_file] | None  # type: ignore[valid-type]
 
-    def paired(form: Any) -> Any:
+    def paired(form: Any) -> Any:  # images optional: none at all (text only), or one per text
         counts = [
-            len(v) for v, used in ((form.text, predictor.reads_text), (form.image, predictor.reads_image)) if used
+            len(v)
+            for v, used in ((form.text, predictor.reads_text), (form.image, predictor.reads_image))
+            if used and v is not None
         ]
         if len(set(counts)) > 1:
             raise ValueError(f"got {len(form.text)} text and {len(form.image)} image fields; pair one of each")
@@ -221,9 +236,7 @@ def _request_models(predictor: Predictor, settings: ServeSettings) -> _RequestMo
         text=(texts, Field(..., description="one per item, in order", **many))
         if predictor.reads_text
         else (texts, None),
-        image=(images, Field(..., description="one per item, in order", **many))
-        if predictor.reads_image
-        else (images, None),
+        image=(images, Field(..., description="one per item, in order", **many)) if needs_image else (images, None),
     )
     return _RequestModels(json_item, json_batch, form_item, form_batch)
 
@@ -461,7 +474,10 @@ class _Service:
             if item.error is not None:
                 out.append(item.error)
                 continue
-            assert item.image is not None
+            if item.image is None:  # no image sent: a blank stands in, for a model trained to expect that
+                problem = self.predictor.missing_image_problem()
+                out.append(None if problem is None else _ItemFailure(422, f"{item.name}: {problem}"))
+                continue
             try:
                 image = decode_image(
                     item.image, name=item.name, max_pixels=self.settings.max_pixels,
@@ -487,7 +503,7 @@ class _Service:
         if isinstance(result, _ItemFailure):
             log.info("predict: no prediction (%d): %s", result.status, result.detail)
             return _error(result.status, result.detail)
-        return result.to_dict()
+        return _answer(result)
 
     async def answer_batch(self, items: list[_RawItem]) -> dict[str, Any]:
         results = await self.predict(items)
@@ -498,7 +514,7 @@ class _Service:
             more = f"; ... {len(errors) - 5} more" if len(errors) > 5 else ""
             log.warning("predict/batch: %d of %d items got no prediction: %s%s", len(errors), len(results), shown, more)
         return {
-            "predictions": [r.to_dict() if isinstance(r, Prediction) else None for r in results],
+            "predictions": [_answer(r) if isinstance(r, Prediction) else None for r in results],
             "errors": errors,
             "failed": len(errors),
         }
@@ -519,6 +535,11 @@ class _Service:
         if self.logs.failed:
             out.append(self.logs.problem())
         return out
+
+
+def _answer(prediction: Prediction) -> dict[str, Any]:
+    """A prediction as the API answers it: its JSON form, and whether the item came with an image."""
+    return {**prediction.to_dict(), "image_present": prediction.image_present}
 
 
 async def _text_sent(request: Request) -> None:
@@ -544,6 +565,17 @@ def _shown(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_shown(item) for item in value]
     return value
+
+
+def _explained(error: dict[str, Any], missing_image: str | None) -> dict[str, Any]:
+    """A validation error as answered: an upload shown by name and size; a missing image field with the reason the
+    model needs one (``missing_image``)."""
+    if "input" in error:
+        error = {**error, "input": _shown(error["input"])}
+    loc = tuple(error.get("loc", ()))
+    if missing_image is not None and error.get("type") == "missing" and loc[-1:] == ("image",):
+        error = {**error, "msg": f"Field required: {missing_image}"}
+    return error
 
 
 def _status(error: ImageError) -> int:
@@ -681,9 +713,11 @@ def _add_static(app: FastAPI, route: str, content: bytes, media_type: str) -> No
 
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        """FastAPI's 422, with an uploaded file shown as its name and size, not the file object's insides."""
-        errors = [{**error, "input": _shown(error["input"])} if "input" in error else error for error in exc.errors()]
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """FastAPI's 422, with an uploaded file shown as its name and size, not the file object's insides; a missing
+        image says why this model needs one and what to do."""
+        problem = request.app.state.service.predictor.missing_image_problem()
+        errors = [_explained(error, problem) for error in exc.errors()]
         return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
 
     @app.exception_handler(_ItemFailure)

@@ -20,9 +20,14 @@ function describeError(status, body) {
   return `${status}: the server answered with an error`;
 }
 
+// whether every item needs an image (a model trained with missing-image handling also predicts from the text alone)
+function imageRequired(info) {
+  return typeof info.image_required === "boolean" ? info.image_required : info.inputs.includes("image");
+}
+
 function ready() {
   const info = state.info;
-  const needsImage = !info || info.inputs.includes("image");
+  const needsImage = !info || imageRequired(info);
   $("predict").disabled = !info || (needsImage && !state.file);
 }
 
@@ -37,6 +42,7 @@ async function loadInfo() {
       `Head ${info.head} (${encoders}) · classes: ${info.classes.join(", ")} · backend ${info.backend} · v${info.version}`;
     show($("image-field"), info.inputs.includes("image"));
     show($("text-field"), info.inputs.includes("text"));
+    show($("image-optional"), info.inputs.includes("image") && !imageRequired(info));
   } catch (err) {
     $("model-info").textContent = "Could not load model information.";
     setError(String(err));
@@ -103,6 +109,7 @@ function renderResult(result) {
   $("threshold").textContent = result.threshold === null
     ? "Label: the most probable class."
     : `Label: "${state.info.classes[1]}" when its probability is at least ${result.threshold.toFixed(3)} (the run's threshold).`;
+  if (result.image_present === false) $("threshold").textContent += " No image was sent: predicted from the text alone.";
   const bars = $("probabilities");
   bars.replaceChildren();
   for (const [name, p] of Object.entries(result.probabilities)) {
@@ -148,7 +155,7 @@ async function predict() {
   $("result").dataset.state = "pending";
   const form = new FormData();
   if (state.info.inputs.includes("text")) form.append("text", $("text").value);
-  if (state.info.inputs.includes("image")) form.append("image", state.file, state.file.name || "image");
+  if (state.info.inputs.includes("image") && state.file) form.append("image", state.file, state.file.name || "image");
   try {
     const response = await fetch("/predict", { method: "POST", body: form });
     const body = await response.json().catch(() => null);
