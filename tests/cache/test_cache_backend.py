@@ -18,6 +18,7 @@ from torch import nn
 
 from _tiny import real_image_encoder, real_text_encoder, tiny_bert_dir, tiny_resnet_dir
 from mmfuse.cache import FeatureCache
+from mmfuse.cache.inventory import clear_cache
 from mmfuse.cache.location import onnx_dir
 from mmfuse.config import ConfigError, config_from
 from mmfuse.data import Example
@@ -165,6 +166,8 @@ def test_config_backend_reaches_the_encoder_and_the_cache(tmp_path: Path, synth_
     clf = MultimodalClassifier(cfg).fit(synth_splits["train"], synth_splits["val"])
     assert clf.model.image_encoder.backend == "onnxruntime" and clf.model.text_encoder.backend == "torch"
     assert len(list(onnx_dir(tmp_path / "cache").glob("*.onnx"))) == 1  # the image encoder only
+    clear_cache(tmp_path / "cache")  # `mmfuse cache clear` takes the exports too
+    assert not onnx_dir(tmp_path / "cache").exists()
 
 
 @pytest.mark.slow
