@@ -10,7 +10,8 @@ For each modality (EfficientNet-Lite0 images, MiniLM texts), in one run:
   ``auto`` backend, hashing, shard writes); the ONNX export from (b) is put in the folder's ``onnx/`` first, as a
   second dataset on the same cache finds it.
 
-Each row gives inputs/s, user and sys CPU seconds of this process and its DataLoader workers
+Each row gives inputs/s (wall clock), inputs per CPU-second (user + sys: the figure to compare when other processes
+share the machine), user and sys CPU seconds of this process and its DataLoader workers
 (``resource.getrusage``), and for (c) the bytes written per example. Reports numbers; asserts nothing. Run::
 
     python benchmarks/extract.py [--root ../shared/datasets/mvsa_single] [--limit 512] [--modality image]
@@ -58,9 +59,11 @@ def timed(fn: Callable[[], Any]) -> tuple[float, float, float]:
 
 
 def row(label: str, n: int, unit: str, wall: float, user: float, sys_: float, extra: str = "") -> None:
+    """One line; ``per CPU-s`` (inputs per second of user + sys time) is the figure to compare on a busy machine,
+    where wall-clock rates measure the other processes too."""
     print(
-        f"  {label:<34} {n / wall:8.1f} {unit}/s  wall {wall:7.1f} s  user {user:7.1f} s  sys {sys_:6.1f} s "
-        f"(sys/user {sys_ / max(user, 1e-9):5.0%}){extra}"
+        f"  {label:<31} {n / wall:7.1f} {unit}/s {n / max(user + sys_, 1e-9):7.1f} {unit}/CPU-s  wall {wall:6.1f} s  "
+        f"user {user:6.1f} s  sys {sys_:5.1f} s (sys/user {sys_ / max(user, 1e-9):4.0%}){extra}"
     )
 
 

@@ -1,7 +1,7 @@
 """Frozen encoders filling the feature cache on onnxruntime (``model.<modality>_encoder.backend``).
 
 Tolerance of every comparison: ``ONNX_ATOL`` / ``ONNX_RTOL`` (1e-4 absolute + 1e-4 relative), the one the backend
-itself checks on its first batch. onnxruntime and torch compute the same float32 graph with other kernels and
+itself checks on the first inputs. onnxruntime and torch compute the same float32 graph with other kernels and
 summation orders (BatchNorm folded into the convolutions); the differences measured are ~2e-5 on EfficientNet-Lite0
 grids (values up to 6) and MiniLM states, well inside it, on any CPU kind.
 """

@@ -7,10 +7,10 @@ miss.
 
 The encoder's forward runs on its ``backend`` (:mod:`mmfuse.encoders.runtime`): ``torch``, ``onnxruntime`` (the
 encoder exported to ONNX once, the file kept in ``onnx_dir``), or ``auto`` (the default): onnxruntime where it is
-installed, the device is the CPU, the encoder exports, its outputs on the first batch are within the tolerance of
-torch's and it ran that batch faster, and the export pays for itself (an ONNX file of this encoder is already in
-``onnx_dir``, or at least :data:`AUTO_MIN_INPUTS` inputs are to be encoded); else torch. A backend that cannot run
-the encoder falls back to torch with a warning naming why.
+installed, the device is the CPU, the encoder exports, its outputs on the first inputs (:data:`CHECK_ROWS`) are
+within the tolerance of torch's and it ran them faster, and the export pays for itself (an ONNX file of this
+encoder is already in ``onnx_dir``, or at least :data:`AUTO_MIN_INPUTS` inputs are to be encoded); else torch.
+A backend that cannot run the encoder falls back to torch with a warning naming why.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ logger = logging.getLogger("mmfuse.features")
 # ``auto`` exports an encoder to ONNX only for at least this many inputs: the export takes ~20 s for
 # EfficientNet-Lite0 or MiniLM on a 2-core CPU, and onnxruntime saves ~0.06 s per image, ~0.015 s per sentence there.
 AUTO_MIN_INPUTS = 1000
+CHECK_ROWS = 8  # inputs of the first batch on which onnxruntime is checked against torch (and timed, for auto)
 ONNX_FORMAT = 1  # part of the file name: bump when the exported graph changes
 
 
@@ -139,23 +140,23 @@ class _Forward:
         self.chosen = "torch"
 
     def __call__(self, inputs: Any) -> EncoderOutput:
-        if self.run is not None:
-            return self.run(inputs)
-        start = time.perf_counter()
-        reference = self.encoder(inputs)
-        torch_seconds = time.perf_counter() - start
-        self.run = self.encoder
+        if self.run is None:
+            self.run = self._choose(inputs)
+        return self.run(inputs)
+
+    def _choose(self, inputs: Any) -> Callable[[Any], EncoderOutput]:
+        """The encoder itself or its :class:`OnnxEncoder`, decided on the first rows of the first batch."""
         reason = self._skip_onnx()
         if reason is None:
             try:
-                self._try_onnx(inputs, reference, torch_seconds)
+                return self._onnx(inputs)
             except BackendError as e:
                 reason = str(e)
-        if reason is not None and self.backend == "onnxruntime":
+        if self.backend == "onnxruntime":
             logger.warning("%s: backend onnxruntime cannot run it (%s); running it on torch", self._name, reason)
-        elif reason is not None:
-            logger.debug("%s: backend auto runs torch (%s)", self._name, reason)
-        return reference
+        else:
+            logger.debug("%s: backend %s runs torch (%s)", self._name, self.backend, reason)
+        return self.encoder
 
     @property
     def _name(self) -> str:
@@ -177,21 +178,29 @@ class _Forward:
                 return f"{self.total} inputs: the export would take longer than it saves (< {AUTO_MIN_INPUTS})"
         return None
 
-    def _try_onnx(self, inputs: Any, reference: EncoderOutput, torch_seconds: float) -> None:
+    def _onnx(self, inputs: Any) -> OnnxEncoder:
+        """The encoder on onnxruntime, checked against torch on the first :data:`CHECK_ROWS` inputs (and, for
+        ``auto``, faster there)."""
         assert self.onnx_dir is not None
-        example = inputs[:2] if isinstance(inputs, torch.Tensor) else {k: v[:2] for k, v in inputs.items()}
-        runner = OnnxEncoder(self.encoder, example, onnx_file(self.encoder, self.onnx_dir))
-        diff = check_close(self.encoder.name, runner(inputs), reference)  # also onnxruntime's warm-up run
-        start = time.perf_counter()
-        runner(inputs)
-        ort_seconds = time.perf_counter() - start
+        rows = (
+            inputs[:CHECK_ROWS] if isinstance(inputs, torch.Tensor) else {k: v[:CHECK_ROWS] for k, v in inputs.items()}
+        )
+        runner = OnnxEncoder(self.encoder, rows, onnx_file(self.encoder, self.onnx_dir))
+        diff = check_close(self.encoder.name, runner(rows), self.encoder(rows))  # also the warm-up runs
+        torch_seconds = _seconds(self.encoder, rows)
+        ort_seconds = _seconds(runner, rows)
         if self.backend == "auto" and ort_seconds >= torch_seconds:
-            raise BackendError(f"onnxruntime was not faster on the first batch ({ort_seconds:.2f} s, torch "
-                               f"{torch_seconds:.2f} s)")  # fmt: skip
-        self.run = runner
-        self.chosen = "onnxruntime"
+            raise BackendError(f"onnxruntime was not faster on {CHECK_ROWS} inputs ({ort_seconds:.3f} s, torch "
+                               f"{torch_seconds:.3f} s)")  # fmt: skip
         logger.info(
-            "%s runs on onnxruntime (%s; max |onnxruntime - torch| %.1e on the first batch; %.2f s a batch, torch "
-            "%.2f s)", self._name, ("exported to " if runner.exported else "loaded ") + str(runner.path), diff,
+            "%s runs on onnxruntime (%s; max |onnxruntime - torch| %.1e on %d inputs; %.3f s for them, torch %.3f s)",
+            self._name, ("exported to " if runner.exported else "loaded ") + str(runner.path), diff, CHECK_ROWS,
             ort_seconds, torch_seconds,
         )  # fmt: skip
+        return runner
+
+
+def _seconds(run: Callable[[Any], EncoderOutput], inputs: Any) -> float:
+    start = time.perf_counter()
+    run(inputs)
+    return time.perf_counter() - start
