@@ -67,7 +67,7 @@ def row(label: str, n: int, unit: str, wall: float, user: float, sys_: float, ex
     )
 
 
-def bench(modality: str, examples: list, batch_size: int, workers: int | None) -> None:
+def bench(modality: str, examples: list, batch_size: int, workers: int | None, rows: str = "abc") -> None:
     encoder = build_image_encoder("efficientnet-lite0") if modality == "image" else build_text_encoder("minilm")
     encoder.freeze()
     encoder.eval()
@@ -86,11 +86,12 @@ def bench(modality: str, examples: list, batch_size: int, workers: int | None) -
             for b in batches:
                 fn(b)
 
-    with torch.inference_mode():
-        encoder(batches[0])  # warm-up
-    row("(a) torch, glibc default heap", n, unit, *timed(lambda: run_all(encoder)))
-    with retained_heap():
-        row("(a) torch, retained_heap", n, unit, *timed(lambda: run_all(encoder)))
+    if "a" in rows:
+        with torch.inference_mode():
+            encoder(batches[0])  # warm-up
+        row("(a) torch, glibc default heap", n, unit, *timed(lambda: run_all(encoder)))
+        with retained_heap():
+            row("(a) torch, retained_heap", n, unit, *timed(lambda: run_all(encoder)))
     tmp = Path(tempfile.mkdtemp(prefix="mmfuse-extract-bench-"))
     try:
         example = batches[0][:2] if modality == "image" else {k: v[:2] for k, v in batches[0].items()}
@@ -98,7 +99,10 @@ def bench(modality: str, examples: list, batch_size: int, workers: int | None) -
         runner = OnnxEncoder(encoder, example, tmp / "export.onnx")
         export_s = time.perf_counter() - start
         runner(batches[0])  # warm-up
-        row("(b) onnxruntime", n, unit, *timed(lambda: run_all(runner)), f"  (export once: {export_s:.1f} s)")
+        if "b" in rows:
+            row("(b) onnxruntime", n, unit, *timed(lambda: run_all(runner)), f"  (export once: {export_s:.1f} s)")
+        if "c" not in rows:
+            return
         cache_root = tmp / "cache"
         seeded = onnx_file(encoder, onnx_dir(cache_root))
         seeded.parent.mkdir(parents=True)
@@ -118,6 +122,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers of (c) (default: the cache's)")
     parser.add_argument("--modality", choices=["image", "text", "both"], default="both")
+    parser.add_argument("--rows", default="abc", help="which of the rows (a), (b), (c) to measure, e.g. bc")
     args = parser.parse_args()
     splits = load_splits(DataConfig(root=args.root, preset="mvsa_single"))
     examples = [e for s in splits.values() for e in s.examples][: args.limit]
@@ -126,7 +131,7 @@ def main() -> None:
         f"{os.getloadavg()[0]:.1f}, torch {torch.__version__} ({torch.get_num_threads()} threads)"
     )
     for modality in ("image", "text") if args.modality == "both" else (args.modality,):
-        bench(modality, examples, args.batch_size, args.workers)
+        bench(modality, examples, args.batch_size, args.workers, args.rows)
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 
 
