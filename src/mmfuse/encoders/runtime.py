@@ -101,6 +101,7 @@ class OnnxEncoder:
         path: the ``.onnx`` file: loaded when it exists (a file that does not load is exported again), else the
             encoder is exported there (written to a temporary name, then renamed, so concurrent runs are safe).
         threads: onnxruntime intra-op threads (default: :func:`available_cores`).
+        reference: ``encoder(example)``, where the caller has it (saves running the encoder here).
 
     Raises:
         BackendError: onnxruntime is not installed, or the encoder does not export or does not load.
@@ -113,6 +114,7 @@ class OnnxEncoder:
         path: str | Path,
         *,
         threads: int | None = None,
+        reference: EncoderOutput | None = None,
     ) -> None:
         try:
             import onnxruntime as ort
@@ -121,8 +123,9 @@ class OnnxEncoder:
         self.path = Path(path)
         named = _named(example)
         self.input_names = list(named)
-        with torch.inference_mode():
-            reference = encoder(example)
+        if reference is None:
+            with torch.inference_mode():
+                reference = encoder(example)
         self.output_names = [n for n in _OUTPUTS if getattr(reference, n) is not None]
         self.grid = reference.grid
         self.exported = False
