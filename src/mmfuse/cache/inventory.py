@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmfuse.cache.location import features_dir
+from mmfuse.cache.location import features_dir, onnx_dir
 from mmfuse.cache.shards import SUFFIX, TMP_PREFIX, CorruptShardError, is_shard_file, read_header
 
 IDENTITY_FILE = "identity.json"
@@ -170,7 +170,8 @@ def match_encoders(root: Path, which: str) -> list[CachedEncoder]:
 
 
 def clear_cache(root: Path, encoder: str | None = None) -> list[CachedEncoder]:
-    """Removes every encoder folder (``encoder=None``) or those ``encoder`` names (see :func:`match_encoders`).
+    """Removes every encoder folder (``encoder=None``, with the encoders' ONNX exports) or those ``encoder`` names
+    (see :func:`match_encoders`).
 
     A folder is first renamed out of the way (atomic), then deleted, so a run reading the cache meanwhile sees
     either all of it or none of it and recomputes what it lacks.
@@ -194,6 +195,8 @@ def clear_cache(root: Path, encoder: str | None = None) -> list[CachedEncoder]:
     if encoder is None and base.is_dir():  # leftovers of interrupted clears
         for leftover in base.glob(".trash-*"):
             shutil.rmtree(leftover, ignore_errors=True)
+    if encoder is None:  # exports of frozen encoders (backend onnxruntime), made again when needed
+        shutil.rmtree(onnx_dir(root), ignore_errors=True)
     return targets
 
 

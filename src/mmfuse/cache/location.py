@@ -65,3 +65,8 @@ def resolve_cache_dir(configured: str | os.PathLike[str] | None = None) -> Path 
 def features_dir(root: Path) -> Path:
     """``root/features``: one sub-folder per encoder identity."""
     return root / FEATURES_SUBDIR
+
+
+def onnx_dir(root: Path) -> Path:
+    """Where ONNX exports of frozen encoders are kept (``backend: onnxruntime``), one file per encoder identity."""
+    return Path(root) / "onnx"

@@ -58,7 +58,7 @@ import torch
 from mmfuse._writable import free_bytes, reason_of
 from mmfuse.cache.inventory import IDENTITY_FILE, USAGE_DIR, stale_temporaries
 from mmfuse.cache.keys import ContentHasher, canonical_identity, identity_hash, request_key
-from mmfuse.cache.location import features_dir, resolve_cache_dir
+from mmfuse.cache.location import features_dir, onnx_dir, resolve_cache_dir
 from mmfuse.cache.shards import (
     CorruptShardError,
     ShardHeader,
@@ -503,6 +503,7 @@ class FeatureCache:
                     batch_size=batch_size,
                     num_workers=0 if isinstance(encoder, TextEncoder) else workers,
                     progress=progress,
+                    onnx_dir=onnx_dir(self.root),
                 )
         finally:
             self.stats.encode_seconds += time.perf_counter() - start

@@ -61,6 +61,12 @@ class EncoderConfig(StrictSection):
         options: keyword options of the encoder builder (checked when the encoder is built).
         lora: train LoRA adapters on the frozen encoder instead of its weights (:class:`LoraSettings`); needs
             ``freeze`` (the default) and ``trainable_top_k: 0``.
+        backend: what runs a fully frozen encoder when it fills the feature cache: ``torch``, ``onnxruntime`` (the
+            encoder exported to ONNX once, kept in the cache folder's ``onnx/``; features within 1e-4 of torch's,
+            so the cache serves both), or ``auto``: onnxruntime where it runs the encoder, within that tolerance
+            and faster, for a dataset large enough to pay for the export; else torch (see
+            :mod:`mmfuse.features.compute`). Training and prediction through a head that runs the encoder itself
+            always use torch.
     """
 
     name: str
@@ -68,6 +74,7 @@ class EncoderConfig(StrictSection):
     trainable_top_k: int = Field(default=0, ge=0)
     options: dict[str, Any] = Field(default_factory=dict)
     lora: LoraSettings | None = None
+    backend: Literal["auto", "torch", "onnxruntime"] = "auto"
 
     @model_validator(mode="before")
     @classmethod

@@ -110,6 +110,10 @@ class Encoder(nn.Module):
         """Freezes all weights, or all but the top ``trainable_top_k`` layers/blocks."""
         raise NotImplementedError
 
+    # What runs the encoder when it is frozen and fills the feature cache: "torch", "onnxruntime" or "auto" (see
+    # mmfuse.encoders.runtime and mmfuse.features.compute; set from model.<modality>_encoder.backend).
+    backend: str = "auto"
+
     # An encoder of features computed elsewhere (``precomputed``) looks them up by example id instead of reading text
     # or pixels: it sets ``reads_example_ids = True`` and implements ``encode_ids``, which the features layer calls
     # in place of tokenize/preprocess + forward.

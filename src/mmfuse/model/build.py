@@ -62,8 +62,10 @@ def build_two_tower_encoders(name: str, text: EncoderConfig, image: EncoderConfi
 
 
 def _configure(modality: str, cfg: EncoderConfig, encoder: Encoder) -> Encoder:
-    """Freezes (or unfreezes) ``encoder`` and adds its LoRA adapters, as ``cfg`` says."""
+    """Freezes (or unfreezes) ``encoder``, adds its LoRA adapters and sets its feature ``backend``, as ``cfg``
+    says."""
     key = f"model.{modality}_encoder"
+    encoder.backend = cfg.backend
     if cfg.freeze:
         try:
             encoder.freeze(trainable_top_k=cfg.trainable_top_k)
