@@ -134,3 +134,48 @@ def test_a_missing_path_or_file_is_an_error(tmp_path: Path) -> None:
         build_text_encoder("precomputed", path=str(tmp_path / "nope.parquet"))
     with pytest.raises(ValueError, match=r"must end in one of \['\.parquet', '\.npz', '\.npy'\]"):
         build_text_encoder("precomputed", path=str(tmp_path / "f.csv"))
+
+
+def _grid_npz(path: Path, regions: int = 6, mask: np.ndarray | None = None) -> Path:
+    seq = np.arange(3 * regions * 2, dtype=np.float32).reshape(3, regions, 2)
+    extra = {} if mask is None else {"mask": mask}
+    np.savez(path, ids=np.array(IDS), pooled=_pooled(), sequence=seq, **extra)
+    return path
+
+
+def test_an_image_grid_option_lays_the_stored_regions_out_and_travels_with_the_outputs(tmp_path: Path) -> None:
+    path = str(_grid_npz(tmp_path / "f.npz"))
+    plain = build_image_encoder("precomputed", path=path)
+    gridded = build_image_encoder("precomputed", path=path, grid=[3, 2])
+    out, _ = gridded.encode_ids(["7", "a"], need_sequence=True)
+    assert out.grid == (3, 2) and gridded.grid_shape() == (3, 2)
+    assert out.sequence.shape == (2, 6, 2)  # the same regions, row-major
+    assert plain.encode_ids(["7"], need_sequence=True)[0].grid is None and plain.grid_shape() is None  # as before
+    assert "grid" not in plain.cache_identity() and gridded.cache_identity()["grid"] == [3, 2]
+    assert gridded.encode_ids(["a"], need_sequence=False)[0].grid is None  # no sequence, no grid
+
+
+@pytest.mark.parametrize(
+    ("grid", "error", "message"),
+    [
+        ([2, 2], FeatureFileError, r"options\.grid=\[2, 2\] has 4 cells, but .* stores sequences of 6 regions"),
+        ([6], ValueError, r"options\.grid must be \[h, w\], two positive integers"),
+        ([0, 6], ValueError, r"two positive integers"),
+        ("3x2", ValueError, r"got '3x2'"),
+    ],
+)
+def test_a_grid_that_does_not_fit_the_file_names_both_numbers(tmp_path: Path, grid, error, message) -> None:
+    with pytest.raises(error, match=message):
+        build_image_encoder("precomputed", path=str(_grid_npz(tmp_path / "f.npz")), grid=grid)
+
+
+def test_a_grid_needs_full_sequences_in_the_file(tmp_path: Path) -> None:
+    np.savez(tmp_path / "pooled.npz", ids=np.array(IDS), pooled=_pooled())
+    with pytest.raises(FeatureFileError, match=r"holds only pooled vectors; add 'sequence'"):
+        build_image_encoder("precomputed", path=str(tmp_path / "pooled.npz"), grid=[3, 2])
+    mask = np.ones((3, 4), dtype=bool)
+    mask[1, 3] = False
+    with pytest.raises(FeatureFileError, match=r"1 rows of .* do not have all 4 cells .*ids \['b'\]"):
+        build_image_encoder("precomputed", path=str(_grid_npz(tmp_path / "f.npz", 4, mask)), grid=[2, 2])
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['grid'\] for text encoder"):
+        build_text_encoder("precomputed", path=str(_grid_npz(tmp_path / "g.npz")), grid=[3, 2])

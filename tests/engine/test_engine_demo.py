@@ -17,6 +17,7 @@ from mmfuse.engine.demo import (
     UNIMODAL_HEADS,
     _sequences_read_by,
     demo_config,
+    demo_heads,
     run_demo,
 )
 
@@ -80,3 +81,36 @@ def test_demo_every_fusion_head_learns_the_xor_and_neither_modality_alone_does(t
     assert not weak, f"seed {seed}: fusion heads below {FUSION_MIN_ACCURACY}: {weak}; all: {acc}"
     strong = {head: acc[head] for head in UNIMODAL_HEADS if acc[head] > UNIMODAL_MAX_ACCURACY}
     assert not strong, f"seed {seed}: unimodal heads above {UNIMODAL_MAX_ACCURACY}: {strong}; all: {acc}"
+
+
+def test_demo_on_one_checkpoint_shows_its_zero_shot_baseline_with_evaluates_numbers(tmp_path: Path) -> None:
+    """``--encoder``: every head on one CLIP checkpoint's towers (a tiny random one saved with save_pretrained); the
+    table gets the zero_shot row, with the numbers `mmfuse evaluate` shows beside a head on those towers. Without a
+    two-tower encoder there is no such row (the demo test above: its rows are the heads and the majority class)."""
+    from _tiny_text import tiny_text_dir
+    from mmfuse import MultimodalClassifier
+    from mmfuse.data import load_splits
+    from mmfuse.data.config import DataConfig
+
+    folder, out = str(tiny_text_dir("clip")), tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--n", "80", "--epochs", "1", "-q", "--encoder", folder]
+    result = CliRunner().invoke(app, [*args, "--head", "concat", "--head", "text_only"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out / "results.csv")
+    assert list(table["model"]) == ["concat", "text_only", "zero_shot", "majority class"]
+    row = table.set_index("model").loc["zero_shot"]
+    assert row["kind"] == "baseline" and "zero_shot" in result.output
+    test = load_splits(DataConfig(root=out / "data", preset="hateful_memes"))["test"]
+    shown = MultimodalClassifier.load(out / "runs" / "concat").evaluate(test)["baselines"]["zero_shot"]
+    # the CSV holds each float's shortest repr, which reads back to the same float64
+    assert (row["test_accuracy"], row["test_macro_f1"], row["test_auroc"]) == (
+        shown["accuracy"], shown["macro_f1"], shown["auroc"]
+    )  # fmt: skip
+
+
+def test_demo_on_one_checkpoint_leaves_early_fusion_out_of_the_default_heads_and_says_so() -> None:
+    heads, note = demo_heads(DEMO_HEADS, "openai/clip-vit-base-patch32")
+    assert heads == tuple(h for h in DEMO_HEADS if h != "early_fusion")
+    assert note is not None and note.startswith("early_fusion left out") and "clip-vit-base-patch32" in note
+    assert demo_heads(DEMO_HEADS, None) == (DEMO_HEADS, None)
+    assert demo_heads(["early_fusion"], "some/clip") == (("early_fusion",), None)  # named heads are kept as named

@@ -148,3 +148,25 @@ def test_a_lora_model_exports_to_onnx_with_parity(trained, tmp_path: Path) -> No
     result = export_run(run, tmp_path / "lora.onnx")
     # onnxruntime's kernels round differently from PyTorch's: float32 noise, far below any change of a prediction
     assert max(result.max_abs_diff.values()) < 1e-4
+
+
+def test_lora_lr_is_the_adapters_own_learning_rate_and_by_default_the_encoders(trained, tmp_path: Path) -> None:
+    from mmfuse.config import OptimConfig
+    from mmfuse.engine.optim import build_optimizer, current_lrs
+
+    clf, _, _ = trained
+    model = _model(clf)
+    adapters = {id(p) for n, p in model.named_parameters() if p.requires_grad and is_adapter_key(n)}
+    split = build_optimizer(model, OptimConfig(lr=1e-3, encoder_lr=1e-5, lora_lr=5e-4))
+    groups = {g["group"]: g for g in split.param_groups}
+    assert {id(p) for g in ("lora", "lora_no_decay") if g in groups for p in groups[g]["params"]} == adapters
+    assert groups["lora"]["lr"] == 5e-4 and current_lrs(split) == {"head": 1e-3, "lora": 5e-4}
+    same = build_optimizer(model, OptimConfig(lr=1e-3, encoder_lr=1e-5))  # default: adapters at encoder_lr
+    assert current_lrs(same) == {"head": 1e-3, "encoder": 1e-5}
+    assert {id(p) for g in same.param_groups if g["group"].startswith("encoder") for p in g["params"]} == adapters
+    data = _config(Path("."), tmp_path, {"name": str(tiny_bert_dir())}, {"name": str(tiny_clip_vision_dir())})
+    data["optim"]["lora_lr"] = 1e-3
+    with pytest.raises(ConfigError, match=r"optim\.lora_lr=0\.001 is the learning rate of LoRA adapters, but no"):
+        validate_config(data)
+    data["model"]["text_encoder"]["lora"] = {"r": 2}
+    assert validate_config(data).optim.lora_lr == 1e-3

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from _tiny import tiny_clip_vision_dir
+from _tiny import tiny_bert_dir, tiny_clip_vision_dir
 from mmfuse import MultimodalClassifier
 from mmfuse.cli import app
 from mmfuse.config import validate_config
@@ -147,3 +147,24 @@ def test_a_changed_feature_file_is_refused_at_load(trained, features: Path, tmp_
     (folder / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match=r"text encoder 'precomputed' .* differs from the one it was"):
         load_model(folder)
+
+
+def test_a_precomputed_image_grid_reaches_the_head_and_the_attention_maps(
+    synthetic_root: Path, synthetic_splits: dict, tmp_path: Path
+) -> None:
+    """``options.grid`` of a precomputed image file: the features carry it to the head (cross_attention here) and
+    each prediction's attention map is laid out on it."""
+    rng = np.random.default_rng(0)
+    rows = [{"id": e.id, "pooled": rng.normal(size=8).tolist(), "sequence": rng.normal(size=(6, 8)).tolist()}
+            for e in _examples(synthetic_splits)]  # fmt: skip
+    path = tmp_path / "regions.parquet"
+    pd.DataFrame(rows).to_parquet(path)
+    image = {"name": "precomputed", "options": {"path": str(path), "grid": [3, 2]}}
+    cfg = _config(synthetic_root, tmp_path, {"name": str(tiny_bert_dir())}, head="cross_attention", image=image)
+    cfg["train"]["epochs"] = 1
+    clf = MultimodalClassifier(validate_config(cfg)).fit(synthetic_splits["train"], synthetic_splits["val"])
+    model = clf.predictor().model
+    table = clf.predictor().features.get(model.image_encoder, synthetic_splits["test"].examples, need_sequence=True)
+    assert table.batch([0, 1]).grid == (3, 2)
+    predictions = clf.predict_details(synthetic_splits["test"].examples[:2])
+    assert [p.to_dict()["attention"]["grid"] for p in predictions] == [[3, 2], [3, 2]]

@@ -225,6 +225,12 @@ def _threshold(text: str, tuned: float | None) -> float | None:
     return None if value == 0.5 else value
 
 
+_DEMO_ENCODER_HELP = (
+    "one CLIP / SigLIP checkpoint (hub id or folder) for both towers instead of the offline encoders; adds its "
+    "zero_shot baseline to the table"
+)
+
+
 def demo(
     out: Path = typer.Option(Path("demo-output"), "--out", help="output folder (data, runs, results)"),
     n: int = typer.Option(600, "--n", help="number of synthetic examples"),
@@ -232,6 +238,7 @@ def demo(
     heads: list[str] | None = typer.Option(None, "--head", help="train only these heads (repeatable)"),
     seed: int = typer.Option(0, "--seed"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+    encoder: str | None = typer.Option(None, "--encoder", help=_DEMO_ENCODER_HELP),
 ) -> None:
     """Synthetic data where the label needs both modalities; every fusion head vs. the unimodal baselines."""
     from mmfuse.engine.demo import DEMO_HEADS, run_demo
@@ -240,7 +247,7 @@ def demo(
     with _user_errors():
         result = run_demo(
             out, n=n, epochs=epochs, heads=heads or DEMO_HEADS, seed=seed, quiet=quiet,
-            say=lambda line: _errors_console.print(line, highlight=False),
+            say=lambda line: _errors_console.print(line, highlight=False), encoder=encoder,
         )  # fmt: skip
     wide = Console(width=max(_console.width, 120), markup=False)  # piped: not squeezed
     console = _console if _console.is_terminal else wide

@@ -237,6 +237,8 @@ class OptimConfig(StrictSection):
         name: ``adam``, ``adamw`` or ``sgd`` (with ``momentum``).
         lr: learning rate of the head (every parameter outside the encoders).
         encoder_lr: learning rate of trainable encoder parameters (fine-tuning wants a much smaller one).
+        lora_lr: learning rate of the LoRA adapters (``model.<modality>_encoder.lora``), which usually want more than
+            a fine-tuned encoder's weights; default (``null``): ``encoder_lr``, like the encoder's other parameters.
         weight_decay: decay of weight matrices; biases and normalization weights (1-D parameters) get none.
         momentum: SGD momentum (ignored by Adam/AdamW).
         schedule: ``constant``, ``linear`` (decay to 0) or ``cosine``, each after a linear warmup
@@ -250,6 +252,7 @@ class OptimConfig(StrictSection):
     name: Literal["adam", "adamw", "sgd"] = "adamw"
     lr: float = Field(default=1e-3, gt=0)
     encoder_lr: float = Field(default=2e-5, gt=0)
+    lora_lr: float | None = Field(default=None, gt=0)
     weight_decay: float = Field(default=0.01, ge=0)
     momentum: float = Field(default=0.9, ge=0, lt=1)
     schedule: Literal["constant", "linear", "cosine"] = "cosine"
@@ -436,6 +439,17 @@ class TrainConfig(StrictSection):
     train: TrainingConfig = Field(default_factory=TrainingConfig)
     run: RunConfig = Field(default_factory=RunConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
+
+    @model_validator(mode="after")
+    def _lora_lr_needs_lora(self) -> TrainConfig:
+        encoders = [e for e in (self.model.text_encoder, self.model.image_encoder) if e is not None]
+        if self.optim.lora_lr is not None and not any(e.lora is not None for e in encoders):
+            raise ValueError(
+                f"optim.lora_lr={self.optim.lora_lr:g} is the learning rate of LoRA adapters, but no encoder has lora; "
+                "add model.text_encoder.lora (or model.image_encoder.lora), or drop optim.lora_lr (optim.encoder_lr "
+                "sets a fine-tuned encoder's)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _image_dropout_needs_both(self) -> TrainConfig:

@@ -71,11 +71,18 @@ def lora_settings(encoder: nn.Module) -> dict[str, Any] | None:
     return getattr(encoder, "lora", None)
 
 
-def base_weights_hash(encoder: nn.Module) -> str:
+def base_weights_hash(encoder: nn.Module, *, legacy: bool = False) -> str:
     """SHA-256 of the encoder's weights without its adapters: the pretrained base a LoRA checkpoint was trained on,
-    which loading rebuilds from the encoder's name and must find unchanged."""
+    which loading rebuilds from the encoder's name and must find unchanged.
+
+    ``legacy``: the hash as checkpoints saved before the encoder's ``legacy_state_aliases`` recorded it, with each
+    aliased weight also under its old name (e.g. a text encoder's layers under ``_layers.`` too)."""
+    state = dict(encoder.state_dict())
+    aliases = getattr(encoder, "legacy_state_aliases", None) if legacy else None
+    for old, new in (aliases() if aliases is not None else {}).items():
+        state.update({old + k[len(new) :]: v for k, v in list(state.items()) if k.startswith(new)})
     h = hashlib.sha256()
-    for name, t in sorted(encoder.state_dict().items()):
+    for name, t in sorted(state.items()):
         if is_adapter_key(name):
             continue
         data = t.detach().to("cpu").contiguous()

@@ -12,6 +12,11 @@ holds one row per example id:
 - **NPY** (``.npy``): a ``(N, D)`` array of pooled vectors; the ids come from ``ids``: a text file with one id per
   line, in the array's row order.
 
+An image file's sequences are grid regions; ``options.grid: [h, w]`` says their layout (``h·w`` must be the stored
+sequence length, every row holding all its cells), which the encoder's outputs then carry (``EncoderOutput.grid``)
+to ``early_fusion``'s 2-D pooling, ``cross_attention`` and the attention plots; without it they are one row of
+regions.
+
 Ids are matched as strings (an int id ``7`` is ``"7"``, as in a data file). An example whose id has no row gets zero
 features (and for images ``image_present=False``, as a missing image does): such examples are counted and named in a
 :class:`MissingFeaturesWarning` and the ``mmfuse.encoders`` log, and more than ``max_missing`` of them (a share,
@@ -484,15 +489,106 @@ class PrecomputedTextEncoder(_Precomputed, TextEncoder):
 class PrecomputedImageEncoder(_Precomputed, ImageEncoder):
     """Image features from a file, by example id: ``pooled`` ``(B, D)``, and where the file has them ``sequence``
     ``(B, L, D_seq)`` (grid regions, row-major) with ``mask``. An id without a row counts as a missing image
-    (``image_present=False``). It has no image preprocessing: :meth:`preprocess` and :meth:`forward` raise."""
+    (``image_present=False``). It has no image preprocessing: :meth:`preprocess` and :meth:`forward` raise.
+
+    With ``grid: [h, w]`` the ``L = h·w`` regions are the cells of an ``h × w`` grid, row-major, and the outputs say so
+    (``EncoderOutput.grid``), so ``early_fusion`` pools them in 2-D and attention maps are laid out ``h × w``.
+    Without it (the default) the encoder gives no grid: a head reads the regions as one row, as before.
+    """
 
     modality = "image"
+
+    def __init__(
+        self,
+        source: Any = None,
+        *,
+        name: str | None = None,
+        path: str | None = None,
+        ids: str | None = None,
+        id_key: str = "id",
+        pooled_key: str = "pooled",
+        sequence_key: str = "sequence",
+        mask_key: str = "mask",
+        max_missing: float = 0.0,
+        grid: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__(
+            source, name=name, path=path, ids=ids, id_key=id_key, pooled_key=pooled_key, sequence_key=sequence_key,
+            mask_key=mask_key, max_missing=max_missing,
+        )  # fmt: skip
+        self.grid = self._checked_grid(grid)
+
+    def _checked_grid(self, grid: Any) -> tuple[int, int] | None:
+        """``grid`` as ``(h, w)``, checked against the file: a sequence of exactly ``h·w`` regions, all real."""
+        if grid is None:
+            return None
+        if (
+            not isinstance(grid, Sequence)
+            or isinstance(grid, str)
+            or len(grid) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in grid)
+        ):
+            raise ValueError(f"options.grid must be [h, w], two positive integers (rows, columns), got {grid!r}")
+        h, w = int(grid[0]), int(grid[1])
+        where = f"feature file {str(self.path)!r}"
+        if self.file.sequence is None:
+            raise FeatureFileError(
+                f"options.grid={[h, w]} lays out the image regions, but {where} holds only pooled vectors; add "
+                f"{self._keys['sequence_key']!r} (per example its {h * w} region vectors, row-major), or drop grid"
+            )
+        length = int(self.file.sequence.shape[1])
+        if length != h * w:
+            raise FeatureFileError(
+                f"options.grid={[h, w]} has {h * w} cells, but {where} stores sequences of {length} regions; give the "
+                f"grid whose h·w is {length} (rows, columns of the regions, row-major), or drop grid"
+            )
+        partial = ~self.file.mask.all(axis=1)  # type: ignore[union-attr]
+        if partial.any():
+            shown = [self.file.ids[i] for i in np.flatnonzero(partial)[:_SHOW]]
+            raise FeatureFileError(
+                f"options.grid={[h, w]}: {int(partial.sum())} rows of {where} do not have all {h * w} cells (their "
+                f"{self._keys['mask_key']!r} is False somewhere; ids {shown}); a grid's cells are all real, so give "
+                "every row its full grid, or drop grid to read the regions as a masked sequence"
+            )
+        return h, w
+
+    def encode_ids(self, ids: Sequence[str], *, need_sequence: bool) -> tuple[EncoderOutput, torch.Tensor]:
+        """As :meth:`_Precomputed.encode_ids`; the sequence carries ``grid`` (``options.grid``)."""
+        out, present = super().encode_ids(ids, need_sequence=need_sequence)
+        if need_sequence and self.grid is not None:
+            out = EncoderOutput(pooled=out.pooled, sequence=out.sequence, mask=out.mask, grid=self.grid)
+        return out, present
+
+    def grid_shape(self) -> tuple[int, int] | None:
+        """``options.grid`` (this encoder preprocesses no image to find one)."""
+        return self.grid
+
+    def cache_identity(self) -> dict[str, Any]:
+        """As :meth:`_Precomputed.cache_identity`, and the grid when one is given (a model reads its regions
+        differently with it); without one, the identity is what it was before the option existed."""
+        identity = super().cache_identity()
+        return identity if self.grid is None else {**identity, "grid": [*self.grid]}
 
     def preprocess(self, image: Any) -> torch.Tensor:
         raise self._raw("preprocess raw images")
 
     def forward(self, pixel_values: torch.Tensor) -> EncoderOutput:  # type: ignore[override]
         raise self._raw("encode pixels")
+
+
+PrecomputedImageEncoder.__init__.__doc__ = (
+    _OPTIONS_DOC.rstrip().split("\n\n    Raises:")[0]
+    + """
+        grid: ``[h, w]``, the stored regions as an ``h × w`` grid, row-major (every row must hold all ``h·w`` cells);
+            default: no grid.
+
+    Raises:
+        FileNotFoundError: no file at ``path`` (or ``ids``).
+        FeatureFileError: a file that cannot be read, or arrays of the wrong shape, non-finite values, duplicate ids;
+            a ``grid`` whose ``h·w`` is not the stored sequence length, or rows that do not fill it.
+        ValueError: a ``grid`` that is not two positive integers.
+"""
+)
 
 
 def raw_input_problem(model: nn.Module, task: str) -> str | None:

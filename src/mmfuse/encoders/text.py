@@ -174,7 +174,11 @@ class HFTextEncoder(TextEncoder):
         self.model.eval()
 
         self.dim = int(config.hidden_size)
-        self._layers: nn.ModuleList | None = _find_layers(self.model, config)
+        # A plain reference, not a second registered submodule: the layers are the model's own, so the state dict
+        # holds each weight once (under ``model.``). Checkpoints saved before this also hold them under ``_layers.``
+        # (:meth:`legacy_state_aliases`).
+        self._layers: nn.ModuleList | None
+        object.__setattr__(self, "_layers", _find_layers(self.model, config))
         self.num_layers = 0 if self._layers is None else len(self._layers)
         self.supports_joint_encoding = self.model_type in JOINT_MODEL_TYPES
         forward_params = inspect.signature(self.model.forward).parameters
@@ -305,6 +309,14 @@ class HFTextEncoder(TextEncoder):
             if self.uses_pooler:
                 set_trainable([self.model.pooler], True)
         self.train(self.training)
+
+    def legacy_state_aliases(self) -> dict[str, str]:
+        """Old state-dict prefix -> today's, for checkpoints saved before the layer stack was held once: they also
+        hold every layer's weights under ``_layers.`` (a second registration of ``model``'s own layers)."""
+        if self._layers is None:
+            return {}
+        name = next(n for n, m in self.named_modules() if m is self._layers)
+        return {"_layers.": f"{name}."}
 
     def cache_identity(self) -> dict[str, Any]:
         """Encoder class and name, model type, a hash of the weights and of the tokenizer, and the tokenization

@@ -12,6 +12,11 @@ Everything goes to one folder::
     <out>/data/            the synthetic dataset (Hateful Memes layout)
     <out>/runs/<head>/     one run folder per head (config, metrics, checkpoints, log)
     <out>/results.csv      the comparison table (also results.md and results.json)
+
+``encoder`` (``mmfuse demo --encoder``) runs the heads on both towers of one CLIP / SigLIP checkpoint instead
+(``model.encoder``); the table then also has the checkpoint's ``zero_shot`` baseline (no training, the same numbers
+``evaluate`` shows beside each head on those towers), and ``early_fusion``, which needs a text model that encodes
+image tokens with the words, is left out of the default heads (and said so).
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ from mmfuse.engine.run_dir import Timer
 FUSION_HEADS = ("concat", "cross_attention", "early_fusion", "align", "cross")
 UNIMODAL_HEADS = ("text_only", "image_only")
 DEMO_HEADS = FUSION_HEADS + UNIMODAL_HEADS
+
+ZERO_SHOT = "zero_shot"
+"""The row of the zero-shot baseline (only with ``encoder``: both towers of one checkpoint)."""
 
 DEMO_EPOCHS = 20
 """Default epochs; each head keeps its best validation epoch."""
@@ -87,15 +95,23 @@ def demo_config(
     quiet: bool,
     explicit_epochs: int | None = None,
     store_sequences: Sequence[str] = (),
+    encoder: str | None = None,
 ) -> TrainConfig:
     """The training config of one demo head (``explicit_epochs``: the user's ``--epochs``, which overrides the
     head's own epoch count in :data:`HEAD_SETTINGS`; ``store_sequences``: the modalities whose sequences / grids
-    the feature cache keeps, those any demo head reads, so each input is encoded once for all heads)."""
+    the feature cache keeps, those any demo head reads, so each input is encoded once for all heads; ``encoder``:
+    one CLIP / SigLIP checkpoint for both towers instead of the offline encoders)."""
     settings = HEAD_SETTINGS.get(head, {})
-    encoders = {
-        "text_encoder": {"name": TEXT_ENCODER, **settings.get("text_encoder", {})},
-        "image_encoder": {"name": IMAGE_ENCODER, "options": {"image_size": IMAGE_SIZE}},
-    }
+    encoders: dict[str, Any]
+    if encoder is not None:  # the checkpoint's own preprocessing; the head's tower settings still apply
+        encoders = {"encoder": encoder}
+        if "text_encoder" in settings:
+            encoders["text_encoder"] = dict(settings["text_encoder"])
+    else:
+        encoders = {
+            "text_encoder": {"name": TEXT_ENCODER, **settings.get("text_encoder", {})},
+            "image_encoder": {"name": IMAGE_ENCODER, "options": {"image_size": IMAGE_SIZE}},
+        }
     train = {"epochs": epochs, "batch_size": 32, "seed": seed, "num_workers": 2, "device": "cpu"}
     if explicit_epochs is None:
         train.update(settings.get("train", {}))
@@ -120,6 +136,7 @@ def run_demo(
     seed: int = 0,
     quiet: bool = False,
     say: Callable[[str], None] | None = None,
+    encoder: str | None = None,
 ) -> DemoResult:
     """Generates the data, trains every head, writes and returns the comparison table.
 
@@ -127,29 +144,29 @@ def run_demo(
         out: the output folder (created; files of an earlier demo are replaced).
         n: number of synthetic examples (70/15/15 train/val/test).
         epochs: epochs per head (default :data:`DEMO_EPOCHS`).
-        heads: the heads to train (default: the five fusion heads and the two unimodal baselines).
+        heads: the heads to train (default: the five fusion heads and the two unimodal baselines; with
+            ``encoder``, without ``early_fusion``).
         seed: seed of the data and of training.
         quiet: no progress bars or per-epoch lines.
         say: where progress lines go (default: nowhere).
+        encoder: one CLIP / SigLIP checkpoint (hub id or ``save_pretrained`` folder) for both towers of every head,
+            instead of the offline MiniLM and EfficientNet-Lite0; the table then has its ``zero_shot`` baseline.
     """
     say = say or (lambda _: None)
     timer, out = Timer(), Path(out)
+    heads, note = demo_heads(heads, encoder)
+    if note:
+        say(note)
     data_root = make_synthetic(out / "data", n=n, seed=seed)
     splits = load_splits(DataConfig(root=data_root, preset="hateful_memes"))
     say(f"synthetic data in {data_root}: " + ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
-    rows, feature_seconds = [], 0.0
+    rows, feature_seconds, zero_shot = [], 0.0, None
     stored = _sequences_read_by(heads)
     for i, head in enumerate(heads, 1):
         cfg = demo_config(
-            head,
-            data_root,
-            out / "runs",
-            epochs=epochs or DEMO_EPOCHS,
-            seed=seed,
-            quiet=quiet,
-            explicit_epochs=epochs,
-            store_sequences=stored,
-        )
+            head, data_root, out / "runs", epochs=epochs or DEMO_EPOCHS, seed=seed, quiet=quiet, explicit_epochs=epochs,
+            store_sequences=stored, encoder=encoder,
+        )  # fmt: skip
         head_timer = Timer()
         clf = MultimodalClassifier(cfg).fit(splits["train"], splits["val"])
         result = clf.evaluate(splits["test"], name="test")
@@ -157,7 +174,13 @@ def run_demo(
         say(f"[{i}/{len(heads)}] {head}: test accuracy {rows[-1]['test_accuracy']:.3f} ({head_timer.seconds:.0f}s)")
         if i == 1:
             feature_seconds = head_timer.seconds
-    rows.append(_baseline_row(result))
+        # every head on the same frozen towers shows the same zero-shot numbers beside it; keep the first
+        zero_shot = zero_shot or result.get("baselines", {}).get(ZERO_SHOT)
+    if encoder is not None and zero_shot is None:
+        say(f"no {ZERO_SHOT} row: no head ran on {encoder!r}'s frozen, unadapted towers")
+    if zero_shot is not None:
+        rows.append(_baseline_row(ZERO_SHOT, zero_shot))
+    rows.append(_baseline_row("majority class", result["baselines"]["majority"]))
     table = pd.DataFrame(rows)
     table["best_epoch"] = table["best_epoch"].astype("Int64")  # integers, blank for the baseline row
     _write(table, out)
@@ -177,6 +200,17 @@ def _sequences_read_by(heads: Sequence[str]) -> list[str]:
     return sorted(wanted)
 
 
+def demo_heads(heads: Sequence[str], encoder: str | None) -> tuple[tuple[str, ...], str | None]:
+    """The heads the demo trains, and a line saying what was left out: on one checkpoint's towers (``encoder``)
+    the default heads lose ``early_fusion``, whose text model must encode image tokens with the words (BERT-like
+    models do, CLIP / SigLIP text towers do not); heads the user named are kept as named."""
+    if encoder is None or tuple(heads) != DEMO_HEADS:
+        return tuple(heads), None
+    note = (f"early_fusion left out: it runs the image as tokens through the text model, which {encoder!r}'s text "
+            "tower cannot do (name the heads with --head to choose them)")  # fmt: skip
+    return tuple(h for h in DEMO_HEADS if h != "early_fusion"), note
+
+
 def _row(head: str, clf: MultimodalClassifier, result: dict[str, Any], seconds: float) -> dict[str, Any]:
     metrics = result["metrics"]
     return {
@@ -191,15 +225,16 @@ def _row(head: str, clf: MultimodalClassifier, result: dict[str, Any], seconds: 
     }
 
 
-def _baseline_row(result: dict[str, Any]) -> dict[str, Any]:
-    majority = result["baselines"]["majority"]
+def _baseline_row(name: str, metrics: dict[str, Any]) -> dict[str, Any]:
+    """A row that trained nothing: the majority class, or the zero-shot baseline (its test metrics as ``evaluate``
+    shows them)."""
     return {
-        "model": "majority class",
+        "model": name,
         "kind": "baseline",
         "val_auroc": None,
-        "test_accuracy": majority["accuracy"],
-        "test_macro_f1": majority["macro_f1"],
-        "test_auroc": majority["auroc"],
+        "test_accuracy": metrics["accuracy"],
+        "test_macro_f1": metrics["macro_f1"],
+        "test_auroc": metrics["auroc"],
         "best_epoch": None,
         "seconds": None,
     }

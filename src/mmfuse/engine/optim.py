@@ -18,26 +18,35 @@ _SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": 
 
 
 def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
-    """Up to four groups: head / trainable encoder parameters, each with and without weight decay.
+    """Up to six groups: head / trainable encoder parameters / LoRA adapters, each with and without weight decay.
 
-    Encoder parameters get ``encoder_lr``, the rest ``lr``. Biases and normalization weights (1-D parameters) get
-    no weight decay: decaying them only shrinks scales and offsets, which regularizes nothing useful.
+    Encoder parameters get ``encoder_lr``, the rest ``lr``; with ``lora_lr`` set, LoRA adapter weights are a group
+    of their own at that rate (without it they are encoder parameters, at ``encoder_lr``). Biases and normalization
+    weights (1-D parameters) get no weight decay: decaying them only shrinks scales and offsets, which regularizes
+    nothing useful.
     """
+    from mmfuse.encoders.lora import is_adapter_key
+
     prefixes = [prefix for prefix, _ in encoders_of(model).values()]
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    lrs = {"head": cfg.lr, "encoder": cfg.encoder_lr, "lora": cfg.lora_lr}
+    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        in_encoder = any(name.startswith(prefix) for prefix in prefixes)
-        groups.setdefault((in_encoder, p.ndim > 1), []).append(p)
+        prefix = next((prefix for prefix in prefixes if name.startswith(prefix)), None)
+        kind = "head" if prefix is None else "encoder"
+        if prefix is not None and cfg.lora_lr is not None and is_adapter_key(name[len(prefix) :]):
+            kind = "lora"
+        groups.setdefault((kind, p.ndim > 1), []).append(p)
+    order = {"head": 0, "encoder": 1, "lora": 2}  # head, then encoder groups: the order before lora_lr existed
     return [
         {
             "params": params,
-            "lr": cfg.encoder_lr if in_encoder else cfg.lr,
+            "lr": lrs[kind],
             "weight_decay": cfg.weight_decay if decay else 0.0,
-            "group": ("encoder" if in_encoder else "head") + ("" if decay else "_no_decay"),
+            "group": kind + ("" if decay else "_no_decay"),
         }
-        for (in_encoder, decay), params in sorted(groups.items())
+        for (kind, decay), params in sorted(groups.items(), key=lambda item: (order[item[0][0]], item[0][1]))
     ]
 
 
@@ -72,7 +81,7 @@ def build_scheduler(
 
 
 def current_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
-    """Learning rate per group name (``head``, ``encoder``), for the metrics log."""
+    """Learning rate per group name (``head``, ``encoder``, ``lora``), for the metrics log."""
     out: dict[str, float] = {}
     for group in optimizer.param_groups:
         out.setdefault(str(group.get("group", "head")).removesuffix("_no_decay"), float(group["lr"]))

@@ -358,7 +358,7 @@ def load_weights(model: nn.Module, folder: str | Path, meta: dict[str, Any]) -> 
     path = folder / WEIGHTS
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint weights {str(path)!r} not found")
-    weights = load_file(str(path))
+    weights = _without_legacy_aliases(model, load_file(str(path)))
     expected = set(stored_state(model))
     missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
     if missing or unexpected:
@@ -383,13 +383,35 @@ def load_weights(model: nn.Module, folder: str | Path, meta: dict[str, Any]) -> 
         raise CheckpointError(f"checkpoint {str(folder)!r} does not fit this model: {e}") from None
 
 
+def _without_legacy_aliases(model: nn.Module, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``weights`` with the entries of an encoder's old state-dict names (``legacy_state_aliases``: a checkpoint
+    saved when the encoder registered some modules twice) under today's names: an old copy of a weight that is also
+    stored under its current name is dropped, one that is not is renamed."""
+    weights = dict(weights)
+    for prefix, encoder in encoders_of(model).values():
+        aliases = getattr(encoder, "legacy_state_aliases", None)
+        for old, new in (aliases() if aliases is not None else {}).items():
+            for key in [k for k in weights if k.startswith(prefix + old)]:
+                current = prefix + new + key[len(prefix + old) :]
+                value = weights.pop(key)
+                weights.setdefault(current, value)
+    return weights
+
+
 def _check_encoders(model: nn.Module, meta: dict[str, Any], folder: Path) -> None:
+    from mmfuse.encoders.lora import base_weights_hash
+
     saved = meta.get("encoders", {})
+    encoders = encoders_of(model)
     for modality, record in encoder_records(model).items():
         old = saved.get(modality)
         if old is None:
             raise CheckpointError(f"checkpoint {str(folder)!r} has no {modality} encoder, but the model has one")
-        if "base_weights" in record and record["base_weights"] != old.get("base_weights"):
+        if (
+            "base_weights" in record
+            and record["base_weights"] != old.get("base_weights")
+            and base_weights_hash(encoders[modality][1], legacy=True) != old.get("base_weights")
+        ):  # the hash of a checkpoint saved with the encoder's old state-dict names is of those names
             raise CheckpointError(
                 f"the base weights of the LoRA {modality} encoder {record['name']!r} rebuilt for checkpoint "
                 f"{str(folder)!r} differ from those its adapters were trained on: the encoder's weights changed. "

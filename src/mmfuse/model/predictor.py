@@ -572,7 +572,9 @@ class TorchPredictor(Predictor):
         proba = out.proba
         labels = predict_labels(proba, threshold)
         binary = len(self.classes) == 2
-        size = self.image_size()
+        # the image size only guesses a grid the encoder did not report (a precomputed image encoder has no
+        # preprocessing to measure, only its options.grid)
+        size = self.image_size() if out.attention is not None and out.grid is None else (1, 1)
         grids = None
         if out.attention is not None:
             grids = [attention_grid(a[None], None, size, out.grid)[0] for a in out.attention]

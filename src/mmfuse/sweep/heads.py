@@ -7,7 +7,8 @@ encoders' features are computed once for all of them. The folder::
 
     <sweep>/
         sweep.json                  the resolved sweep (each head's resolved sweep under "heads")
-        baselines.json, baselines/  the logistic-regression reference rows (``baselines: [logistic]``)
+        baselines.json, baselines/  the logistic-regression reference rows (``baselines: [logistic]``), and on one
+                                    checkpoint's two towers (``model.encoder``) the ``zero_shot`` row
         heads/<head>/               one sweep folder per head (trials, selected.json, final.json, ...)
         heads.csv, heads.md         the leaderboard: one row per head (and per variant), ranked on validation
         ensemble/                   the ensemble of the heads best on validation (``ensemble:``); ``mmfuse evaluate``
@@ -53,7 +54,7 @@ def run_heads(
     from mmfuse.data.labels import LabelMap
     from mmfuse.engine.metrics import selection_metric
     from mmfuse.fusion import FUSION_HEADS
-    from mmfuse.sweep.reference import logistic_baselines
+    from mmfuse.sweep.reference import logistic_baselines, zero_shot_baseline
     from mmfuse.sweep.runner import SplitCache, SweepResult, _quiet_optuna, _run_one
 
     folder = Path(out if out is not None else sweep.spec.out_dir / sweep.name)
@@ -71,6 +72,10 @@ def run_heads(
                          if any(getattr(FUSION_HEADS.get(h), f"uses_{m}") in deep for h in sweep.heads)]  # fmt: skip
         with _quiet_optuna():
             baselines = logistic_baselines(sweep.base, base_splits, folder, metric, log, need_sequence)
+    if sweep.spec.baselines is not False and "zero_shot" not in sweep.heads:  # only on one checkpoint's two towers
+        zero_shot = zero_shot_baseline(sweep.base, base_splits, folder, metric, log)
+        if zero_shot is not None:
+            baselines = {**(baselines or {}), "zero_shot": zero_shot}
     results = {}
     for head, head_sweep in sweep.heads.items():
         results[head] = _run_one(head_sweep, folder / HEADS_DIR / head, storage, n_trials, timeout,
@@ -171,9 +176,13 @@ def heads_frame(folder: str | Path) -> pd.DataFrame:
             if name != "selected":
                 add(head, name, g["val_mean"], g["val_std"], g["test_mean"], g["test_std"], _seeds(g["seeds"]), "",
                     where)  # fmt: skip
-    for name, row in ((read_baselines(folder) or {}).get("logistic") or {}).items():
+    references = read_baselines(folder) or {}
+    for name, row in (references.get("logistic") or {}).items():
         add(f"logistic regression ({name})", "", row["val"], {}, row.get("test"), {}, "", "", "baselines",
             row["chosen_text"])  # fmt: skip
+    if references.get("zero_shot"):
+        row = references["zero_shot"]
+        add("zero_shot", "", row["val"], {}, row.get("test"), {}, "", "", "baselines/zero_shot", "no training")
     ensemble = _read_json(folder / ENSEMBLE_DIR / "ensemble.json")
     if ensemble:
         seeds = ensemble.get("seeds") or {}

@@ -1,4 +1,5 @@
-"""Reference rows of a sweep that train no network: logistic regression on the frozen encoders' pooled features.
+"""Reference rows of a sweep that train no network: logistic regression on the frozen encoders' pooled features, and
+the ``zero_shot`` baseline of a sweep that compares heads on one CLIP / SigLIP checkpoint's two towers.
 
 ``baselines: [logistic]`` in a sweep file adds, before any trial, one scikit-learn ``LogisticRegression`` per
 feature set: the text encoder's pooled vector, and text and image side by side (when the base config has both
@@ -14,6 +15,11 @@ The sweep folder gets::
     <sweep>/baselines/logistic-text+image.npz
 
 They are deterministic: a sweep run again reads them instead of fitting again (unless the data or encoders changed).
+
+A sweep that compares heads on one checkpoint's two towers (``model.encoder``; unless ``baselines: false``) also
+gets the checkpoint's ``zero_shot`` row (:func:`zero_shot_baseline`: its prompts ``model.zero_shot_prompts``, no
+training; the numbers ``evaluate`` shows beside a model on those towers), under ``zero_shot`` in ``baselines.json``
+and its run folder in ``<sweep>/baselines/zero_shot``.
 """
 
 from __future__ import annotations
@@ -128,6 +134,45 @@ def fit_logistic(
         "seconds": time.perf_counter() - start,
     }
     return row, probas
+
+
+def zero_shot_baseline(
+    config: Any, splits: dict[str, Any], folder: Path, metric: str, log: Callable[[str], None]
+) -> dict[str, Any] | None:
+    """The ``zero_shot`` row of a sweep whose base config has one checkpoint's two towers (``model.encoder``), added
+    to ``baselines.json``; ``None`` (and nothing written) for any other base config or a ``zero_shot`` base head.
+
+    The base config with the head swapped for ``zero_shot`` (prompts: ``model.zero_shot_prompts``) is fitted, which
+    trains nothing (it validates once and tunes the binary threshold), then evaluated on val and test: the numbers
+    ``evaluate`` shows as the ``zero_shot`` baseline beside a model on those towers. Read back when done before on
+    the same config and examples.
+    """
+    from mmfuse.config import validate_config
+    from mmfuse.engine.classifier import MultimodalClassifier
+
+    model = config.model
+    if model.encoder is None or model.head.name == "zero_shot":
+        return None
+    path = folder / BASELINES_JSON
+    parts = [s for s in ("val", "test") if s in splits and splits[s].report.labeled]
+    key = _key(config, splits, ["train", *parts], "zero_shot")
+    done = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if (done.get("zero_shot") or {}).get("key") == key:
+        return done["zero_shot"]
+    data = config.to_dict()
+    data["model"]["head"] = {"name": "zero_shot", "params": {"prompts": dict(model.zero_shot_prompts or {})}}
+    data["run"] = {**data.get("run", {}), "out_dir": str(folder / "baselines"), "name": "zero_shot", "quiet": True,
+                   "overwrite": True}  # fmt: skip
+    start = time.perf_counter()
+    clf = MultimodalClassifier(validate_config(data)).fit(splits["train"], splits["val"])
+    metrics = {s: headline(clf.evaluate(splits[s], name=s)["metrics"]) for s in parts}
+    row = {"key": key, "encoder": model.encoder, "val": metrics["val"], "test": metrics.get("test"),
+           "seconds": time.perf_counter() - start}  # fmt: skip
+    done = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    done["zero_shot"] = row
+    path.write_text(json.dumps(done, indent=2, default=float) + "\n", encoding="utf-8")
+    log(f"baseline zero_shot on {model.encoder!r} (no training): val {metric} {_text(row['val'].get(metric))}")
+    return row
 
 
 def read_baselines(folder: str | Path) -> dict[str, Any] | None:

@@ -43,7 +43,7 @@ from mmfuse.data.labels import LabelMap
 from mmfuse.data.loading import Split, load_splits
 from mmfuse.engine.metrics import HIGHER_IS_BETTER, evaluation_scalars, headline, selection_metric
 from mmfuse.engine.tracking import nested_under
-from mmfuse.sweep.spec import Sweep, SweepError, load_sweep
+from mmfuse.sweep.spec import UNIMODAL_HEADS, Sweep, SweepError, load_sweep
 from mmfuse.sweep.study import (
     A_BASELINE,
     A_ERROR,
@@ -410,7 +410,8 @@ class _Worker:
         trial.set_user_attr(A_WORKER, self.worker)
         shown = " ".join(f"{k}={short_value(v)}" for k, v in overrides.items()) or "(base config)"
         if A_BASELINE in trial.user_attrs:
-            shown = f"unimodal baseline {trial.user_attrs[A_BASELINE]}"
+            name = trial.user_attrs[A_BASELINE]
+            shown = f"{'unimodal ' if name in UNIMODAL_HEADS else ''}baseline {name}"
         retry = trial.user_attrs.get(A_RETRY_OF)
         self.log(
             f"trial {trial.number} started: {shown}" + (f" (again, was trial {retry})" if retry is not None else "")
@@ -633,9 +634,8 @@ def _summary_lines(frame: pd.DataFrame, metric: str, selected: dict[str, Any] | 
     if not baselines.empty:
         pairs = zip(baselines["baseline"], baselines[f"val_{metric}"], strict=True)
         shown = ", ".join(f"{b} {metric_text(v)}" for b, v in pairs)
-        lines.append(
-            f"Unimodal baselines (the base config with only the head swapped; never selected): val {metric} {shown}."
-        )
+        what = "Unimodal baselines" if set(baselines["baseline"]) <= set(UNIMODAL_HEADS) else "Baselines"
+        lines.append(f"{what} (the base config with only the head swapped; never selected): val {metric} {shown}.")
     if selected:
         test = selected.get("test") or {}
         tested = (f"test {metric} {metric_text(test.get(metric))} (measured on the selected trial only)" if test

@@ -19,6 +19,7 @@
     timeout: 3600                        # time budget in seconds (each worker starts no trial after it)
     pruner: {name: median, n_warmup_steps: 1}
     baselines: true                      # also train the unimodal baselines (text_only, image_only) for the table
+                                         # (and zero_shot when the base config has model.encoder: one CLIP/SigLIP)
     seeds: [0, 1, 2]                     # then train the selected point with each seed: mean ± std on val and test
     variants:                            # and variants of the selected point, each with the seeds
       finetune:                          # a fine-tuning grid on top of the chosen head settings
@@ -84,6 +85,8 @@ from mmfuse.config import (
 )
 
 UNIMODAL_HEADS = ("text_only", "image_only")
+ZERO_SHOT = "zero_shot"
+"""A baseline head beside the unimodal ones when the base config has one checkpoint's two towers (``model.encoder``)."""
 BASELINE_KINDS = ("unimodal", "logistic")
 """What ``baselines:`` may list: the unimodal heads trained like trials, and logistic regression on frozen features."""
 """The baselines every fusion head must beat, trained once per sweep with the base config (``baselines: true``)."""
@@ -351,7 +354,8 @@ class SweepSpec(StrictSection):
         pruner: how bad trials are stopped early; default ``median`` for a search, ``none`` for a grid or list.
         out_dir: parent folder of the sweep folder (relative to the working directory).
         baselines: ``true`` (the default without ``heads``) or ``[unimodal]``: also train the unimodal baselines
-            (``text_only``, ``image_only``) once each, on the base config
+            (``text_only``, ``image_only``, and ``zero_shot`` when the base config's encoders are one CLIP / SigLIP
+            checkpoint's two towers, ``model.encoder``: it trains nothing) once each, on the base config
             with only the head swapped (its hyperparameters kept where the baseline head has them). They are ranked
             in the table beside the trials, for comparison, but never selected, tested or ensembled, and do not
             count against ``n_trials``. A baseline is left out when the base config is already that head or has no
@@ -821,16 +825,22 @@ def _variants(sweep: Sweep, where: str) -> dict[str, list[dict[str, Any]]]:
 
 
 def _baselines(sweep: Sweep) -> dict[str, dict[str, Any]]:
-    """The overrides of each unimodal baseline: the head swapped, the base head's hyperparameters it shares kept."""
+    """The overrides of each baseline head: the head swapped, the base head's hyperparameters it shares kept. The
+    unimodal heads, and ``zero_shot`` when the base config's encoders are one checkpoint's two towers
+    (``model.encoder``; its prompts: ``model.zero_shot_prompts``, as ``evaluate`` shows it)."""
     from mmfuse.fusion import head_params
 
-    head = sweep.base.model.head
+    model = sweep.base.model
+    head = model.head
+    names = [*UNIMODAL_HEADS, *([ZERO_SHOT] if model.encoder is not None else [])]
     out = {}
-    for name in UNIMODAL_HEADS:
+    for name in names:
         if head.name == name:
             continue  # the base config is this baseline already
         allowed = head_params(name)
         overrides = {"head.name": name, "head.params": {k: v for k, v in head.params.items() if k in allowed}}
+        if name == ZERO_SHOT and model.zero_shot_prompts:
+            overrides["head.params"]["prompts"] = dict(model.zero_shot_prompts)
         try:
             sweep.trial_config(overrides)
         except ConfigError:  # e.g. no image encoder for image_only: no such baseline for this sweep
@@ -878,7 +888,8 @@ def _set_head(data: dict[str, Any], head: str, reads: Mapping[str, bool], overri
 
     model = data.setdefault("model", {}) or {}
     data["model"] = model
-    spec = model.setdefault("head", {}) or {}
+    spec = model.get("head") or {}
+    spec = {"name": spec} if isinstance(spec, str) else spec  # `head: concat`, the shorthand of a config file
     model["head"] = spec
     allowed = head_params(head)
     params = dict(spec.get("params") or {})
