@@ -526,7 +526,7 @@ class _Service:
         """What ``/health`` reports besides a stopped batcher: a model source that can no longer be read, a log
         that cannot be written. Neither stops the server: the model is in memory, and records are dropped."""
         out = []
-        source = self.predictor.info().get("source")
+        source = getattr(self.predictor, "source", None)  # not info(): its first call runs the model (warm-up)
         if source is not None and (reason := unreadable(source)) is not None:
             out.append(
                 f"the model source {str(source)!r} cannot be read any more ({reason}): the model loaded at start "
