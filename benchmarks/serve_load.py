@@ -10,18 +10,26 @@ load generator and the event loop, and PyTorch's 2 intra-op threads thrash when 
 per batch on a loaded machine), so 1 thread gives steadier numbers; the load average is printed first.
 
 1. Single ``/predict`` requests (multipart: a 320×240 JPEG of ~25 KB and a caption) from C closed-loop clients
-   (each sends its next request when the previous one is answered), C = 1, 8, 32, with request batching
-   (``--max-batch 16 --max-wait-ms 10``, the defaults) and without (``--max-batch 1``). Each level: a warm-up of
-   C requests, then ``--requests`` requests or ``--seconds`` seconds, whichever ends first.
+   (each sends its next request when the previous one is answered), C = ``--concurrency`` (default 1, 4, 16),
+   against the real server started once per backend, one table side by side: ``mmfuse serve CHECKPOINT`` (PyTorch)
+   and ``mmfuse serve model.onnx`` (ONNX Runtime, the file ``mmfuse export`` writes, with its preprocessing folder:
+   no encoder weights loaded), both with request batching (``--max-batch 16 --max-wait-ms 10``, the defaults),
+   and PyTorch without batching (``--max-batch 1``; ``--skip-unbatched`` leaves it out). Each level: a warm-up of
+   C requests, then ``--requests`` requests or ``--seconds`` seconds, whichever ends first. Under the table: each
+   server process's resident memory (RSS, from /proc) after its last level, and its peak.
 2. ``--mixed`` requests (default 1000), a third valid and the rest malformed (not an image, bad base64, missing
    fields, broken JSON and multipart, a decompression bomb, oversized bodies, empty batches), from 16 clients:
    the statuses by kind, the count of 5xx, and whether ``/health`` and a valid request still work after.
-3. The model alone, in this process: PyTorch vs ONNX Runtime (the file ``mmfuse export`` writes) on batches of 1
-   and 16 preprocessed items, median of repeated runs.
+3. The model alone, in this process: PyTorch vs ONNX Runtime (the same exported file) on batches of 1 and 16
+   preprocessed items, median of repeated runs.
+
+The ONNX file is exported once (``--exporter``, default dynamo) into the temporary folder before part 1;
+``--skip-onnx`` leaves out the export, the ONNX column and part 3, ``--mixed 0`` part 2.
 
 Run::
 
-    .venv/bin/python benchmarks/serve_load.py [--run runs/NAME] [--requests 200] [--seconds 30] [--skip-onnx]
+    .venv/bin/python benchmarks/serve_load.py [--run runs/NAME] [--concurrency 1,4,16] [--requests 200]
+        [--seconds 30] [--mixed 1000] [--exporter dynamo|torchscript] [--skip-onnx] [--skip-unbatched]
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ import tempfile
 import time
 import zlib
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -98,16 +107,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class Server:
+    url: str
+    pid: int
+
+
+def memory_mb(pid: int) -> tuple[float, float]:
+    """(resident, peak resident) memory of process ``pid`` in MB, from /proc (Linux); NaN elsewhere."""
+    try:
+        fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    except OSError:
+        return float("nan"), float("nan")
+    kb = [float(fields[k].split()[0]) if k in fields else float("nan") for k in ("VmRSS", "VmHWM")]
+    return kb[0] / 1000, kb[1] / 1000
+
+
 @contextmanager
 def server(checkpoint: Path, *extra: str, threads: int = 1):
-    """``mmfuse serve CHECKPOINT`` in a subprocess on 127.0.0.1; yields its base URL once /health answers."""
+    """``mmfuse serve CHECKPOINT`` (a checkpoint folder or an ``.onnx`` file) in a subprocess on 127.0.0.1;
+    yields a :class:`Server` (base URL, process id) once /health answers."""
     port = free_port()
     cmd = [sys.executable, "-c", "from mmfuse.cli import main; main()", "serve", str(checkpoint)]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--threads", str(threads), *extra]
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         try:
-            yield _wait_healthy(f"http://127.0.0.1:{port}", proc, log)
+            yield Server(_wait_healthy(f"http://127.0.0.1:{port}", proc, log), proc.pid)
         finally:
             proc.send_signal(signal.SIGINT)
             try:
@@ -169,7 +195,10 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
-def single_requests(checkpoint: Path, levels: list[int], limit: int, seconds: float, threads: int) -> list[dict]:
+def single_requests(
+    setups: list[tuple[str, Path, list[str]]], levels: list[int], limit: int, seconds: float, threads: int
+) -> list[dict]:
+    """Each setup (name, what to serve, extra ``mmfuse serve`` flags) in its own server, at each level; one table."""
     images = [jpeg(seed) for seed in range(8)]
     requests = [
         {"url": "/predict", "data": {"text": CAPTIONS[i % len(CAPTIONS)]}, "files": {"image": ("p.jpg", im)}}
@@ -177,28 +206,41 @@ def single_requests(checkpoint: Path, levels: list[int], limit: int, seconds: fl
     ]
     print(f"payload: 320x240 JPEG, {statistics.mean(len(i) for i in images) / 1000:.0f} KB on average, multipart")
     rows = []
-    for batching, flags in (("on", ["--max-batch", "16", "--max-wait-ms", "10"]), ("off", ["--max-batch", "1"])):
-        with server(checkpoint, *flags, threads=threads) as url:
+    memory: dict[str, tuple[float, float]] = {}
+    for name, target, flags in setups:
+        print(f"  serving {name}: mmfuse serve {target.name} {' '.join(flags)}".rstrip(), flush=True)
+        with server(target, *flags, threads=threads) as srv:
             for c in levels:
-                asyncio.run(closed_loop(url, requests, c, c, 60))  # warm-up: every connection, first batches
-                before = httpx.get(f"{url}/health").json()
-                lat, statuses, wall = asyncio.run(closed_loop(url, requests, c, limit, seconds))
-                after = httpx.get(f"{url}/health").json()
+                asyncio.run(closed_loop(srv.url, requests, c, c, 60))  # warm-up: every connection, first batches
+                before = httpx.get(f"{srv.url}/health").json()
+                lat, statuses, wall = asyncio.run(closed_loop(srv.url, requests, c, limit, seconds))
+                after = httpx.get(f"{srv.url}/health").json()
                 batches = after["batches"] - before["batches"]
                 items = after["mean_batch"] * after["batches"] - before["mean_batch"] * before["batches"]
-                row = {
-                    "batching": batching, "concurrency": c, "requests": len(lat), "seconds": wall,
+                rows.append({
+                    "setup": name, "concurrency": c, "requests": len(lat), "seconds": wall,
                     "rps": len(lat) / wall, "p50_ms": 1000 * percentile(lat, 50), "p99_ms": 1000 * percentile(lat, 99),
                     "mean_batch": items / batches if batches else float("nan"),
                     "non_200": sum(s != 200 for s in statuses),
-                }  # fmt: skip
-                rows.append(row)
-                print(
-                    f"  batching {batching:>3}  c={c:<3} {row['requests']:>4} req in {wall:5.1f} s  "
-                    f"{row['rps']:6.2f} req/s  p50 {row['p50_ms']:7.0f} ms  p99 {row['p99_ms']:7.0f} ms  "
-                    f"mean batch {row['mean_batch']:5.2f}  non-200 {row['non_200']}",
-                    flush=True,
-                )
+                })  # fmt: skip
+            memory[name] = memory_mb(srv.pid)
+    names = [name for name, _, _ in setups]
+    head = f"| {'req/s':>6} {'p50 ms':>7} {'p99 ms':>7} {'batch':>5} {'n':>4} "
+    width = len(head)
+    print("\n  " + " " * 8 + "".join(f"| {n}".ljust(width) for n in names))
+    print("  clients " + head * len(names))
+    for c in levels:
+        cells = []
+        for name in names:
+            r = next(r for r in rows if r["setup"] == name and r["concurrency"] == c)
+            cells.append(
+                f"| {r['rps']:6.2f} {r['p50_ms']:7.0f} {r['p99_ms']:7.0f} {r['mean_batch']:5.2f} {r['requests']:4d} "
+            )
+        print(f"  {c:>7} " + "".join(cells))
+    print("  RSS MB  " + "".join(f"| {memory[n][0]:.0f} after, {memory[n][1]:.0f} peak".ljust(width) for n in names))
+    bad = {n: sum(r["non_200"] for r in rows if r["setup"] == n) for n in names}
+    print("  (batch: mean items per model call, from /health; n: requests timed; non-200 answers: "
+          + ", ".join(f"{n} {k}" for n, k in bad.items()) + ")")  # fmt: skip
     return rows
 
 
@@ -264,7 +306,8 @@ def mixed_requests(checkpoint: Path, total: int, seconds: float, threads: int) -
             await asyncio.gather(*(one(name) for name in order))
             return time.perf_counter() - start
 
-    with server(checkpoint, threads=threads) as url:
+    with server(checkpoint, threads=threads) as srv:
+        url = srv.url
         wall = asyncio.run(load(url))
         health = httpx.get(f"{url}/health", timeout=30)
         form = kinds["valid-form"][0]
@@ -281,34 +324,40 @@ def mixed_requests(checkpoint: Path, total: int, seconds: float, threads: int) -
 # ----------------------------------------------------------------------------------------------- onnx vs torch
 
 
-def model_latency(checkpoint: Path, exporter: str, reps: int, threads: int) -> None:
-    from mmfuse.export import OnnxPredictor, export_run
+def export(checkpoint: Path, folder: Path, exporter: str):
+    """``checkpoint`` exported to ``folder/model.onnx`` (with its preprocessing folder), as ``mmfuse export`` does."""
+    from mmfuse.export import export_run
+
+    result = export_run(checkpoint, folder / "model.onnx", exporter=exporter)  # type: ignore[arg-type]
+    print(
+        f"  exported with {result.exporter} in {result.seconds:.0f} s, {result.size_bytes / 1e6:.0f} MB, "
+        f"max |ONNX - PyTorch| {max(result.max_abs_diff.values()):.1e}"
+    )
+    return result
+
+
+def model_latency(checkpoint: Path, onnx_file: Path, reps: int, threads: int) -> None:
+    from mmfuse.export import OnnxPredictor
     from mmfuse.serve import TorchPredictor, decode_image
 
     torch_predictor = TorchPredictor.from_run(checkpoint)
-    with tempfile.TemporaryDirectory() as tmp:
-        result = export_run(checkpoint, Path(tmp) / "model.onnx", exporter=exporter)  # type: ignore[arg-type]
+    onnx_predictor = OnnxPredictor(onnx_file, threads=threads)
+    pixels = [torch_predictor.prepare_image(decode_image(jpeg(seed))) for seed in range(16)]
+    texts = [CAPTIONS[i % len(CAPTIONS)] for i in range(16)]
+    for batch in (1, 16):
+        times = {}
+        for name, predictor in (("pytorch", torch_predictor), ("onnxruntime", onnx_predictor)):
+            predictor.predict(texts[:batch], pixels[:batch])  # warm-up
+            runs = []
+            for _ in range(reps if batch == 1 else max(3, reps // 4)):
+                t0 = time.perf_counter()
+                predictor.predict(texts[:batch], pixels[:batch])
+                runs.append(time.perf_counter() - t0)
+            times[name] = statistics.median(runs)
         print(
-            f"  exported with {result.exporter} in {result.seconds:.0f} s, {result.size_bytes / 1e6:.0f} MB, "
-            f"max |ONNX - PyTorch| {max(result.max_abs_diff.values()):.1e}"
+            f"  batch {batch:>2}: PyTorch {1000 * times['pytorch']:6.1f} ms, ONNX Runtime "
+            f"{1000 * times['onnxruntime']:6.1f} ms (median; {times['pytorch'] / times['onnxruntime']:.2f}x)"
         )
-        onnx_predictor = OnnxPredictor(result.path, threads=threads)
-        pixels = [torch_predictor.prepare_image(decode_image(jpeg(seed))) for seed in range(16)]
-        texts = [CAPTIONS[i % len(CAPTIONS)] for i in range(16)]
-        for batch in (1, 16):
-            times = {}
-            for name, predictor in (("pytorch", torch_predictor), ("onnxruntime", onnx_predictor)):
-                predictor.predict(texts[:batch], pixels[:batch])  # warm-up
-                runs = []
-                for _ in range(reps if batch == 1 else max(3, reps // 4)):
-                    t0 = time.perf_counter()
-                    predictor.predict(texts[:batch], pixels[:batch])
-                    runs.append(time.perf_counter() - t0)
-                times[name] = statistics.median(runs)
-            print(
-                f"  batch {batch:>2}: PyTorch {1000 * times['pytorch']:6.1f} ms, ONNX Runtime "
-                f"{1000 * times['onnxruntime']:6.1f} ms (median; {times['pytorch'] / times['onnxruntime']:.2f}x)"
-            )
 
 
 # ----------------------------------------------------------------------------------------------- main
@@ -318,31 +367,45 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, help="a trained run or checkpoint folder (default: an untrained one)")
     parser.add_argument("--head", default="cross_attention", help="head of the untrained model")
-    parser.add_argument("--concurrency", default="1,8,32", help="client counts, comma-separated")
+    parser.add_argument("--concurrency", default="1,4,16", help="client counts, comma-separated (default 1,4,16)")
     parser.add_argument("--requests", type=int, default=200, help="requests per level at most")
     parser.add_argument("--seconds", type=float, default=30.0, help="seconds per level at most")
-    parser.add_argument("--mixed", type=int, default=1000, help="mixed valid/malformed requests")
+    parser.add_argument("--mixed", type=int, default=1000, help="mixed valid/malformed requests (0: skip part 2)")
     parser.add_argument("--exporter", default="dynamo", choices=["dynamo", "torchscript"])
     parser.add_argument("--reps", type=int, default=20, help="model-latency repetitions at batch 1")
     parser.add_argument("--threads", type=int, default=1, help="model threads, server and in-process (default 1)")
-    parser.add_argument("--skip-onnx", action="store_true")
+    parser.add_argument("--skip-onnx", action="store_true", help="no export, no ONNX column, no part 3")
+    parser.add_argument("--skip-unbatched", action="store_true", help="no PyTorch --max-batch 1 column")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"load average {os.getloadavg()[0]:.2f}; torch {torch.__version__} ({torch.get_num_threads()} threads), "
           f"Python {platform.python_version()}")  # fmt: skip
+    print(f"command: {' '.join(sys.argv)}")
     with tempfile.TemporaryDirectory(prefix="mmfuse-serve-bench-") as tmp:
         checkpoint = args.run or make_checkpoint(Path(tmp), args.head)
         print(f"model: {checkpoint}" if args.run else f"model: untrained {args.head} over MiniLM + EfficientNet-Lite0")
         levels = [int(c) for c in args.concurrency.split(",")]
-        print(f"\n1. single requests, closed loop, at most {args.requests} requests or {args.seconds:.0f} s per level")
-        single_requests(checkpoint, levels, args.requests, args.seconds, args.threads)
-        print(f"\n2. {args.mixed} mixed requests, about a third valid")
-        mixed_requests(checkpoint, args.mixed, seconds=600, threads=args.threads)
+        onnx_file = None
         if not args.skip_onnx:
+            print("\n0. export")
+            onnx_file = export(checkpoint, Path(tmp) / "onnx", args.exporter).path
+        batching = ["--max-batch", "16", "--max-wait-ms", "10"]
+        setups = [("pytorch (checkpoint)", checkpoint, batching)]
+        if onnx_file is not None:
+            setups.append(("onnx (model.onnx)", onnx_file, batching))
+        if not args.skip_unbatched:
+            setups.append(("pytorch, max-batch 1", checkpoint, ["--max-batch", "1"]))
+        print(f"\n1. single requests, closed loop, at most {args.requests} requests or {args.seconds:.0f} s per level")
+        single_requests(setups, levels, args.requests, args.seconds, args.threads)
+        print(f"load average now {os.getloadavg()[0]:.2f}")
+        if args.mixed > 0:
+            print(f"\n2. {args.mixed} mixed requests, about a third valid")
+            mixed_requests(checkpoint, args.mixed, seconds=600, threads=args.threads)
+        if onnx_file is not None:
             print("\n3. the model alone, preprocessed inputs, one process")
-            model_latency(checkpoint, args.exporter, args.reps, args.threads)
+            model_latency(checkpoint, onnx_file, args.reps, args.threads)
 
 
 if __name__ == "__main__":
