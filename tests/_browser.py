@@ -66,7 +66,9 @@ def artifact_path(name: str) -> Path:
 # Run in the page by `layout_facts`. An element "overflows" when its right edge passes the viewport and no ancestor
 # scrolls it horizontally (overflow-x auto/scroll/hidden): a wide table inside a scrolling wrapper is fine, a table
 # that runs past the page edge is not. Text sizes are the computed font size of every SVG <text> and every element
-# with a `data-chart-label` attribute (charts drawn as inline SVG keep their labels as text the browser lays out).
+# with a `data-chart-label` attribute (charts drawn as inline SVG keep their labels as text the browser lays out), in
+# screen pixels: an SVG's font size is in its user units, so it is scaled by the text's screen transform (matplotlib's
+# SVG: 1 unit = 1 pt = 4/3 px at the figure's own size, less where CSS shrinks the figure).
 LAYOUT_FACTS_JS = r"""() => {
   const vw = document.documentElement.clientWidth;
   const clipped = (el) => {
@@ -96,7 +98,11 @@ LAYOUT_FACTS_JS = r"""() => {
   const labels = [];
   for (const el of document.querySelectorAll('svg text, [data-chart-label]')) {
     if (!visible(el) || !el.textContent.trim()) continue;
-    labels.push({text: el.textContent.trim().slice(0, 40), px: parseFloat(getComputedStyle(el).fontSize)});
+    // an SVG's font size is in its user units: scaled by the viewBox and transforms to screen pixels
+    let px = parseFloat(getComputedStyle(el).fontSize);
+    const m = el instanceof SVGGraphicsElement ? el.getScreenCTM() : null;
+    if (m) px *= Math.sqrt(Math.abs(m.a * m.d - m.b * m.c));
+    labels.push({text: el.textContent.trim().slice(0, 40), px: Math.round(px * 100) / 100});
   }
   return {viewport: vw, page_width: document.documentElement.scrollWidth, overflowing, broken_images: broken,
           chart_labels: labels};
@@ -105,5 +111,5 @@ LAYOUT_FACTS_JS = r"""() => {
 
 def layout_facts(page: Any) -> dict[str, Any]:
     """What `LAYOUT_FACTS_JS` measures on a Playwright ``page``: ``viewport``, ``page_width``, ``overflowing``
-    elements, ``broken_images`` (visible ones only), ``chart_labels`` with their computed font size in px."""
+    elements, ``broken_images`` (visible ones only), ``chart_labels`` with their rendered font size in px."""
     return page.evaluate(LAYOUT_FACTS_JS)

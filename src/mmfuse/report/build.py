@@ -1,11 +1,16 @@
-"""``write_report``: one self-contained HTML page (and its PNGs) for a run, a sweep or an ensemble folder.
+"""``write_report``: one self-contained HTML page (and its figures as files) for a run, a sweep or an ensemble folder.
 
 A run's report: overview and config; a preview of the training data; learning curves; on the validation split
-(or another), metrics beside the baselines, ROC (binary) or per-class precision-recall, confusion matrix and
-calibration; a gallery of the best, worst and most uncertain examples with image, text, true and predicted label,
-probability, and for heads that have them the attention over image regions as a heatmap and the image reliance.
-A sweep's report adds the trials chart, the parameter importances and the ranked table, then the selected trial's
-run report. An ensemble's report shows its members and the evaluation of the ensemble.
+(or another), metrics beside the baselines (majority class, random, and the unimodal ``text_only`` / ``image_only``
+runs when the run's sweep or demo trained them: :mod:`mmfuse.report.baselines`), ROC (binary) or per-class
+precision-recall, confusion matrix and calibration; a gallery of the best, worst and most uncertain examples with
+image, text, true and predicted label, probability, and for heads that have them the attention over image regions as
+a heatmap and the image reliance. A sweep's report adds the trials chart, the parameter importances (with enough
+trials) and the ranked table, then the selected trial's run report. An ensemble's report shows its members and the
+evaluation of the ensemble.
+
+Charts are inline SVG drawn for a 1280-pixel wide window at 100% zoom (:mod:`mmfuse.report.plots`); durations read
+as people say them (``3 min 12 s``).
 """
 
 from __future__ import annotations
@@ -29,6 +34,10 @@ Section = tuple[str, str, str]  # anchor, navigation title, markup
 
 TEXT_CHARS = 600
 """Characters of an example's text shown on its card."""
+
+MIN_IMPORTANCE_TRIALS = 10
+"""Complete trials below which parameter importances are not shown: fANOVA fits a random forest to the trials, and
+from a handful of them it splits the variance between the settings by chance (a 2 x 2 grid gives one setting 0.98)."""
 
 
 class ReportError(ValueError):
@@ -75,7 +84,8 @@ def write_report(
     storage: str | None = None,
     log: Callable[[str], None] | None = None,
 ) -> Path:
-    """Writes ``report.html`` (images embedded) and its PNGs for a run, sweep or ensemble folder.
+    """Writes ``report.html`` (charts and images embedded) and its figures (SVG, PNG) for a run, sweep or ensemble
+    folder.
 
     Args:
         target: a run folder (``mmfuse train``), a sweep folder (``mmfuse sweep``) or an ensemble folder
@@ -176,9 +186,9 @@ def run_sections(clf: Any, run: Path, out: Path, split: str, per_group: int, say
     if preview:
         sections.append(_section("data", prefix + "Data", preview, "What the model was trained on."))
     if history:
-        png = plots.save(plots.learning_curves(history, metric), out / "learning_curves.png")
-        body = H.figs([H.figure(png, "Train and validation loss; validation metrics; dashed: the kept epoch")])
-        sections.append(_section("curves", prefix + "Learning curves", body))
+        body = _chart(plots.learning_curves(history, metric), out / "learning_curves.svg",
+                      "Train and validation loss; validation metrics; dashed: the kept epoch")  # fmt: skip
+        sections.append(_section("curves", prefix + "Learning curves", H.charts([body])))
     evaluation = _evaluate(clf, split, say, details=True)
     if isinstance(evaluation, str):
         sections.append(_section("evaluation", prefix + "Evaluation", f'<p class="note">{H.esc(evaluation)}</p>'))
@@ -186,8 +196,55 @@ def run_sections(clf: Any, run: Path, out: Path, split: str, per_group: int, say
     evaluation.threshold = clf.threshold
     evaluation.temperature = getattr(clf, "temperature", None)
     evaluation.calibration_note = (clf.summary.get("calibration") or {}).get("note")
-    sections += _evaluation_sections(evaluation, clf.train_class_counts, out, per_group, _crop_of(clf.model), prefix)
+    others = unimodal_columns(run, evaluation, say)
+    sections += _evaluation_sections(evaluation, clf.train_class_counts, out, per_group, _crop_of(clf.model), prefix,
+                                     others)  # fmt: skip
     return sections
+
+
+def _chart(fig: Any, path: Path, caption: str) -> str:
+    """A chart saved as SVG beside the report and inlined in it."""
+    return H.svg_figure(plots.save_svg(fig, path), caption)
+
+
+def unimodal_columns(folder: Path, ev: Evaluation, say: Callable[[str], None]) -> tuple[list[tuple[str, dict]], str]:
+    """The metrics of the unimodal baselines beside ``folder`` (:func:`mmfuse.report.baselines.find_baselines`) on
+    the examples of ``ev``, each as a ``(column name, metrics)``, and a line saying where they come from, what could
+    not be shown, or that there are none and how to get them.
+
+    Each baseline run is loaded and predicts the same split as the run, so its column is measured as the run's.
+    """
+    from mmfuse.engine.classifier import MultimodalClassifier
+    from mmfuse.engine.metrics import classification_metrics
+    from mmfuse.report.baselines import NONE_FOUND, find_baselines
+
+    found = find_baselines(folder)
+    if found is None:
+        return [], NONE_FOUND
+    columns: list[tuple[str, dict]] = []
+    problems = list(found.missing)
+    ids = [e.id for e in ev.examples]
+    for head, path in found.runs.items():
+        say(f"evaluating the {head} baseline ({path.name})")
+        try:
+            other = _evaluate(MultimodalClassifier.load(path), ev.split, lambda _: None, details=False)
+        except (ValueError, FileNotFoundError, OSError) as e:
+            problems.append(f"{head}: its run could not be loaded ({e})")
+            continue
+        if isinstance(other, str):
+            problems.append(f"{head}: {other}")
+        elif other.classes != ev.classes or [e.id for e in other.examples] != ids:
+            problems.append(f"{head}: its {ev.split} split is not the run's (other examples or classes); not shown")
+        else:
+            columns.append((head, classification_metrics(other.y, other.proba, other.classes)))
+    line = ""
+    if columns:
+        names = " and ".join(n for n, _ in columns)
+        line = (f"{names}: the unimodal baselines of {found.where}, each evaluated on the same {len(ids)} "
+                f"{ev.split} examples.")  # fmt: skip
+    if problems:
+        line += (" " if line else "") + "Not shown: " + "; ".join(problems) + "."
+    return columns, line
 
 
 def _section(anchor: str, title: str, body: str, lead: str = "") -> Section:
@@ -210,7 +267,7 @@ def _overview(clf: Any, metric: str, prefix: str) -> Section:
     if test:
         tiles += [(f"test {metric}", test.get(metric)), ("test accuracy", test.get("accuracy"))]
     tiles += [("best epoch", summary.get("best_epoch")), ("epochs run", summary.get("epochs_run")),
-              ("training seconds", summary.get("seconds"))]  # fmt: skip
+              ("training time", H.duration(summary.get("seconds")) or None)]  # fmt: skip
     model = cfg.model
     rows = [
         ("head", model.head.name),
@@ -274,9 +331,10 @@ def _data_preview(data: Any, out: Path, say: Callable[[str], None]) -> str:
     body = H.table(["split", "examples", "labels"], counts, numeric=[False, True, False])
     if train is not None and train.examples:
         say("drawing the data preview")
-        png = save_preview(train.examples, out / "data_preview.png", n=8, columns=8, seed=0,
+        svg = save_preview(train.examples, out / "data_preview.svg", n=8, columns=4, seed=0,
                            title=f"train: {len(train.examples)} examples (8 at random)")  # fmt: skip
-        body += H.figs([H.figure(png, "A random sample of training examples: image as on disk, text, label")])
+        caption = "A random sample of training examples: image as on disk, id [label], text"
+        body += H.charts([H.svg_figure(svg, caption)])
     return body
 
 
@@ -311,7 +369,10 @@ def _evaluate(predictor: Any, split: str, say: Callable[[str], None], *, details
 
 
 def _evaluation_sections(ev: Evaluation, train_counts: Sequence[int] | None, out: Path, per_group: int,
-                         crop: float | None, prefix: str) -> list[Section]:  # fmt: skip
+                         crop: float | None, prefix: str,
+                         others: tuple[list[tuple[str, dict]], str] = ([], "")) -> list[Section]:  # fmt: skip
+    """The evaluation and gallery sections; ``others``: the unimodal baselines' columns and their line
+    (:func:`unimodal_columns`)."""
     from mmfuse.engine.metrics import baseline_metrics, classification_metrics
 
     metrics = classification_metrics(ev.y, ev.proba, ev.classes)
@@ -320,6 +381,7 @@ def _evaluation_sections(ev: Evaluation, train_counts: Sequence[int] | None, out
         columns.append(
             (f"model @ {ev.threshold:.3f}", classification_metrics(ev.y, ev.proba, ev.classes, threshold=ev.threshold))
         )
+    columns += others[0]
     if train_counts:
         train_y = np.repeat(np.arange(len(ev.classes)), train_counts)
         columns += [(f"{k} baseline", m) for k, m in baseline_metrics(train_y, ev.y, ev.classes).items()]
@@ -331,21 +393,23 @@ def _evaluation_sections(ev: Evaluation, train_counts: Sequence[int] | None, out
         body += (f'<div class="warn">{n} of {len(ev.y)} examples were predicted from a blank image (their image is '
                  f"missing or unreadable): ids {H.esc(shown)}{more}. These metrics count them.</div>")  # fmt: skip
     body += H.table(["metric", *(n for n, _ in columns)], [[k, *(m.get(k) for _, m in columns)] for k in keys])
+    if others[1]:
+        body += f'<p class="note">{H.esc(others[1])}</p>'
     per_class = [[c, r["precision"], r["recall"], r["f1"], r["support"]] for c, r in metrics["per_class"].items()]
     body += H.table(["class", "precision", "recall", "f1", "support"], per_class)
     if len(ev.classes) == 2:
-        curve = plots.save(plots.roc_curve_plot(ev.y, ev.proba, ev.classes, ev.threshold), out / "roc.png")
-        curve_caption = "ROC curve of the positive class"
+        curve = _chart(plots.roc_curve_plot(ev.y, ev.proba, ev.classes, ev.threshold), out / "roc.svg",
+                       "ROC curve of the positive class")  # fmt: skip
     else:
-        curve = plots.save(plots.pr_curves(ev.y, ev.proba, ev.classes), out / "precision_recall.png")
-        curve_caption = "Precision-recall per class, one against the rest"
-    confusion = plots.save(plots.confusion_plot(metrics["confusion_matrix"], ev.classes), out / "confusion_matrix.png")
+        curve = _chart(plots.pr_curves(ev.y, ev.proba, ev.classes), out / "precision_recall.svg",
+                       "Precision-recall per class, one against the rest")  # fmt: skip
     figures = [
-        H.figure(curve, curve_caption),
-        H.figure(confusion, "Confusion matrix (argmax): counts and share of each true class"),
-    ]
+        curve,
+        _chart(plots.confusion_plot(metrics["confusion_matrix"], ev.classes), out / "confusion_matrix.svg",
+               "Confusion matrix (argmax): counts and share of each true class"),
+    ]  # fmt: skip
     body += _calibration(ev, out, figures)
-    body += H.figs(figures)
+    body += H.charts(figures)
     lead = f"{len(ev.y)} labeled {ev.split} examples."
     sections = [_section("evaluation", f"{prefix}Evaluation on {ev.split}", body, lead)]
     gallery = _gallery(ev, out, per_group, crop)
@@ -370,8 +434,8 @@ def _calibration(ev: Evaluation, out: Path, figures: list[str]) -> str:
     for i, (name, proba) in enumerate(columns):
         title = "Calibration" if len(columns) == 1 else ("Before calibration", "After calibration")[i]
         fig, ece = plots.calibration_plot(ev.y, proba, ev.classes, title=title)
-        png = plots.save(fig, out / ("calibration.png" if i == len(columns) - 1 else "calibration_before.png"))
-        figures.append(H.figure(png, f"Reliability diagram {name}; expected calibration error {ece:.3f}"))
+        path = out / ("calibration.svg" if i == len(columns) - 1 else "calibration_before.svg")
+        figures.append(_chart(fig, path, f"Reliability diagram {name}; expected calibration error {ece:.3f}"))
     rows = [
         ["expected calibration error", *(expected_calibration_error(ev.y, p) for _, p in columns)],
         ["Brier score", *(brier_score(ev.y, p) for _, p in columns)],
@@ -512,32 +576,26 @@ def _sweep_report(folder: Path, out: Path, split: str, per_group: int, storage: 
     done = frame[frame["state"].isin(["complete", "pruned"]) & (frame["baseline"] == "")]
     ran = frame[(frame["state"] == "complete") & (frame["baseline"] != "")]
     baselines = {b: float(v) for b, v in zip(ran["baseline"], ran[f"val_{metric}"], strict=True) if not _nan(v)}
+    study = load_study(folder, storage)
     if not done.empty:
         fig = plots.trials_chart(list(done["trial"]), [None if _nan(v) else float(v) for v in done[f"val_{metric}"]],
                                  list(done["state"]), metric, HIGHER_IS_BETTER[metric], baselines)  # fmt: skip
-        png = plots.save(fig, out / "trials.png")
         caption = f"Validation {metric} of each trial; line: the best complete trial so far"
-        figs = [H.figure(png, caption + ("; dotted: the unimodal baselines" if baselines else ""))]
-        importance = _importance(load_study(folder, storage), say)
-        if isinstance(importance, dict):
-            png = plots.save(plots.importance_plot(importance), out / "param_importance.png")
-            figs.append(H.figure(png, "How much each swept setting explains of the validation metric"))
-        note = f'<p class="note">{H.esc(importance)}</p>' if isinstance(importance, str) else ""
-        sections.append(("trials", "Trials", H.section("trials", "Trials", H.figs(figs) + note)))
-    from mmfuse.sweep.table import cell_text
-
-    columns = [c for c in frame.columns if c != "run_dir"]
+        figs = [_chart(fig, out / "trials.svg", caption + ("; dotted: the unimodal baselines" if baselines else ""))]
+        importance, trials, note = parameter_importance(study, say=say)
+        if importance is not None:
+            figs.append(_chart(plots.importance_plot(importance, trials), out / "param_importance.svg",
+                               f"How much each swept setting explains of the validation metric, from {trials} "
+                               "complete trials"))  # fmt: skip
+        note_html = f'<p class="note">{H.esc(note)}</p>' if note else ""
+        sections.append(("trials", "Trials", H.section("trials", "Trials", H.charts(figs) + note_html)))
+    columns, rows, numeric, base_line = _ranked_rows(frame, info, study)
     highlight = [bool(selected and t == selected.get("trial")) for t in frame["trial"]]
-    rows = [[cell_text(v, c) for v, c in zip(row, columns, strict=True)] for row in frame[columns].values.tolist()]
-    numeric = [bool(frame[c].map(lambda v: isinstance(v, (int, float)) or v is None).all()) for c in columns]
     lead = f"Best first on validation {metric}; the test metric is measured for the selected trial only."
-    sections.append(
-        (
-            "table",
-            "Ranked trials",
-            H.section("table", "Ranked trials", H.table(columns, rows, numeric=numeric, highlight=highlight), lead),
-        )
-    )
+    table = H.table(columns, rows, numeric=numeric, highlight=highlight)
+    if base_line:
+        table = f'<p class="note">{H.esc(base_line)}</p>' + table
+    sections.append(("table", "Ranked trials", H.section("table", "Ranked trials", table, lead)))
     if selected:
         run = Path(selected["run_dir"])
         run = run if run.is_absolute() else sweep_dir.path / run
@@ -550,7 +608,66 @@ def _sweep_report(folder: Path, out: Path, split: str, per_group: int, storage: 
     return title, subtitle, sections
 
 
-def _importance(study: Any, say: Callable[[str], None]) -> dict[str, float] | str:
+def _ranked_rows(frame: Any, info: dict[str, Any], study: Any) -> tuple[list[str], list[list[str]], list[bool], str]:
+    """The ranked table as the page shows it: header, cells, numeric columns, and a line saying what ``(base)`` is.
+
+    A swept setting a trial left as it is shows the base config's value (``0.001 (base)``), the base config's own
+    trial (no overrides) included, which ``trials.csv`` leaves blank; the training time reads ``1 min 5 s``.
+    """
+    import pandas as pd
+
+    from mmfuse.sweep.study import A_OVERRIDES
+    from mmfuse.sweep.table import cell_text
+
+    keys = [k for k in info.get("keys", []) if k in frame.columns]
+    base = {k: _base_value(info.get("base") or {}, k) for k in keys}
+    base_trials = {t.number for t in study.get_trials(deepcopy=False) if t.user_attrs.get(A_OVERRIDES) == {}}
+    columns = [c for c in frame.columns if c != "run_dir"]
+    rows = []
+    for record in frame[columns].to_dict("records"):
+        row = []
+        for c in columns:
+            value = record[c]
+            if c in base and (value == "(base)" or (value == "" and record["trial"] in base_trials)):
+                row.append(f"{base[c]} (base)")
+            elif c == "train_s":
+                row.append(H.duration(None if value is None or pd.isna(value) else float(value)))
+            else:
+                row.append(cell_text(value, c))
+        rows.append(row)
+    numeric = [bool(frame[c].map(lambda v: isinstance(v, (int, float)) or v is None).all()) for c in columns]
+    header = ["train time" if c == "train_s" else c for c in columns]
+    line = ""
+    if keys:
+        shown = "; ".join(f"{k} {v}" if v != "default" else f"{k} not set (the default)" for k, v in base.items())
+        line = f"(base): the value in the sweep's base config, which every trial starts from: {shown}."
+    return header, rows, numeric, line
+
+
+def _base_value(base: dict[str, Any], key: str) -> str:
+    """The base config's value of a swept ``key`` (a short key like ``lr`` resolved as the sweep resolves it), or
+    ``default`` when the base config does not set it."""
+    from mmfuse.config import resolve_key
+    from mmfuse.sweep.table import short_value
+
+    try:
+        node: Any = base
+        for part in resolve_key(key):
+            node = node[part]
+    except (ValueError, KeyError, TypeError):
+        return "default"
+    return "default" if node is None else short_value(node)
+
+
+def parameter_importance(
+    study: Any, minimum: int = MIN_IMPORTANCE_TRIALS, say: Callable[[str], None] | None = None
+) -> tuple[dict[str, float] | None, int, str]:
+    """The sweep's parameter importances (fANOVA, Optuna) from its complete trials (the baselines left out), the
+    number of those trials, and a line saying why there are none.
+
+    Below ``minimum`` complete trials there are no numbers, only the line with the count: importances from a
+    handful of trials are chance, yet read as a finding.
+    """
     import optuna
     from optuna.trial import TrialState
 
@@ -559,18 +676,20 @@ def _importance(study: Any, say: Callable[[str], None]) -> dict[str, float] | st
     complete = [
         t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if not is_baseline(t) and t.params
     ]
-    if len(complete) < 3:
-        return "parameter importance needs at least 3 complete trials"
-    say("computing parameter importances")
+    n = len(complete)
+    if n < minimum:
+        return None, n, (f"Parameter importance not shown: {n} complete trial{'' if n == 1 else 's'}, too few for "
+                         f"fANOVA to tell the settings apart (it needs at least {minimum}).")  # fmt: skip
+    (say or logger.info)("computing parameter importances")
     view = optuna.create_study(direction=study.direction)  # in memory: the sweep's trials without the baselines,
     view.add_trials(complete)  # which have no parameters and would empty the common search space
     try:
         importance = optuna.importance.get_param_importances(view)
     except (ValueError, RuntimeError) as e:
-        return f"parameter importance unavailable: {e}"
+        return None, n, f"Parameter importance unavailable ({n} complete trials): {e}"
     if not importance:
-        return "parameter importance unavailable: no setting took more than one value"
-    return {k: float(v) for k, v in importance.items()}
+        return None, n, f"Parameter importance unavailable ({n} complete trials): no setting took more than one value."
+    return {k: float(v) for k, v in importance.items()}, n, ""
 
 
 def _nan(value: Any) -> bool:

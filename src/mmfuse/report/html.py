@@ -1,7 +1,10 @@
-"""A self-contained HTML page: inline CSS, images embedded as base64, no scripts, every piece of user text escaped.
+"""A self-contained HTML page: inline CSS, charts as inline SVG, images embedded as base64, no scripts, every piece
+of user text escaped.
 
 Captions, ids, labels and config values come from data files and may hold markup (``<script>``, ``<img onerror>``):
-everything that is not this module's own markup goes through :func:`esc`.
+everything that is not this module's own markup goes through :func:`esc`. Charts are matplotlib's SVG with their
+labels kept as ``<text>`` (``svg.fonttype: none``, which escapes them): the browser lays the labels out at the
+figure's size in CSS pixels, so they read at 100% zoom, and a test can measure their rendered font size.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +25,7 @@ body { margin:0; font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,"Helvet
        color:var(--ink); background:var(--bg); }
 header { background:linear-gradient(120deg,#243b55,#3b6fb6); color:#fff; padding:28px 40px 22px; }
 header h1 { margin:0 0 6px; font-size:26px; font-weight:650; }
-header p { margin:2px 0; opacity:.9; }
+header p { margin:2px 0; opacity:.9; overflow-wrap:anywhere; }
 main { max-width:1240px; margin:0 auto; padding:24px 32px 60px; }
 nav { margin:-8px 0 18px; font-size:14px; }
 nav a { color:var(--accent); margin-right:14px; text-decoration:none; }
@@ -33,8 +37,14 @@ section h2 { margin:0 0 4px; font-size:19px; }
 figure { margin:0; }
 figure img { max-width:100%; height:auto; display:block; margin:0 auto; }
 figcaption { color:var(--muted); font-size:13px; margin-top:6px; text-align:center; }
+.charts { display:flex; flex-wrap:wrap; gap:18px 28px; align-items:flex-start; }
+.charts figure { flex:0 1 auto; min-width:0; max-width:100%; }
+.charts svg { display:block; max-width:100%; height:auto; margin:0 auto; }
+.charts figcaption { max-width:60em; margin-left:auto; margin-right:auto; }
 table { border-collapse:collapse; font-size:13.5px; margin:6px 0 4px; }
 th, td { padding:5px 10px; border-bottom:1px solid var(--line); text-align:left; vertical-align:top; }
+th { white-space:nowrap; }
+td { max-width:36em; overflow-wrap:break-word; }
 th { background:#f0f3f7; font-weight:600; }
 td.num, th.num { text-align:right; font-variant-numeric:tabular-nums; }
 tr.hl td { background:#eef6ff; font-weight:600; }
@@ -60,7 +70,7 @@ tr.hl td { background:#eef6ff; font-weight:600; }
 .note { color:var(--muted); font-style:italic; }
 .warn { background:#fff7e6; border:1px solid #f3d59b; border-radius:8px; padding:8px 14px; margin:4px 0 12px; }
 .warn ul { margin:4px 0 0; padding-left:20px; }
-footer { color:var(--muted); font-size:12.5px; text-align:center; margin-top:30px; }
+footer { color:var(--muted); font-size:12.5px; text-align:center; margin-top:30px; overflow-wrap:anywhere; }
 """
 
 
@@ -80,6 +90,27 @@ def fmt(value: Any, digits: int = 4) -> str:
     return esc(value)
 
 
+def duration(seconds: float | None) -> str:
+    """A duration for people: ``0.4 s``, ``2.4 s``, ``42 s``, ``3 min 12 s``, ``2 h 5 min`` (blank when unknown)."""
+    if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)):
+        return ""
+    s = max(0.0, float(seconds))
+    if s == 0:
+        return "0 s"
+    if s < 0.05:
+        return "< 0.1 s"
+    if round(s, 1) < 10:
+        return f"{round(s, 1):.1f} s"
+    total = round(s)
+    if total < 60:
+        return f"{total} s"
+    if total < 3600:
+        minutes, rest = divmod(total, 60)
+        return f"{minutes} min {rest} s" if rest else f"{minutes} min"
+    hours, minutes = divmod(round(s / 60), 60)
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+
+
 def data_uri(png: Path) -> str:
     """A PNG file as a ``data:`` URI."""
     return "data:image/png;base64," + base64.b64encode(Path(png).read_bytes()).decode("ascii")
@@ -89,6 +120,28 @@ def figure(png: Path, caption: str = "", alt: str = "") -> str:
     """An embedded image with an (escaped) caption."""
     cap = f"<figcaption>{esc(caption)}</figcaption>" if caption else ""
     return f'<figure><img src="{data_uri(png)}" alt="{esc(alt or caption)}">{cap}</figure>'
+
+
+_PROLOG = re.compile(r"\A.*?(?=<svg\b)", re.S)
+_METADATA = re.compile(r"<metadata>.*?</metadata>\s*", re.S)
+
+
+def svg_figure(svg: Path, caption: str = "", alt: str = "") -> str:
+    """A chart written by :func:`mmfuse.report.plots.save_svg`, inline, with an (escaped) caption.
+
+    The SVG keeps the size it was drawn at (CSS shrinks it only in a window too narrow for it), so its labels show at
+    the font sizes they were drawn with. Its text was escaped by matplotlib; the XML prolog and metadata are dropped.
+    """
+    markup = _METADATA.sub("", _PROLOG.sub("", Path(svg).read_text(encoding="utf-8"), count=1), count=1)
+    markup = markup.replace("<svg ", f'<svg role="img" aria-label="{esc(alt or caption)}" ', 1)
+    cap = f"<figcaption>{esc(caption)}</figcaption>" if caption else ""
+    return f"<figure>{markup}{cap}</figure>"
+
+
+def charts(items: Iterable[str]) -> str:
+    """Charts (:func:`svg_figure`) side by side at their own size, wrapping to the next line when the window is too
+    narrow for both."""
+    return f'<div class="charts">{"".join(items)}</div>'
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence[Any]], *, numeric: Sequence[bool] | None = None,

@@ -1,6 +1,11 @@
-"""The report's figures: matplotlib (Agg, no pyplot state), one function per figure, each saved as a PNG.
+"""The report's figures: matplotlib (Agg, no pyplot state), one function per figure, each saved as an SVG whose
+labels stay text (:func:`save_svg`; :func:`save` writes a PNG).
 
 Every function takes plain arrays and records (no model, no files), so each figure can be tested on its own.
+
+Sizes are chosen for a 1280-pixel wide window at 100% zoom: an SVG figure shows at 96 CSS pixels per inch of its
+figure size, so a label of ``p`` points reads at ``p * 4/3`` pixels. No label is smaller than :data:`SMALL` points
+(12 px), and no chart is wider than the report's content (:data:`MAX_WIDTH` inches), so none is shrunk there.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib import rc_context
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -21,6 +27,10 @@ from mmfuse.model.prediction import grid_shape
 
 PALETTE = ["#3b6fb6", "#e07b39", "#4c9f70", "#c0504d", "#8064a2", "#4bacc6", "#9b8e3d", "#d16fa8"]
 DPI = 110
+SMALL = 9
+"""Points of the smallest label of a chart (legends, annotations): 12 CSS pixels in the report."""
+MAX_WIDTH = 11.5
+"""Inches of the widest chart: the report's content is 1130 CSS pixels wide (11.8 inches at 96 per inch)."""
 
 
 def new_figure(width: float, height: float) -> Figure:
@@ -36,6 +46,16 @@ def save(fig: Figure, path: Path) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # glyphs missing from the default font (emoji, CJK)
         fig.savefig(path, format="png", dpi=DPI)
+    return path
+
+
+def save_svg(fig: Figure, path: Path) -> Path:
+    """Writes ``fig`` as SVG (folders created) with its text as ``<text>`` elements the browser lays out (escaped by
+    matplotlib); pictures inside it (``imshow``) are embedded at :data:`DPI`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings(), rc_context({"svg.fonttype": "none"}):
+        warnings.simplefilter("ignore", UserWarning)  # glyphs missing from the default font (emoji, CJK)
+        fig.savefig(path, format="svg", dpi=DPI, metadata={"Date": None})
     return path
 
 
@@ -72,7 +92,7 @@ def learning_curves(history: Sequence[Mapping[str, Any]], metric: str) -> Figure
         if best:
             ax.axvline(best[-1], color="#888", ls="--", lw=1, label=f"best epoch {best[-1]}")
         _style(ax)
-        ax.legend(fontsize=8, frameon=False)
+        ax.legend(fontsize=SMALL, frameon=False)
         if epochs:
             ax.set_xticks(epochs if len(epochs) <= 20 else epochs[:: math.ceil(len(epochs) / 20)])
     return fig
@@ -106,7 +126,7 @@ def roc_curve_plot(y: np.ndarray, proba: np.ndarray, classes: Sequence[str], thr
     ax.set(title=f"ROC, positive class {positive!r}", xlabel="false positive rate", ylabel="true positive rate",
            xlim=(0, 1), ylim=(0, 1.01))  # fmt: skip
     ax.title.set_parse_math(False)
-    ax.legend(fontsize=8, frameon=False, loc="lower right")
+    ax.legend(fontsize=SMALL, frameon=False, loc="lower right")
     _style(ax)
     return fig
 
@@ -127,7 +147,7 @@ def pr_curves(y: np.ndarray, proba: np.ndarray, classes: Sequence[str]) -> Figur
         ax.axhline(target.mean(), color=PALETTE[c % len(PALETTE)], ls=":", lw=1)
     ax.set(title="Precision-recall per class (dotted: class frequency)", xlabel="recall", ylabel="precision",
            xlim=(0, 1), ylim=(0, 1.02))  # fmt: skip
-    legend = ax.legend(fontsize=8, frameon=False, loc="lower left")
+    legend = ax.legend(fontsize=SMALL, frameon=False, loc="lower left")
     for text in legend.get_texts():
         text.set_parse_math(False)
     _style(ax)
@@ -138,13 +158,13 @@ def confusion_plot(cm: Sequence[Sequence[int]], classes: Sequence[str]) -> Figur
     """Confusion matrix: counts, coloured by the share of each true class (rows)."""
     cm = np.asarray(cm, dtype=float)
     share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    size = max(3.8, 1.0 + 0.75 * len(classes))
+    size = min(max(3.8, 1.0 + 0.75 * len(classes)), MAX_WIDTH - 0.8)
     fig = new_figure(size + 0.8, size)
     ax = fig.subplots()
     image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     for i in range(cm.shape[0]):
         for j in range(cm.shape[1]):
-            ax.text(j, i, f"{int(cm[i, j])}\n{share[i, j]:.0%}", ha="center", va="center", fontsize=9,
+            ax.text(j, i, f"{int(cm[i, j])}\n{share[i, j]:.0%}", ha="center", va="center", fontsize=10,
                     color="white" if share[i, j] > 0.55 else "#222")  # fmt: skip
     ticks = range(len(classes))
     ax.set_xticks(
@@ -189,11 +209,13 @@ def calibration_plot(y: np.ndarray, proba: np.ndarray, classes: Sequence[str], b
     ax.plot([0, 1], [0, 1], ls="--", color="#999", lw=1, label="perfectly calibrated")
     ax.plot(centers, observed, "o-", color=PALETTE[0], lw=2, ms=5, label="model")
     for x, o, n in zip(centers, observed, counts, strict=True):
-        ax.annotate(str(n), (x, o), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7, color="#666")
+        ax.annotate(
+            str(n), (x, o), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=SMALL, color="#666"
+        )
     ax.set(ylabel=f"observed {'frequency of ' + classes[1] if binary else 'accuracy'}", xlim=(0, 1), ylim=(0, 1.05),
            title=f"{title} (ECE {ece:.3f})")  # fmt: skip
     ax.yaxis.label.set_parse_math(False)
-    ax.legend(fontsize=8, frameon=False, loc="upper left")
+    ax.legend(fontsize=SMALL, frameon=False, loc="upper left")
     hist.hist(score, bins=edges, color=PALETTE[0], alpha=0.7)
     hist.set(xlabel=what, ylabel="examples")
     hist.xaxis.label.set_parse_math(False)
@@ -225,20 +247,22 @@ def trials_chart(numbers: Sequence[int], values: Sequence[float | None], states:
         ax.axhline(value, color=PALETTE[(i + 3) % len(PALETTE)], ls=":", lw=1.6, label=f"{name} baseline")
     ax.set(title=f"Trials: validation {metric}", xlabel="trial", ylabel=f"val {metric}")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trial numbers
-    ax.legend(fontsize=8, frameon=True, framealpha=0.85, loc="best")
+    ax.legend(fontsize=SMALL, frameon=True, framealpha=0.85, loc="best")
     _style(ax)
     return fig
 
 
-def importance_plot(importances: Mapping[str, float]) -> Figure:
-    """Parameter importances (fANOVA, Optuna), largest on top."""
+def importance_plot(importances: Mapping[str, float], trials: int | None = None) -> Figure:
+    """Parameter importances (fANOVA, Optuna), largest on top; ``trials``: how many complete trials they come from
+    (in the title)."""
     items = sorted(importances.items(), key=lambda kv: kv[1])
-    fig = new_figure(7, 0.9 + 0.45 * max(len(items), 1))
+    fig = new_figure(7, 1.1 + 0.45 * max(len(items), 1))
     ax = fig.subplots()
     ax.barh([k for k, _ in items], [v for _, v in items], color=PALETTE[0])
     for i, (_, v) in enumerate(items):
-        ax.text(v, i, f" {v:.2f}", va="center", fontsize=8)
-    ax.set(title="Hyperparameter importance for the validation metric (fANOVA)", xlabel="importance")
+        ax.text(v, i, f" {v:.2f}", va="center", fontsize=SMALL)
+    counted = f", {trials} complete trials" if trials is not None else ""
+    ax.set(title=f"Hyperparameter importance (fANOVA{counted})", xlabel="share of the validation metric's variance")
     for label in ax.get_yticklabels():
         label.set_parse_math(False)
     _style(ax)
