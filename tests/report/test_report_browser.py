@@ -48,7 +48,8 @@ PROBE_TAIL = """<script>window.addEventListener('load', function () {
   var out = document.createElement('pre');
   out.id = 'mmfuse-probe';
   out.textContent = JSON.stringify({images: images, errors: window.__errors, pwned: window.__pwned || null,
-                                    sections: document.querySelectorAll('section').length});
+                                    sections: document.querySelectorAll('section').length,
+                                    charts: document.querySelectorAll('figure svg').length});
   document.body.appendChild(out);
 });</script>"""
 
@@ -81,12 +82,12 @@ def _screenshot(page: Path, tmp_path: Path) -> np.ndarray:
     return np.asarray(Image.open(shot).convert("RGB"))
 
 
-def _check_page(page: Path, tmp_path: Path, min_images: int) -> dict[str, Any]:
+def _check_page(page: Path, tmp_path: Path, min_images: int, min_charts: int) -> dict[str, Any]:
     seen = _probe(page, tmp_path)
     assert seen["errors"] == [], seen["errors"]
     assert seen["pwned"] is None  # no caption ran as a script
     images = seen["images"]
-    assert len(images) >= min_images
+    assert len(images) >= min_images and seen["charts"] >= min_charts  # gallery cards; inline SVG charts
     broken = [i["alt"] for i in images if not (i["complete"] and i["width"] > 0 and i["height"] > 0)]
     assert broken == [], f"images that did not load: {broken}"
     assert all(i["local"] for i in images)  # self-contained: nothing fetched
@@ -100,11 +101,11 @@ def _check_page(page: Path, tmp_path: Path, min_images: int) -> dict[str, Any]:
 
 def test_run_report_loads_in_chromium(binary_run, tmp_path):
     page = write_report(binary_run, tmp_path / "run", log=lambda _: None)
-    seen = _check_page(page, tmp_path, min_images=6)
+    seen = _check_page(page, tmp_path, min_images=6, min_charts=6)
     assert seen["sections"] >= 5
 
 
 def test_sweep_report_loads_in_chromium(small_sweep, tmp_path):
     page = write_report(small_sweep, tmp_path / "sweep", per_group=2, log=lambda _: None)
-    seen = _check_page(page, tmp_path, min_images=8)
+    seen = _check_page(page, tmp_path, min_images=2, min_charts=7)
     assert seen["sections"] >= 8  # overview, trials, table, then the selected trial's own sections

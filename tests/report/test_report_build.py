@@ -37,13 +37,14 @@ def test_run_report_has_every_section_and_figure(binary_report):
     path, page = binary_report
     out = path.parent
     for name in ("learning_curves", "roc", "confusion_matrix", "calibration", "data_preview"):
-        assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (out / f"{name}.svg").read_text().lstrip().startswith("<?xml")
     for anchor in ("overview", "data", "curves", "evaluation", "gallery"):
         assert f'id="{anchor}"' in page and f'href="#{anchor}"' in page
     gallery = sorted(p.name for p in (out / "gallery").glob("*.png"))
     assert {"best_1.png", "uncertain_1.png"} <= set(gallery) and len(gallery) <= 12
     images = _images(page)
-    assert len(images) == 6 + len(gallery)  # five figures (calibration before and after) and the data preview, cards
+    assert len(images) == len(gallery)  # the cards; the charts are inline SVG:
+    assert page.count("<figure><svg ") == 6  # five charts (calibration before and after) and the data preview
     assert all(data[:8] == b"\x89PNG\r\n\x1a\n" for data in images)
     assert "Most confidently right" in page and "Most uncertain" in page
     assert "majority baseline" in page and "Reliability diagram" in page
@@ -67,7 +68,7 @@ def test_run_report_shows_calibration_before_and_after(binary_report, binary_run
     clf = MultimodalClassifier.load(binary_run)
     t = clf.temperature
     assert t is not None and json.loads((binary_run / "summary.json").read_text())["calibration"]["temperature"] == t
-    assert (path.parent / "calibration_before.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (path.parent / "calibration_before.svg").is_file()
     assert "Reliability diagram before calibration" in page
     assert f"Reliability diagram after (temperature {t:.3f})" in page
     val = split_examples("val", clf.config.data).examples
@@ -89,31 +90,32 @@ def test_run_report_escapes_user_text(binary_report, hostile):
 def test_multiclass_report_draws_precision_recall_instead_of_roc(three_class_run, tmp_path):
     path = write_report(three_class_run, tmp_path / "r", per_group=2, log=lambda _: None)
     page = path.read_text()
-    assert (tmp_path / "r" / "precision_recall.png").is_file() and not (tmp_path / "r" / "roc.png").exists()
+    assert (tmp_path / "r" / "precision_recall.svg").is_file() and not (tmp_path / "r" / "roc.svg").exists()
     assert "attention peak" not in page  # concat has no attention
     assert len(list((tmp_path / "r" / "gallery").glob("*.png"))) <= 6
     assert "classes a, b, c" in page
 
 
-def test_sweep_report_has_trials_chart_importance_table_and_the_selected_run(small_sweep, tmp_path):
+def test_sweep_report_has_trials_chart_table_and_the_selected_run(small_sweep, tmp_path):
     path = write_report(small_sweep, tmp_path / "s", log=lambda _: None)
     page = path.read_text()
     out = tmp_path / "s"
-    assert (out / "trials.png").is_file() and (out / "param_importance.png").is_file()
+    assert (out / "trials.svg").is_file()
+    assert not (out / "param_importance.svg").exists() and "Parameter importance not shown: 4 complete trials" in page
     assert 'id="trials"' in page and 'id="table"' in page
     assert page.count('<tr class="hl">') == 1  # the selected trial, highlighted in the ranked table
     assert 'id="trial-overview"' in page and 'id="trial-gallery"' in page  # its own run report, below
     assert "measured for the selected trial only" in page
     assert "dotted: the unimodal baselines" in page and "<td>text_only</td>" in page and "<td>image_only</td>" in page
     _images(page)
-    assert (out / "learning_curves.png").is_file()
+    assert (out / "learning_curves.svg").is_file()
 
 
 def test_ensemble_report_lists_members_and_evaluates_the_ensemble(small_sweep, tmp_path):
     path = write_report(small_sweep / "ensemble", tmp_path / "e", per_group=2, log=lambda _: None)
     page = path.read_text()
     assert "Ensemble of" in page and "weight" in page and "../trials/trial-" in page
-    assert (tmp_path / "e" / "roc.png").is_file() and 'id="gallery"' in page
+    assert (tmp_path / "e" / "roc.svg").is_file() and 'id="gallery"' in page
     _images(page)
 
 

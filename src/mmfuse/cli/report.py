@@ -23,9 +23,10 @@ def report(
     per_group: Annotated[int, typer.Option("--examples", min=1, help="Gallery examples per group.")] = 4,
     storage: Annotated[str | None, typer.Option("--storage", help="A sweep's storage URL, if not its own.")] = None,
 ) -> None:
-    """Write one self-contained HTML report (images embedded) and its PNGs: data, learning curves, ROC or
+    """Write one self-contained HTML report (charts and images embedded) and its figures (SVG, PNG): data, learning
+    curves, metrics beside the baselines (unimodal ones when the run's sweep or demo trained them), ROC or
     precision-recall, confusion matrix, calibration, example gallery with attention heatmaps; for sweeps the trials
-    chart, parameter importances and ranked table."""
+    chart, parameter importances (from 10 complete trials) and ranked table."""
     from mmfuse.report import write_report
 
     try:
@@ -34,4 +35,4 @@ def report(
     except (ValueError, FileNotFoundError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(code=2) from None
-    typer.echo(f"wrote {path} (and its PNGs in {path.parent})")
+    typer.echo(f"wrote {path} (and its figures in {path.parent})")

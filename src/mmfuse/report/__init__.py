@@ -1,4 +1,4 @@
-"""Reports a person would rather look at than read: one self-contained HTML page (plus PNGs) for a run, a sweep
+"""Reports a person would rather look at than read: one self-contained HTML page (plus its figures) for a run, a sweep
 or an ensemble, made with matplotlib.
 
 Typical use::
