@@ -520,8 +520,9 @@ def _card(ev: Evaluation, i: int, png: Path | None, panel: Any = None) -> str:
                                                                           else "")  # fmt: skip
     return (
         '<div class="card" style="grid-column:1/-1">'
-        f'<div class="body"><p class="text" style="max-height:none" title="words shaded by their contribution to '
-        f'P({H.esc(e.label)}): red supports, blue opposes">{words}</p>'
+        f'<div class="body"><p class="text" style="max-height:none" title="{H.esc(example.text)}">{words}</p>'
+        f'<p class="meta" style="margin:0 0 6px">Words shaded by their contribution to P({H.esc(e.label)}): red '
+        "supports, blue opposes (hover a word for its number).</p>"
         f'{chips}{bar}<div class="meta">{" · ".join(meta)}</div>'
         f'<div class="meta">{H.esc(X.modalities_text(e))}</div>{warn}</div>'
         f'<img src="{H.data_uri(panel.png)}" alt="{H.esc(alt)}" style="aspect-ratio:auto;height:auto">'
