@@ -107,7 +107,9 @@ def test_classifier_server_and_predictor_give_the_same_predictions(checkpoint):
         assert np.allclose(tokens.sum(axis=1), 1.0, rtol=0, atol=1e-5)
         mean = tokens.astype(np.float64).mean(axis=0)
         assert np.allclose(mean / mean.sum(), d.attention.reshape(-1), rtol=0, atol=1e-6)
-    assert all(s.token_attention is None for s in served)  # the HTTP path returns only the grid
+        # the request path keeps the same rows (the server's word maps are made of them); same floats as above
+        assert s.token_attention.shape == tokens.shape
+        assert np.allclose(s.token_attention, tokens, rtol=0, atol=1e-6)
 
 
 _PROBE = """

@@ -71,6 +71,19 @@ def test_regions_are_the_image_encoders_grid_and_the_probability_is_predicts(
         assert np.isfinite(e.region_contributions).all() and np.isfinite(e.word_contributions).all()
 
 
+def test_a_calibrated_models_explanation_is_on_its_calibrated_probabilities(examples: list[Example]) -> None:
+    """The probability explained (and the contributions: differences of it) is the one predict gives, after the
+    calibration temperature, so a report's card and its panel show the same number."""
+    plain = _predictor("cross_attention")
+    calibrated = TorchPredictor(plain.model, classes=plain.classes, temperature=4.0)
+    [e] = explain_examples(calibrated, examples, [examples[0].id])
+    [row] = calibrated.predict_proba(examples[:1])
+    # the example alone vs in a batch of 1 through the loader: the same model, float32 logits, float64 softmax
+    assert e.probabilities == pytest.approx(dict(zip(calibrated.classes, row.tolist(), strict=True)), abs=1e-6)
+    [raw] = explain_examples(plain, examples, [examples[0].id])
+    assert abs(raw.probability - e.probability) > 1e-3  # the temperature moved it: the check above means something
+
+
 def test_another_occlusion_grid_can_be_asked_for(examples: list[Example]) -> None:
     [e] = explain_examples(_predictor("concat", "resnet"), examples, [examples[0].id], grid=(3, 5))
     assert e.grid == (3, 5) and np.any(e.region_contributions != 0.0)

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from mmfuse.data.inputs import ExamplesLike, Inputs
     from mmfuse.model.predictor import TorchPredictor
 
-__all__ = ["FALLBACK_GRID", "Explanation", "UnknownIdsError", "explain_examples", "word_token_spans"]
+__all__ = ["FALLBACK_GRID", "Explanation", "UnknownIdsError", "explain_examples", "word_rows", "word_token_spans"]
 
 logger = logging.getLogger("mmfuse.explain")
 
@@ -95,6 +95,7 @@ class Explanation:
         attention: ``(h, w)`` the attention averaged over the valid text tokens (as
             :attr:`Prediction.attention <mmfuse.model.prediction.Prediction.attention>`), or ``None``.
         notes: what the numbers leave out or stand in for, in words.
+        forward_passes: the model's forward passes (one per changed copy, and the example itself) it took.
     """
 
     id: str
@@ -114,6 +115,7 @@ class Explanation:
     word_attention: np.ndarray | None = None
     attention: np.ndarray | None = None
     notes: list[str] = field(default_factory=list)
+    forward_passes: int = 0
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -147,6 +149,7 @@ class Explanation:
             if self.attention is None
             else {"grid": list(self.attention.shape), "mean": arr(self.attention), "words": arr(self.word_attention)},
             "notes": list(self.notes),
+            "forward_passes": self.forward_passes,
         }
 
 
@@ -228,6 +231,7 @@ class _Runner:
         self.uses_image = getattr(head, "uses_image", "pooled") is not None and predictor.reads_image
         self.batch = max(1, int(predictor.config.train.eval_batch))
         self.classes = predictor.classes
+        self.passes = 0  # forward passes (copies run) since the last explain
 
     @torch.inference_mode()
     def run(self, copies: Sequence[tuple[str, torch.Tensor | None, bool]]) -> tuple[np.ndarray, Any]:
@@ -237,6 +241,7 @@ class _Runner:
         from mmfuse.model.predictor import TEXT_INPUTS
 
         set_train_mode(self.model, False)
+        self.passes += len(copies)
         device = self.predictor.device
         rows, first = [], None
         for start in range(0, len(copies), self.batch):
@@ -253,12 +258,13 @@ class _Runner:
                     image_present=None if present is None or bool(present.all()) else present.to(device),
                 )
             )
-            rows.append(probabilities(out.logits.float().cpu().numpy()))
+            rows.append(probabilities(out.logits.float().cpu().numpy(), self.predictor.temperature))  # as predict
             first = first if first is not None else out
         return np.concatenate(rows), first
 
     def explain(self, example: Example, *, threshold: float | None, grid: tuple[int, int] | None) -> Explanation:
         notes: list[str] = []
+        self.passes = 0
         text = example.text
         words = text.split()
         pixels, present = self._pixels(example, notes)
@@ -321,6 +327,7 @@ class _Runner:
             word_attention=word_att,
             attention=attention,
             notes=notes,
+            forward_passes=self.passes,
         )
 
     def _pixels(self, example: Example, notes: list[str]) -> tuple[torch.Tensor | None, bool]:
@@ -389,11 +396,7 @@ class _Runner:
             return None, mean
         if spans is None:
             return None, mean
-        per_word = np.zeros((len(words), n))
-        for k, (a, b) in enumerate(spans):
-            if b > a:
-                per_word[k] = rows[a:b].mean(axis=0)
-        return per_word.reshape(len(words), int(cells[0]), int(cells[1])), mean
+        return word_rows(rows, spans).reshape(len(words), int(cells[0]), int(cells[1])), mean
 
 
 def occluded(pixels: torch.Tensor, cells: tuple[int, int]) -> list[torch.Tensor]:
@@ -408,6 +411,17 @@ def occluded(pixels: torch.Tensor, cells: tuple[int, int]) -> list[torch.Tensor]
             copy[:, rows[r] : rows[r + 1], cols[c] : cols[c + 1]] = 0
             copies.append(copy)
     return copies
+
+
+def word_rows(rows: np.ndarray, spans: Sequence[tuple[int, int]]) -> np.ndarray:
+    """``(Q, N)`` per-token attention over N regions → ``(W, N)``: each word's row the mean of its tokens' rows
+    (``spans`` of :func:`word_token_spans`); 0 for a word without tokens (never read)."""
+    rows = np.asarray(rows, dtype=np.float64)
+    out = np.zeros((len(spans), rows.shape[1]))
+    for k, (a, b) in enumerate(spans):
+        if b > a and a < rows.shape[0]:
+            out[k] = rows[a : min(b, rows.shape[0])].mean(axis=0)
+    return out
 
 
 def word_token_spans(

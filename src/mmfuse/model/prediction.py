@@ -17,7 +17,15 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["Prediction", "attention_grid", "grid_shape", "predict_labels", "probabilities"]
+__all__ = [
+    "MAX_VIEW_WORDS",
+    "Prediction",
+    "attention_grid",
+    "grid_shape",
+    "image_crop",
+    "predict_labels",
+    "probabilities",
+]
 
 
 @dataclass
@@ -34,7 +42,13 @@ class Prediction:
         id: the example id (predictions of examples; ``None`` for items of an HTTP request).
         image_present: ``False`` when the image was missing or unreadable and a blank stood in.
         token_attention: ``(Q, N)`` the attention of each valid text token (or the one pooled query) over the N
-            image regions, before averaging into :attr:`attention` (predictions of examples; ``None`` otherwise).
+            image regions, before averaging into :attr:`attention` (``None`` for heads without attention).
+        words: the text's words (split at whitespace) that :attr:`word_attention` covers: the first
+            :data:`MAX_VIEW_WORDS` at most (``Predictor.predict(..., words=True)``, what the server asks for;
+            ``None`` otherwise).
+        word_attention: ``(len(words), h, w)`` where each word looked: the mean attention of its tokens over the
+            region grid (all 0 for a word the model never read); heads with one attention row per token only.
+        words_omitted: words of the text past :data:`MAX_VIEW_WORDS`, left out of :attr:`words`.
     """
 
     label: str
@@ -45,6 +59,9 @@ class Prediction:
     id: str | None = None
     image_present: bool = True
     token_attention: np.ndarray | None = None
+    words: list[str] | None = None
+    word_attention: np.ndarray | None = None
+    words_omitted: int = 0
 
     @property
     def proba(self) -> dict[str, float]:
@@ -62,7 +79,37 @@ class Prediction:
         }
         if self.attention is not None:
             out["attention"] = {"grid": list(self.attention.shape), "weights": self.attention.round(6).tolist()}
+            if self.words is not None and self.word_attention is not None:
+                out["attention"]["words"] = [
+                    {"word": w, "weights": np.asarray(a, dtype=np.float64).round(6).tolist()}
+                    for w, a in zip(self.words, self.word_attention, strict=True)
+                ]
+                out["attention"]["words_omitted"] = self.words_omitted
         return out
+
+
+MAX_VIEW_WORDS = 128
+"""Words of a text given a word × region attention view by ``Predictor.predict(..., words=True)`` (text encoders
+read at most a few hundred tokens; the rest are counted in ``Prediction.words_omitted``)."""
+
+
+def image_crop(preprocess: Any) -> float | None:
+    """How an image preprocessing frames an image, so that a map over the model's input image can be drawn on the
+    original: ``None`` it resizes the whole image (stretched), else it reads the centre square, as a share of the
+    short side (1.0: a plain centre crop; ``crop_pct`` for ConvNeXt-style processors).
+
+    ``preprocess``: an image encoder's ``preprocess`` (or what ``load_preprocessing`` gives for an ONNX export)."""
+    if preprocess is None:
+        return None
+    if getattr(preprocess, "resize", None) == "crop":
+        return 1.0
+    proc = getattr(preprocess, "processor", None)
+    if proc is None:
+        return None
+    crop_pct = getattr(proc, "crop_pct", None)
+    if crop_pct:
+        return float(crop_pct)
+    return 1.0 if getattr(proc, "do_center_crop", False) else None
 
 
 def probabilities(logits: np.ndarray, temperature: float | None = None) -> np.ndarray:

@@ -30,7 +30,15 @@ from PIL import Image
 from torch import nn
 
 import mmfuse
-from mmfuse.model.prediction import Prediction, attention_grid, grid_shape, predict_labels, probabilities
+from mmfuse.model.prediction import (
+    MAX_VIEW_WORDS,
+    Prediction,
+    attention_grid,
+    grid_shape,
+    image_crop,
+    predict_labels,
+    probabilities,
+)
 from mmfuse.model.spec import head_name
 
 if TYPE_CHECKING:
@@ -132,6 +140,7 @@ class Predictor:
             "inputs": [name for name, used in (("text", self.reads_text), ("image", self.reads_image)) if used],
             "attention": "attention" in self.outputs,
             "image_reliance": "image_reliance" in self.outputs,
+            "image_crop": self.image_crop(),
             "backend": self.backend,
             "version": mmfuse.__version__,
             "source": self.source,
@@ -190,11 +199,15 @@ class Predictor:
 
     # ------------------------------------------------------------------------------------------- running
 
-    def predict(self, texts: Sequence[str], pixels: Sequence[torch.Tensor | None] | None = None) -> list[Prediction]:
+    def predict(
+        self, texts: Sequence[str], pixels: Sequence[torch.Tensor | None] | None = None, *, words: bool = False
+    ) -> list[Prediction]:
         """Predictions for one batch; ``pixels[i]`` is :meth:`prepare_image` of item ``i``'s image, or ``None`` for
         an item without one (a model that allows it: :meth:`missing_image_problem`; it gets no attention map).
 
-        For a head that reads no text (no image), ``texts`` (``pixels``) only give the batch size.
+        For a head that reads no text (no image), ``texts`` (``pixels``) only give the batch size. ``words``: also
+        each word's attention over the image regions (:meth:`word_attention`), for heads with one attention row per
+        text token (``cross_attention``); it tokenizes each text's prefixes once more.
         """
         n = len(texts) if self.reads_text else len(pixels or ())
         if n == 0:
@@ -203,7 +216,38 @@ class Predictor:
             raise ValueError(f"got {n} texts but {len(pixels or ())} images; pass one image per text")
         inputs = self.make_inputs(texts, pixels)
         outputs = self._run(inputs)
-        return self._predictions(outputs, inputs)
+        predictions = self._predictions(outputs, inputs)
+        if words and self.reads_text:
+            for text, prediction in zip(texts, predictions, strict=True):
+                self.word_attention(text, prediction)
+        return predictions
+
+    def word_attention(self, text: str, prediction: Prediction) -> bool:
+        """Sets ``prediction.words`` / ``word_attention`` / ``words_omitted``: where each of the text's words (its
+        first :data:`~mmfuse.model.prediction.MAX_VIEW_WORDS`) looked, the mean attention of its tokens (see
+        :func:`mmfuse.model.explain.word_token_spans`); returns whether there is such a view (a head with one
+        attention row per token, an image present, a tokenizer whose tokens follow the words)."""
+        from mmfuse.model.explain import word_rows, word_token_spans
+
+        rows = prediction.token_attention
+        if self._tokenize is None or rows is None or prediction.attention is None or rows.ndim != 2 or len(rows) < 2:
+            return False
+        every = text.split()
+        shown = every[:MAX_VIEW_WORDS]
+        try:
+            spans = word_token_spans(self._tokenize, shown)
+        except ValueError:
+            return False
+        h, w = prediction.attention.shape
+        prediction.words = shown
+        prediction.word_attention = word_rows(rows, spans).reshape(len(shown), h, w)
+        prediction.words_omitted = len(every) - len(shown)
+        return True
+
+    def image_crop(self) -> float | None:
+        """How the image preprocessing frames an image (:func:`~mmfuse.model.prediction.image_crop`): ``None`` the
+        whole image, else its centre square as a share of the short side; where the region grid lies on it."""
+        return image_crop(self._preprocess)
 
     def _run(self, inputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
         """The model on named inputs → ``logits`` ``(B, C)``, and where the head has them ``attention``
@@ -222,7 +266,14 @@ class Predictor:
             mask, pixels = inputs.get("attention_mask"), inputs.get("pixel_values")
             size = tuple(pixels.shape[-2:]) if pixels is not None else self.image_size()
             grid = outputs.get("grid")  # (h, w) the image encoder reported; absent from old exports: guessed
-            attention = attention_grid(attention, None if mask is None else mask.numpy(), size, grid)
+            raw = np.asarray(attention)
+            valid = None if mask is None else mask.numpy().astype(bool)
+            # each item's rows of its valid tokens (one pooled query: its one row), before averaging
+            rows = [
+                a[None] if a.ndim == 1 else a[v] if v is not None and len(v) == len(a) else a
+                for a, v in zip(raw, valid if valid is not None else [None] * len(raw), strict=True)
+            ]
+            attention = attention_grid(attention, valid, size, grid)
         return [
             Prediction(
                 label=self.classes[int(labels[i])],
@@ -231,6 +282,7 @@ class Predictor:
                 image_reliance=None if reliance is None else float(reliance[i]),
                 attention=None if attention is None or not present[i] else attention[i],
                 image_present=present[i],
+                token_attention=None if attention is None or not present[i] else rows[i],
             )
             for i in range(len(proba))
         ]

@@ -60,6 +60,8 @@ class Evaluation:
         temperature: the model's calibration temperature (``proba`` is calibrated by it), ``None`` when uncalibrated.
         calibration_note: what training said about the fit (no temperature, or one clamped), from ``summary.json``.
         missing_images: examples predicted from a blank image because theirs was missing or unreadable.
+        explain: ``(examples, ids) -> explanations`` of the model (:meth:`MultimodalClassifier.explain`), for the
+            gallery's panels; ``None``: no explanations (an ensemble).
     """
 
     split: str
@@ -73,6 +75,7 @@ class Evaluation:
     missing_images: list[str] | None = None
     temperature: float | None = None
     calibration_note: str | None = None
+    explain: Callable[[list[Any], list[str]], list[Any]] | None = None
 
 
 def write_report(
@@ -196,6 +199,7 @@ def run_sections(clf: Any, run: Path, out: Path, split: str, per_group: int, say
     evaluation.threshold = clf.threshold
     evaluation.temperature = getattr(clf, "temperature", None)
     evaluation.calibration_note = (clf.summary.get("calibration") or {}).get("note")
+    evaluation.explain = lambda examples, ids: clf.explain(examples, ids, progress=say)
     others = unimodal_columns(run, evaluation, say)
     sections += _evaluation_sections(evaluation, clf.train_class_counts, out, per_group, _crop_of(clf.model), prefix,
                                      others)  # fmt: skip
@@ -486,14 +490,19 @@ _GROUPS = {
 def _gallery(ev: Evaluation, out: Path, k: int, crop: float | None) -> str:
     from mmfuse.data.images import ImageError, open_image
 
-    parts = []
-    for name, indices in gallery_groups(ev.y, ev.proba, k).items():
+    groups = gallery_groups(ev.y, ev.proba, k)
+    panels, head = _gallery_panels(ev, groups, out, crop)
+    parts = [head] if head else []
+    for name, indices in groups.items():
         title, how = _GROUPS[name]
         if not indices:
             parts.append(f'<h3>{H.esc(title)}</h3><p class="note">none</p>')
             continue
         cards = []
         for rank, i in enumerate(indices, 1):
+            if i in panels:  # the panel shows the image, occlusion and attention: no thumbnail of its own
+                cards.append(_card(ev, i, None, panels[i]))
+                continue
             example = ev.examples[i]
             image = None
             if example.image is not None:
@@ -510,7 +519,39 @@ def _gallery(ev: Evaluation, out: Path, k: int, crop: float | None) -> str:
     return f'<div class="gallery">{"".join(parts)}</div>'
 
 
-def _card(ev: Evaluation, i: int, png: Path) -> str:
+def _gallery_panels(ev: Evaluation, groups: dict[str, list[int]], out: Path, crop: float | None
+                    ) -> tuple[dict[int, Any], str]:  # fmt: skip
+    """The explanation panels of the gallery's examples (index -> :class:`~mmfuse.report.explain.Panel`), and the
+    gallery's note on them: what was computed, which images could not be drawn, or why there are none."""
+    from mmfuse.report import explain as X
+
+    if ev.explain is None:
+        return {}, ('<p class="note">No explanations here (an ensemble has no single model to explain): '
+                    "`mmfuse explain RUN DATA --ids ...` explains one of its member runs.</p>")  # fmt: skip
+    indices = list(dict.fromkeys(i for name in groups for i in groups[name]))
+    ids = [str(ev.examples[i].id) for i in indices]
+    unique = list(dict.fromkeys(ids))
+    try:
+        explained = ev.explain([ev.examples[i] for i in indices], unique)
+    except (ValueError, FileNotFoundError) as e:
+        logger.warning("report gallery: no explanations: %s", e)
+        return {}, f'<div class="warn">No explanations in this gallery: {H.esc(e)}</div>'
+    by_id = {e.id: e for e in explained}
+    ranks = {i: f"{name}_{r}" for name in groups for r, i in enumerate(groups[name], 1)}
+    drawn = X.draw_panels([by_id[i] for i in ids], out / "gallery", crop, compact=True,
+                          names=[f"{ranks[i]}.png" for i in indices])  # fmt: skip
+    panels = dict(zip(indices, drawn, strict=True))
+    head = f'<p class="note">{H.esc(X.computed_note(explained))}</p>'
+    missing = X.missing_pictures_note(drawn)
+    if missing is not None:
+        logger.warning("report gallery: %s", missing)
+        head += f'<div class="warn">{H.esc(missing)}</div>'
+    return panels, head
+
+
+def _card(ev: Evaluation, i: int, png: Path | None, panel: Any = None) -> str:
+    """A gallery card: the example's image (or, with an explanation ``panel``, the panel across the row: image,
+    occlusion map, attention and each word's, with the words shaded by their contribution)."""
     example = ev.examples[i]
     pred = int(ev.proba[i].argmax())
     right = pred == ev.y[i]
@@ -525,29 +566,39 @@ def _card(ev: Evaluation, i: int, png: Path) -> str:
     if ev.attention is not None and ev.attention[i] is not None and ev.attention[i].size:
         weights = np.asarray(ev.attention[i], dtype=float)  # the (h, w) grid, summing to 1
         meta.append(f"attention peak {weights.max() * weights.size:.1f}× uniform")
+    bar = f'<div class="bar"><i style="width:{p_pred * 100:.1f}%"></i></div>'
+    if panel is None:
+        assert png is not None
+        return (
+            f'<div class="card"><img src="{H.data_uri(png)}" alt="image of example {H.esc(example.id)}">'
+            f'<div class="body"><p class="text" title="{H.esc(example.text)}">{H.esc(text) or "<i>(empty text)</i>"}'
+            f'</p>{chips}{bar}<div class="meta">{" · ".join(meta)}</div></div></div>'
+        )
+    from mmfuse.report import explain as X
+
+    e = panel.explanation
+    words = X.words_markup(e) if len(example.text) <= TEXT_CHARS else H.esc(text)
+    notes = [*e.notes, *([f"image not shown: {panel.missing}"] if panel.missing else [])]
+    warn = f'<div class="warn"><ul>{"".join(f"<li>{H.esc(n)}</li>" for n in notes)}</ul></div>' if notes else ""
+    alt = f"explanation of example {example.id}: image, occlusion map" + (", attention" if e.attention is not None
+                                                                          else "")  # fmt: skip
     return (
-        f'<div class="card"><img src="{H.data_uri(png)}" alt="image of example {H.esc(example.id)}">'
-        f'<div class="body"><p class="text" title="{H.esc(example.text)}">{H.esc(text) or "<i>(empty text)</i>"}</p>'
-        f'{chips}<div class="bar"><i style="width:{p_pred * 100:.1f}%"></i></div>'
-        f'<div class="meta">{" · ".join(meta)}</div></div></div>'
+        '<div class="card" style="grid-column:1/-1">'
+        f'<div class="body"><p class="text" style="max-height:none" title="{H.esc(example.text)}">{words}</p>'
+        f'<p class="meta" style="margin:0 0 6px">Words shaded by their contribution to P({H.esc(e.label)}): red '
+        "supports, blue opposes (hover a word for its number).</p>"
+        f'{chips}{bar}<div class="meta">{" · ".join(meta)}</div>'
+        f'<div class="meta">{H.esc(X.modalities_text(e))}</div>{warn}</div>'
+        f'<img src="{H.data_uri(panel.png)}" alt="{H.esc(alt)}" style="aspect-ratio:auto;height:auto">'
+        "</div>"
     )
 
 
 def _crop_of(model: Any) -> float | None:
-    """How the image encoder frames an image: ``None`` the whole image (stretched), else the centre square's share
-    of the short side (1.0: a plain centre crop; ``crop_pct`` for ConvNeXt-style processors)."""
-    pre = getattr(getattr(model, "image_encoder", None), "preprocess", None)
-    if pre is None:
-        return None
-    if getattr(pre, "resize", None) == "crop":
-        return 1.0
-    proc = getattr(pre, "processor", None)
-    if proc is None:
-        return None
-    crop_pct = getattr(proc, "crop_pct", None)
-    if crop_pct:
-        return float(crop_pct)
-    return 1.0 if getattr(proc, "do_center_crop", False) else None
+    """How the image encoder frames an image (`model.prediction.image_crop`, the rule the serve page uses too)."""
+    from mmfuse.model.prediction import image_crop
+
+    return image_crop(getattr(getattr(model, "image_encoder", None), "preprocess", None))
 
 
 # ------------------------------------------------------------------------------------------------------ sweep

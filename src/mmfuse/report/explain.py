@@ -12,14 +12,20 @@ reads: the whole image, or its centre crop), upsampled smoothly (bilinear):
 - the **words' contributions** as bars, and the **modalities'** (the prediction without the text, without the image).
 
 What :func:`write_explanations` writes is what ``mmfuse explain`` writes; :func:`explanation_figure` and
-:func:`words_markup` draw one example, for pages that show explanations among other things.
+:func:`words_markup` draw one example, for pages that show explanations among other things (the report gallery:
+:func:`draw_panels` with ``compact=True``, the word bars left to :func:`words_markup`).
+
+An example whose image cannot be drawn (none, missing, unreadable) gets a grey stand-in that says why, and
+:func:`missing_pictures_note` counts and names them for the page.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import textwrap
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,9 +41,14 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_WORD_MAPS",
     "SCALE_FLOOR",
+    "Panel",
+    "computed_note",
+    "draw_panels",
     "encoder_crop",
     "explanation_figure",
     "load_picture",
+    "missing_pictures_note",
+    "modalities_text",
     "words_markup",
     "write_explanations",
 ]
@@ -62,22 +73,26 @@ def _num(value: float) -> str:
 
 def encoder_crop(model: Any) -> float | None:
     """How ``model``'s image encoder frames an image, the ``crop`` of the functions here: ``None`` the whole image,
-    else its centre square as a share of the short side."""
-    from mmfuse.report.build import _crop_of
+    else its centre square as a share of the short side (:func:`mmfuse.model.prediction.image_crop`)."""
+    from mmfuse.model.prediction import image_crop
 
-    return _crop_of(model)
+    return image_crop(getattr(getattr(model, "image_encoder", None), "preprocess", None))
 
 
-def load_picture(explanation: Explanation) -> np.ndarray | None:
-    """The example's image as ``(H, W, 3)`` uint8, or ``None`` when it has none or it cannot be read."""
+def load_picture(explanation: Explanation) -> tuple[np.ndarray | None, str | None]:
+    """``(picture, None)``: the example's image as ``(H, W, 3)`` uint8; or ``(None, why)`` when it cannot be drawn:
+    the row has none, it was missing or unreadable when explained, or it cannot be read now."""
     from mmfuse.data.images import ImageError, open_image
 
-    if explanation.image is None or not explanation.image_present:
-        return None
+    if explanation.image is None:
+        return None, "the example has no image"
+    if not explanation.image_present:
+        told = next((n for n in explanation.notes if n.startswith("image not used")), None)
+        return None, told or f"its image {explanation.image!r} could not be read when explained"
     try:
-        return np.asarray(open_image(explanation.image))
-    except ImageError:
-        return None
+        return np.asarray(open_image(explanation.image)), None
+    except ImageError as e:
+        return None, f"its image cannot be read now: {e}"
 
 
 def _box(shape: tuple[int, ...], crop: float | None) -> tuple[float, float, float, float]:
@@ -91,11 +106,16 @@ def _box(shape: tuple[int, ...], crop: float | None) -> tuple[float, float, floa
 
 
 def _overlay(ax: Any, picture: np.ndarray | None, heat: np.ndarray | None, crop: float | None, *, signed: bool,
-             title: str) -> Any:  # fmt: skip
-    """``picture`` at its aspect ratio with ``heat`` (a grid) upsampled bilinearly over the encoder's part of it."""
+             title: str, missing: str | None = None) -> Any:  # fmt: skip
+    """``picture`` at its aspect ratio with ``heat`` (a grid) upsampled bilinearly over the encoder's part of it;
+    without a picture, a grey square that says why (``missing``)."""
+    stand_in = picture is None
     if picture is None:
         picture = np.full((240, 240, 3), 205, dtype=np.uint8)
     ax.imshow(picture, interpolation="lanczos")
+    if stand_in and missing:
+        ax.text(120, 120, textwrap.fill(f"image not shown: {missing}", 30), ha="center", va="center", fontsize=9,
+                color="#1f2933", wrap=True)  # fmt: skip
     mappable = None
     if heat is not None and heat.size:
         heat = np.asarray(heat, dtype=float)
@@ -144,29 +164,41 @@ def _word_bars(ax: Any, explanation: Explanation) -> str:
     return note
 
 
-def explanation_figure(explanation: Explanation, picture: np.ndarray | None, crop: float | None = None) -> Figure:
+def explanation_figure(
+    explanation: Explanation,
+    picture: np.ndarray | None,
+    crop: float | None = None,
+    *,
+    missing: str | None = None,
+    compact: bool = False,
+) -> Figure:
     """One example's panel (see the module docstring).
 
     Args:
         explanation: what :func:`~mmfuse.model.explain.explain_examples` gave for the example.
         picture: its original image, ``(H, W, 3)`` uint8 (``None``: a grey stand-in).
         crop: the image encoder's centre crop as a share of the short side (``None``: it reads the whole image).
+        missing: why there is no ``picture`` (:func:`load_picture`), written on the stand-in.
+        compact: without the word bars (a page that shows the words' contributions as text, e.g. the report
+            gallery with :func:`words_markup`).
     """
     has_attention = explanation.attention is not None
     word_maps = _word_map_order(explanation) if explanation.word_attention is not None else []
     n_words = min(len(explanation.words), MAX_WORD_BARS)
     bars_height = 1.2 + 0.22 * (n_words + 2)
     top_height = 3.4
-    rows = [top_height, bars_height] + ([2.4] if word_maps else [])
+    rows = [top_height] + ([] if compact else [bars_height]) + ([2.4] if word_maps else [])
     fig = plots.new_figure(10.5, sum(rows) + 0.6)
     grid = fig.add_gridspec(len(rows), 1, height_ratios=rows)
     top = grid[0].subgridspec(1, 3 if has_attention else 2)
     ax = fig.add_subplot(top[0])
-    _overlay(ax, picture, None, crop, signed=True, title="image" if explanation.image_present else "no image (blank)")
+    _overlay(ax, picture, None, crop, signed=True, title="image" if explanation.image_present else "no image (blank)",
+             missing=missing)  # fmt: skip
     ax = fig.add_subplot(top[1])
     regions = explanation.region_contributions
     m = _overlay(ax, picture, regions, crop, signed=True,
-                 title=f"occlusion: blanking each of {regions.shape[0]}×{regions.shape[1]} regions")  # fmt: skip
+                 title=f"occlusion: blanking each of {regions.shape[0]}×{regions.shape[1]} regions",
+                 missing=missing)  # fmt: skip
     if m is not None:
         bar = fig.colorbar(m, ax=ax, shrink=0.8)
         bar.ax.tick_params(labelsize=9)
@@ -175,17 +207,19 @@ def explanation_figure(explanation: Explanation, picture: np.ndarray | None, cro
         ax = fig.add_subplot(top[2])
         att = explanation.attention
         assert att is not None
-        m = _overlay(ax, picture, att, crop, signed=False, title="attention (mean over the text's tokens)")
+        m = _overlay(ax, picture, att, crop, signed=False, title="attention (mean over the text's tokens)",
+                     missing=missing)  # fmt: skip
         if m is not None:
             bar = fig.colorbar(m, ax=ax, shrink=0.8)
             bar.ax.tick_params(labelsize=9)
-    note = _word_bars(fig.add_subplot(grid[1]), explanation)
+    note = "" if compact else _word_bars(fig.add_subplot(grid[1]), explanation)
     if word_maps:
         assert explanation.word_attention is not None
-        sub = grid[2].subgridspec(1, MAX_WORD_MAPS)
+        sub = grid[len(rows) - 1].subgridspec(1, MAX_WORD_MAPS)
         for k, i in enumerate(word_maps):
             title = f"{explanation.words[i][:16]} ({_num(explanation.word_contributions[i])})"
-            _overlay(fig.add_subplot(sub[k]), picture, explanation.word_attention[i], crop, signed=False, title=title)
+            _overlay(fig.add_subplot(sub[k]), picture, explanation.word_attention[i], crop, signed=False, title=title,
+                     missing=missing)  # fmt: skip
     truth = f" · true {explanation.true_label}" if explanation.true_label is not None else ""
     head = f"{explanation.id}: predicted {explanation.label} (P = {explanation.probability:.3f}){truth}"
     fig.suptitle(head + (f"\n{note}" if note else ""), fontsize=11)
@@ -215,6 +249,67 @@ def words_markup(explanation: Explanation) -> str:
         tip = _num(value) + ("" if read else " (not read: past the text encoder's max_length)")
         spans.append(f'<span style="{style}" title="{H.esc(tip)}">{H.esc(word)}</span>')
     return " ".join(spans) if spans else "<i>(empty text)</i>"
+
+
+def modalities_text(explanation: Explanation) -> str:
+    """The modality contributions in words: how P(label) changes without the text, without the image."""
+    return (
+        f"P({explanation.label}) changes by {_num(-explanation.text_contribution)} without the text, "
+        f"by {_num(-explanation.image_contribution)} without the image"
+    )
+
+
+@dataclass
+class Panel:
+    """One example's drawn panel: its explanation, the PNG, and why its image is not in it (``None``: it is)."""
+
+    explanation: Explanation
+    png: Path
+    missing: str | None = None
+
+
+def draw_panels(
+    explanations: Sequence[Explanation],
+    folder: Path,
+    crop: float | None = None,
+    *,
+    compact: bool = False,
+    names: Sequence[str] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> list[Panel]:
+    """Draws each explanation's :func:`explanation_figure` into ``folder`` (file ``names``, default numbered by
+    id), each on its original image (:func:`load_picture`; a stand-in that says why where it cannot be read)."""
+    panels = []
+    for n, explanation in enumerate(explanations, 1):
+        picture, missing = load_picture(explanation)
+        name = names[n - 1] if names is not None else _safe_name(n, explanation.id)
+        figure = explanation_figure(explanation, picture, crop, missing=missing, compact=compact)
+        png = plots.save(figure, Path(folder) / name)
+        if log is not None:
+            log(f"wrote {png}")
+        panels.append(Panel(explanation, png, missing))
+    return panels
+
+
+def missing_pictures_note(panels: Sequence[Panel]) -> str | None:
+    """``None`` when every panel has its image, else a line that counts and names the ones drawn without it."""
+    without = [p for p in panels if p.missing is not None]
+    if not without:
+        return None
+    shown = "; ".join(f"{p.explanation.id!r}: {p.missing}" for p in without[:10])
+    more = f"; and {len(without) - 10} more" if len(without) > 10 else ""
+    return f"{len(without)} of {len(panels)} examples drawn without their image (a grey stand-in): {shown}{more}"
+
+
+def computed_note(explanations: Sequence[Explanation]) -> str:
+    """What the explanations cost: how many examples, which occlusions, the forward passes in all."""
+    grids = sorted({f"{e.grid[0]}×{e.grid[1]}" for e in explanations})
+    passes = sum(e.forward_passes for e in explanations)
+    return (
+        f"Explanations computed for these {len(explanations)} examples only: each word dropped in turn, each of the "
+        f"{' / '.join(grids) or '-'} image regions blanked in turn, the text emptied and the image removed; "
+        f"{passes} forward passes of the model in all. `mmfuse explain RUN DATA --ids ...` explains other examples."
+    )
 
 
 def _safe_name(index: int, example_id: str) -> str:
@@ -278,16 +373,14 @@ def write_explanations(
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    sections = []
-    for n, explanation in enumerate(explanations, 1):
-        png = plots.save(
-            explanation_figure(explanation, load_picture(explanation), crop), out / _safe_name(n, explanation.id)
-        )
-        if log is not None:
-            log(f"wrote {png}")
-        sections.append(_example_section(n, explanation, png))
+    panels = draw_panels(explanations, out, crop, log=log)
+    sections = [_example_section(n, p.explanation, p.png) for n, p in enumerate(panels, 1)]
+    missing = missing_pictures_note(panels)
+    if missing is not None and log is not None:
+        log(f"warning: {missing}")
     payload = {
         **(meta or {}),
+        "images_not_drawn": [{"id": p.explanation.id, "reason": p.missing} for p in panels if p.missing is not None],
         "contribution": "P(label | example) - P(label | example without the piece); positive supports the label",
         "occlusion": {
             "words": "each word dropped from the text (split at whitespace)",
@@ -299,7 +392,9 @@ def write_explanations(
     }
     path = out / "explanations.json"
     path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    intro = ("how", "How to read this", H.section("how", "How to read this", f'<p class="lead">{H.esc(_LEAD)}</p>'))
+    warn = f'<div class="warn">{H.esc(missing)}</div>' if missing is not None else ""
+    intro = ("how", "How to read this",
+             H.section("how", "How to read this", f'<p class="lead">{H.esc(_LEAD)}</p>{warn}'))  # fmt: skip
     from mmfuse import __version__
 
     page = out / "index.html"

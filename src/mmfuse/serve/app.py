@@ -79,11 +79,27 @@ _FORMS = ("multipart/form-data", "application/x-www-form-urlencoded")  # the lat
 # ----------------------------------------------------------------------------------------------- response models
 
 
+class WordAttentionOut(BaseModel):
+    """Where one word of the text looked: the mean attention of its tokens over the region grid."""
+
+    word: str
+    weights: list[list[float]] = Field(
+        description="rows × cols weights (sum to 1; all 0 for a word the model never read, past its token limit)"
+    )
+
+
 class AttentionOut(BaseModel):
-    """Attention over the image's region grid, averaged over the text tokens (sums to 1)."""
+    """Attention over the image's region grid, averaged over the text tokens (sums to 1). The grid covers what the
+    image encoder reads: the whole image, or its centre square (``/info``'s ``image_crop``)."""
 
     grid: tuple[int, int] = Field(description="(rows, cols) of the region grid over the image")
     weights: list[list[float]] = Field(description="rows × cols weights, row-major from the top-left region")
+    words: list[WordAttentionOut] | None = Field(
+        None,
+        description="heads with one attention row per text token (cross_attention): each word's own map, in text "
+        "order (the text split at whitespace, its first 128 words); else null",
+    )
+    words_omitted: int = Field(0, description="words of the text past the first 128, without a map of their own")
 
 
 class PredictionOut(BaseModel):
@@ -148,6 +164,11 @@ class InfoOut(BaseModel):
     inputs: list[str] = Field(description="the fields an item needs: text, image")
     attention: bool = Field(description="predictions carry attention over image regions")
     image_reliance: bool = Field(description="predictions carry the image-reliance weight")
+    image_crop: float | None = Field(
+        None,
+        description="where the attention grid lies on an image: null, the whole image (resized to the model's "
+        "input); a number, the centre square the image encoder reads, as a share of the image's short side",
+    )
     backend: str = Field(description="torch or onnx")
     version: str
     source: str | None
@@ -430,7 +451,7 @@ class _Service:
     def _run_batch(self, items: list[tuple[str, Any]]) -> list[Prediction]:
         texts = [text for text, _ in items]
         pixels = [p for _, p in items] if self.predictor.reads_image else None
-        return self.predictor.predict(texts, pixels)
+        return self.predictor.predict(texts, pixels, words=True)  # each word's map too, for the page
 
     # --- validated bodies -> items
 

@@ -59,6 +59,7 @@ function chooseFile(file) {
   setError("");
   state.file = file;
   state.attention = null;
+  fillWords(null);
   if (state.url) URL.revokeObjectURL(state.url);
   state.url = URL.createObjectURL(file);
   $("preview").src = state.url;
@@ -82,17 +83,36 @@ function colour(v) {
   return [r, g, b, Math.round(255 * (0.12 + 0.6 * v))];
 }
 
+// the part of a w × h picture the image encoder reads, where the region grid lies: all of it, or its centre square
+// (`image_crop` of /info: a share of the short side)
+function gridBox(w, h, crop) {
+  if (typeof crop !== "number") return [0, 0, w, h];
+  const side = Math.min(w, h) * crop;
+  return [(w - side) / 2, (h - side) / 2, side, side];
+}
+
+// the map shown: the mean over the text's tokens, or the chosen word's own
+function shownWeights() {
+  const att = state.attention;
+  const k = $("word").value;
+  if (att && att.words && k !== "" && att.words[Number(k)]) return att.words[Number(k)].weights;
+  return att ? att.weights : null;
+}
+
 function drawHeatmap() {
   const canvas = $("heatmap");
   const img = $("preview");
   const att = state.attention;
+  // the canvas has the displayed image's size, so the map keeps the image's aspect ratio
   canvas.width = img.clientWidth;
   canvas.height = img.clientHeight;
   clearHeatmap();
-  if (!att || !$("show-heatmap").checked) return;
+  const weights = shownWeights();
+  if (!att || !weights || !$("show-heatmap").checked) return;
   const [rows, cols] = att.grid;
-  const flat = att.weights.flat();
-  const max = Math.max(...flat) || 1;
+  const flat = weights.flat();
+  const max = Math.max(...flat);
+  if (!(max > 0)) return; // a word the model never read: nothing to draw
   const small = document.createElement("canvas");
   small.width = cols;
   small.height = rows;
@@ -100,8 +120,32 @@ function drawHeatmap() {
   flat.forEach((w, i) => cells.data.set(colour(w / max), 4 * i));
   small.getContext("2d").putImageData(cells, 0, 0);
   const ctx = canvas.getContext("2d");
-  ctx.imageSmoothingEnabled = true; // a smooth map rather than blocks
-  ctx.drawImage(small, 0, 0, canvas.width, canvas.height);
+  ctx.imageSmoothingEnabled = true; // upsampled smoothly (bilinear), a map rather than blocks
+  ctx.imageSmoothingQuality = "high";
+  const crop = state.info ? state.info.image_crop : null;
+  const [x, y, w, h] = gridBox(canvas.width, canvas.height, crop);
+  ctx.drawImage(small, x, y, w, h);
+}
+
+// the word picker: the mean over the text, then each word (those the model never read disabled)
+function fillWords(att) {
+  const select = $("word");
+  select.replaceChildren();
+  const words = (att && att.words) || [];
+  show($("word-field"), words.length > 0);
+  const mean = document.createElement("option");
+  mean.value = "";
+  mean.textContent = "the whole text (mean over its tokens)";
+  select.append(mean);
+  words.forEach((entry, k) => {
+    const option = document.createElement("option");
+    option.value = String(k);
+    const read = entry.weights.flat().some((w) => w > 0);
+    option.textContent = read ? entry.word : `${entry.word} (not read: past the model's token limit)`;
+    option.disabled = !read;
+    select.append(option);
+  });
+  select.value = "";
 }
 
 function renderResult(result) {
@@ -140,9 +184,16 @@ function renderResult(result) {
   }
   state.attention = result.attention || null;
   show($("attention"), Boolean(state.attention));
+  fillWords(state.attention);
   if (state.attention) {
     const [rows, cols] = state.attention.grid;
-    $("attention-text").textContent = `${rows} × ${cols} image regions, averaged over the text's tokens.`;
+    const crop = typeof state.info.image_crop === "number" ? " over the centre square the model reads" : "";
+    const omitted = state.attention.words_omitted
+      ? ` Words after the first ${state.attention.words.length} (${state.attention.words_omitted}) have no map of their own.`
+      : "";
+    $("attention-text").textContent =
+      `${rows} × ${cols} image regions${crop}, averaged over the text's tokens, or of the word chosen. ` +
+      `Attention shows where the model looked, not why it decided.${omitted}`;
   }
   show($("result"), true);
   $("result").dataset.state = "done";
@@ -190,6 +241,7 @@ function setup() {
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey) && !$("predict").disabled) predict();
   });
   $("show-heatmap").addEventListener("change", drawHeatmap);
+  $("word").addEventListener("change", drawHeatmap);
   $("preview").addEventListener("load", drawHeatmap);
   window.addEventListener("resize", drawHeatmap);
   loadInfo();
