@@ -258,3 +258,34 @@ def test_an_uncalibrated_checkpoint_says_so(best_then_last: MultimodalClassifier
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the best checkpoint is calibrated: nothing to say
         MultimodalClassifier.load(run)
+
+
+def test_a_calibration_that_cannot_be_written_ends_train_with_one_message_and_resume_finishes(
+    fake_encoders, synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fills up after training, as the temperature is written into checkpoints/best/meta.json (mmfuse's
+    fault hook, tests/_unwritable.py): exit status 2 and one message (the file, the reason, the fix), the checkpoint
+    as it was; once there is room, ``--resume`` calibrates and finishes the run."""
+    from _unwritable import FAULT_ENV
+    from mmfuse.model.checkpoint import read_meta
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(make_config(synthetic_root, tmp_path / "runs").to_yaml(), encoding="utf-8")
+    run = tmp_path / "runs" / "run"
+    best = run / "checkpoints" / "best"
+    monkeypatch.setenv(FAULT_ENV, f"ENOSPC:{best}")
+    result = CliRunner().invoke(app, ["train", str(cfg)])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.output, result.output
+    assert errors[0].startswith(
+        f"error: cannot write checkpoint metadata {str(best / 'meta.json')!r}: No space left on device; free space"
+    ), errors[0]
+    assert f"`mmfuse train --resume {run}`" in errors[0]
+    assert read_meta(best)["temperature"] is None and "calibration" not in read_meta(best)  # as training left it
+    assert [p.name for p in best.iterdir() if p.name.startswith(".tmp")] == []
+    monkeypatch.delenv(FAULT_ENV)
+    result = CliRunner().invoke(app, ["train", "--resume", str(run)])
+    assert result.exit_code == 0, result.output
+    assert read_meta(best)["temperature"] is not None
+    assert "calibration" in json.loads((run / "summary.json").read_text())

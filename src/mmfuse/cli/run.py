@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from mmfuse._writable import atomic_path, check_writable, write_text_atomic
+from mmfuse._writable import atomic_path, check_writable, write_atomic
 from mmfuse.cli._errors import write_failure
 
 if TYPE_CHECKING:
@@ -117,7 +117,7 @@ def evaluate(
     if json_out is not None:
         with _user_errors():
             text = json.dumps(result, indent=2) + "\n"
-            write_text_atomic(json_out, text, what="results file", fix=_elsewhere("--json"))
+            write_atomic(json_out, text, what="results file", fix=_elsewhere("--json"))
 
 
 def predict(

@@ -54,7 +54,8 @@ last:* of epoch 1   no last, perhaps last.tmp; no best, an empty     delete last
 ==================  ===============================================  =============================================
 
 A write that fails (a full disk, a read-only folder) raises
-:class:`~mmfuse.model.checkpoint.CheckpointWriteError` naming the path, the reason and the fix; what it half wrote
+:class:`~mmfuse.model.checkpoint.CheckpointWriteError` (an :class:`~mmfuse._writable.UnwritableError`: the CLI ends
+with it, exit status 2) naming the path, the reason and the fix; what it half wrote
 is deleted (or, where even that fails, is one of the states above), so ``--resume`` continues from the last
 committed epoch once the disk has room.
 
@@ -77,8 +78,10 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
+from mmfuse._writable import UnwritableError, is_temporary, raise_injected
 from mmfuse.engine.run_dir import RunDir
 from mmfuse.model.checkpoint import (
+    CHECKPOINT_FIX,
     META,
     STATE,
     CheckpointError,
@@ -91,6 +94,7 @@ from mmfuse.model.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
     staging,
+    update_meta,
 )
 
 __all__ = [
@@ -112,6 +116,7 @@ __all__ = [
     "rng_state",
     "save_checkpoint",
     "set_rng_state",
+    "update_run_meta",
     "write_summary",
 ]
 
@@ -142,8 +147,12 @@ def _hook(prefix: str, epoch: int):
     return lambda step: fault(f"{prefix}:{step}", epoch)
 
 
-def _resume_hint(run: RunDir) -> str:
-    return f"; the last whole checkpoint is kept: then continue the run with `mmfuse train --resume {run.path}`"
+def _fix(run: RunDir) -> str:
+    """What a failed write of the epoch commit says to do: make room or write elsewhere, then resume."""
+    return (
+        f"{CHECKPOINT_FIX}; the last whole checkpoint is kept: then continue the run with "
+        f"`mmfuse train --resume {run.path}`"
+    )
 
 
 def commit_epoch(
@@ -168,10 +177,8 @@ def commit_epoch(
         if improved:
             copy_checkpoint(run.last, run.best, on_step=_hook("best", epoch))
         run.rewrite_metrics(history, on_step=_hook("metrics", epoch))
-    except CheckpointWriteError as e:
-        raise CheckpointWriteError(e.path, e.reason, e.errno, then=_resume_hint(run)) from None
-    except OSError as e:
-        raise CheckpointWriteError.of(e, run.metrics, then=_resume_hint(run)) from None
+    except (UnwritableError, OSError) as e:  # a CheckpointWriteError, or metrics.jsonl's UnwritableError
+        raise CheckpointWriteError.of(e, run.metrics, what="run file", fix=_fix(run)) from None
 
 
 def write_summary(run: RunDir, summary: dict[str, Any], epoch: int) -> None:
@@ -182,8 +189,21 @@ def write_summary(run: RunDir, summary: dict[str, Any], epoch: int) -> None:
     """
     try:
         run.write_summary(summary, on_step=_hook("summary", epoch))
-    except OSError as e:
-        raise CheckpointWriteError.of(e, run.summary, then=_resume_hint(run)) from None
+    except (UnwritableError, OSError) as e:
+        raise CheckpointWriteError.of(e, run.summary, what="run file", fix=_fix(run)) from None
+
+
+def update_run_meta(run: RunDir, folder: Path, changes: dict[str, Any]) -> None:
+    """:func:`~mmfuse.model.checkpoint.update_meta` of a checkpoint of ``run`` (the calibration after training).
+
+    Raises:
+        CheckpointWriteError: ``meta.json`` could not be written; it is as it was, and the message says to resume
+            the run once the disk has room (the resume calibrates again).
+    """
+    try:
+        update_meta(folder, changes)
+    except CheckpointWriteError as e:
+        raise CheckpointWriteError.of(e, folder, fix=_fix(run)) from None
 
 
 def copy_checkpoint(source: Path, folder: Path, *, on_step=None) -> Path:
@@ -197,11 +217,13 @@ def copy_checkpoint(source: Path, folder: Path, *, on_step=None) -> Path:
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        for i, path in enumerate(sorted(p for p in source.iterdir() if p.is_file() and p.name != STATE)):
+        files = sorted(p for p in source.iterdir() if p.is_file() and p.name != STATE and not is_temporary(p))
+        for i, path in enumerate(files):  # a stray temporary file (a meta.json update cut short) is not copied
+            raise_injected(tmp / path.name)
             with path.open("rb") as src, (tmp / path.name).open("wb") as dst:  # streamed: weights can be large
                 shutil.copyfileobj(src, dst)
                 dst.flush()
-                os.fsync(dst.fileno())
+                os.fsync(dst.fileno())  # as write_synced does: renamed into place only once on the disk
             if i == 0 and on_step is not None:
                 on_step("weights")
     except (OSError, SafetensorError) as e:

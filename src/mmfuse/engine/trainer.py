@@ -47,7 +47,6 @@ from mmfuse.engine.sampler import EpochSampler
 from mmfuse.engine.tracking import Tracking, check_installed, ended_status, scalars
 from mmfuse.features import FeatureSource, InputMaker, compute_tables, default_store, make_loader, plan_features
 from mmfuse.model.build import build_model, set_train_mode
-from mmfuse.model.checkpoint import update_meta
 from mmfuse.model.inference import Outputs, run_model
 from mmfuse.model.spec import ModelSpec
 from mmfuse.progress import Reporter
@@ -659,7 +658,7 @@ class Trainer:
         if self.accelerator.is_main_process:
             for folder in folders:
                 if folder.is_dir():
-                    update_meta(folder, {**changes, "calibration": calibration.to_dict()})
+                    ckpt.update_run_meta(self.run, folder, {**changes, "calibration": calibration.to_dict()})
         self.accelerator.wait_for_everyone()
         return calibration, val
 
