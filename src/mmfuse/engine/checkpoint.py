@@ -18,10 +18,12 @@ The epoch commit
    same way (``best.tmp``, ``best.old``);
 3. ``metrics.jsonl``, rewritten whole from the records (``metrics.jsonl.tmp``, then renamed).
 
-After the last epoch the trainer writes ``summary.json`` (``summary.json.tmp``, then renamed); ``fit`` rewrites it
-with the test metrics. Everything after the commit point can be redone from ``last``: the best checkpoint of
-epoch ``E`` is ``last`` without its training state, the metrics lines are its records, and the summary is what
-``--resume`` writes when it finds nothing left to train. So :func:`recover_run` (``--resume`` calls it first) turns
+After the last epoch the trainer calibrates (``train.calibrate``: the temperature and threshold go into the
+``meta.json`` of ``last`` and ``best``, each rewritten whole by :func:`~mmfuse.model.checkpoint.update_meta`), then
+writes ``summary.json`` (``summary.json.tmp``, then renamed); ``fit`` rewrites it with the test metrics. Everything
+after the commit point can be redone from ``last``: the best checkpoint of epoch ``E`` is ``last`` without its
+training state, the metrics lines are its records, and the calibration and the summary are what ``--resume`` does
+and writes when it finds nothing left to train. So :func:`recover_run` (``--resume`` calls it first) turns
 every state a kill can leave into the state of an uninterrupted run after some epoch, and the resumed run ends
 exactly like the uninterrupted one (final weights, ``metrics.jsonl``, ``summary.json`` with its threshold).
 
@@ -46,6 +48,8 @@ metrics:written     metrics.jsonl of E-1 epochs, metrics.jsonl.tmp   delete the 
                     (any step above: the E-1 lines only)             last's records; after E
 (older mmfuse)      metrics.jsonl with a partial last line, or       metrics.jsonl rewritten from last's records
                     lines of epochs after last
+(calibrating)       every epoch committed; last's and best's         nothing left to train: the resume calibrates
+                    meta.json old or new (perhaps a .tmp-* beside)   again and writes the summary
 summary:written     every epoch committed; summary.json.tmp, and     delete the tmp; nothing left to train: the
                     no summary.json or an older one                  resume writes it (an early stop is kept)
 before the test     summary.json without the test metrics            the resume writes the summary, fit adds test
