@@ -619,8 +619,9 @@ def warn_uncalibrated(folder: Path, meta: dict[str, Any]) -> None:
         why = f"no temperature could be fitted: {fit['note']}"
     else:
         why = (
-            "it holds no calibration fit (saved by an older mmfuse, which calibrated only checkpoints/best, or by "
-            "a run that ended before calibrating); `mmfuse train --resume RUN` fits it, or use the best checkpoint"
+            "it holds no calibration fit (saved by an older mmfuse, which calibrated only checkpoints/best; by a run "
+            "that ended before calibrating; or by save() of a model never calibrated). For a run folder, `mmfuse "
+            "train --resume RUN` fits it; else use the run's best checkpoint"
         )
     message = f"checkpoint {str(folder)!r} is not calibrated: its probabilities are the model's own softmax; {why}"
     logger.warning(message)
