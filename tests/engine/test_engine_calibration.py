@@ -190,6 +190,7 @@ def _own_fit(run: Path, checkpoint: str, val) -> tuple[MultimodalClassifier, Any
     return loaded, fit, tune_threshold(out.labels, probabilities(out.logits, fit.temperature))
 
 
+@pytest.mark.numerics
 def test_the_last_checkpoint_is_calibrated_on_its_own_validation_logits(
     best_then_last: MultimodalClassifier, synthetic_splits: dict, synthetic_root: Path, tmp_path: Path
 ) -> None:
