@@ -10,12 +10,14 @@ same error, so the test still runs and asserts; nothing is skipped.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import shutil
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -98,6 +100,39 @@ def fill(folder: Path, free: int) -> None:
         os.close(fd)
     size = filler.stat().st_size
     os.truncate(filler, max(size - free, 0))
+
+
+class FullDiskStream:
+    """A log file's stream on a disk that is full, for where a test cannot mount one (the fault hook stands in):
+    every write and flush fails with ``ENOSPC``, as a real full disk's does."""
+
+    name = "<full disk>"
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def flush(self) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def close(self) -> None:
+        pass
+
+
+def full_log_stream(place: Path, name: str) -> IO[str] | FullDiskStream:
+    """A text stream to log to in ``place`` (a ``full`` place of :func:`unwritable`): the file ``place/name`` on the
+    mounted full disk, or a :class:`FullDiskStream` where the fault hook stands in for the mount (it fails only the
+    writes mmfuse makes itself, not a log handler's). Close it with ``contextlib.suppress(OSError)``: its buffer
+    cannot be flushed to the full disk either."""
+    if os.environ.get(FAULT_ENV):
+        return FullDiskStream()
+    return open(place / name, "w")  # the caller closes it
+
+
+def full_log_files(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the fault hook stands in for a full disk's mount, makes every ``logging.FileHandler`` (a run's log)
+    write to a :class:`FullDiskStream`; on the mounted full disk the real files fail by themselves."""
+    if os.environ.get(FAULT_ENV):
+        monkeypatch.setattr(logging.FileHandler, "_open", lambda self: FullDiskStream())
 
 
 def leftovers(folder: Path) -> list[str]:

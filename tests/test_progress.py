@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 from pathlib import Path
 
 import pytest
@@ -176,30 +175,14 @@ def test_off_writes_no_lines(monkeypatch: pytest.MonkeyPatch) -> None:
     assert out.getvalue() == ""
 
 
-class _FullStream:
-    """A log file on a disk that is full, where the test cannot mount one."""
-
-    name = "<full disk>"
-
-    def write(self, text: str) -> int:
-        raise OSError(28, os.strerror(28))
-
-    def flush(self) -> None:
-        raise OSError(28, os.strerror(28))
-
-    def close(self) -> None:
-        pass
-
-
 def test_a_run_log_on_a_full_disk_is_said_once_and_the_run_goes_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    from _unwritable import FAULT_ENV, REASONS, unwritable
+    from _unwritable import REASONS, full_log_files, unwritable
 
     reporter = Reporter(quiet=True)
     with unwritable("full", tmp_path / "place", monkeypatch) as place:
-        if os.environ.get(FAULT_ENV):  # no mount here: the log file's stream is a full disk's
-            monkeypatch.setattr(logging.FileHandler, "_open", lambda self: _FullStream())
+        full_log_files(monkeypatch)  # where no mount is possible: the log file's stream is a full disk's
         with reporter.log_to(place / "train.log"):
             for i in range(3):
                 reporter.info(f"epoch {i}")  # each fails to reach the file

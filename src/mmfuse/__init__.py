@@ -22,6 +22,8 @@ _EXPORTS: dict[str, str] = {
     "MultimodalClassifier": "mmfuse.engine.classifier",
     "TooManyMissingImagesError": "mmfuse.data.missing_images",
     "TrainConfig": "mmfuse.config",
+    "UncalibratedWarning": "mmfuse.model.predictor",
+    "UnseenLabelsWarning": "mmfuse.data.inputs",
     "build_head": "mmfuse.fusion.registry",
     "build_image_encoder": "mmfuse.encoders.registry",
     "build_text_encoder": "mmfuse.encoders.registry",

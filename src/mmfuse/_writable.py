@@ -1,6 +1,14 @@
-"""Places mmfuse writes to (run and sweep folders, ``predict --out``, the feature cache): checked before the work
-starts, written atomically, and their failures (a full disk, a read-only filesystem, a folder without write
-permission) turned into one message that names the path, the reason and the fix.
+"""Places mmfuse writes to (run and sweep folders, checkpoints, ``predict --out``, the feature cache): checked before
+the work starts, written atomically and durably, and their failures (a full disk, a read-only filesystem, a folder
+without write permission) turned into one message that names the path, the reason and the fix.
+
+The one way mmfuse writes a file whole is :func:`write_atomic` (or :func:`atomic_path`, for a writer that needs a
+path, such as ``DataFrame.to_csv``): the data goes to a temporary file beside the target, which is flushed to the
+disk (``fsync``), renamed over the target, and the folder's entry flushed too. A crash at any moment leaves the old
+file or the new one, never a part (at most a stray temporary file); a failure raises :class:`UnwritableError` (or the
+subclass a caller names, e.g. ``CheckpointWriteError``) and removes the temporary file. :func:`write_synced` and
+:func:`fsync_path` are its two steps, for writers that make a whole folder atomic instead (checkpoints: written into
+``<folder>.tmp``, then renamed).
 
 This module imports no other part of mmfuse, so every layer can use it.
 """
@@ -13,7 +21,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -34,18 +42,22 @@ TMP_PREFIX = ".tmp-"
 
 
 class UnwritableError(ValueError):
-    """A file or folder that cannot be written (full disk, read-only filesystem, no permission).
+    """A file or folder that cannot be written (full disk, read-only filesystem, no permission, or another failed
+    write).
 
-    A ``ValueError``: the CLI ends with its message (exit status 2).
+    A ``ValueError``: the CLI ends with its message (exit status 2): ``cannot write <what> '<path>': <reason>;
+    <fix>``.
 
     Attributes:
         path: the file or folder.
         reason: the system's words for it (``No space left on device``).
         errno: the error number (``errno.ENOSPC``), ``None`` when unknown.
+        what: what the file is, in the message (``predictions file``).
+        fix: how to write somewhere else, as given (the message puts what to do about ``errno`` before it).
     """
 
     def __init__(self, path: str | os.PathLike[str], reason: str, code: int | None, *, what: str, fix: str) -> None:
-        self.path, self.reason, self.errno = Path(path), reason, code
+        self.path, self.reason, self.errno, self.what, self.fix = Path(path), reason, code, what, fix
         super().__init__(f"cannot write {what} {str(path)!r}: {reason}; {fix_for(code, fix)}")
 
 
@@ -86,11 +98,18 @@ def fix_for(code: int | None, elsewhere: str) -> str:
     return elsewhere
 
 
-def unwritable(error: BaseException, path: str | os.PathLike[str], *, what: str, fix: str) -> UnwritableError:
-    """The :class:`UnwritableError` for ``error`` raised while writing ``path`` (the error's own file name wins when
-    it has one)."""
+def unwritable(
+    error: BaseException,
+    path: str | os.PathLike[str],
+    *,
+    what: str,
+    fix: str,
+    kind: type[UnwritableError] = UnwritableError,
+) -> UnwritableError:
+    """The :class:`UnwritableError` (or subclass ``kind``) for ``error`` raised while writing ``path`` (the error's
+    own file name wins when it has one)."""
     where = getattr(error, "filename", None) or path
-    return UnwritableError(where, reason_of(error), error_code(error), what=what, fix=fix)
+    return kind(where, reason_of(error), error_code(error), what=what, fix=fix)
 
 
 def injected_fault(path: str | os.PathLike[str]) -> int | None:
@@ -156,34 +175,119 @@ def free_bytes(path: str | os.PathLike[str]) -> int | None:
     return None
 
 
+def fsync_path(path: str | os.PathLike[str]) -> None:
+    """Flushes a file, or on POSIX a folder's entries (a rename in it), to the disk; a filesystem that cannot (a
+    folder on Windows, ``EINVAL`` for a folder on some filesystems) is left as it is."""
+    path = Path(path)
+    if os.name == "nt" and path.is_dir():
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_synced(path: str | os.PathLike[str], data: bytes) -> None:
+    """Writes ``data`` to ``path`` and flushes it to the disk, so that a rename after it never exposes a short file
+    (a full disk may only say so when the bytes reach it). Raises the plain ``OSError`` (:data:`FAULT_ENV` included):
+    :func:`write_atomic` and the checkpoint writer turn it into their error."""
+    raise_injected(path)
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_atomic(
+    path: str | os.PathLike[str],
+    data: str | bytes,
+    *,
+    what: str,
+    fix: str,
+    tmp: str | os.PathLike[str] | None = None,
+    on_step: Callable[[str], None] | None = None,
+    kind: type[UnwritableError] = UnwritableError,
+) -> None:
+    """Writes ``data`` (a ``str`` as UTF-8) to ``path`` whole or not at all: to ``tmp`` (default: a unique
+    ``.tmp-*`` name beside ``path``), flushed to the disk, renamed to ``path``, and the folder's entry flushed.
+
+    Args:
+        path: the file.
+        data: its content.
+        what: what it is, for the message (``run file``).
+        fix: how to write somewhere else (``set run.out_dir to a writable folder``).
+        tmp: the temporary file, where a crash-recovery procedure looks for a fixed name (``metrics.jsonl.tmp``).
+        on_step: called with ``written`` between the write and the rename (crash tests' fault hook).
+        kind: the error raised (a subclass of :class:`UnwritableError` with the same constructor).
+
+    Raises:
+        UnwritableError: (``kind``) any ``OSError`` of the write or the rename (a full disk, a read-only filesystem,
+            no permission, an I/O error); the temporary file is removed and ``path`` is as it was.
+    """
+    path = Path(path)
+    staged = Path(tmp) if tmp is not None else _temporary(path)
+    try:
+        write_synced(staged, data.encode("utf-8") if isinstance(data, str) else data)
+        if on_step is not None:
+            on_step("written")
+        raise_injected(path)
+        os.replace(staged, path)
+    except BaseException as e:
+        _remove(staged)
+        if isinstance(e, OSError) or is_write_failure(e):  # named by the file the user knows, not the temporary one
+            raise kind(path, reason_of(e), error_code(e), what=what, fix=fix) from None
+        raise
+    fsync_path(path.parent)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike[str], *, what: str, fix: str) -> Iterator[Path]:
-    """A temporary path beside ``path`` to write to; renamed to ``path`` when the block ends, removed when it fails,
-    so no half-written file ever carries the real name::
+    """A temporary path beside ``path`` to write to, for a writer that needs a path (``frame.to_csv(tmp)``); when the
+    block ends it is flushed to the disk and renamed to ``path`` as :func:`write_atomic` does, when it fails
+    removed, so no half-written file ever carries the real name::
 
         with atomic_path(out, what="predictions file", fix="pass --out in a writable folder") as tmp:
             frame.to_csv(tmp)
 
     Raises:
-        UnwritableError: the block or the rename failed for lack of space or permission.
+        UnwritableError: the block or the rename failed for lack of space or permission (other errors of the
+            block, which may read as well as write, pass through as they are).
     """
     path = Path(path)
-    tmp = path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex[:8]}-{path.name}")
+    tmp = _temporary(path)
     try:
         yield tmp
         raise_injected(tmp)
+        fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException as e:
         _remove(tmp)
         if is_write_failure(e):
-            raise unwritable(e, path, what=what, fix=fix) from None
+            named = getattr(e, "filename", None)
+            where = path if named is None or str(named) == str(tmp) else named  # the temporary file: the target
+            raise UnwritableError(where, reason_of(e), error_code(e), what=what, fix=fix) from None
         raise
+    fsync_path(path.parent)
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str, *, what: str, fix: str) -> None:
-    """Writes ``text`` (UTF-8) to ``path`` through :func:`atomic_path`."""
-    with atomic_path(path, what=what, fix=fix) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+    """:func:`write_atomic` of a text (the name earlier callers use)."""
+    write_atomic(path, text, what=what, fix=fix)
+
+
+def is_temporary(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a temporary file of :func:`write_atomic` / :func:`atomic_path` (a crash may leave one)."""
+    return Path(path).name.startswith(TMP_PREFIX)
+
+
+def _temporary(path: Path) -> Path:
+    return path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex[:8]}-{path.name}")
 
 
 def _remove(path: Path) -> None:

@@ -74,6 +74,46 @@ def test_unseen_label_names_it_and_the_known_classes(fitted: MultimodalClassifie
         fitted.evaluate(examples)
 
 
+def test_predict_warns_about_labels_the_model_never_saw(
+    fitted: MultimodalClassifier, synthetic_splits: dict, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The Python API says what ``mmfuse predict`` says (one warning naming the labels and the known classes, as a
+    Python warning and in the log), and predicts as without the labels; labels it knows are no news."""
+    import warnings
+
+    from mmfuse.model import TorchPredictor
+
+    examples = list(synthetic_splits["test"].examples)
+    for i in (0, 4):
+        examples[i] = dataclasses.replace(examples[i], label="maybe")
+    said = f"2 of {len(examples)} examples carry a label the model never saw: 'maybe' (2); it knows '0', '1'."
+    unlabeled = [dataclasses.replace(e, label=None) for e in examples]
+    loaded = TorchPredictor.from_run(fitted.run_dir.path)
+    calls = {
+        "predict": lambda: fitted.predict(examples),
+        "predict_proba": lambda: fitted.predict_proba(examples, as_pandas=True),
+        "predict_details": lambda: fitted.predict_details(examples),
+        "predictions_table": lambda: fitted.predictions_table(examples),
+        "TorchPredictor.predict_proba": lambda: loaded.predict_proba(examples),
+    }
+    for name, call in calls.items():
+        caplog.clear()
+        with pytest.warns(UserWarning) as caught:
+            call()
+        unseen = [w for w in caught if "never saw" in str(w.message)]
+        assert len(unseen) == 1 and str(unseen[0].message).startswith(said), (name, caught)
+        assert type(unseen[0].message).__name__ == "UnseenLabelsWarning", name
+        assert unseen[0].filename == __file__, name  # points at the user's line, not inside mmfuse
+        assert [r.getMessage() for r in caplog.records if "never saw" in r.getMessage()] == [str(unseen[0].message)]
+    with pytest.warns(UserWarning, match="never saw"):
+        proba = fitted.predict_proba(examples)
+    np.testing.assert_array_equal(proba, fitted.predict_proba(unlabeled))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # known labels (and none): no warning at all
+        fitted.predict(synthetic_splits["test"])
+        fitted.predict(unlabeled)
+
+
 def test_unseen_val_label_fails_before_training(
     fake_encoders, synthetic_root: Path, synthetic_splits, tmp_path
 ) -> None:

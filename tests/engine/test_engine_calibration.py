@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 from _engine_support import make_config
 from typer.testing import CliRunner
@@ -159,3 +162,131 @@ def test_multiclass_labels_are_the_same_with_and_without_calibration(
     metrics_on, metrics_off = on.evaluate(test)["metrics"], off.evaluate(test)["metrics"]
     metrics_on.pop("auroc"), metrics_off.pop("auroc")
     assert metrics_on == metrics_off
+
+
+# ------------------------------------------------------------------------------------------ the last checkpoint
+
+
+def _run(root: Path, splits: dict, out: Path, monkeypatch: pytest.MonkeyPatch, improves) -> MultimodalClassifier:
+    """A run of 3 epochs whose epochs "improve" when ``improves(best so far)`` says so."""
+    import mmfuse.engine.trainer as trainer
+
+    monkeypatch.setattr(trainer, "improves", lambda metric, val, best, loss: improves(best))
+    cfg = make_config(root, out, train={"epochs": 3}, optim={"lr": 3e-2})
+    return MultimodalClassifier(cfg).fit(splits["train"], splits["val"])
+
+
+@pytest.fixture
+def best_then_last(fake_encoders, synthetic_root: Path, synthetic_splits: dict, tmp_path: Path, monkeypatch):
+    """Best epoch 1 (only the first "improves"): checkpoints/last (epoch 3) holds other weights than best."""
+    return _run(synthetic_root, synthetic_splits, tmp_path, monkeypatch, lambda best: best is None)
+
+
+def _own_fit(run: Path, checkpoint: str, val) -> tuple[MultimodalClassifier, Any, float]:
+    """The checkpoint loaded, the temperature fit on its own validation logits, and the threshold tuned on them."""
+    loaded = MultimodalClassifier.load(run, checkpoint=checkpoint)
+    out, _ = loaded.predictor().run_examples(val, labeled=True)
+    fit = fit_temperature(out.logits, out.labels)
+    return loaded, fit, tune_threshold(out.labels, probabilities(out.logits, fit.temperature))
+
+
+@pytest.mark.numerics
+def test_the_last_checkpoint_is_calibrated_on_its_own_validation_logits(
+    best_then_last: MultimodalClassifier, synthetic_splits: dict, synthetic_root: Path, tmp_path: Path
+) -> None:
+    run = best_then_last.run_dir.path
+    assert best_then_last.summary["best_epoch"] == 1 and best_then_last.summary["epochs_run"] == 3
+    val, test = synthetic_splits["val"], synthetic_splits["test"]
+    best, best_fit, _ = _own_fit(run, "best", val)
+    last, last_fit, threshold_last = _own_fit(run, "last", val)
+    # the trainer fitted T on the same model's logits of the same examples (another loader, same eval batches): a
+    # few float32 ulps of the logits move the NLL and the LBFGS optimum by far less than 1e-6 relative
+    assert best.temperature == pytest.approx(best_fit.temperature, rel=1e-6)
+    assert last.temperature == pytest.approx(last_fit.temperature, rel=1e-6) and last.temperature is not None
+    assert last.threshold == pytest.approx(threshold_last, abs=1e-6)  # the same tuning on those probabilities
+    stored = {k: json.loads((run / "checkpoints" / k / "meta.json").read_text()) for k in ("best", "last")}
+    assert stored["last"]["calibration"]["nll_before"] == pytest.approx(last_fit.nll_before, rel=1e-6)
+    assert stored["best"]["calibration"]["nll_before"] == pytest.approx(best_fit.nll_before, rel=1e-6)
+    assert last_fit.nll_before != pytest.approx(best_fit.nll_before, rel=1e-3)  # other weights: another fit
+    meta = stored["last"]
+    assert meta["calibration"]["temperature"] == meta["temperature"] == last.temperature and meta["epoch"] == 3
+    # every path gives the last model's calibrated probabilities
+    out, _ = last.predictor().run_examples(test)
+    np.testing.assert_array_equal(last.predict_proba(test), probabilities(out.logits, last.temperature))
+    assert not np.allclose(last.predict_proba(test), probabilities(out.logits))  # not the raw softmax
+    preds = tmp_path / "preds.csv"
+    args = ["predict", str(run), str(synthetic_root / "test.jsonl"), "--checkpoint", "last", "--out", str(preds)]
+    shown = CliRunner().invoke(app, args)
+    assert shown.exit_code == 0, shown.output
+    assert "not calibrated" not in shown.output
+    written = pd.read_csv(preds, dtype={"id": str})
+    assert written["id"].tolist() == [e.id for e in test.examples]
+    # pandas writes a float64 with its shortest round-tripping repr, and reads it back to the same float64
+    np.testing.assert_array_equal(written["proba"].to_numpy(), probabilities(out.logits, last.temperature)[:, 1])
+    shown = CliRunner().invoke(app, ["evaluate", str(run), "--checkpoint", "last"])
+    assert shown.exit_code == 0, shown.output
+    assert f"temperature {last.temperature:.3f}" in shown.stdout
+
+
+def test_a_last_checkpoint_of_the_best_epoch_has_the_best_fit(
+    fake_encoders, synthetic_root: Path, synthetic_splits: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clf = _run(synthetic_root, synthetic_splits, tmp_path, monkeypatch, lambda best: True)  # every epoch improves
+    run = clf.run_dir.path
+    assert clf.summary["best_epoch"] == clf.summary["epochs_run"] == 3
+    metas = [json.loads((run / "checkpoints" / k / "meta.json").read_text()) for k in ("best", "last")]
+    assert metas[0]["temperature"] is not None
+    for key in ("temperature", "threshold", "calibration"):
+        assert metas[0][key] == metas[1][key], key
+    assert MultimodalClassifier.load(run, checkpoint="last").temperature == clf.temperature
+
+
+def test_an_uncalibrated_checkpoint_says_so(best_then_last: MultimodalClassifier, synthetic_splits: dict) -> None:
+    """A last checkpoint written before mmfuse calibrated it (no temperature, no fit): loading it warns, in the
+    Python API and in the CLI, instead of giving the raw softmax silently."""
+    from mmfuse.model.checkpoint import read_meta
+
+    run = best_then_last.run_dir.path
+    folder = run / "checkpoints" / "last"
+    meta = {k: v for k, v in read_meta(folder).items() if k != "calibration"}
+    (folder / "meta.json").write_text(json.dumps({**meta, "temperature": None}), encoding="utf-8")
+    with pytest.warns(UserWarning, match="is not calibrated: its probabilities are the model's own softmax") as caught:
+        loaded = MultimodalClassifier.load(run, checkpoint="last")
+    assert loaded.temperature is None and "mmfuse train --resume RUN" in str(caught[0].message)
+    shown = CliRunner().invoke(app, ["evaluate", str(run), "--checkpoint", "last"])
+    assert shown.exit_code == 0, shown.output
+    assert shown.stderr.count("is not calibrated") == 1  # once: the log line, not also the Python warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the best checkpoint is calibrated: nothing to say
+        MultimodalClassifier.load(run)
+
+
+def test_a_calibration_that_cannot_be_written_ends_train_with_one_message_and_resume_finishes(
+    fake_encoders, synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fills up after training, as the temperature is written into checkpoints/best/meta.json (mmfuse's
+    fault hook, tests/_unwritable.py): exit status 2 and one message (the file, the reason, the fix), the checkpoint
+    as it was; once there is room, ``--resume`` calibrates and finishes the run."""
+    from _unwritable import FAULT_ENV
+    from mmfuse.model.checkpoint import read_meta
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(make_config(synthetic_root, tmp_path / "runs").to_yaml(), encoding="utf-8")
+    run = tmp_path / "runs" / "run"
+    best = run / "checkpoints" / "best"
+    monkeypatch.setenv(FAULT_ENV, f"ENOSPC:{best}")
+    result = CliRunner().invoke(app, ["train", str(cfg)])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.output, result.output
+    assert errors[0].startswith(
+        f"error: cannot write checkpoint metadata {str(best / 'meta.json')!r}: No space left on device; free space"
+    ), errors[0]
+    assert f"`mmfuse train --resume {run}`" in errors[0]
+    assert read_meta(best)["temperature"] is None and "calibration" not in read_meta(best)  # as training left it
+    assert [p.name for p in best.iterdir() if p.name.startswith(".tmp")] == []
+    monkeypatch.delenv(FAULT_ENV)
+    result = CliRunner().invoke(app, ["train", "--resume", str(run)])
+    assert result.exit_code == 0, result.output
+    assert read_meta(best)["temperature"] is not None
+    assert "calibration" in json.loads((run / "summary.json").read_text())

@@ -357,11 +357,11 @@ def test_a_failed_checkpoint_write_is_one_error_and_resume_then_finishes_the_run
         if target == "safetensors":
             mp.setattr(model_ckpt, "save_file", _second_call_fails(model_ckpt.save_file, error))
         else:
-            mp.setattr(model_ckpt, "write_bytes", _second_call_fails(model_ckpt.write_bytes, error, target))
+            mp.setattr(model_ckpt, "write_synced", _second_call_fails(model_ckpt.write_synced, error, target))
         with pytest.raises(ckpt.CheckpointWriteError) as caught:
             MultimodalClassifier(make_config(synthetic_root, tmp_path, run={"name": "ref"})).fit()
     message = str(caught.value)
-    fix = "Make the folder writable" if reason == "Read-only file system" else "Free space on that disk"
+    fix = "the filesystem is mounted read-only" if reason == "Read-only file system" else "free space on that disk"
     assert reason in message and fix in message and "last.tmp" in message and f"--resume {tmp_path / 'ref'}" in message
     assert caught.value.errno == (error.errno if isinstance(error, OSError) else errno.ENOSPC)
     run = tmp_path / "ref"
@@ -375,14 +375,14 @@ def test_cli_a_full_disk_during_a_checkpoint_is_exit_2_with_one_message(
     scripted, synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     error = OSError(errno.ENOSPC, _ENOSPC)
-    monkeypatch.setattr(model_ckpt, "write_bytes", _second_call_fails(model_ckpt.write_bytes, error, "meta.json"))
+    monkeypatch.setattr(model_ckpt, "write_synced", _second_call_fails(model_ckpt.write_synced, error, "meta.json"))
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(make_config(synthetic_root, tmp_path / "runs").to_yaml(), encoding="utf-8")
     result = CliRunner().invoke(app, ["train", str(cfg)])
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.output
-    assert lines[0].startswith("error: could not write") and _ENOSPC in lines[0] and "Free space" in lines[0]
+    assert lines[0].startswith("error: cannot write checkpoint") and _ENOSPC in lines[0] and "free space" in lines[0]
     assert str(tmp_path / "runs" / "run" / "checkpoints" / "last.tmp") in lines[0]
 
 
@@ -402,7 +402,7 @@ def test_a_failed_metrics_or_summary_write_is_the_same_typed_error(
         real(src, dst)
 
     monkeypatch.setattr(os, "replace", replace)
-    pattern = rf"{name.replace('.', '[.]')}.*Permission denied.*Make the folder writable.*--resume"
+    pattern = rf"{name.replace('.', '[.]')}.*Permission denied.*give this user write permission there.*--resume"
     with pytest.raises(ckpt.CheckpointWriteError, match=pattern):
         MultimodalClassifier(make_config(synthetic_root, tmp_path)).fit()
     assert not (tmp_path / "run" / f"{name}.tmp").exists()

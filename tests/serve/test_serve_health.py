@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from _serve_runs import png_bytes
 
-from _unwritable import FAULT_ENV, REASONS, unwritable
+from _unwritable import FAULT_ENV, REASONS, full_log_stream, unwritable
 
 pytest.importorskip("fastapi", reason='the serve extra is not installed (pip install "mmfuse[serve]")')
 
@@ -51,18 +51,6 @@ def test_a_model_folder_that_disappears_keeps_serving_and_health_says_it(tiny_pr
     assert str(folder) in problem and os.strerror(2) in problem and "restore" in problem
 
 
-class _FullStream:
-    """A log stream on a disk that is full, where the test cannot mount one."""
-
-    name = "<full disk>"
-
-    def write(self, text: str) -> int:
-        raise OSError(28, os.strerror(28))
-
-    def flush(self) -> None:
-        raise OSError(28, os.strerror(28))
-
-
 def test_a_log_on_a_full_disk_never_fails_a_request_and_health_says_it(
     tiny_predictor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
@@ -72,7 +60,7 @@ def test_a_log_on_a_full_disk_never_fails_a_request_and_health_says_it(
 
     log = logging.getLogger("mmfuse.serve")
     with unwritable("full", tmp_path / "place", monkeypatch) as place:
-        stream = _FullStream() if os.environ.get(FAULT_ENV) else open(place / "server.log", "w")  # noqa: SIM115
+        stream = full_log_stream(place, "server.log")
         handler = logging.StreamHandler(stream)
         log.addHandler(handler)
         try:
@@ -82,9 +70,8 @@ def test_a_log_on_a_full_disk_never_fails_a_request_and_health_says_it(
                 health = client.get("/health")
         finally:
             log.removeHandler(handler)
-            if not isinstance(stream, _FullStream):
-                with contextlib.suppress(OSError):  # its buffer cannot be flushed to the full disk either
-                    stream.close()
+            with contextlib.suppress(OSError):  # its buffer cannot be flushed to the full disk either
+                stream.close()
     assert [a.status_code for a in answers] == [200] * 3 and all(a.json()["failed"] == 1 for a in answers)
     assert health.status_code == 200 and health.json()["status"] == "degraded"
     (problem,) = health.json()["problems"]

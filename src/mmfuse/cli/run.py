@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from mmfuse._writable import atomic_path, check_writable, write_text_atomic
+from mmfuse._writable import atomic_path, check_writable, write_atomic
 from mmfuse.cli._errors import write_failure
 
 if TYPE_CHECKING:
@@ -117,7 +117,7 @@ def evaluate(
     if json_out is not None:
         with _user_errors():
             text = json.dumps(result, indent=2) + "\n"
-            write_text_atomic(json_out, text, what="results file", fix=_elsewhere("--json"))
+            write_atomic(json_out, text, what="results file", fix=_elsewhere("--json"))
 
 
 def predict(
@@ -137,7 +137,7 @@ def predict(
 
     The file is read as what it holds (JSON lines, CSV/TSV or Parquet), whatever the run was trained on; its labels
     are optional, and labels the model never saw are named in one warning and counted in the last line."""
-    from mmfuse.data.inputs import inputs_of, unseen_labels, unseen_labels_message
+    from mmfuse.data.inputs import inputs_of, unseen_labels
     from mmfuse.sweep.ensemble import load_predictor
 
     with _user_errors(), _warnings_to_stderr():
@@ -145,9 +145,7 @@ def predict(
         clf = load_predictor(run, checkpoint=checkpoint)
         inputs = inputs_of(data, clf.config.data)
         _say_input_notes(inputs.report)
-        unseen = unseen_labels(inputs.examples, clf.classes)
-        if unseen:
-            _warn(unseen_labels_message(unseen, len(inputs.examples), clf.classes))
+        unseen = unseen_labels(inputs.examples, clf.classes)  # the predictor warns; counted in the last line
         frame = clf.predictions_table(
             inputs, threshold=_threshold(threshold, clf.threshold), max_missing_images=max_missing_images
         )
@@ -193,7 +191,9 @@ def _warnings_to_stderr() -> Iterator[None]:
     import logging
     import warnings
 
+    from mmfuse.data.inputs import UnseenLabelsWarning
     from mmfuse.data.missing_images import MissingImagesWarning
+    from mmfuse.model.predictor import UncalibratedWarning
 
     class _Stderr(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
@@ -205,7 +205,8 @@ def _warnings_to_stderr() -> Iterator[None]:
     root.addHandler(handler)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", MissingImagesWarning)
+            for category in (MissingImagesWarning, UnseenLabelsWarning, UncalibratedWarning):
+                warnings.simplefilter("ignore", category)
             yield
     finally:
         root.removeHandler(handler)

@@ -302,7 +302,8 @@ class TrainingConfig(StrictSection):
             end past it, so at least one epoch always runs; the best checkpoint is kept and the summary says
             ``status: time_limit``.
         calibrate: after training, ``temperature`` fits one temperature ``T`` on the best checkpoint's validation
-            logits (temperature scaling: LBFGS on the negative log-likelihood), stored with the model, so that every
+            logits (temperature scaling: LBFGS on the negative log-likelihood), and one on the last checkpoint's
+            (the same when the last epoch is the best), each stored with its checkpoint, so that every
             probability it gives (predict, evaluate, serve, ONNX) is ``softmax(logits / T)``; the binary threshold is
             tuned again on those. It changes no argmax label. ``none`` keeps the raw softmax.
     """

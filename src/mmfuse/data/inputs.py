@@ -297,6 +297,26 @@ def unseen_labels(examples: Sequence[Example], classes: Sequence[str]) -> dict[s
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
+class UnseenLabelsWarning(UserWarning):
+    """Some examples given to predict carry a label the model never saw in training."""
+
+
+def warn_unseen_labels(examples: Sequence[Example], classes: Sequence[str]) -> dict[str, int]:
+    """Warns (:class:`UnseenLabelsWarning` and the ``mmfuse.engine`` log, as missing images are) when ``examples``
+    carry labels that are not among ``classes``, in one message naming them (:func:`unseen_labels_message`); the
+    predict paths (the Python API and ``mmfuse predict``) call it. Returns :func:`unseen_labels`."""
+    import warnings
+
+    from mmfuse.data.missing_images import _caller_level, logger
+
+    unseen = unseen_labels(examples, classes)
+    if unseen:
+        message = unseen_labels_message(unseen, len(examples), classes)
+        logger.warning(message)
+        warnings.warn(message, UnseenLabelsWarning, stacklevel=_caller_level())
+    return unseen
+
+
 def unseen_labels_message(unseen: Mapping[str, int], total: int, classes: Sequence[str]) -> str:
     """One warning naming the labels the model never saw (with their counts) and the classes it knows."""
     n = sum(unseen.values())

@@ -1,6 +1,8 @@
 """Temperature scaling (Guo et al. 2017, "On Calibration of Modern Neural Networks"): one scalar ``T`` fitted after
 training on the validation logits of the best checkpoint, so that ``softmax(logits / T)`` says how often the model is
-right.
+right. The last checkpoint (``--checkpoint last``) gets its own fit on the same validation split when its weights
+differ from the best one's, else the best one's; a checkpoint loaded without a temperature from a run that asked for
+calibration warns (:class:`~mmfuse.model.predictor.UncalibratedWarning`).
 
 ``T`` minimises the validation negative log-likelihood (LBFGS on ``log T``, in float64). Dividing every logit by the
 same positive number changes no argmax, so a multiclass model predicts the same labels; for a binary task ``P(class

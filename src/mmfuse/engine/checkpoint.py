@@ -18,10 +18,12 @@ The epoch commit
    same way (``best.tmp``, ``best.old``);
 3. ``metrics.jsonl``, rewritten whole from the records (``metrics.jsonl.tmp``, then renamed).
 
-After the last epoch the trainer writes ``summary.json`` (``summary.json.tmp``, then renamed); ``fit`` rewrites it
-with the test metrics. Everything after the commit point can be redone from ``last``: the best checkpoint of
-epoch ``E`` is ``last`` without its training state, the metrics lines are its records, and the summary is what
-``--resume`` writes when it finds nothing left to train. So :func:`recover_run` (``--resume`` calls it first) turns
+After the last epoch the trainer calibrates (``train.calibrate``: the temperature and threshold go into the
+``meta.json`` of ``last`` and ``best``, each rewritten whole by :func:`~mmfuse.model.checkpoint.update_meta`), then
+writes ``summary.json`` (``summary.json.tmp``, then renamed); ``fit`` rewrites it with the test metrics. Everything
+after the commit point can be redone from ``last``: the best checkpoint of epoch ``E`` is ``last`` without its
+training state, the metrics lines are its records, and the calibration and the summary are what ``--resume`` does
+and writes when it finds nothing left to train. So :func:`recover_run` (``--resume`` calls it first) turns
 every state a kill can leave into the state of an uninterrupted run after some epoch, and the resumed run ends
 exactly like the uninterrupted one (final weights, ``metrics.jsonl``, ``summary.json`` with its threshold).
 
@@ -46,6 +48,8 @@ metrics:written     metrics.jsonl of E-1 epochs, metrics.jsonl.tmp   delete the 
                     (any step above: the E-1 lines only)             last's records; after E
 (older mmfuse)      metrics.jsonl with a partial last line, or       metrics.jsonl rewritten from last's records
                     lines of epochs after last
+(calibrating)       every epoch committed; last's and best's         nothing left to train: the resume calibrates
+                    meta.json old or new (perhaps a .tmp-* beside)   again and writes the summary
 summary:written     every epoch committed; summary.json.tmp, and     delete the tmp; nothing left to train: the
                     no summary.json or an older one                  resume writes it (an early stop is kept)
 before the test     summary.json without the test metrics            the resume writes the summary, fit adds test
@@ -54,7 +58,8 @@ last:* of epoch 1   no last, perhaps last.tmp; no best, an empty     delete last
 ==================  ===============================================  =============================================
 
 A write that fails (a full disk, a read-only folder) raises
-:class:`~mmfuse.model.checkpoint.CheckpointWriteError` naming the path, the reason and the fix; what it half wrote
+:class:`~mmfuse.model.checkpoint.CheckpointWriteError` (an :class:`~mmfuse._writable.UnwritableError`: the CLI ends
+with it, exit status 2) naming the path, the reason and the fix; what it half wrote
 is deleted (or, where even that fails, is one of the states above), so ``--resume`` continues from the last
 committed epoch once the disk has room.
 
@@ -77,8 +82,10 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
+from mmfuse._writable import UnwritableError, is_temporary, raise_injected
 from mmfuse.engine.run_dir import RunDir
 from mmfuse.model.checkpoint import (
+    CHECKPOINT_FIX,
     META,
     STATE,
     CheckpointError,
@@ -91,6 +98,7 @@ from mmfuse.model.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
     staging,
+    update_meta,
 )
 
 __all__ = [
@@ -112,6 +120,7 @@ __all__ = [
     "rng_state",
     "save_checkpoint",
     "set_rng_state",
+    "update_run_meta",
     "write_summary",
 ]
 
@@ -142,8 +151,12 @@ def _hook(prefix: str, epoch: int):
     return lambda step: fault(f"{prefix}:{step}", epoch)
 
 
-def _resume_hint(run: RunDir) -> str:
-    return f"; the last whole checkpoint is kept: then continue the run with `mmfuse train --resume {run.path}`"
+def _fix(run: RunDir) -> str:
+    """What a failed write of the epoch commit says to do: make room or write elsewhere, then resume."""
+    return (
+        f"{CHECKPOINT_FIX}; the last whole checkpoint is kept: then continue the run with "
+        f"`mmfuse train --resume {run.path}`"
+    )
 
 
 def commit_epoch(
@@ -168,10 +181,8 @@ def commit_epoch(
         if improved:
             copy_checkpoint(run.last, run.best, on_step=_hook("best", epoch))
         run.rewrite_metrics(history, on_step=_hook("metrics", epoch))
-    except CheckpointWriteError as e:
-        raise CheckpointWriteError(e.path, e.reason, e.errno, then=_resume_hint(run)) from None
-    except OSError as e:
-        raise CheckpointWriteError.of(e, run.metrics, then=_resume_hint(run)) from None
+    except (UnwritableError, OSError) as e:  # a CheckpointWriteError, or metrics.jsonl's UnwritableError
+        raise CheckpointWriteError.of(e, run.metrics, what="run file", fix=_fix(run)) from None
 
 
 def write_summary(run: RunDir, summary: dict[str, Any], epoch: int) -> None:
@@ -182,8 +193,21 @@ def write_summary(run: RunDir, summary: dict[str, Any], epoch: int) -> None:
     """
     try:
         run.write_summary(summary, on_step=_hook("summary", epoch))
-    except OSError as e:
-        raise CheckpointWriteError.of(e, run.summary, then=_resume_hint(run)) from None
+    except (UnwritableError, OSError) as e:
+        raise CheckpointWriteError.of(e, run.summary, what="run file", fix=_fix(run)) from None
+
+
+def update_run_meta(run: RunDir, folder: Path, changes: dict[str, Any]) -> None:
+    """:func:`~mmfuse.model.checkpoint.update_meta` of a checkpoint of ``run`` (the calibration after training).
+
+    Raises:
+        CheckpointWriteError: ``meta.json`` could not be written; it is as it was, and the message says to resume
+            the run once the disk has room (the resume calibrates again).
+    """
+    try:
+        update_meta(folder, changes)
+    except CheckpointWriteError as e:
+        raise CheckpointWriteError.of(e, folder, fix=_fix(run)) from None
 
 
 def copy_checkpoint(source: Path, folder: Path, *, on_step=None) -> Path:
@@ -197,11 +221,13 @@ def copy_checkpoint(source: Path, folder: Path, *, on_step=None) -> Path:
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        for i, path in enumerate(sorted(p for p in source.iterdir() if p.is_file() and p.name != STATE)):
+        files = sorted(p for p in source.iterdir() if p.is_file() and p.name != STATE and not is_temporary(p))
+        for i, path in enumerate(files):  # a stray temporary file (a meta.json update cut short) is not copied
+            raise_injected(tmp / path.name)
             with path.open("rb") as src, (tmp / path.name).open("wb") as dst:  # streamed: weights can be large
                 shutil.copyfileobj(src, dst)
                 dst.flush()
-                os.fsync(dst.fileno())
+                os.fsync(dst.fileno())  # as write_synced does: renamed into place only once on the disk
             if i == 0 and on_step is not None:
                 on_step("weights")
     except (OSError, SafetensorError) as e:

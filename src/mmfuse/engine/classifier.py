@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from mmfuse._writable import atomic_path, write_atomic
 from mmfuse.cache import source_for
 from mmfuse.cache.location import resolve_cache_dir
 from mmfuse.config import TrainConfig, config_from, load_config
@@ -480,11 +481,22 @@ class MultimodalClassifier:
     def save(self, path: str | Path) -> Path:
         """Writes a checkpoint folder that :meth:`load` (and :meth:`TorchPredictor.from_run
         <mmfuse.model.TorchPredictor.from_run>`, ``mmfuse serve``) reads back: trainable weights, ``meta.json`` with
-        the model spec, and beside them the training config (``config.yaml``) and ``label_map.json``."""
+        the model spec, and beside them the training config (``config.yaml``) and ``label_map.json``.
+
+        Raises:
+            UnwritableError: a file could not be written (full disk, read-only or unwritable folder), naming it, the
+                reason and the fix (a :class:`~mmfuse.model.CheckpointWriteError` for the checkpoint itself).
+        """
         model = self._model()
-        folder = ckpt.save_checkpoint(path, model, self.spec().to_meta())
-        (folder / "config.yaml").write_text(self.config.to_yaml(), encoding="utf-8")
-        self._label_map().save(folder / "label_map.json")
+        fix = "pass save() a path in a writable folder"
+        try:
+            fit = {"calibration": self.summary["calibration"]} if "calibration" in self.summary else {}
+            folder = ckpt.save_checkpoint(path, model, {**self.spec().to_meta(), **fit})  # the fit, and why none
+        except ckpt.CheckpointWriteError as e:
+            raise ckpt.CheckpointWriteError(e.path, e.reason, e.errno, what=e.what, fix=fix) from None
+        write_atomic(folder / "config.yaml", self.config.to_yaml(), what="model file", fix=fix)
+        with atomic_path(folder / "label_map.json", what="model file", fix=fix) as tmp:
+            self._label_map().save(tmp)
         return folder
 
     @classmethod

@@ -21,16 +21,15 @@ Layout::
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mmfuse._writable import atomic_path, check_writable, unwritable, write_text_atomic
+from mmfuse._writable import atomic_path, check_writable, unwritable
+from mmfuse._writable import write_atomic as write_atomic_file
 from mmfuse.config import RunConfig
 
 RUN_FOLDER_FIX = "set run.out_dir to a writable folder (run.out_dir=PATH on the command line)"
@@ -109,7 +108,7 @@ class RunDir:
         Raises:
             UnwritableError: no space left or no permission, naming the file and the fix.
         """
-        write_text_atomic(self.config, config_yaml, what="run file", fix=RUN_FOLDER_FIX)
+        write_atomic_file(self.config, config_yaml, what="run file", fix=RUN_FOLDER_FIX)
         with atomic_path(self.label_map, what="run file", fix=RUN_FOLDER_FIX) as tmp:
             save_label_map(tmp)
 
@@ -132,22 +131,15 @@ class RunDir:
 
 
 def write_atomic(path: Path, text: str, on_step: Callable[[str], None] | None = None) -> None:
-    """Writes ``text`` to ``<path>.tmp``, flushes it to the disk and renames it to ``path``: a crash leaves the old
-    file or the new one, never a part (at most a stray ``.tmp``, which resuming deletes). ``on_step("written")``
-    runs between the write and the rename (the trainer's fault-injection hook for crash tests)."""
+    """Writes ``text`` to ``path`` through :func:`mmfuse._writable.write_atomic`, by way of ``<path>.tmp``: a crash
+    leaves the old file or the new one, never a part (at most a stray ``.tmp``, which resuming deletes).
+    ``on_step("written")`` runs between the write and the rename (the trainer's fault-injection hook for crash tests).
+
+    Raises:
+        UnwritableError: it could not be written (naming the file, the reason and the fix).
+    """
     tmp = path.with_name(path.name + ".tmp")
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        if on_step is not None:
-            on_step("written")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise
+    write_atomic_file(path, text, what="run file", fix=RUN_FOLDER_FIX, tmp=tmp, on_step=on_step)
 
 
 class Timer:

@@ -23,6 +23,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -46,7 +47,6 @@ from mmfuse.engine.sampler import EpochSampler
 from mmfuse.engine.tracking import Tracking, check_installed, ended_status, scalars
 from mmfuse.features import FeatureSource, InputMaker, compute_tables, default_store, make_loader, plan_features
 from mmfuse.model.build import build_model, set_train_mode
-from mmfuse.model.checkpoint import update_meta
 from mmfuse.model.inference import Outputs, run_model
 from mmfuse.model.spec import ModelSpec
 from mmfuse.progress import Reporter
@@ -580,12 +580,18 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         model = self.accelerator.unwrap_model(self.ddp_model)
         best = next((r for r in self.history if r["epoch"] == self.state.best_epoch), None)
+        last = self.history[-1] if self.history else None
+        if last is not None and best is not None and last["epoch"] != best["epoch"]:
+            self._calibrate([self.run.last], f"checkpoints/last (epoch {last['epoch']})")  # the model holds its weights
         if best is not None and self.run.best.is_dir():
             ckpt.load_weights(model, self.run.best, ckpt.read_meta(self.run.best))
         set_train_mode(model, False)
         threshold = best["val"].get("threshold") if best else None
         seconds = self.seconds_before + timer.seconds  # a resumed run counts the time before the interruption too
-        calibration, calibrated = self._calibrate(best) if best is not None else (None, None)
+        calibration, calibrated = None, None
+        if best is not None:  # the last checkpoint of the best epoch holds the same weights: the same fit
+            same = [self.run.last] if last is not None and last["epoch"] == best["epoch"] else []
+            calibration, calibrated = self._calibrate([self.run.best, *same], "")
         if calibrated is not None and len(self.classes) == 2:  # the threshold the model uses: on calibrated proba
             threshold = calibrated["threshold"]
         if self.accelerator.is_main_process:
@@ -610,11 +616,15 @@ class Trainer:
             calibration,
         )
 
-    def _calibrate(self, best: dict[str, Any]) -> tuple[Calibration | None, dict[str, Any] | None]:
-        """``train.calibrate``: fits the temperature on the best checkpoint's validation logits (the model holds its
-        weights now), tunes the binary threshold again on the calibrated probabilities, and stores both in the best
-        checkpoint's ``meta.json`` (its ``val`` stays the epoch's record, as ``metrics.jsonl`` has it). Returns the
-        fit and the validation metrics of the calibrated probabilities (``None`` when no temperature was fitted)."""
+    def _calibrate(self, folders: list[Path], which: str) -> tuple[Calibration | None, dict[str, Any] | None]:
+        """``train.calibrate``: fits the temperature on the validation logits of the model as it is now (the
+        weights of the checkpoint ``folders`` hold), tunes the binary threshold again on the calibrated
+        probabilities, and stores both in each folder's ``meta.json`` (its ``val`` stays the epoch's record, as
+        ``metrics.jsonl`` has it). ``which`` names the checkpoint in the log (``""``: the best one). Returns the fit
+        and the validation metrics of the calibrated probabilities (``None`` when no temperature was fitted).
+
+        Both checkpoints are calibrated, so that ``--checkpoint last`` gives calibrated probabilities too: the last
+        epoch's own fit when it is not the best epoch, else the best one's."""
         if self.cfg.train.calibrate == "none":
             return None, None
         with self.reporter.bar(len(self.val_examples), "calibrate") as bar:
@@ -624,8 +634,9 @@ class Trainer:
             )  # fmt: skip
         calibration = fit_temperature(out.logits, out.labels)
         val: dict[str, Any] | None = None
+        label = f"calibration of {which}" if which else "calibration"
         if calibration.temperature is None:
-            note = f"calibration: no temperature fitted ({calibration.note}); probabilities are the model's own softmax"
+            note = f"{label}: no temperature fitted ({calibration.note}); probabilities are the model's own softmax"
             self.reporter.warning(note)  # console and train.log; summary.json has it under calibration.note
             changes: dict[str, Any] = {"temperature": None}  # a resumed run's best may hold an older fit
         else:
@@ -637,15 +648,17 @@ class Trainer:
                 val = {"threshold": threshold, "accuracy_at_threshold": tuned["accuracy"],
                        "macro_f1_at_threshold": tuned["macro_f1"]}  # fmt: skip
             if calibration.note is not None:
-                self.reporter.warning(f"calibration: {calibration.note}")
+                self.reporter.warning(f"{label}: {calibration.note}")
             self.reporter.info(
-                f"calibration: temperature {calibration.temperature:.3f} fitted on {calibration.n} val examples: NLL "
+                f"{label}: temperature {calibration.temperature:.3f} fitted on {calibration.n} val examples: NLL "
                 f"{calibration.nll_before:.4f} -> {calibration.nll_after:.4f}, ECE {calibration.ece_before:.4f} -> "
                 f"{calibration.ece_after:.4f}" + (f", threshold {val['threshold']:.3f}" if "threshold" in val else "")
             )
             changes = {"temperature": calibration.temperature, "threshold": val.get("threshold")}
-        if self.accelerator.is_main_process and self.run.best.is_dir():
-            update_meta(self.run.best, {**changes, "calibration": calibration.to_dict()})
+        if self.accelerator.is_main_process:
+            for folder in folders:
+                if folder.is_dir():
+                    ckpt.update_run_meta(self.run, folder, {**changes, "calibration": calibration.to_dict()})
         self.accelerator.wait_for_everyone()
         return calibration, val
 

@@ -31,6 +31,7 @@ _EXPORTS: dict[str, str] = {
     "predict_labels": "mmfuse.model.prediction",
     "Predictor": "mmfuse.model.predictor",
     "TorchPredictor": "mmfuse.model.predictor",
+    "UncalibratedWarning": "mmfuse.model.predictor",
 }
 
 __all__ = sorted(_EXPORTS)

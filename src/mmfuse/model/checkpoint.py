@@ -17,19 +17,19 @@ A checkpoint folder holds:
 ``meta.json`` under ``config``) is still read.
 
 Saving is crash-safe: :func:`save_checkpoint` writes every file into the sibling ``<folder>.tmp`` (each flushed to
-disk), then moves the old folder aside to ``<folder>.old``, renames ``<folder>.tmp`` to ``<folder>`` and deletes
-``<folder>.old``. Whenever the process dies, :func:`recover_checkpoint` turns what is left into exactly one whole
-checkpoint, the old or the new one (the table is in its docstring). A write that fails (a full disk, a read-only or
-unwritable folder) raises :class:`CheckpointWriteError` and leaves only the previous checkpoint.
+disk by :func:`~mmfuse._writable.write_synced`), then moves the old folder aside to ``<folder>.old``, renames
+``<folder>.tmp`` to ``<folder>`` and deletes ``<folder>.old``. Whenever the process dies, :func:`recover_checkpoint`
+turns what is left into exactly one whole checkpoint, the old or the new one (the table is in its docstring).
+:func:`update_meta` rewrites ``meta.json`` alone through :func:`~mmfuse._writable.write_atomic`. A write that fails
+(a full disk, a read-only or unwritable folder) raises :class:`CheckpointWriteError` (an
+:class:`~mmfuse._writable.UnwritableError`) and leaves only the previous checkpoint.
 """
 
 from __future__ import annotations
 
-import errno
 import io
 import json
 import os
-import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +40,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from mmfuse._writable import (
+    UnwritableError,
+    fsync_path,
+    raise_injected,
+    unwritable,
+    write_atomic,
+    write_synced,
+)
 from mmfuse.config import ConfigError
 from mmfuse.features import encoders_of
 from mmfuse.model.build import build_model, encoder_records, set_train_mode
@@ -56,10 +64,17 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, damaged, or does not match the model or config it is loaded into."""
 
 
-class CheckpointWriteError(CheckpointError):
+CHECKPOINT_FIX = "write the run elsewhere: set run.out_dir to a writable folder (run.out_dir=PATH on the command line)"
+"""How to write a checkpoint elsewhere, as a failed checkpoint write says it."""
+
+
+class CheckpointWriteError(UnwritableError, CheckpointError):
     """A checkpoint (or another file of a training run's epoch commit) could not be written: a full disk, a read-only
     filesystem, a folder without write permission. What was half written is removed (or, where even that fails,
     ignored by :func:`recover_checkpoint`); the previous checkpoint is kept whole.
+
+    The :class:`~mmfuse._writable.UnwritableError` of checkpoints (one message: path, reason, fix; the CLI ends
+    with it, exit status 2), and a :class:`CheckpointError` for callers that catch those.
 
     Attributes:
         path: the file or folder that could not be written.
@@ -67,31 +82,27 @@ class CheckpointWriteError(CheckpointError):
         errno: the error number (``errno.ENOSPC``), ``None`` when unknown.
     """
 
-    def __init__(self, path: str | Path, reason: str, errno_: int | None = None, *, then: str = "") -> None:
-        self.path, self.reason, self.errno = Path(path), reason, errno_
-        super().__init__(f"could not write {str(path)!r}: {reason}. {write_fix(errno_)}{then}")
+    def __init__(
+        self,
+        path: str | Path,
+        reason: str,
+        code: int | None = None,
+        *,
+        what: str = "checkpoint",
+        fix: str = CHECKPOINT_FIX,
+    ) -> None:
+        super().__init__(path, reason, code, what=what, fix=fix)
 
     @classmethod
-    def of(cls, error: BaseException, path: str | Path, *, then: str = "") -> CheckpointWriteError:
-        """The error for ``error`` (an ``OSError`` or safetensors' ``SafetensorError``) raised while writing
-        ``path`` (the error's own file name wins when it has one)."""
-        code = getattr(error, "errno", None)
-        reason = getattr(error, "strerror", None) or str(error)
-        if isinstance(error, SafetensorError):  # "...IoError(Os { code: 28, kind: StorageFull, message: \"No sp..."
-            found = re.search(r"code: (\d+)", str(error))
-            code = int(found.group(1)) if found else None
-            reason = os.strerror(code) if code is not None else str(error)
-        where = getattr(error, "filename", None) or path
-        return cls(where, reason, code, then=then)
-
-
-def write_fix(code: int | None) -> str:
-    """What to do about a failed write with error number ``code``."""
-    if code in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
-        return "Free space on that disk (or write the run elsewhere: run.out_dir)"
-    if code in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return "Make the folder writable (or write the run elsewhere: run.out_dir)"
-    return "Check the disk and the folder's permissions (or write the run elsewhere: run.out_dir)"
+    def of(
+        cls, error: BaseException, path: str | Path, *, what: str = "checkpoint", fix: str = CHECKPOINT_FIX
+    ) -> CheckpointWriteError:
+        """The error for ``error`` (an ``OSError``, safetensors' ``SafetensorError``, or an
+        :class:`~mmfuse._writable.UnwritableError`) raised while writing ``path`` (the error's own path wins when it
+        has one)."""
+        if isinstance(error, UnwritableError):
+            return cls(error.path, error.reason, error.errno, what=error.what, fix=fix)
+        return unwritable(error, path, what=what, fix=fix, kind=cls)  # type: ignore[return-value]
 
 
 def stored_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -140,16 +151,17 @@ def save_checkpoint(
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
+        raise_injected(tmp / WEIGHTS)
         save_file(stored_state(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
-        _fsync(tmp / WEIGHTS)
+        fsync_path(tmp / WEIGHTS)
         if on_step is not None:
             on_step("weights")
         full_meta = {"format_version": FORMAT_VERSION, **meta, "encoders": encoder_records(model)}
-        write_bytes(tmp / META, (json.dumps(full_meta, indent=2, default=str) + "\n").encode("utf-8"))
+        write_synced(tmp / META, (json.dumps(full_meta, indent=2, default=str) + "\n").encode("utf-8"))
         if training_state is not None:
             buffer = io.BytesIO()  # serialized in memory: a failed write is then a plain OSError with its errno
             torch.save(training_state, buffer)
-            write_bytes(tmp / STATE, buffer.getvalue())
+            write_synced(tmp / STATE, buffer.getvalue())
     except (OSError, SafetensorError) as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointWriteError.of(e, tmp) from None
@@ -167,30 +179,6 @@ def _old(folder: Path) -> Path:
     return folder.with_name(folder.name + ".old")
 
 
-def write_bytes(path: Path, data: bytes) -> None:
-    """Writes ``data`` to ``path`` and flushes it to the disk (so a rename after it never exposes a short file)."""
-    with path.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync(path: Path) -> None:
-    """Flushes a file (or, on POSIX, a folder's entries) to the disk; a filesystem that cannot is left as it is."""
-    if path.is_dir() and os.name == "nt":
-        return
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some filesystems refuse fsync on a folder (EINVAL)
-        pass
-    finally:
-        os.close(fd)
-
-
 def replace_folder(tmp: Path, folder: Path, *, on_step: Callable[[str], None] | None = None) -> None:
     """Puts the whole folder ``tmp`` in the place of ``folder``: ``folder`` -> ``folder.old``, ``tmp`` ->
     ``folder``, delete ``folder.old``. Each rename is atomic; :func:`recover_checkpoint` finishes or undoes the
@@ -201,7 +189,7 @@ def replace_folder(tmp: Path, folder: Path, *, on_step: Callable[[str], None] | 
     """
     old = _old(folder)
     step = on_step or (lambda _: None)
-    _fsync(tmp)
+    fsync_path(tmp)
     step("written")
     try:
         shutil.rmtree(old, ignore_errors=True)
@@ -218,7 +206,7 @@ def replace_folder(tmp: Path, folder: Path, *, on_step: Callable[[str], None] | 
             os.replace(old, folder)  # put the previous one back
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointWriteError.of(e, folder) from None
-    _fsync(folder.parent)
+    fsync_path(folder.parent)
     step("replaced")
     shutil.rmtree(old, ignore_errors=True)
 
@@ -273,13 +261,17 @@ def recover_checkpoint(folder: str | Path) -> str | None:
 
 
 def update_meta(folder: str | Path, changes: dict[str, Any]) -> dict[str, Any]:
-    """Sets ``changes`` in a checkpoint's ``meta.json`` (written to a temporary file, then renamed into place, so an
-    interruption leaves the old one whole) and returns the new metadata; the weights are not touched."""
+    """Sets ``changes`` in a checkpoint's ``meta.json`` (through :func:`~mmfuse._writable.write_atomic`: an
+    interruption leaves the old one whole) and returns the new metadata; the weights are not touched.
+
+    Raises:
+        CheckpointWriteError: ``meta.json`` could not be written (full disk, read-only or unwritable folder); it is
+            as it was.
+    """
     folder = Path(folder)
     meta = {**read_meta(folder), **changes}
-    tmp = folder / (META + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, folder / META)
+    text = json.dumps(meta, indent=2, default=str) + "\n"
+    write_atomic(folder / META, text, what="checkpoint metadata", fix=CHECKPOINT_FIX, kind=CheckpointWriteError)
     return meta
 
 

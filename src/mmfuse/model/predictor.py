@@ -20,6 +20,8 @@ on the region grid.
 from __future__ import annotations
 
 import contextlib
+import logging
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,7 +50,9 @@ if TYPE_CHECKING:
     from mmfuse.features import FeatureSource
     from mmfuse.model.inference import Outputs
 
-__all__ = ["Prediction", "Predictor", "TorchPredictor", "grid_shape", "head_name"]
+__all__ = ["Prediction", "Predictor", "TorchPredictor", "UncalibratedWarning", "grid_shape", "head_name"]
+
+logger = logging.getLogger("mmfuse.model")
 
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -387,7 +391,10 @@ class TorchPredictor(Predictor):
 
         folder = resolve_checkpoint(run, checkpoint)
         model, spec, folder = load_model(folder)
-        config = validate_config(run_config_data(folder, read_meta(folder), spec))
+        meta = read_meta(folder)
+        config = validate_config(run_config_data(folder, meta, spec))
+        if spec.temperature is None and config.train.calibrate != "none":
+            warn_uncalibrated(folder, meta)
         if device is None:
             device = "cuda" if torch.cuda.is_available() and config.train.device == "auto" else "cpu"
         return cls(
@@ -486,12 +493,14 @@ class TorchPredictor(Predictor):
             details: also collect attention maps and image reliance.
             task: ``predict`` or ``evaluate``: the default allowed share of missing images, and the messages' words.
             max_missing_images: the allowed share of examples without a usable image.
-            warn: warn about missing images (an ensemble warns once, not once per member).
+            warn: warn about missing images, and (``predict``) about labels the model never saw
+                (:class:`~mmfuse.data.inputs.UnseenLabelsWarning`); an ensemble warns once, not once per member.
 
         Raises:
             ValueError: no examples.
             TooManyMissingImagesError: more examples without a usable image than allowed.
         """
+        from mmfuse.data.inputs import warn_unseen_labels
         from mmfuse.data.missing_images import check_images, missing_images
         from mmfuse.features import plan_features
         from mmfuse.model.inference import run_model
@@ -499,6 +508,8 @@ class TorchPredictor(Predictor):
         plan = plan_features(self.model, precompute=self.config.cache.enabled)
         inputs, limit, where = self._inputs(examples, labeled=labeled, task=task, max_missing_images=max_missing_images)
         items = inputs.examples
+        if warn and task == "predict":  # evaluate refuses such labels; predict names them and goes on
+            warn_unseen_labels(items, self.classes)
         with self._batches(items, plan, labeled=labeled, task=task) as (loader, maker, bar):
             out = run_model(self.model, loader, maker, device=self.device, details=details, bar=bar)
         out.temperature = self.temperature
@@ -643,3 +654,27 @@ class TorchPredictor(Predictor):
             )
             for i in range(len(out.ids))
         ]
+
+
+class UncalibratedWarning(UserWarning):
+    """A model loaded from a run that asked for calibration (``train.calibrate: temperature``) has no temperature:
+    its probabilities are the model's own softmax."""
+
+
+def warn_uncalibrated(folder: Path, meta: dict[str, Any]) -> None:
+    """Says (:class:`UncalibratedWarning` and the ``mmfuse.model`` log) that the checkpoint ``folder`` gives
+    uncalibrated probabilities although its run asked for calibration, why, and what to do."""
+    from mmfuse.data.missing_images import _caller_level
+
+    fit = meta.get("calibration")
+    if isinstance(fit, dict) and fit.get("note"):  # the fit found no temperature; training said so too
+        why = f"no temperature could be fitted: {fit['note']}"
+    else:
+        why = (
+            "it holds no calibration fit (saved by an older mmfuse, which calibrated only checkpoints/best; by a run "
+            "that ended before calibrating; or by save() of a model never calibrated). For a run folder, `mmfuse "
+            "train --resume RUN` fits it; else use the run's best checkpoint"
+        )
+    message = f"checkpoint {str(folder)!r} is not calibrated: its probabilities are the model's own softmax; {why}"
+    logger.warning(message)
+    warnings.warn(message, UncalibratedWarning, stacklevel=_caller_level())
