@@ -8,7 +8,9 @@ folder ``CACHE`` (shards of 8 inputs), then writes to ``OUT``: ``rank<r>-<modali
 ``rank<r>.json`` (its cache statistics and, counted by a forward hook, the inputs each encoder ran on).
 
 ``MODE`` (default ``fill``): ``die`` / ``hang``: process 1 exits / sleeps 15 s at its second encoder batch, and
-the others must stop with a ``PeerError`` (exit status 5, the message on stderr) within ``MMFUSE_PEER_TIMEOUT``.
+the others must stop with a ``PeerError`` (exit status 5, the message on stderr) within ``MMFUSE_PEER_TIMEOUT``;
+``apart``: each process has a cache folder of its own (``CACHE-<rank>``: not shared), so each must encode the
+others' inputs too, and say so.
 """
 
 from __future__ import annotations
@@ -40,12 +42,14 @@ def main(out: str, cache: str, data_root: str, text_dir: str, image_dir: str, mo
 
         def count(module, args, output, modality=modality) -> None:
             ran[modality] += int(output.pooled.shape[0])
-            if rank == 1 and mode != "fill" and ran[modality] > 8:  # process 1's second batch
+            if rank == 1 and mode in ("die", "hang") and ran[modality] > 8:  # process 1's second batch
                 if mode == "die":
                     os._exit(3)
                 time.sleep(15)
 
         encoder.register_forward_hook(count)
+    if mode == "apart":
+        cache = f"{cache}-{rank}"
     cache = FeatureCache(cache, shard_examples=8, encode_workers=0).across(TorchPeers(rank, world))
     try:
         for modality, encoder in encoders.items():

@@ -23,12 +23,11 @@ from mmfuse.cache.shards import SUFFIX, read_header
 from mmfuse.data import Example
 
 WORKER = Path(__file__).with_name("_peers_fill.py")
-SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 def _env(**extra: str) -> dict[str, str]:
-    path = os.pathsep.join(filter(None, [str(SRC), str(WORKER.parents[1]), os.environ.get("PYTHONPATH")]))
-    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
+    """The test's environment (its mmfuse, by PYTHONPATH or installed), one thread per process, unbuffered output."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
 
 
 def _args(tmp_path: Path, synth_root: Path, mode: str = "fill") -> list[str]:
@@ -153,6 +152,32 @@ def test_a_stuck_process_stops_the_others_after_the_timeout(tmp_path: Path, synt
     assert survivor.returncode == 5, survivor.stderr[-3000:]
     assert "within 3 s" in survivor.stderr.split("PeerError: ", 1)[1]
     assert stuck.returncode != 0  # its own next meeting fails too, once it wakes: nobody waits for ever
+
+
+@pytest.mark.slow
+@pytest.mark.numerics
+def test_a_folder_not_shared_by_the_processes_is_said_and_each_encodes_what_it_lacks(
+    tmp_path: Path, synth_root: Path, examples: list[Example]
+) -> None:
+    results = _start_two(tmp_path, synth_root, "apart", timeout="600")
+    assert [r.returncode for r in results] == [0, 0], results[0].stderr[-3000:] + results[1].stderr[-3000:]
+    out = tmp_path / "out"
+    records = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    hasher = ContentHasher()
+    unique = sum(len(set(hasher.keys(examples, modality=m))) for m in ("text", "image"))
+    # each process encoded its own share, then found the other's missing from its folder and encoded it too: every
+    # input ran through each process's encoders, and the gaps of the two add up to all inputs (each one's share)
+    for rank, record in enumerate(records):
+        assert record["stats"]["computed"] == record["ran"]["text"] + record["ran"]["image"] == unique
+        assert 0 < record["stats"]["peer_gaps"] < unique
+        assert "are not in the feature cache folder" in results[rank].stderr
+        assert "Point cache.dir (or MMFUSE_CACHE_DIR) at a folder every process can write" in results[rank].stderr
+    assert records[0]["stats"]["peer_gaps"] + records[1]["stats"]["peer_gaps"] == unique
+    for modality in ("text", "image"):
+        tables = [load_file(str(out / f"rank{r}-{modality}.safetensors")) for r in (0, 1)]
+        for name in tables[0]:
+            # the same inputs, encoded in other batches by each process: see assert_tables_close's tolerance
+            torch.testing.assert_close(tables[0][name], tables[1][name], atol=1e-5, rtol=0)
 
 
 def test_every_key_belongs_to_exactly_one_process() -> None:

@@ -90,9 +90,7 @@ def test_accelerate_launch_splits_feature_extraction_over_the_processes(syntheti
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = str(s.getsockname()[1])
-    src = Path(__file__).resolve().parents[2] / "src"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")]))}  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     # --multi_gpu picks accelerate's multi-process launcher (torchrun) also on a machine without GPUs, where each
     # process runs on the CPU with gloo; --cpu would pick its one-process launcher
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
