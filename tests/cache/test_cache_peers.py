@@ -203,3 +203,13 @@ def test_the_timeout_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv(TIMEOUT_ENV, "soon")
     with pytest.raises(ValueError, match=f"{TIMEOUT_ENV}='soon' is not a positive number"):
         peer_timeout()
+
+
+def test_peers_over_torch_distributed_need_it_initialised() -> None:
+    import torch.distributed as dist
+
+    from mmfuse.cache import TorchPeers
+
+    assert not dist.is_initialized()
+    with pytest.raises(ValueError, match=r"torch\.distributed is not initialised; start them with accelerate launch"):
+        TorchPeers(0, 2)
