@@ -24,6 +24,13 @@ is rounded to the storage dtype before it is returned, so a cold and a warm run 
 An image grid's ``(h, w)`` is stored with its entries; entries written before it was (same cache key: the encoder
 identity did not change) stay readable, and their grid is read from the encoder itself
 (:meth:`ImageEncoder.grid_shape`, one blank image), never guessed.
+
+Several processes of one run (``accelerate launch --num_processes N``) fill one cache folder together
+(:meth:`FeatureCache.across`, :mod:`mmfuse.cache.peers`): each input that no shard holds is encoded by exactly one of
+them, which writes it as shards of its own (unique names, written atomically: writers never touch each other's files,
+and there is no index to update); they meet after every round of one shard each, and then each reads the complete
+table from the folder. A process that dies or hangs stops the others with a :class:`~mmfuse.cache.peers.PeerError`.
+
 Encoders with trainable weights are never cached: their features are computed and returned, nothing is stored.
 A cache folder that cannot take new entries (read-only, no permission, a full disk, or less free space than they need,
 compared before the first shard is written) is said once as a warning (which a run also shows on its console), and
@@ -59,6 +66,7 @@ from mmfuse._writable import free_bytes, reason_of
 from mmfuse.cache.inventory import IDENTITY_FILE, USAGE_DIR, stale_temporaries
 from mmfuse.cache.keys import ContentHasher, canonical_identity, identity_hash, request_key
 from mmfuse.cache.location import features_dir, onnx_dir, resolve_cache_dir
+from mmfuse.cache.peers import Peers
 from mmfuse.cache.shards import (
     CorruptShardError,
     ShardHeader,
@@ -93,6 +101,9 @@ class CacheStats:
             space left for them (said once as a warning; their features live in this process only).
         uncached: requests for encoders with trainable weights (computed, never stored).
         corrupt: shards found damaged or foreign (ignored; their entries recomputed).
+        peer_gaps: inputs another process was to encode (:meth:`FeatureCache.across`) that were not in the cache
+            folder when it said it was done (the folder is not shared by every process, or could not be written),
+            encoded by this process too (said as a warning).
         seconds: time spent inside ``get`` (hashing, reading, encoding, writing).
         encode_seconds: of which encoding.
     """
@@ -104,6 +115,7 @@ class CacheStats:
     unstored: int = 0
     uncached: int = 0
     corrupt: int = 0
+    peer_gaps: int = 0
     seconds: float = 0.0
     encode_seconds: float = 0.0
 
@@ -224,6 +236,7 @@ class FeatureCache:
         self._folders: dict[str, _Folder] = {}
         self._lock = threading.Lock()
         self._write_failed = False
+        self.peers: Peers | None = None
 
     # FeatureStore-compatible counters (engine logs read these, see mmfuse.features.describe)
     @property
@@ -248,6 +261,18 @@ class FeatureCache:
             return self
         view = copy.copy(self)
         view.storage = storage
+        return view
+
+    def across(self, peers: Peers | None) -> FeatureCache:
+        """This cache (same folder, memo, statistics and lock) filled together with the other processes of a run
+        (``accelerate launch --num_processes N``; see :mod:`mmfuse.cache.peers`): each input that no shard holds
+        yet is encoded by exactly one process, which writes it to the shared folder; every process then reads the
+        complete table from there. Every process must make the same ``get`` calls in the same order (the engine's
+        feature step does). ``None`` or a single process: this cache as it is."""
+        if peers is None or peers.world == 1:
+            return self
+        view = copy.copy(self)
+        view.peers = peers
         return view
 
     # ----------------------------------------------------------------------------------------------- FeatureSource
@@ -333,13 +358,77 @@ class FeatureCache:
 
     # ----------------------------------------------------------------------------------------------- resolution
 
-    def _resolve(self, folder: _Folder, encoder: Encoder, examples: list[Example], keys: list[str], *args: Any):
+    def _resolve(
+        self,
+        folder: _Folder,
+        encoder: Encoder,
+        examples: list[Example],
+        keys: list[str],
+        need_sequence: bool,
+        device: torch.device | str,
+        batch_size: int,
+        workers: int,
+        progress: Callable[[int], None] | None,
+    ) -> FeatureTable:
+        own: list[tuple[FeatureTable, list[str]]] = []
+        if self.peers is not None:  # this process's share first, with the others; then the table, as alone
+            own = self._encode_share(folder, encoder, examples, keys, need_sequence, device, batch_size, workers,
+                                     progress)  # fmt: skip
+            progress = _after(progress, sum(len(chunk) for _, chunk in own))
+        args = (need_sequence, device, batch_size, workers, progress)
         for _ in range(3):
             try:
-                return self._resolve_once(folder, encoder, examples, keys, *args)
+                return self._resolve_once(folder, encoder, examples, keys, *args, own=own)
             except CorruptShardError as e:  # a shard failed its checksum mid-way: set it aside and start over
                 self._discard(folder, e.path, e)
-        return self._resolve_once(folder, encoder, examples, keys, *args)
+        return self._resolve_once(folder, encoder, examples, keys, *args, own=own)
+
+    def _encode_share(
+        self,
+        folder: _Folder,
+        encoder: Encoder,
+        examples: list[Example],
+        keys: list[str],
+        need_sequence: bool,
+        device: torch.device | str,
+        batch_size: int,
+        workers: int,
+        progress: Callable[[int], None] | None,
+    ) -> list[tuple[FeatureTable, list[str]]]:
+        """Encodes and writes the inputs this process owns (:meth:`Peers.owns`) that no shard holds, one shard per
+        round, every process meeting after each round (so a dead or stuck one is noticed within one shard's time,
+        not the whole dataset's); returns the tables with their keys (kept, so a failed write costs no second
+        encoding here). Every process makes the same number of rounds: the most any of them needs."""
+        peers = self.peers
+        assert peers is not None
+        want = self.storage
+        held: set[str] = set()
+        for header in self._scan(folder):
+            if header.serves(need_sequence=need_sequence, dtype=want.dtype, pooled_dtype=want.pooled_dtype):
+                held.update(header.keys)
+        first: dict[str, int] = {}
+        for i, key in enumerate(keys):
+            first.setdefault(key, i)
+        todo = [k for k in first if k not in held and peers.owns(k)]
+        size = self.shard_examples
+        modality = "text" if isinstance(encoder, TextEncoder) else "image"
+        what = f"{len(first)} {modality} inputs of {folder.path}"
+        rounds = peers.most(-(-len(todo) // size), f"the start of encoding {what}")
+        own = []
+        for r in range(rounds):
+            chunk = todo[r * size : (r + 1) * size]
+            if chunk:
+                table = self._encode_for_store(
+                    encoder, [examples[first[k]] for k in chunk], need_sequence, device, batch_size, workers, progress
+                )
+                table = self.storage.rounded(table)  # what the other processes will read back
+                self._write(folder, table, chunk, remaining=len(todo) - r * size)
+                own.append((table, chunk))
+                self.stats.computed += len(chunk)
+            peers.wait(f"the end of round {r + 1} of {rounds} encoding {what}")
+        logger.debug("%r encoded %d of %d %s inputs (%d were cached)", peers, len(todo), len(first), modality,
+                     len(set(first) & held))  # fmt: skip
+        return own
 
     def _resolve_once(
         self,
@@ -352,17 +441,26 @@ class FeatureCache:
         batch_size: int,
         workers: int,
         progress: Callable[[int], None] | None,
+        own: Sequence[tuple[FeatureTable, list[str]]] = (),
     ) -> FeatureTable:
         first: dict[str, int] = {}  # key -> first example with it
         for i, key in enumerate(keys):
             first.setdefault(key, i)
-        parts: list[_Part] = []
-        where: dict[str, tuple[int, int]] = {}  # key -> (part, row)
+        parts = [_Part(table) for table, _ in own]  # what this process encoded with its peers: in memory already
+        where = {k: (p, j) for p, (_, chunk) in enumerate(own) for j, k in enumerate(chunk)}  # key -> (part, row)
         self._locate(folder, set(first), need_sequence, parts, where)
         loaded = sum(1 for k in keys if k in where)
         if progress is not None and loaded:
             progress(loaded)
         missing = [k for k in first if k not in where]
+        if missing and self.peers is not None:
+            self.stats.peer_gaps += len(missing)
+            logger.warning(
+                "%d of %d inputs that the other processes encoded are not in the feature cache folder %s (it must be "
+                "one folder shared by every process, and writable; see the warnings above): process %d encodes them "
+                "again. Point cache.dir (or MMFUSE_CACHE_DIR) at a folder every process can write",
+                len(missing), len(first), folder.path, self.peers.rank,
+            )  # fmt: skip
         for start in range(0, len(missing), self.shard_examples):
             chunk = missing[start : start + self.shard_examples]
             table = self._encode_for_store(
@@ -376,7 +474,7 @@ class FeatureCache:
         if progress is not None and duplicates:
             progress(duplicates)
         table = assemble(parts, [where[k] for k in keys], need_sequence=need_sequence)
-        self.stats.loaded += len(first) - len(missing)
+        self.stats.loaded += len(first) - len(missing) - sum(len(chunk) for _, chunk in own)
         self.stats.computed += len(missing)
         return table
 
@@ -596,6 +694,21 @@ class FeatureCache:
             "last_used": time.time(),
         }
         _write_json(path, record)
+
+
+def _after(progress: Callable[[int], None] | None, done: int) -> Callable[[int], None] | None:
+    """``progress`` that drops its first ``done`` units: they were reported already."""
+    if progress is None or done <= 0:
+        return progress
+    skip = [done]
+
+    def report(n: int) -> None:
+        dropped = min(skip[0], n)
+        skip[0] -= dropped
+        if n > dropped:
+            progress(n - dropped)
+
+    return report
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:

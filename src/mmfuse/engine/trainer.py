@@ -29,10 +29,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, set_seed
+from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, gather_object, set_seed
 from torch import nn
 
 from mmfuse import __version__
+from mmfuse.cache.peers import TorchPeers
 from mmfuse.config import ConfigError, TrainConfig, TrainingConfig
 from mmfuse.data.example import Example
 from mmfuse.data.inputs import data_counts, data_warnings
@@ -217,16 +218,19 @@ class Trainer:
         cfg, acc = self.cfg, self.accelerator
         device, eval_bs = acc.device, cfg.train.eval_batch
         makers = {}
+        source, encoded_before, start = self._feature_source(), _encoded(self.source), time.perf_counter()
         for split, examples in (("train", self.train_examples), ("val", self.val_examples)):
             bar = self.reporter.bar(len(examples) * self.plan.precomputed, f"features {split}")
             # Computing features may draw from the global RNG (a DataLoader's base seed) and a warm store does not:
             # fork it, so that a run after a cold store trains exactly like one after a warm store (or a resume).
             with bar, torch.random.fork_rng(devices=[]):
                 tables = compute_tables(
-                    self.model, self.plan, examples, self.source, device=device, batch_size=eval_bs,
+                    self.model, self.plan, examples, source, device=device, batch_size=eval_bs,
                     num_workers=cfg.train.num_workers, progress=bar.update,
                 )  # fmt: skip
             makers[split] = InputMaker(self.plan, tables, getattr(self.model, "text_encoder", None))
+        if source is not self.source:
+            self._report_shares(_encoded(self.source) - encoded_before, time.perf_counter() - start)
         self.make_train_inputs, self.make_val_inputs = makers["train"], makers["val"]
         image_encoder = getattr(self.model, "image_encoder", None)
         self.sampler = EpochSampler(len(self.train_examples), cfg.train.seed)
@@ -246,6 +250,34 @@ class Trainer:
         scheduler = build_scheduler(optimizer, cfg.optim, total)
         self.ddp_model, self.optimizer, self.train_loader, self.val_loader, self.scheduler = acc.prepare(
             self.model, optimizer, train_loader, val_loader, scheduler
+        )
+
+    def _feature_source(self) -> FeatureSource:
+        """Where this process gets features: with several processes (``accelerate launch --num_processes N``) and
+        the persistent cache, the cache folder they fill together, each input encoded by one process
+        (:meth:`mmfuse.cache.FeatureCache.across`); else the run's source as it is (the in-process memo: every
+        process encodes every input, as the log says)."""
+        acc = self.accelerator
+        if acc.num_processes == 1 or not self.plan.precomputed:
+            return self.source
+        across = getattr(self.source, "across", None)
+        if across is None:
+            self.reporter.info(
+                f"features: each of the {acc.num_processes} processes encodes every input (the feature cache is off);"
+                " turn cache.enabled on, with a cache.dir every process can write, to split the encoding among them"
+            )
+            return self.source
+        return across(TorchPeers(acc.process_index, acc.num_processes))
+
+    def _report_shares(self, encoded: int, seconds: float) -> None:
+        """Says on the console and in the log how many inputs each process encoded into the shared cache, and in
+        how many seconds (its features step: encoding, writing, waiting for the others, reading the tables)."""
+        shares = gather_object([(encoded, seconds)])
+        counts = [n for n, _ in shares]
+        self.reporter.info(
+            f"features: {len(shares)} processes encoded {' + '.join(map(str, counts))} = {sum(counts)} inputs "
+            f"into the shared feature cache {getattr(self.source, 'root', '')} (in "
+            f"{', '.join(f'{s:.1f}' for _, s in shares)} s)"
         )
 
     # ------------------------------------------------------------------------------------------------- loop
@@ -699,6 +731,12 @@ def validation_metrics(out: Outputs, classes: Sequence[str]) -> dict[str, Any]:
             threshold=threshold, accuracy_at_threshold=tuned["accuracy"], macro_f1_at_threshold=tuned["macro_f1"]
         )
     return metrics
+
+
+def _encoded(source: FeatureSource) -> int:
+    """Inputs a source has encoded so far (a :class:`~mmfuse.cache.FeatureCache` counts them; 0 for others)."""
+    stats = getattr(source, "stats", None)
+    return int(getattr(stats, "computed", 0))
 
 
 def _check_examples(examples: Sequence[Example], split: str) -> None:

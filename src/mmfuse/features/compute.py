@@ -81,7 +81,8 @@ def compute_features(
     Raises:
         ValueError: an unknown ``backend``.
     """
-    encoder.eval().to(device)
+    with torch.inference_mode(False):  # moved in inference mode, its weights would turn into inference tensors, which
+        encoder.eval().to(device)  # no later fingerprint, DDP broadcast or training may touch (accelerate's cpu:0 too)
     outputs: list[EncoderOutput] = []
     if encoder.reads_example_ids:  # features computed elsewhere, looked up by id (the precomputed encoders)
         out, present = encoder.encode_ids([e.id for e in examples], need_sequence=need_sequence)

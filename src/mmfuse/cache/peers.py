@@ -1,0 +1,155 @@
+"""Processes that fill one feature cache together (``accelerate launch --num_processes N``): who they are and how
+they meet.
+
+:meth:`FeatureCache.across(peers) <mmfuse.cache.FeatureCache.across>` splits the inputs no shard holds yet among the
+processes (each content key belongs to one process, by its hash), each process encodes and writes its own, and all
+of them meet after every round of one shard per process (:meth:`Peers.wait`) before reading the complete cache.
+
+:class:`TorchPeers` meets over ``torch.distributed`` (the process group ``accelerate launch`` or ``torchrun`` set
+up): on a CPU-side gloo group of its own, so it works under NCCL too, whose every wait ends after ``timeout``
+seconds. A process that dies is noticed by the others at once (its sockets close); one that hangs, after the
+timeout. Either way the others stop with a :class:`PeerError` that says which meeting failed, instead of waiting
+forever. The cache layer does not import accelerate (``docs/architecture.md``): the engine, which does, says the
+rank and the process count.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import zlib
+from typing import Any
+
+DEFAULT_TIMEOUT_S = 600.0
+"""Seconds a process waits for the others at one meeting: one round is one shard (``shard_examples`` inputs) per
+process, ~25 s of EfficientNet-Lite0 images on a 2-core CPU, so ten minutes means a peer is gone or stuck."""
+
+TIMEOUT_ENV = "MMFUSE_PEER_TIMEOUT"
+"""Environment variable that overrides :data:`DEFAULT_TIMEOUT_S` (seconds)."""
+
+
+class PeerError(RuntimeError):
+    """Another process of the run died or did not reach a meeting in time; this process stops instead of hanging."""
+
+
+def peer_timeout() -> float:
+    """The wait at one meeting: ``$MMFUSE_PEER_TIMEOUT`` seconds, else :data:`DEFAULT_TIMEOUT_S`.
+
+    Raises:
+        ValueError: the variable is not a positive number.
+    """
+    raw = os.environ.get(TIMEOUT_ENV)
+    if raw is None or not raw.strip():
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ValueError(f"{TIMEOUT_ENV}={raw!r} is not a positive number of seconds; set it to e.g. 600, or unset it")
+    return value
+
+
+class Peers:
+    """The processes of one run that share a cache folder: this one's ``rank`` among ``world``.
+
+    A subclass implements the two meetings; every process must call them in the same order.
+
+    Raises:
+        ValueError: a rank outside ``0 .. world - 1``.
+    """
+
+    def __init__(self, rank: int, world: int) -> None:
+        if world < 1 or not 0 <= rank < world:
+            raise ValueError(f"rank {rank} of {world} processes: the rank must be in 0..{world - 1}")
+        self.rank = rank
+        self.world = world
+
+    def owns(self, key: str) -> bool:
+        """Whether this process encodes the input of content key ``key``: by a checksum of the key, so every process
+        agrees without talking, and any subset of keys (what a half-filled cache lacks) splits about evenly."""
+        return zlib.crc32(key.encode("utf-8")) % self.world == self.rank
+
+    def wait(self, what: str) -> None:
+        """Returns once every process has called ``wait`` (the ``what``: for the error message).
+
+        Raises:
+            PeerError: a process died, or did not come within the timeout.
+        """
+        raise NotImplementedError
+
+    def most(self, n: int, what: str) -> int:
+        """The largest ``n`` any process passes (a meeting too).
+
+        Raises:
+            PeerError: as :meth:`wait`.
+        """
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(rank={self.rank}, world={self.world})"
+
+
+_GROUPS: dict[tuple[int, float], Any] = {}
+
+
+class TorchPeers(Peers):
+    """:class:`Peers` over the initialised ``torch.distributed`` process group, meeting on a gloo group of their
+    own whose waits end after ``timeout`` seconds (default :func:`peer_timeout`).
+
+    Making one is itself collective (the gloo group is created by every process): make it at the same point of
+    the program in every process.
+
+    Raises:
+        ValueError: ``torch.distributed`` is not initialised, or its world is not ``world``.
+    """
+
+    def __init__(self, rank: int, world: int, *, timeout: float | None = None) -> None:
+        import torch.distributed as dist
+
+        super().__init__(rank, world)
+        if not (dist.is_available() and dist.is_initialized()):
+            raise ValueError(
+                f"{world} processes share the feature cache, but torch.distributed is not initialised; start them "
+                "with accelerate launch (or torchrun)"
+            )
+        if dist.get_world_size() != world or dist.get_rank() != rank:
+            raise ValueError(
+                f"process {rank} of {world} by the caller is process {dist.get_rank()} of {dist.get_world_size()} "
+                "in torch.distributed"
+            )
+        self.timeout = peer_timeout() if timeout is None else float(timeout)
+        key = (id(dist.group.WORLD), self.timeout)  # a group per process group (a test may make several)
+        if key not in _GROUPS:
+            _GROUPS[key] = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=self.timeout))
+        self._group = _GROUPS[key]
+
+    def wait(self, what: str) -> None:
+        import torch.distributed as dist
+
+        try:
+            dist.monitored_barrier(
+                group=self._group, timeout=datetime.timedelta(seconds=self.timeout), wait_all_ranks=True
+            )
+        except RuntimeError as e:
+            raise self._error(what, e) from e
+
+    def most(self, n: int, what: str) -> int:
+        import torch
+        import torch.distributed as dist
+
+        value = torch.tensor([n], dtype=torch.long)
+        try:
+            dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self._group)
+        except RuntimeError as e:
+            raise self._error(what, e) from e
+        return int(value)
+
+    def _error(self, what: str, error: RuntimeError) -> PeerError:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return PeerError(
+            f"process {self.rank} of {self.world}: another process died or did not reach {what} within "
+            f"{self.timeout:g} s ({first[:300]}); see that process's output for why. The shards written so far are "
+            f"kept in the cache, so a rerun encodes only the rest; a slow but healthy run can wait longer with "
+            f"{TIMEOUT_ENV}=<seconds>"
+        )
