@@ -224,7 +224,8 @@ class LitePreprocessor:
         """``(x - 127) / 128`` in float32 of :meth:`to_uint8`'s pixels (one image or a batch). Exact: every uint8
         minus 127 is a float32 integer, and dividing by 128 only lowers the exponent, so the result is the same
         bits in any order, on any CPU."""
-        return (pixels.to(torch.float32) - self.mean) / self.std
+        x = pixels.to(torch.float32, copy=True)  # one new buffer, normalised in place (a batch is 38 MB)
+        return x.sub_(self.mean).div_(self.std)
 
     def identity(self) -> dict[str, Any]:
         return {

@@ -16,8 +16,8 @@ A backend that cannot run the encoder falls back to torch with a warning naming 
 The choice, and the onnxruntime session, are made once per process for an encoder object and its ONNX file (the
 file is named by a hash of the encoder's weights and preprocessing, so changed weights mean another file and a new
 choice): the check against torch runs two torch forwards and loads a session, ~3 CPU-seconds for EfficientNet-Lite0
-on 2 cores, which a cache that encodes 2,592 images in 6 shards paid 6 times (a third of the fill's overhead over
-the raw forward), and the shards of one job could come out of different backends.
+on 2 cores, which a cache that encodes 2,592 images in 6 shards paid 6 times (~10 of its 87 CPU-seconds), and the
+shards of one job could come out of different backends.
 
 Images travel from the DataLoader workers as they are decoded and resized, before normalisation, where the
 encoder's preprocessor can split the two (``to_uint8`` / ``from_uint8``, as
