@@ -166,3 +166,15 @@ def test_efficientnet_lite0_features_are_bit_identical_to_the_float32_pixels(exa
     assert torch.equal(table.pooled, torch.cat([o.pooled for o in expected]))
     assert table.values is not None
     assert torch.equal(table.values, torch.cat([o.sequence for o in expected]).flatten(0, 1))
+
+
+def test_onnxruntime_threads_sleep_when_idle(mixed: list[Example], tmp_path: Path) -> None:
+    """The session's idle intra-op threads do not spin: in a cache fill they share the cores with the DataLoader
+    workers (spinning cost 9-12 % more CPU-seconds for the whole fill, docs/performance.md)."""
+    pytest.importorskip("onnxruntime", reason="the onnxruntime backend needs onnxruntime (extra `export`)")
+    encoder = _LiteConv()
+    example = torch.stack([encoder.preprocess(open_image(e.image)) for e in mixed[:2]])
+    runner = compute.OnnxEncoder(encoder, example, tmp_path / "lite.onnx")
+    assert runner.session is not None
+    options = runner.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
