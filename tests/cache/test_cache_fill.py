@@ -178,3 +178,12 @@ def test_onnxruntime_threads_sleep_when_idle(mixed: list[Example], tmp_path: Pat
     assert runner.session is not None
     options = runner.session.get_session_options()
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_a_temporary_export_is_not_kept(mixed: list[Example]) -> None:
+    """``backend="onnxruntime"`` without ``onnx_dir`` exports to a temporary folder: neither its choice nor its
+    session outlive the call (each such call would otherwise keep a session alive as long as the encoder)."""
+    pytest.importorskip("onnxruntime", reason="the onnxruntime backend needs onnxruntime (extra `export`)")
+    encoder = _LiteConv()
+    compute_features(encoder, mixed[:3], need_sequence=False, backend="onnxruntime")
+    assert encoder not in compute._CHOSEN

@@ -113,10 +113,11 @@ def compute_features(
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
     with contextlib.ExitStack() as stack:
+        keep = onnx_dir is not None  # a temporary export is not kept for later calls, nor is its session
         if backend == "onnxruntime" and onnx_dir is None:
             onnx_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="mmfuse-onnx-"))
         total = max(len(examples), total or 0)
-        forward = _Forward(encoder, backend, onnx_dir, torch.device(device), total)
+        forward = _Forward(encoder, backend, onnx_dir, torch.device(device), total, keep=keep)
         present: list[torch.Tensor] = []
         with retained_heap():
             for inputs, batch_present, n in _batches(encoder, examples, device, batch_size, num_workers):
@@ -157,13 +158,21 @@ class _Forward:
     """The encoder's forward on the chosen backend; the choice is made on the first batch."""
 
     def __init__(
-        self, encoder: Encoder, backend: str, onnx_dir: str | Path | None, device: torch.device, total: int
+        self,
+        encoder: Encoder,
+        backend: str,
+        onnx_dir: str | Path | None,
+        device: torch.device,
+        total: int,
+        *,
+        keep: bool = True,
     ) -> None:
         self.encoder = encoder
         self.backend = backend
         self.onnx_dir = onnx_dir
         self.device = device
         self.total = total
+        self.keep = keep
         self.run: Callable[[Any], EncoderOutput] | None = None
         self.chosen = "torch"
 
@@ -179,13 +188,14 @@ class _Forward:
         if reason is None:
             assert self.onnx_dir is not None
             key = (self.backend, onnx_file(self.encoder, self.onnx_dir))
-            chosen = _CHOSEN.setdefault(self.encoder, {}).get(key)
+            chosen = _CHOSEN.get(self.encoder, {}).get(key)
             if chosen is None:
                 try:
                     chosen = self._onnx(inputs)
                 except BackendError as e:
                     chosen = str(e)
-                _CHOSEN[self.encoder][key] = chosen
+                if self.keep:
+                    _CHOSEN.setdefault(self.encoder, {})[key] = chosen
             elif isinstance(chosen, OnnxEncoder):
                 logger.info("%s runs on onnxruntime (loaded %s, checked earlier in this process)", self._name, key[1])
             if isinstance(chosen, OnnxEncoder):
