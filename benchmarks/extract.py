@@ -12,7 +12,8 @@ For each modality (EfficientNet-Lite0 images, MiniLM texts), in one run:
 
 Each row gives inputs/s (wall clock), inputs per CPU-second (user + sys: the figure to compare when other processes
 share the machine), user and sys CPU seconds of this process and its DataLoader workers
-(``resource.getrusage``), and for (c) the bytes written per example. Reports numbers; asserts nothing. Run::
+(``resource.getrusage``; the workers' share and the minor page faults apart), and for (c) the bytes written per
+example. Reports numbers; asserts nothing. Run::
 
     python benchmarks/extract.py [--root ../shared/datasets/mvsa_single] [--limit 512] [--modality image]
 """
@@ -43,27 +44,30 @@ from mmfuse.features.compute import onnx_file
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mvsa_single"
 
 
-def _cpu() -> tuple[float, float]:
+def _usage() -> tuple[float, float, float, float, int]:
+    """user, sys of this process; user, sys of its ended children (DataLoader workers); minor page faults of both."""
     s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return s.ru_utime + c.ru_utime, s.ru_stime + c.ru_stime
+    return s.ru_utime, s.ru_stime, c.ru_utime, c.ru_stime, s.ru_minflt + c.ru_minflt
 
 
-def timed(fn: Callable[[], Any]) -> tuple[float, float, float]:
-    """(wall, user, sys) seconds of ``fn()``."""
-    u0, s0 = _cpu()
+def timed(fn: Callable[[], Any]) -> tuple[float, float, float, str]:
+    """(wall, user, sys) seconds of ``fn()``, this process and its workers together, and a note of the workers'
+    share and the page faults (where sys time goes: every fault is a fresh page the kernel maps and zeroes)."""
+    u0 = _usage()
     start = time.perf_counter()
     fn()
     wall = time.perf_counter() - start
-    u1, s1 = _cpu()
-    return wall, u1 - u0, s1 - s0
+    d = [b - a for a, b in zip(u0, _usage(), strict=True)]
+    note = f"  faults {d[4] / 1e3:.0f}k" + (f" (workers: user {d[2]:.1f} s, sys {d[3]:.1f} s)" if d[2] + d[3] else "")
+    return wall, d[0] + d[2], d[1] + d[3], note
 
 
-def row(label: str, n: int, unit: str, wall: float, user: float, sys_: float, extra: str = "") -> None:
+def row(label: str, n: int, unit: str, wall: float, user: float, sys_: float, *extra: str) -> None:
     """One line; ``per CPU-s`` (inputs per second of user + sys time) is the figure to compare on a busy machine,
     where wall-clock rates measure the other processes too."""
     print(
         f"  {label:<31} {n / wall:7.1f} {unit}/s {n / max(user + sys_, 1e-9):7.1f} {unit}/CPU-s  wall {wall:6.1f} s  "
-        f"user {user:6.1f} s  sys {sys_:5.1f} s (sys/user {sys_ / max(user, 1e-9):4.0%}){extra}"
+        f"user {user:6.1f} s  sys {sys_:5.1f} s (sys/user {sys_ / max(user, 1e-9):4.0%}){''.join(extra)}"
     )
 
 
@@ -100,7 +104,8 @@ def bench(modality: str, examples: list, batch_size: int, workers: int | None, r
         export_s = time.perf_counter() - start
         runner(batches[0])  # warm-up
         if "b" in rows:
-            row("(b) onnxruntime", n, unit, *timed(lambda: run_all(runner)), f"  (export once: {export_s:.1f} s)")
+            wall, user, sys_, note = timed(lambda: run_all(runner))
+            row("(b) onnxruntime", n, unit, wall, user, sys_, f"  (export once: {export_s:.1f} s)", note)
         if "c" not in rows:
             return
         cache_root = tmp / "cache"
@@ -108,9 +113,9 @@ def bench(modality: str, examples: list, batch_size: int, workers: int | None, r
         seeded.parent.mkdir(parents=True)
         shutil.copy(runner.path, seeded)
         cache = FeatureCache(cache_root, encode_workers=workers)
-        wall, user, sys_ = timed(lambda: cache.get(encoder, examples, need_sequence=False, batch_size=batch_size))
+        wall, user, sys_, note = timed(lambda: cache.get(encoder, examples, need_sequence=False, batch_size=batch_size))
         written = sum(p.stat().st_size for p in (cache_root / "features").rglob("*") if p.is_file())
-        row("(c) mmfuse cache fill (auto)", n, unit, wall, user, sys_, f"  {written / n / 1024:.1f} KB/example")
+        row("(c) mmfuse cache fill (auto)", n, unit, wall, user, sys_, f"  {written / n / 1024:.1f} KB/example", note)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -464,8 +464,9 @@ class FeatureCache:
         for start in range(0, len(missing), self.shard_examples):
             chunk = missing[start : start + self.shard_examples]
             table = self._encode_for_store(
-                encoder, [examples[first[k]] for k in chunk], need_sequence, device, batch_size, workers, progress
-            )
+                encoder, [examples[first[k]] for k in chunk], need_sequence, device, batch_size, workers, progress,
+                total=len(missing),
+            )  # fmt: skip
             table = self.storage.rounded(table)  # what a warm run will read back
             self._write(folder, table, chunk, remaining=len(missing) - start)
             parts.append(_Part(table))
@@ -567,16 +568,17 @@ class FeatureCache:
         examples: list[Example],
         need_sequence: bool,
         *args: Any,
+        total: int | None = None,
     ) -> FeatureTable:
         """Encodes new entries, with their sequences when asked or when :attr:`CacheStorage.store_sequences` names the
         encoder's modality (see the module docstring)."""
         modality = "text" if isinstance(encoder, TextEncoder) else "image"
         if need_sequence or not self.storage.stores_sequence(modality):
-            return self._encode(encoder, examples, need_sequence, *args)
+            return self._encode(encoder, examples, need_sequence, *args, total=total)
         try:
-            return self._encode(encoder, examples, True, *args)
+            return self._encode(encoder, examples, True, *args, total=total)
         except ValueError:  # the encoder has no sequence output: store what there is
-            return self._encode(encoder, examples, False, *args)
+            return self._encode(encoder, examples, False, *args, total=total)
 
     def _encode(
         self,
@@ -587,6 +589,7 @@ class FeatureCache:
         batch_size: int,
         workers: int,
         progress: Callable[[int], None] | None,
+        total: int | None = None,
     ) -> FeatureTable:
         start = time.perf_counter()
         # The DataLoader inside draws its base seed from the global RNG: fork it, so that training after a cold
@@ -602,6 +605,7 @@ class FeatureCache:
                     num_workers=0 if isinstance(encoder, TextEncoder) else workers,
                     progress=progress,
                     onnx_dir=onnx_dir(self.root),
+                    total=total,  # all the misses, encoded shard by shard: what auto weighs the ONNX export against
                 )
         finally:
             self.stats.encode_seconds += time.perf_counter() - start

@@ -9,8 +9,20 @@ The encoder's forward runs on its ``backend`` (:mod:`mmfuse.encoders.runtime`): 
 encoder exported to ONNX once, the file kept in ``onnx_dir``), or ``auto`` (the default): onnxruntime where it is
 installed, the device is the CPU, the encoder exports, its outputs on the first inputs (:data:`CHECK_ROWS`) are
 within the tolerance of torch's and it ran them faster, and the export pays for itself (an ONNX file of this
-encoder is already in ``onnx_dir``, or at least :data:`AUTO_MIN_INPUTS` inputs are to be encoded); else torch.
+encoder is already in ``onnx_dir``, or at least :data:`AUTO_MIN_INPUTS` inputs are to be encoded in this job,
+``total``: a feature cache encodes its misses shard by shard, one call per shard); else torch.
 A backend that cannot run the encoder falls back to torch with a warning naming why.
+
+The choice, and the onnxruntime session, are made once per process for an encoder object and its ONNX file (the
+file is named by a hash of the encoder's weights and preprocessing, so changed weights mean another file and a new
+choice): the check against torch runs two torch forwards and loads a session, ~3 CPU-seconds for EfficientNet-Lite0
+on 2 cores, which a cache that encodes 2,592 images in 6 shards paid 6 times (~10 of its 87 CPU-seconds), and the
+shards of one job could come out of different backends.
+
+Images travel from the DataLoader workers as they are decoded and resized, before normalisation, where the
+encoder's preprocessor can split the two (``to_uint8`` / ``from_uint8``, as
+:class:`~mmfuse.encoders._preprocess.LitePreprocessor` does): ``uint8`` pixels are a quarter of the float32 bytes
+through shared memory, and normalising a batch in this process gives bit-identical inputs.
 """
 
 from __future__ import annotations
@@ -21,6 +33,7 @@ import json
 import logging
 import tempfile
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,6 +55,9 @@ AUTO_MIN_INPUTS = 1000
 CHECK_ROWS = 4  # inputs of the first batch on which onnxruntime is checked against torch (and timed, for auto)
 ONNX_FORMAT = 1  # part of the file name: bump when the exported graph changes
 
+# encoder -> {(backend, ONNX file): the OnnxEncoder chosen for it, or why onnxruntime was not}; see the module docstring
+_CHOSEN: weakref.WeakKeyDictionary[Encoder, dict[tuple[str, Path], OnnxEncoder | str]] = weakref.WeakKeyDictionary()
+
 
 def onnx_file(encoder: Encoder, onnx_dir: str | Path) -> Path:
     """Where the ONNX export of ``encoder`` is kept in ``onnx_dir``: named by a hash of its identity (its weights
@@ -62,6 +78,7 @@ def compute_features(
     progress: Callable[[int], None] | None = None,
     backend: str | None = None,
     onnx_dir: str | Path | None = None,
+    total: int | None = None,
 ) -> FeatureTable:
     """Runs a frozen ``encoder`` over ``examples`` once, in eval mode and under ``torch.inference_mode``.
 
@@ -77,6 +94,9 @@ def compute_features(
             ``backend`` attribute (``model.<modality>_encoder.backend``), else ``auto``.
         onnx_dir: folder that keeps ONNX exports of encoders (the feature cache's ``onnx/``); ``None``: ``auto``
             runs torch, ``onnxruntime`` exports to a temporary folder.
+        total: inputs this job encodes with ``encoder``, of which ``examples`` are a part (a feature cache passes
+            all its misses while it encodes them one shard at a time); what ``auto`` weighs the export against.
+            Default: ``len(examples)``.
 
     Raises:
         ValueError: an unknown ``backend``.
@@ -94,9 +114,11 @@ def compute_features(
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
     with contextlib.ExitStack() as stack:
+        keep = onnx_dir is not None  # a temporary export is not kept for later calls, nor is its session
         if backend == "onnxruntime" and onnx_dir is None:
             onnx_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="mmfuse-onnx-"))
-        forward = _Forward(encoder, backend, onnx_dir, torch.device(device), len(examples))
+        total = max(len(examples), total or 0)
+        forward = _Forward(encoder, backend, onnx_dir, torch.device(device), total, keep=keep)
         present: list[torch.Tensor] = []
         with retained_heap():
             for inputs, batch_present, n in _batches(encoder, examples, device, batch_size, num_workers):
@@ -120,23 +142,38 @@ def _batches(
             yield {k: v.to(device) for k, v in encoder.tokenize([e.text for e in chunk]).items()}, None, len(chunk)
         return
     assert isinstance(encoder, ImageEncoder), f"not a text or image encoder: {type(encoder).__name__}"
-    dataset = MultimodalDataset(examples, label_map=None, image_preprocess=encoder.preprocess)
+    preprocess, finish = encoder.preprocess, None
+    if hasattr(preprocess, "to_uint8") and hasattr(preprocess, "from_uint8"):  # see the module docstring
+        preprocess, finish = preprocess.to_uint8, preprocess.from_uint8
+    dataset = MultimodalDataset(examples, label_map=None, image_preprocess=preprocess)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_examples)
     for batch in loader:
-        yield batch["pixel_values"].to(device), batch["image_present"], len(batch["ids"])
+        pixels, present = batch["pixel_values"], batch["image_present"]
+        if finish is not None:
+            pixels = finish(pixels)
+            pixels[~present] = 0.0  # a missing or unreadable image: the float blank the dataset gives (zeros)
+        yield pixels.to(device), present, len(batch["ids"])
 
 
 class _Forward:
     """The encoder's forward on the chosen backend; the choice is made on the first batch."""
 
     def __init__(
-        self, encoder: Encoder, backend: str, onnx_dir: str | Path | None, device: torch.device, total: int
+        self,
+        encoder: Encoder,
+        backend: str,
+        onnx_dir: str | Path | None,
+        device: torch.device,
+        total: int,
+        *,
+        keep: bool = True,
     ) -> None:
         self.encoder = encoder
         self.backend = backend
         self.onnx_dir = onnx_dir
         self.device = device
         self.total = total
+        self.keep = keep
         self.run: Callable[[Any], EncoderOutput] | None = None
         self.chosen = "torch"
 
@@ -146,13 +183,25 @@ class _Forward:
         return self.run(inputs)
 
     def _choose(self, inputs: Any) -> Callable[[Any], EncoderOutput]:
-        """The encoder itself or its :class:`OnnxEncoder`, decided on the first rows of the first batch."""
+        """The encoder itself or its :class:`OnnxEncoder`, decided on the first rows of the first batch (or by an
+        earlier call in this process, for this encoder and its ONNX file)."""
         reason = self._skip_onnx()
         if reason is None:
-            try:
-                return self._onnx(inputs)
-            except BackendError as e:
-                reason = str(e)
+            assert self.onnx_dir is not None
+            key = (self.backend, onnx_file(self.encoder, self.onnx_dir))
+            chosen = _CHOSEN.get(self.encoder, {}).get(key)
+            if chosen is None:
+                try:
+                    chosen = self._onnx(inputs)
+                except BackendError as e:
+                    chosen = str(e)
+                if self.keep:
+                    _CHOSEN.setdefault(self.encoder, {})[key] = chosen
+            elif isinstance(chosen, OnnxEncoder):
+                logger.info("%s runs on onnxruntime (loaded %s, checked earlier in this process)", self._name, key[1])
+            if isinstance(chosen, OnnxEncoder):
+                return chosen
+            reason = chosen
         if self.backend == "onnxruntime":
             logger.warning("%s: backend onnxruntime cannot run it (%s); running it on torch", self._name, reason)
         else:
