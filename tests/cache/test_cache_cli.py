@@ -155,16 +155,18 @@ def test_exports_without_features_are_listed_and_cleared(with_export: Path) -> N
 
     shutil.rmtree(features_dir(with_export))
     (onnx_dir(with_export) / "0123abcd.onnx.x1y2.tmp").write_bytes(b"half")
+    (onnx_dir(with_export) / "notes.txt").write_text("a user's file")
     listing = _ls_json(with_export)
-    assert listing["encoders"] == [] and len(listing["onnx_exports"]) == 2
+    assert listing["encoders"] == [] and len(listing["onnx_exports"]) == 3
     assert all(e["name"] is None for e in listing["onnx_exports"])
-    assert sorted(e["partial"] for e in listing["onnx_exports"]) == [False, True]
+    assert sorted(e["partial"] for e in listing["onnx_exports"]) == [False, False, True]
     plain = runner.invoke(app, ["cache", "ls", "--cache-dir", str(with_export)])
-    assert "2 ONNX export(s) of no cached encoder" in plain.output and "half-written" in plain.output
+    assert "3 ONNX export(s) of no cached encoder" in plain.output and "half-written" in plain.output
+    assert "notes.txt (not an ONNX export)" in plain.output and "another torch version made it" in plain.output
 
     cleared = runner.invoke(app, ["cache", "clear", "--cache-dir", str(with_export)], input="y\n")
     assert cleared.exit_code == 0, cleared.output
-    assert "0 encoder folder(s) and 2 ONNX export(s)" in cleared.output
+    assert "0 encoder folder(s) and 3 ONNX export(s)" in cleared.output
     assert not onnx_dir(with_export).exists()
     empty = runner.invoke(app, ["cache", "ls", "--cache-dir", str(with_export)])
     assert "is empty" in empty.output

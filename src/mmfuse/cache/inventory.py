@@ -93,7 +93,7 @@ class CachedExport:
         modality: ``text``, ``image``, or ``?`` when unmatched.
         modified: when it was written (seconds since the epoch), or ``None``.
         partial: a half-written temporary left by an export that was killed (never loaded; ``cache clear`` removes
-            it).
+            it). Any other file that is not ``*.onnx`` is listed too (unmatched), as ``cache clear`` removes it.
     """
 
     path: Path
@@ -148,9 +148,10 @@ def list_exports(root: Path, encoders: list[CachedEncoder] | None = None) -> lis
             modified: float | None = file.stat().st_mtime
         except OSError:
             modified = None
-        export = CachedExport(path=file, bytes=_size(file), modified=modified, partial=file.suffix != ".onnx")
-        enc = by_stem.get(file.name.split(".", 1)[0])  # "<stem>.onnx", or "<stem>.onnx.<random>.tmp"
-        if enc is not None and not export.partial:
+        partial = ".onnx." in file.name and file.suffix == ".tmp"  # "<stem>.onnx.<random>.tmp" of a killed export
+        export = CachedExport(path=file, bytes=_size(file), modified=modified, partial=partial)
+        enc = by_stem.get(file.name.split(".", 1)[0])
+        if enc is not None and file.suffix == ".onnx":
             export.name, export.identity_sha256, export.modality = enc.name, enc.identity_sha256, enc.modality
         found.append(export)
     return sorted(found, key=lambda e: e.bytes, reverse=True)

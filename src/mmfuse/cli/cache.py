@@ -147,6 +147,8 @@ def _export_label(export: CachedExport) -> str:
     where = f"{export.path.parent.name}/{export.path.name}"
     if export.partial:
         return f"{where} (half-written by a stopped export)"
+    if export.path.suffix != ".onnx":
+        return f"{where} (not an ONNX export)"
     if export.name is None:
         return f"{where} (its encoder's features were cleared, or another torch version made it)"
     return f"{where} ({export.name}, {export.modality})"
