@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -77,7 +78,7 @@ def test_clear_all_asks_first(filled: Path) -> None:
     declined = runner.invoke(app, ["cache", "clear", "--cache-dir", str(filled)], input="n\n")
     assert declined.exit_code == 1 and len(_ls_json(filled)["encoders"]) == 2
     accepted = runner.invoke(app, ["cache", "clear", "--cache-dir", str(filled)], input="y\n")
-    assert accepted.exit_code == 0 and "cleared 2 encoder folder(s)" in accepted.output
+    assert accepted.exit_code == 0 and "cleared 2 encoder folder(s) and 0 ONNX export(s)" in accepted.output
     assert _ls_json(filled)["encoders"] == []
 
 
@@ -94,3 +95,78 @@ def test_an_off_or_file_cache_dir_is_refused(tmp_path: Path) -> None:
     file.write_text("x")
     result = runner.invoke(app, ["cache", "ls", "--cache-dir", str(file)])
     assert result.exit_code == 2 and "is a file" in result.output
+
+
+@pytest.fixture
+def with_export(tmp_path: Path, examples: list[Example], text_encoder: Encoder, image_encoder: Encoder) -> Path:
+    """A cache whose image features were computed on onnxruntime: its export sits in the cache's ``onnx/``."""
+    pytest.importorskip("onnxruntime", reason="the onnxruntime backend needs onnxruntime (extra `export`)")
+    cache = FeatureCache(tmp_path / "c", encode_workers=0)
+    cache.get(text_encoder, examples[:6], need_sequence=False)
+    image_encoder.backend = "onnxruntime"
+    try:
+        cache.get(image_encoder, examples[:6], need_sequence=False)
+    finally:
+        image_encoder.backend = "auto"
+    return tmp_path / "c"
+
+
+def test_ls_shows_each_onnx_export_with_its_encoder(with_export: Path, image_encoder: Encoder) -> None:
+    """The export is named after the encoder it came from: the name ``mmfuse.features.compute`` gives it (torch
+    imported) is the one ``cache ls`` attributes without importing torch."""
+    from mmfuse.cache.location import onnx_dir
+    from mmfuse.features.compute import onnx_file
+
+    listing = _ls_json(with_export)
+    (export,) = listing["onnx_exports"]
+    expected = onnx_file(image_encoder, onnx_dir(with_export))
+    image = next(e for e in listing["encoders"] if e["modality"] == "image")
+    assert export["path"] == str(expected) and export["bytes"] == expected.stat().st_size > 0
+    assert export["name"] == image["name"] and export["identity_sha256"] == image["identity_sha256"]
+    assert export["modality"] == "image" and not export["partial"]
+
+    plain = runner.invoke(app, ["cache", "ls", "--cache-dir", str(with_export)])
+    assert plain.exit_code == 0, plain.output
+    assert "2 encoder folder(s) and 1 ONNX export(s)" in plain.output
+    assert f"ONNX export (backend onnxruntime): onnx/{expected.name}" in plain.output
+
+
+def test_clear_one_encoder_takes_its_onnx_export(with_export: Path) -> None:
+    encoders = {e["modality"]: e for e in _ls_json(with_export)["encoders"]}
+    text = runner.invoke(
+        app, ["cache", "clear", "--cache-dir", str(with_export), "--encoder", encoders["text"]["name"], "-y"]
+    )
+    assert text.exit_code == 0, text.output
+    assert "1 encoder folder(s) and 0 ONNX export(s)" in text.output
+    assert len(_ls_json(with_export)["onnx_exports"]) == 1  # the image encoder's export stays with its features
+    image = runner.invoke(
+        app, ["cache", "clear", "--cache-dir", str(with_export), "--encoder", encoders["image"]["name"], "-y"]
+    )
+    assert image.exit_code == 0, image.output
+    assert "1 encoder folder(s) and 1 ONNX export(s)" in image.output and ".onnx (" in image.output
+    assert _ls_json(with_export) == {"cache_dir": str(with_export), "encoders": [], "onnx_exports": []}
+
+
+def test_exports_without_features_are_listed_and_cleared(with_export: Path) -> None:
+    """Exports no encoder folder claims (features cleared by an older mmfuse, another torch version's file, a
+    half-written temporary of a killed export) are shown as such, and `cache clear` removes them rather than
+    calling the cache empty."""
+    from mmfuse.cache.location import features_dir, onnx_dir
+
+    shutil.rmtree(features_dir(with_export))
+    (onnx_dir(with_export) / "0123abcd.onnx.x1y2.tmp").write_bytes(b"half")
+    (onnx_dir(with_export) / "notes.txt").write_text("a user's file")
+    listing = _ls_json(with_export)
+    assert listing["encoders"] == [] and len(listing["onnx_exports"]) == 3
+    assert all(e["name"] is None for e in listing["onnx_exports"])
+    assert sorted(e["partial"] for e in listing["onnx_exports"]) == [False, False, True]
+    plain = runner.invoke(app, ["cache", "ls", "--cache-dir", str(with_export)])
+    assert "3 ONNX export(s) of no cached encoder" in plain.output and "half-written" in plain.output
+    assert "notes.txt (not an ONNX export)" in plain.output and "another torch version made it" in plain.output
+
+    cleared = runner.invoke(app, ["cache", "clear", "--cache-dir", str(with_export)], input="y\n")
+    assert cleared.exit_code == 0, cleared.output
+    assert "0 encoder folder(s) and 3 ONNX export(s)" in cleared.output
+    assert not onnx_dir(with_export).exists()
+    empty = runner.invoke(app, ["cache", "ls", "--cache-dir", str(with_export)])
+    assert "is empty" in empty.output

@@ -1,10 +1,14 @@
 """What the feature cache holds (``mmfuse cache ls``) and removing it (``mmfuse cache clear``).
 
-Reads only headers and small JSON files: no torch import, so the CLI answers at once.
+The cache root holds ``features/`` (one folder per encoder identity) and ``onnx/`` (ONNX exports of frozen encoders
+on ``backend: onnxruntime``, one file per encoder identity and torch version, made by ``mmfuse.features.compute``).
+Both are listed and cleared here. Reads only headers, file sizes and small JSON files: no torch import, so the CLI
+answers at once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -18,6 +22,9 @@ from mmfuse.cache.shards import SUFFIX, TMP_PREFIX, CorruptShardError, is_shard_
 
 IDENTITY_FILE = "identity.json"
 USAGE_DIR = "usage"
+ONNX_FORMAT = 1
+"""``mmfuse.features.compute.ONNX_FORMAT``, repeated here so that listing needs no torch import (that module
+imports torch); ``tests/cache/test_cache_cli.py`` checks that a real export is attributed to its encoder."""
 
 
 @dataclass
@@ -70,6 +77,84 @@ class CachedEncoder:
         out["path"] = str(self.path)
         out["bytes_per_example"] = self.bytes_per_example
         return out
+
+
+@dataclass
+class CachedExport:
+    """One ONNX export of a frozen encoder in the cache's ``onnx/`` folder.
+
+    Attributes:
+        path: the file.
+        bytes: its size on disk.
+        name: the name of the cached encoder it was exported from, or ``None`` when no encoder folder under
+            ``features/`` matches it (its features were cleared, or another torch version made it: exports are
+            named by the torch version too, so such a file is not used by this installation).
+        identity_sha256: that encoder folder's name, or ``None``.
+        modality: ``text``, ``image``, or ``?`` when unmatched.
+        modified: when it was written (seconds since the epoch), or ``None``.
+        partial: a half-written temporary left by an export that was killed (never loaded; ``cache clear`` removes
+            it). Any other file that is not ``*.onnx`` is listed too (unmatched), as ``cache clear`` removes it.
+    """
+
+    path: Path
+    bytes: int
+    name: str | None = None
+    identity_sha256: str | None = None
+    modality: str = "?"
+    modified: float | None = None
+    partial: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        out["path"] = str(self.path)
+        return out
+
+
+def export_stem(identity: dict[str, Any], torch_version: str) -> str:
+    """The file name (without ``.onnx``) the export of the encoder with this ``cache_identity()`` gets under
+    ``torch_version``: what :func:`mmfuse.features.compute.onnx_file` computes, without importing torch."""
+    text = json.dumps([identity, ONNX_FORMAT, torch_version], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _torch_version() -> str | None:
+    """The installed torch's version, read from its package metadata (no import); ``None`` when not found."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def list_exports(root: Path, encoders: list[CachedEncoder] | None = None) -> list[CachedExport]:
+    """Every file under ``root/onnx``, largest first, each attributed to the cached encoder it was exported from.
+
+    Args:
+        root: the cache root.
+        encoders: :func:`list_cache`'s answer, where the caller has it already.
+    """
+    folder = onnx_dir(Path(root))
+    if not folder.is_dir():
+        return []
+    version = _torch_version()
+    by_stem: dict[str, CachedEncoder] = {}
+    for enc in list_cache(root) if encoders is None else encoders:
+        if enc.identity and version is not None:
+            by_stem[export_stem(enc.identity, version)] = enc
+    found = []
+    for file in sorted(p for p in folder.iterdir() if p.is_file()):
+        try:
+            modified: float | None = file.stat().st_mtime
+        except OSError:
+            modified = None
+        partial = ".onnx." in file.name and file.suffix == ".tmp"  # "<stem>.onnx.<random>.tmp" of a killed export
+        export = CachedExport(path=file, bytes=_size(file), modified=modified, partial=partial)
+        enc = by_stem.get(file.name.split(".", 1)[0])
+        if enc is not None and file.suffix == ".onnx":
+            export.name, export.identity_sha256, export.modality = enc.name, enc.identity_sha256, enc.modality
+        found.append(export)
+    return sorted(found, key=lambda e: e.bytes, reverse=True)
 
 
 def list_cache(root: Path) -> list[CachedEncoder]:
@@ -170,20 +255,22 @@ def match_encoders(root: Path, which: str) -> list[CachedEncoder]:
 
 
 def clear_cache(root: Path, encoder: str | None = None) -> list[CachedEncoder]:
-    """Removes every encoder folder (``encoder=None``, with the encoders' ONNX exports) or those ``encoder`` names
-    (see :func:`match_encoders`).
+    """Removes every encoder folder and every ONNX export (``encoder=None``), or the folders ``encoder`` names (see
+    :func:`match_encoders`) with their ONNX exports. Exports are made again when next needed.
 
     A folder is first renamed out of the way (atomic), then deleted, so a run reading the cache meanwhile sees
     either all of it or none of it and recomputes what it lacks.
 
     Returns:
-        What was removed.
+        The encoder folders removed (:func:`exports_to_clear` tells which exports go with them).
 
     Raises:
         ValueError: ``encoder`` names nothing cached.
     """
     root = Path(root)
-    targets = list_cache(root) if encoder is None else match_encoders(root, encoder)
+    cached = list_cache(root)
+    targets = cached if encoder is None else match_encoders(root, encoder)
+    exports = exports_to_clear(root, targets, everything=encoder is None, encoders=cached)
     for target in targets:
         trash = target.path.with_name(f".trash-{uuid.uuid4().hex[:8]}-{target.path.name}")
         try:
@@ -195,9 +282,23 @@ def clear_cache(root: Path, encoder: str | None = None) -> list[CachedEncoder]:
     if encoder is None and base.is_dir():  # leftovers of interrupted clears
         for leftover in base.glob(".trash-*"):
             shutil.rmtree(leftover, ignore_errors=True)
-    if encoder is None:  # exports of frozen encoders (backend onnxruntime), made again when needed
+    for export in exports:  # a run loading one meanwhile keeps its open file (POSIX) or exports it again
+        export.path.unlink(missing_ok=True)
+    if encoder is None:
         shutil.rmtree(onnx_dir(root), ignore_errors=True)
     return targets
+
+
+def exports_to_clear(
+    root: Path, targets: list[CachedEncoder], *, everything: bool, encoders: list[CachedEncoder] | None = None
+) -> list[CachedExport]:
+    """The ONNX exports :func:`clear_cache` removes with ``targets``: all of them (``everything``), else those
+    exported from one of ``targets``."""
+    exports = list_exports(root, encoders)
+    if everything:
+        return exports
+    names = {t.identity_sha256 for t in targets}
+    return [e for e in exports if e.identity_sha256 in names]
 
 
 def stale_temporaries(folder: Path, older_than_s: float) -> list[Path]:
