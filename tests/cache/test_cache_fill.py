@@ -21,7 +21,10 @@ from torch import nn
 import mmfuse.features.compute as compute
 from _tiny import real_image_encoder
 from mmfuse.cache import FeatureCache
+from mmfuse.cache.keys import ContentHasher
 from mmfuse.cache.location import onnx_dir
+from mmfuse.cache.peers import Peers
+from mmfuse.cache.shards import is_shard_file, read_header
 from mmfuse.data import Example
 from mmfuse.data.images import open_image
 from mmfuse.encoders import EncoderOutput, ImageEncoder
@@ -187,3 +190,77 @@ def test_a_temporary_export_is_not_kept(mixed: list[Example]) -> None:
     encoder = _LiteConv()
     compute_features(encoder, mixed[:3], need_sequence=False, backend="onnxruntime")
     assert encoder not in compute._CHOSEN
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_multi_shard_fill_runs_one_dataloader_and_each_shard_is_bit_identical(
+    workers: int, mixed: list[Example], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cold fill of 10 images in shards of 4 makes one DataLoader (its workers forked once, not once per shard:
+    ~2 GB forked 12 times on MVSA-Single), still writes a shard per 4 inputs, and each shard's features equal
+    ``compute_features`` of that shard alone (batched as before: batches of 3 restart at each shard's start)."""
+    loaders: list[Any] = []
+    real = compute.DataLoader
+
+    class Counting(real):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            loaders.append(self)
+
+    monkeypatch.setattr(compute, "DataLoader", Counting)
+    encoder = _LiteConv()
+    cache = FeatureCache(tmp_path / "cache", shard_examples=4, encode_workers=workers)
+    table = cache.get(encoder, mixed, need_sequence=True, batch_size=3, num_workers=workers)
+    assert len(loaders) == 1 and cache.stats.computed == len(mixed)
+    (folder,) = cache._folders.values()
+    assert sorted(len(read_header(p).keys) for p in folder.path.iterdir() if is_shard_file(p)) == [2, 4, 4]
+    for start in range(0, len(mixed), 4):
+        alone = compute_features(encoder, mixed[start : start + 4], need_sequence=True, batch_size=3, backend="torch")
+        rows = slice(start, start + 4)
+        assert torch.equal(table.pooled[rows], alone.pooled)
+        assert table.values is not None and alone.values is not None and table.offsets is not None
+        assert torch.equal(
+            table.values[int(table.offsets[start]) : int(table.offsets[min(start + 4, 10)])], alone.values
+        )
+
+
+class _AlonePeers(Peers):
+    """Process 0 of 2 whose partner never writes anything: each meeting returns at once and is counted."""
+
+    def __init__(self) -> None:
+        super().__init__(0, 2)
+        self.waits: list[str] = []
+
+    def wait(self, what: str) -> None:
+        self.waits.append(what)
+
+    def most(self, n: int, what: str) -> int:
+        return n
+
+
+def test_a_process_share_is_one_dataloader_with_a_meeting_after_every_shard(
+    mixed: list[Example], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under several processes a process encodes its share in one pass (one DataLoader) and still meets the
+    others after every shard; the inputs its partner was to write (it wrote none) are encoded in a second pass."""
+    loaders: list[Any] = []
+    real = compute.DataLoader
+
+    class Counting(real):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            loaders.append(self)
+
+    monkeypatch.setattr(compute, "DataLoader", Counting)
+    peers = _AlonePeers()
+    cache = FeatureCache(tmp_path / "cache", shard_examples=2, encode_workers=0).across(peers)
+    encoder = _LiteConv()
+    table = cache.get(encoder, mixed, need_sequence=False)
+    keys = ContentHasher().keys(mixed, modality="image")
+    owned = sum(peers.owns(k) for k in set(keys))
+    assert 2 < owned < len(mixed)  # a share of several shards, and a partner's share left to fill
+    assert len(peers.waits) == -(-owned // 2) and len(loaders) == 2
+    assert cache.stats.computed == len(mixed) and cache.stats.peer_gaps == len(mixed) - owned
+    plain = compute_features(encoder, mixed, need_sequence=False, backend="torch")
+    # batched otherwise (2 per shard here, 10 at once there): a float32 convolution may sum in another order, ~1e-7
+    assert torch.allclose(table.pooled, plain.pooled, atol=1e-6, rtol=1e-5)

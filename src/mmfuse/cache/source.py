@@ -5,9 +5,10 @@
 1. an in-process memo of whole tables (a sweep's second model in the same process pays nothing);
 2. the folder of the encoder's identity under ``<root>/features/``: shards of entries keyed by each input's content,
    read back and checked (identity, CRC-32), gathered into the requested row order;
-3. only the inputs found nowhere are encoded, with :func:`~mmfuse.features.compute_features` (images decoded
-   in DataLoader workers, batched forward under ``torch.inference_mode``), and written as new shards, one per
-   ``shard_examples`` inputs, so an interrupted encoding keeps what it finished.
+3. only the inputs found nowhere are encoded, in one pass (:func:`~mmfuse.features.compute.compute_feature_chunks`:
+   one DataLoader whose workers decode the images, started once per table; batched forward under
+   ``torch.inference_mode``), and written as new shards, one per ``shard_examples`` inputs as soon as they are
+   encoded, so an interrupted encoding keeps what it finished.
 
 A pooled-only entry cannot serve a sequence request (a later head that reads the grid encodes those inputs again and
 stores them with their grids); a sequence entry serves both. New entries keep what the request asks for, plus the
@@ -55,7 +56,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,7 @@ from mmfuse.cache.shards import (
 from mmfuse.data.example import Example
 from mmfuse.encoders.base import Encoder, ImageEncoder, TextEncoder
 from mmfuse.features import FeatureSource, FeatureTable, compute_features, default_store
+from mmfuse.features.compute import compute_feature_chunks
 
 logger = logging.getLogger("mmfuse.cache")
 
@@ -415,17 +417,21 @@ class FeatureCache:
         what = f"{len(first)} {modality} inputs of {folder.path}"
         rounds = peers.most(-(-len(todo) // size), f"the start of encoding {what}")
         own = []
-        for r in range(rounds):
-            chunk = todo[r * size : (r + 1) * size]
-            if chunk:
-                table = self._encode_for_store(
-                    encoder, [examples[first[k]] for k in chunk], need_sequence, device, batch_size, workers, progress
-                )
-                table = self.storage.rounded(table)  # what the other processes will read back
-                self._write(folder, table, chunk, remaining=len(todo) - r * size)
-                own.append((table, chunk))
-                self.stats.computed += len(chunk)
-            peers.wait(f"the end of round {r + 1} of {rounds} encoding {what}")
+        # one pass over this process's share (one DataLoader), a table per shard; nothing starts before next().
+        # `auto` weighs the ONNX export against one shard, as when each shard was encoded by a call of its own.
+        tables = self._encode_for_store(
+            encoder, [examples[first[k]] for k in todo], need_sequence, device, batch_size, workers, progress,
+            total=min(len(todo), size),
+        )  # fmt: skip
+        with contextlib.closing(tables):
+            for r in range(rounds):
+                chunk = todo[r * size : (r + 1) * size]
+                if chunk:
+                    table = self.storage.rounded(next(tables))  # what the other processes will read back
+                    self._write(folder, table, chunk, remaining=len(todo) - r * size)
+                    own.append((table, chunk))
+                    self.stats.computed += len(chunk)
+                peers.wait(f"the end of round {r + 1} of {rounds} encoding {what}")
         logger.debug("%r encoded %d of %d %s inputs (%d were cached)", peers, len(todo), len(first), modality,
                      len(set(first) & held))  # fmt: skip
         return own
@@ -461,16 +467,16 @@ class FeatureCache:
                 "again. Point cache.dir (or MMFUSE_CACHE_DIR) at a folder every process can write",
                 len(missing), len(first), folder.path, self.peers.rank,
             )  # fmt: skip
-        for start in range(0, len(missing), self.shard_examples):
-            chunk = missing[start : start + self.shard_examples]
-            table = self._encode_for_store(
-                encoder, [examples[first[k]] for k in chunk], need_sequence, device, batch_size, workers, progress,
-                total=len(missing),
-            )  # fmt: skip
-            table = self.storage.rounded(table)  # what a warm run will read back
-            self._write(folder, table, chunk, remaining=len(missing) - start)
-            parts.append(_Part(table))
-            where.update((k, (len(parts) - 1, j)) for j, k in enumerate(chunk))
+        tables = self._encode_for_store(
+            encoder, [examples[first[k]] for k in missing], need_sequence, device, batch_size, workers, progress
+        )  # one pass over all the misses (one DataLoader), a table per shard; nothing starts before next()
+        with contextlib.closing(tables):
+            for start in range(0, len(missing), self.shard_examples):
+                chunk = missing[start : start + self.shard_examples]
+                table = self.storage.rounded(next(tables))  # what a warm run will read back
+                self._write(folder, table, chunk, remaining=len(missing) - start)
+                parts.append(_Part(table))
+                where.update((k, (len(parts) - 1, j)) for j, k in enumerate(chunk))
         duplicates = len(keys) - loaded - len(missing)
         if progress is not None and duplicates:
             progress(duplicates)
@@ -567,18 +573,76 @@ class FeatureCache:
         encoder: Encoder,
         examples: list[Example],
         need_sequence: bool,
-        *args: Any,
+        device: torch.device | str,
+        batch_size: int,
+        workers: int,
+        progress: Callable[[int], None] | None,
+        *,
         total: int | None = None,
-    ) -> FeatureTable:
-        """Encodes new entries, with their sequences when asked or when :attr:`CacheStorage.store_sequences` names the
-        encoder's modality (see the module docstring)."""
+    ) -> Iterator[FeatureTable]:
+        """Encodes new entries in one pass (:func:`~mmfuse.features.compute.compute_feature_chunks`: one DataLoader,
+        its workers started once), a table per :attr:`shard_examples` inputs, each yielded as soon as it is encoded
+        so that it is written before the next is encoded (an interrupted fill keeps the shards it finished). With
+        their sequences when asked or when :attr:`CacheStorage.store_sequences` names the encoder's modality (see
+        the module docstring); an encoder that has none (found on the first shard) stores what there is. ``total``:
+        what ``auto`` weighs the ONNX export against (default: all of ``examples``)."""
         modality = "text" if isinstance(encoder, TextEncoder) else "image"
+        args = (encoder, examples, device, batch_size, workers, progress, len(examples) if total is None else total)
         if need_sequence or not self.storage.stores_sequence(modality):
-            return self._encode(encoder, examples, need_sequence, *args, total=total)
+            yield from self._encode_chunks(*args, need_sequence=need_sequence)
+            return
+        tables = self._encode_chunks(*args, need_sequence=True)
         try:
-            return self._encode(encoder, examples, True, *args, total=total)
+            first = next(tables, None)
         except ValueError:  # the encoder has no sequence output: store what there is
-            return self._encode(encoder, examples, False, *args, total=total)
+            tables.close()
+            tables = self._encode_chunks(*args, need_sequence=False)
+            first = next(tables, None)
+        with contextlib.closing(tables):
+            if first is not None:
+                yield first
+                yield from tables
+
+    def _encode_chunks(
+        self,
+        encoder: Encoder,
+        examples: list[Example],
+        device: torch.device | str,
+        batch_size: int,
+        workers: int,
+        progress: Callable[[int], None] | None,
+        total: int,
+        *,
+        need_sequence: bool,
+    ) -> Iterator[FeatureTable]:
+        """:func:`~mmfuse.features.compute.compute_feature_chunks` of ``examples``, a table per shard, each encoded
+        inside a forked global RNG (as :meth:`_encode`) and timed in :attr:`CacheStats.encode_seconds`."""
+        tables = compute_feature_chunks(
+            encoder,
+            examples,
+            chunk=self.shard_examples,
+            need_sequence=need_sequence,
+            device=device,
+            batch_size=batch_size,
+            num_workers=0 if isinstance(encoder, TextEncoder) else workers,
+            progress=progress,
+            onnx_dir=onnx_dir(self.root),
+            total=total,
+        )
+        with contextlib.closing(tables):
+            while True:
+                start = time.perf_counter()
+                try:
+                    # The DataLoader inside draws its base seed from the global RNG (when the first table is asked
+                    # for): fork it, so that training after a cold cache draws the same weights and dropout as
+                    # training after a warm one.
+                    with torch.random.fork_rng(devices=[]):
+                        table = next(tables, None)
+                finally:
+                    self.stats.encode_seconds += time.perf_counter() - start
+                if table is None:
+                    return
+                yield table
 
     def _encode(
         self,
@@ -589,8 +653,8 @@ class FeatureCache:
         batch_size: int,
         workers: int,
         progress: Callable[[int], None] | None,
-        total: int | None = None,
     ) -> FeatureTable:
+        """Features of an encoder whose weights train (never stored), in one call."""
         start = time.perf_counter()
         # The DataLoader inside draws its base seed from the global RNG: fork it, so that training after a cold
         # cache draws the same weights and dropout as training after a warm one.
@@ -605,7 +669,6 @@ class FeatureCache:
                     num_workers=0 if isinstance(encoder, TextEncoder) else workers,
                     progress=progress,
                     onnx_dir=onnx_dir(self.root),
-                    total=total,  # all the misses, encoded shard by shard: what auto weighs the ONNX export against
                 )
         finally:
             self.stats.encode_seconds += time.perf_counter() - start

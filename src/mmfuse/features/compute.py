@@ -1,4 +1,5 @@
-"""Running a frozen encoder over a dataset once: :func:`compute_features`.
+"""Running a frozen encoder over a dataset once: :func:`compute_features`, or chunk by chunk from one pass:
+:func:`compute_feature_chunks` (what a feature cache uses, writing a shard per chunk).
 
 A frozen encoder gives the same output for an example every epoch, so it runs once over a dataset (batched, under
 ``torch.inference_mode``, images decoded in DataLoader workers) and the head trains and evaluates from the stored
@@ -10,7 +11,7 @@ encoder exported to ONNX once, the file kept in ``onnx_dir``), or ``auto`` (the 
 installed, the device is the CPU, the encoder exports, its outputs on the first inputs (:data:`CHECK_ROWS`) are
 within the tolerance of torch's and it ran them faster, and the export pays for itself (an ONNX file of this
 encoder is already in ``onnx_dir``, or at least :data:`AUTO_MIN_INPUTS` inputs are to be encoded in this job,
-``total``: a feature cache encodes its misses shard by shard, one call per shard); else torch.
+``total``); else torch.
 A backend that cannot run the encoder falls back to torch with a warning naming why.
 
 The choice, and the onnxruntime session, are made once per process for an encoder object and its ONNX file (the
@@ -66,7 +67,6 @@ def onnx_file(encoder: Encoder, onnx_dir: str | Path) -> Path:
     return Path(onnx_dir) / f"{hashlib.sha256(text.encode()).hexdigest()[:32]}.onnx"
 
 
-@torch.inference_mode()
 def compute_features(
     encoder: Encoder,
     examples: Sequence[Example],
@@ -94,22 +94,61 @@ def compute_features(
             ``backend`` attribute (``model.<modality>_encoder.backend``), else ``auto``.
         onnx_dir: folder that keeps ONNX exports of encoders (the feature cache's ``onnx/``); ``None``: ``auto``
             runs torch, ``onnxruntime`` exports to a temporary folder.
-        total: inputs this job encodes with ``encoder``, of which ``examples`` are a part (a feature cache passes
-            all its misses while it encodes them one shard at a time); what ``auto`` weighs the export against.
-            Default: ``len(examples)``.
+        total: inputs this job encodes with ``encoder``, of which ``examples`` are a part; what ``auto`` weighs
+            the export against. Default: ``len(examples)``.
 
     Raises:
         ValueError: an unknown ``backend``.
     """
+    chunks = compute_feature_chunks(
+        encoder, examples, chunk=max(1, len(examples)), need_sequence=need_sequence, device=device,
+        batch_size=batch_size, num_workers=num_workers, progress=progress, backend=backend, onnx_dir=onnx_dir,
+        total=max(len(examples), total or 0),
+    )  # fmt: skip
+    with contextlib.closing(chunks):
+        return next(chunks)
+
+
+@torch.inference_mode()
+def compute_feature_chunks(
+    encoder: Encoder,
+    examples: Sequence[Example],
+    *,
+    chunk: int,
+    need_sequence: bool,
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+    num_workers: int = 0,
+    progress: Callable[[int], None] | None = None,
+    backend: str | None = None,
+    onnx_dir: str | Path | None = None,
+    total: int | None = None,
+) -> Iterator[FeatureTable]:
+    """:func:`compute_features` of ``examples[0:chunk]``, ``examples[chunk:2 * chunk]``, ..., one table per chunk as
+    soon as it is encoded, all from one pass: one DataLoader (its workers started once, decoding the next chunk's
+    images while the caller stores this one), one backend choice. A feature cache writes a shard per chunk.
+
+    Each chunk is batched on its own (its last batch may be short), so every table is bit-identical to
+    ``compute_features(encoder, examples[i:i + chunk], ...)``. Close the iterator (``contextlib.closing``) when
+    stopping early: that stops the workers. Arguments as :func:`compute_features`; ``total`` (what ``auto``
+    weighs the ONNX export against) defaults to ``len(examples)``, what the whole pass encodes.
+
+    Raises:
+        ValueError: an unknown ``backend``, or ``chunk`` < 1.
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1 examples, got {chunk}")
     with torch.inference_mode(False):  # moved in inference mode, its weights would turn into inference tensors, which
         encoder.eval().to(device)  # no later fingerprint, DDP broadcast or training may touch (accelerate's cpu:0 too)
-    outputs: list[EncoderOutput] = []
+    bounds = [(start, min(start + chunk, len(examples))) for start in range(0, len(examples), chunk)] or [(0, 0)]
+    image = isinstance(encoder, ImageEncoder)
     if encoder.reads_example_ids:  # features computed elsewhere, looked up by id (the precomputed encoders)
-        out, present = encoder.encode_ids([e.id for e in examples], need_sequence=need_sequence)
-        if progress is not None:
-            progress(len(examples))
-        image = isinstance(encoder, ImageEncoder)
-        return FeatureTable.from_outputs([out], keep_sequence=need_sequence, present=present if image else None)
+        for start, end in bounds:
+            out, present = encoder.encode_ids([e.id for e in examples[start:end]], need_sequence=need_sequence)
+            if progress is not None:
+                progress(end - start)
+            yield FeatureTable.from_outputs([out], keep_sequence=need_sequence, present=present if image else None)
+        return
     backend = backend or getattr(encoder, "backend", "auto")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
@@ -117,28 +156,42 @@ def compute_features(
         keep = onnx_dir is not None  # a temporary export is not kept for later calls, nor is its session
         if backend == "onnxruntime" and onnx_dir is None:
             onnx_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="mmfuse-onnx-"))
-        total = max(len(examples), total or 0)
+        total = len(examples) if total is None else total
         forward = _Forward(encoder, backend, onnx_dir, torch.device(device), total, keep=keep)
-        present: list[torch.Tensor] = []
-        with retained_heap():
-            for inputs, batch_present, n in _batches(encoder, examples, device, batch_size, num_workers):
+        # each chunk batched on its own, as a call per chunk would batch it: the same batches, the same numbers
+        batches = [range(i, min(i + batch_size, end)) for start, end in bounds for i in range(start, end, batch_size)]
+        stack.enter_context(retained_heap())
+        stream = stack.enter_context(contextlib.closing(_batches(encoder, examples, device, batches, num_workers)))
+        for start, end in bounds:
+            outputs: list[EncoderOutput] = []
+            present: list[torch.Tensor] = []
+            done = start
+            while done < end:
+                inputs, batch_present, n = next(stream)
                 outputs.append(forward(inputs))
                 if batch_present is not None:
                     present.append(batch_present)
                 if progress is not None:
                     progress(n)
-            if isinstance(encoder, TextEncoder):
-                return FeatureTable.from_outputs(outputs, keep_sequence=need_sequence)
-            return FeatureTable.from_outputs(outputs, keep_sequence=need_sequence, present=torch.cat(present))
+                done += n
+            if not image:
+                yield FeatureTable.from_outputs(outputs, keep_sequence=need_sequence)
+            else:
+                yield FeatureTable.from_outputs(outputs, keep_sequence=need_sequence, present=torch.cat(present))
 
 
 def _batches(
-    encoder: Encoder, examples: Sequence[Example], device: torch.device | str, batch_size: int, num_workers: int
+    encoder: Encoder,
+    examples: Sequence[Example],
+    device: torch.device | str,
+    batches: Sequence[range],
+    num_workers: int,
 ) -> Iterator[tuple[Any, torch.Tensor | None, int]]:
-    """(encoder inputs, which images are present or ``None`` for text, examples in the batch), batch by batch."""
+    """(encoder inputs, which images are present or ``None`` for text, examples in the batch), for each of
+    ``batches`` (rows of ``examples``) in turn; images from one DataLoader."""
     if isinstance(encoder, TextEncoder):
-        for start in range(0, len(examples), batch_size):
-            chunk = examples[start : start + batch_size]
+        for rows in batches:
+            chunk = examples[rows.start : rows.stop]
             yield {k: v.to(device) for k, v in encoder.tokenize([e.text for e in chunk]).items()}, None, len(chunk)
         return
     assert isinstance(encoder, ImageEncoder), f"not a text or image encoder: {type(encoder).__name__}"
@@ -146,7 +199,9 @@ def _batches(
     if hasattr(preprocess, "to_uint8") and hasattr(preprocess, "from_uint8"):  # see the module docstring
         preprocess, finish = preprocess.to_uint8, preprocess.from_uint8
     dataset = MultimodalDataset(examples, label_map=None, image_preprocess=preprocess)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_examples)
+    loader = DataLoader(
+        dataset, batch_sampler=[list(rows) for rows in batches], num_workers=num_workers, collate_fn=collate_examples
+    )
     for batch in loader:
         pixels, present = batch["pixel_values"], batch["image_present"]
         if finish is not None:
