@@ -46,3 +46,25 @@ def test_atomic_path_keeps_the_old_file_when_the_block_fails(tmp_path: Path) -> 
         tmp.write_text("half")
         raise RuntimeError("the writer broke")
     assert target.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["out.csv"]
+
+
+def test_a_file_whose_bytes_cannot_reach_the_disk_is_a_failed_write(tmp_path, monkeypatch):
+    """fsync of a file failing (EIO, or ENOSPC on filesystems that only report a full disk there) is a write that
+    failed, not one to skip; only a folder's fsync may be refused (EINVAL on some filesystems)."""
+    import errno
+
+    from mmfuse import _writable
+
+    target = tmp_path / "weights.bin"
+    target.write_bytes(b"x")
+
+    def refuse(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(_writable.os, "fsync", refuse)
+    with pytest.raises(OSError, match="Input/output"):
+        _writable.fsync_path(target)
+    _writable.fsync_path(tmp_path)  # a folder that cannot be flushed is left as it is
+    with pytest.raises(_writable.UnwritableError, match=r"weights\.bin"):
+        _writable.write_atomic(tmp_path / "weights.bin", b"y", what="weights", fix="free space")
+    assert target.read_bytes() == b"x"  # the previous file stays whole

@@ -176,8 +176,12 @@ def free_bytes(path: str | os.PathLike[str]) -> int | None:
 
 
 def fsync_path(path: str | os.PathLike[str]) -> None:
-    """Flushes a file, or on POSIX a folder's entries (a rename in it), to the disk; a filesystem that cannot (a
-    folder on Windows, ``EINVAL`` for a folder on some filesystems) is left as it is."""
+    """Flushes a file, or on POSIX a folder's entries (a rename in it), to the disk; a filesystem that cannot flush a
+    folder (Windows, ``EINVAL`` on some filesystems) is left as it is.
+
+    Raises:
+        OSError: a file's bytes could not reach the disk (``EIO``, ``ENOSPC``): the write failed, and the callers
+            turn this into their one message."""
     path = Path(path)
     if os.name == "nt" and path.is_dir():
         return
@@ -188,7 +192,8 @@ def fsync_path(path: str | os.PathLike[str]) -> None:
     try:
         os.fsync(fd)
     except OSError:
-        pass
+        if not path.is_dir():
+            raise
     finally:
         os.close(fd)
 
