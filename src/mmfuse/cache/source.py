@@ -403,14 +403,8 @@ class FeatureCache:
         encoding here). Every process makes the same number of rounds: the most any of them needs."""
         peers = self.peers
         assert peers is not None
-        want = self.storage
-        held: set[str] = set()
-        for header in self._scan(folder):
-            if header.serves(need_sequence=need_sequence, dtype=want.dtype, pooled_dtype=want.pooled_dtype):
-                held.update(header.keys)
-        first: dict[str, int] = {}
-        for i, key in enumerate(keys):
-            first.setdefault(key, i)
+        held = {key for header in self._usable(folder, need_sequence) for key in header.keys}
+        first = _first_rows(keys)
         todo = [k for k in first if k not in held and peers.owns(k)]
         size = self.shard_examples
         modality = "text" if isinstance(encoder, TextEncoder) else "image"
@@ -449,9 +443,7 @@ class FeatureCache:
         progress: Callable[[int], None] | None,
         own: Sequence[tuple[FeatureTable, list[str]]] = (),
     ) -> FeatureTable:
-        first: dict[str, int] = {}  # key -> first example with it
-        for i, key in enumerate(keys):
-            first.setdefault(key, i)
+        first = _first_rows(keys)
         parts = [_Part(table) for table, _ in own]  # what this process encoded with its peers: in memory already
         where = {k: (p, j) for p, (_, chunk) in enumerate(own) for j, k in enumerate(chunk)}  # key -> (part, row)
         self._locate(folder, set(first), need_sequence, parts, where)
@@ -495,12 +487,7 @@ class FeatureCache:
     ) -> None:
         """Finds the shards that hold ``wanted`` keys (newest first) and opens them as parts (small tensors read
         and checked now, sequences when the table is assembled)."""
-        want = self.storage
-        headers = [
-            h
-            for h in self._scan(folder)
-            if h.serves(need_sequence=need_sequence, dtype=want.dtype, pooled_dtype=want.pooled_dtype)
-        ]
+        headers = self._usable(folder, need_sequence)
         for header in sorted(headers, key=lambda h: h.created, reverse=True):
             rows = [(k, j) for j, k in enumerate(header.keys) if k in wanted and k not in where]
             if not rows:
@@ -517,6 +504,15 @@ class FeatureCache:
             where.update((k, (len(parts) - 1, j)) for k, j in rows)
             if len(where) == len(wanted):
                 return
+
+    def _usable(self, folder: _Folder, need_sequence: bool) -> list[ShardHeader]:
+        """Headers of the folder's shards that can serve this request in this cache's storage dtypes."""
+        want = self.storage
+        return [
+            h
+            for h in self._scan(folder)
+            if h.serves(need_sequence=need_sequence, dtype=want.dtype, pooled_dtype=want.pooled_dtype)
+        ]
 
     def _scan(self, folder: _Folder) -> list[ShardHeader]:
         """Headers of the folder's usable shards (each file's header read once per process, checked for identity)."""
@@ -950,3 +946,11 @@ def source_for(
         return default_store()
     stored = store_sequences if isinstance(store_sequences, bool) else frozenset(store_sequences)
     return feature_source(folder, CacheStorage(dtype=dtype, pooled_dtype=pooled_dtype, store_sequences=stored))
+
+
+def _first_rows(keys: Sequence[str]) -> dict[str, int]:
+    """Each distinct key -> the first row that has it (in ``keys`` order)."""
+    first: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        first.setdefault(key, i)
+    return first
