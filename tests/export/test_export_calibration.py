@@ -16,12 +16,9 @@ TEXTS = ["one", "", "a longer caption than any seen during the export, to stretc
 @pytest.fixture(scope="module")
 def calibrated_checkpoint(tmp_path_factory):
     """A tiny cross-attention checkpoint saved with a calibration temperature (as fit stores one)."""
-    from mmfuse.engine.classifier import MultimodalClassifier
-
-    folder = tmp_path_factory.mktemp("calibrated")
-    clf = MultimodalClassifier.load(make_checkpoint(folder, "cross_attention", threshold=0.45))
-    clf.temperature = TEMPERATURE
-    return clf.save(folder / "calibrated")
+    return make_checkpoint(
+        tmp_path_factory.mktemp("calibrated"), "cross_attention", threshold=0.45, temperature=TEMPERATURE
+    )
 
 
 @pytest.mark.numerics

@@ -31,10 +31,17 @@ def make_checkpoint(
     classes: tuple[str, ...] = ("benign", "hateful"),
     threshold: float | None = 0.4,
     seed: int = 0,
+    temperature: float | None = None,
+    calibrate: str | None = None,
 ) -> Path:
     """Saves an untrained ``head`` over the tiny BERT and the tiny ``image`` encoder as a checkpoint folder that
     ``MultimodalClassifier.load`` reads. The encoder folders are copied beside it, so the checkpoint outlives this
-    process (a server or CLI started in a subprocess can load it)."""
+    process (a server or CLI started in a subprocess can load it).
+
+    Its run config asks for calibration (``train.calibrate: temperature``) when it has a ``temperature`` (a
+    calibrated model, as fit saves one), and not otherwise: an untrained model was never calibrated, and loading it
+    must not warn (:class:`~mmfuse.model.predictor.UncalibratedWarning`). ``calibrate`` sets ``train.calibrate``
+    against that, e.g. ``"temperature"`` without a temperature for a run whose calibration is missing."""
     from mmfuse.data.labels import LabelMap
     from mmfuse.engine.classifier import MultimodalClassifier
     from mmfuse.model.build import build_model
@@ -45,11 +52,14 @@ def make_checkpoint(
         shutil.copytree(tiny_bert_dir(), text_dir)
     if not image_dir.exists():
         shutil.copytree(_IMAGE_DIRS[image](), image_dir)
-    clf = MultimodalClassifier(head=head, text_encoder=str(text_dir), image_encoder=str(image_dir))
+    if calibrate is None:
+        calibrate = "none" if temperature is None else "temperature"
+    clf = MultimodalClassifier(head=head, text_encoder=str(text_dir), image_encoder=str(image_dir), calibrate=calibrate)
     torch.manual_seed(seed)
     clf.model = build_model(clf.config.model, len(classes))
     clf.label_map = LabelMap(list(classes))
     clf.threshold = threshold if len(classes) == 2 else None
+    clf.temperature = temperature
     return clf.save(folder / "checkpoint")
 
 

@@ -8,7 +8,18 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # _serve_runs, also when run from another folder
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # _serve_runs, also when run from another folder
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """An :class:`~mmfuse.UncalibratedWarning` in a serving test is an error unless the test expects it
+    (``pytest.warns``): the checkpoints here do not ask for calibration, so the warning would be noise hiding real
+    ones. The hook sees every collected item, so it marks only those under this folder."""
+    mark = pytest.mark.filterwarnings("error::mmfuse.model.predictor.UncalibratedWarning")
+    for item in items:
+        if item.path.is_relative_to(HERE):
+            item.add_marker(mark)
 
 
 @pytest.fixture(scope="session")

@@ -62,6 +62,18 @@ def test_load_predictor_reads_a_checkpoint_with_its_classes_and_threshold(checkp
     assert predictor.info()["encoders"]["text"].endswith("tiny-bert")
 
 
+def test_load_predictor_warns_about_a_checkpoint_whose_run_asked_for_calibration_it_lacks(tmp_path):
+    """The one serve-side check of :class:`UncalibratedWarning` (the other checkpoints here do not ask for
+    calibration, so loading them is silent): the server still loads it, with the model's own softmax."""
+    from mmfuse import UncalibratedWarning
+    from mmfuse.serve import load_predictor
+
+    uncalibrated = make_checkpoint(tmp_path, "cross_attention", calibrate="temperature")
+    with pytest.warns(UncalibratedWarning, match="is not calibrated: its probabilities are the model's own softmax"):
+        predictor = load_predictor(uncalibrated)
+    assert predictor.temperature is None and predictor.classes == ["benign", "hateful"]
+
+
 def test_load_predictor_errors_name_the_path_and_the_fix(tmp_path):
     from mmfuse.serve import load_predictor
 
