@@ -175,20 +175,43 @@ def test_off_writes_no_lines(monkeypatch: pytest.MonkeyPatch) -> None:
     assert out.getvalue() == ""
 
 
-def test_a_run_log_on_a_full_disk_is_said_once_and_the_run_goes_on(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+@pytest.mark.parametrize(
+    ("kind", "fix"),
+    [("full", "free space on that disk, or"), ("read-only", "the filesystem is mounted read-only: "),
+     ("no permission", "give this user write permission there, or")],
+)  # fmt: skip
+def test_a_run_log_that_cannot_be_written_is_said_once_with_the_fix_and_the_run_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, kind: str, fix: str
 ) -> None:
-    from _unwritable import REASONS, full_log_files, unwritable
+    """A full disk fails the log's writes; a read-only folder (or a log file this user may not write) fails its
+    opening. Either way: one warning in the one form of every unwritable place (``cannot write <what> '<path>':
+    <reason>; <fix>``, the fix for that reason), no traceback, and the run goes on."""
+    import contextlib
+    import errno
+    import os
+
+    from _unwritable import FAULT_ENV, REASONS, full_log_files, unwritable
 
     reporter = Reporter(quiet=True)
-    with unwritable("full", tmp_path / "place", monkeypatch) as place:
-        full_log_files(monkeypatch)  # where no mount is possible: the log file's stream is a full disk's
-        with reporter.log_to(place / "train.log"):
+    with contextlib.ExitStack() as stack:
+        if kind == "no permission":  # root writes any file: the fault hook stands in for a log this user may not write
+            place = tmp_path / "place"
+            place.mkdir()
+            monkeypatch.setenv(FAULT_ENV, f"EACCES:{place}")
+            reason = os.strerror(errno.EACCES)
+        else:
+            place = stack.enter_context(unwritable(kind, tmp_path / "place", monkeypatch))
+            reason = REASONS[kind]
+        if kind == "full":
+            full_log_files(monkeypatch)  # where no mount is possible: the log file's stream is a full disk's
+        with reporter.log_to(place / "train.log", fix="set run.out_dir to a writable folder"):
             for i in range(3):
                 reporter.info(f"epoch {i}")  # each fails to reach the file
             reporter.warning("still said on the console")
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if "cannot write the run's log" in line]
-    assert len(lines) == 1 and str(place / "train.log") in lines[0] and REASONS["full"] in lines[0]
+    assert len(lines) == 1, err
+    assert f"cannot write the run's log {str(place / 'train.log')!r}: {reason}; {fix}" in lines[0]
+    assert "set run.out_dir to a writable folder" in lines[0] and "the run goes on" in lines[0]
     assert "Traceback" not in err and "Logging error" not in err
     assert "warning: still said on the console" in err

@@ -16,7 +16,8 @@ Only the main process of a multi-process (accelerate) run shows anything. Lines 
 (no background thread), so one batch slower than the interval delays the next line.
 
 :class:`Reporter` is what a run (training, predicting, evaluating) shows: its messages and the bars of its steps,
-at one pace. The module imports no other part of mmfuse, so every layer from the model up can use it.
+at one pace. The module imports no other part of mmfuse but :mod:`mmfuse._writable` (which imports none), so
+every layer from the model up can use it.
 """
 
 from __future__ import annotations
@@ -33,8 +34,13 @@ from typing import Any, TextIO
 
 from tqdm.auto import tqdm
 
+from mmfuse._writable import raise_injected, unwritable
+
 logger = logging.getLogger("mmfuse.progress")
 run_logger = logging.getLogger("mmfuse.engine")  # a run's messages (Reporter), under the name they have always had
+
+LOG_FIX = "write the run to a writable folder"
+"""How to put a run's log elsewhere, when its caller does not say (:meth:`Reporter.log_to`)."""
 
 CONSOLE_WARNINGS = ("mmfuse.cache",)
 """Loggers whose warnings a run shows on the console too, not only in its log (:meth:`Reporter.log_to`): news from
@@ -240,17 +246,18 @@ class Reporter:
         return Progress(total, desc, unit=unit, quiet=self.quiet, enabled=self.main, lines=self.lines)
 
     @contextmanager
-    def log_to(self, path: Path) -> Iterator[None]:
+    def log_to(self, path: Path, *, fix: str = LOG_FIX) -> Iterator[None]:
         """Also writes the ``mmfuse`` loggers' records to ``path`` while the context is open (main process), and
         shows the warnings of :data:`CONSOLE_WARNINGS` on the console.
 
-        A log file that cannot be written on (a full disk) does not stop the run: that is said once on the console
-        and the file gets nothing more.
+        A log file that cannot be opened or written on (a read-only folder, no permission, a full disk) does not
+        stop the run: that is said once on the console, as every unwritable place is (``cannot write the run's log
+        '<path>': <reason>; <what to do>``, ``fix`` saying how to write elsewhere), and the file gets nothing more.
         """
         if not self.main:
             yield
             return
-        handler = _LogFile(path)
+        handler = _LogFile(path, fix)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         console = _ConsoleWarnings()
         root = logging.getLogger("mmfuse")
@@ -281,12 +288,19 @@ class _ConsoleWarnings(logging.Handler):
 
 
 class _LogFile(logging.FileHandler):
-    """A run's log file; when a record cannot be written (a full disk, a folder turned read-only), says so once on
-    the console, instead of a traceback per record, and writes nothing more."""
+    """A run's log file, appended to record by record (so not written through ``write_atomic``, which replaces a file
+    whole); when it cannot be opened or a record cannot be written (a full disk, a read-only folder, no
+    permission), says so once on the console, instead of a traceback, and writes nothing more."""
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(path, encoding="utf-8")
+    def __init__(self, path: Path, fix: str = LOG_FIX) -> None:
+        super().__init__(path, encoding="utf-8", delay=True)
         self.failed = False
+        self.fix = fix
+        try:
+            raise_injected(path)  # the tests' stand-in for a read-only or full mount (mmfuse._writable.FAULT_ENV)
+            self.stream = self._open()
+        except OSError as e:
+            self._failed(e)
 
     def emit(self, record: logging.LogRecord) -> None:
         if not self.failed:
@@ -309,12 +323,8 @@ class _LogFile(logging.FileHandler):
         if self.failed:
             return
         self.failed = True
-        reason = error.strerror or str(error)
-        tqdm.write(
-            f"warning: cannot write the run's log {str(self.baseFilename)!r} ({reason}); the run goes on, and the "
-            "log gets nothing more. Free space there",
-            file=sys.stderr,
-        )
+        message = unwritable(error, self.baseFilename, what="the run's log", fix=self.fix)
+        tqdm.write(f"warning: {message}; the run goes on, and the log gets nothing more", file=sys.stderr)
 
 
 def _isatty(stream: Any) -> bool:

@@ -192,6 +192,7 @@ def write_shard(
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / shard_name()
     tmp = folder / f"{TMP_PREFIX}{final.name}"
+    # not write_atomic: its fsyncs would stall fills for nothing (a torn shard fails size/CRC and is recomputed)
     try:
         raise_injected(tmp)
         save_file(tensors, str(tmp), metadata=metadata)

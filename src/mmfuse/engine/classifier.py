@@ -42,7 +42,7 @@ from mmfuse.data.inputs import ExamplesLike, hold_out, inputs_of, predictions_fr
 from mmfuse.data.labels import LabelMap
 from mmfuse.data.loading import WRITTEN_IMAGES, Split, load_splits
 from mmfuse.engine.metrics import check_scorer_names, evaluation, evaluation_scalars, scorer_metrics
-from mmfuse.engine.run_dir import RunDir, check_run_folder
+from mmfuse.engine.run_dir import RUN_FOLDER_FIX, RunDir, check_run_folder
 from mmfuse.engine.trainer import EpochCallback, Trainer
 from mmfuse.features import FeatureSource
 from mmfuse.model import checkpoint as ckpt
@@ -212,7 +212,7 @@ class MultimodalClassifier:
         self.summary = result.run_dir.read_summary()
         if test is not None and test.report.labeled and trainer.accelerator.is_main_process:
             # the run is trained: missing test images are counted (log, summary) rather than an error here
-            with trainer.reporter.log_to(result.run_dir.log):
+            with trainer.reporter.log_to(result.run_dir.log, fix=RUN_FOLDER_FIX):
                 self.summary["test"] = evaluation_scalars(self.evaluate(test, max_missing_images=1.0))
             result.run_dir.write_summary(self.summary)
             trainer.tracking.log_final(self.summary["test"], artifact=result.run_dir.summary)

@@ -43,7 +43,7 @@ from mmfuse.engine import checkpoint as ckpt
 from mmfuse.engine.calibration import Calibration, fit_temperature
 from mmfuse.engine.metrics import classification_metrics, headline, improves, selection_metric, tune_threshold
 from mmfuse.engine.optim import build_optimizer, build_scheduler, class_weight_tensor, current_lrs, optimizer_steps
-from mmfuse.engine.run_dir import RunDir, Timer
+from mmfuse.engine.run_dir import RUN_FOLDER_FIX, RunDir, Timer
 from mmfuse.engine.sampler import EpochSampler
 from mmfuse.engine.tracking import Tracking, check_installed, ended_status, scalars
 from mmfuse.features import FeatureSource, InputMaker, compute_tables, default_store, make_loader, plan_features
@@ -295,7 +295,7 @@ class Trainer:
         """
         timer = self.timer = Timer()
         self._setup(run_dir)
-        with self.reporter.log_to(self.run.log):
+        with self.reporter.log_to(self.run.log, fix=RUN_FOLDER_FIX):
             for message in self.data_warnings:
                 self.reporter.warning(message)
             for note in self.notes:
