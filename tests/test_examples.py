@@ -11,11 +11,20 @@ class and split of the same layout: real MVSA-Single and MultiOFF rows from ``..
 memes for Hateful Memes), the encoders (tiny random ones from ``tests/_tiny.py``), the epochs of the base config,
 a search's trial budget, and the output folders. Everything else (heads, optimisers, schedules, the sweep's trials
 and their own epochs, baselines, selection metric) is the example's.
+
+What those runs replace is checked apart, without the network and fast: each config and sweep base as shipped
+resolves completely (its encoder names and options, its head's parameters: what ``mmfuse config show`` prints), and
+every ``mmfuse train`` / ``mmfuse sweep`` command written in an example's comments names an existing example, uses
+options the command has, and gives a valid config (the variants a reader is told to try).
+
+The Hateful Memes configs run on synthetic memes, so they run where ``../shared/datasets`` is absent; the examples
+that read the real datasets are skipped there, saying so.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 from pathlib import Path
 from typing import Any
@@ -30,9 +39,8 @@ from _tiny_text import tiny_text_dir
 from mmfuse.cli import app
 from mmfuse.data import make_synthetic
 
-pytestmark = pytest.mark.slow
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
 FILES = sorted(p for p in EXAMPLES.rglob("*") if p.is_file())
 PER_CLASS = 4  # examples per class in each split of a shrunk real dataset
 SCRIPT_ROWS = 200  # rows of each split a Python example reads (it samples them, seeded)
@@ -97,17 +105,22 @@ def _shrink_multioff(src: Path, dst: Path) -> None:
             _copy(src, dst, f"Labelled Images/{image}")
 
 
+REAL_PRESETS = ("mvsa_single", "multioff")
+"""Presets whose shrunk copy is cut from the real data in ``../shared/datasets`` (absent: their examples skip)."""
+
+
 @pytest.fixture(scope="module")
-def data_roots(tmp_path_factory: pytest.TempPathFactory, shared_datasets: Path) -> dict[str, Path]:
-    """A shrunk dataset per preset the examples use."""
+def data_roots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A shrunk dataset per preset the examples use; the real ones only where ``../shared/datasets`` is."""
+    from conftest import SHARED_DATASETS
+
     out = tmp_path_factory.mktemp("example-data")
-    _shrink_mvsa(shared_datasets / "mvsa_single", out / "mvsa_single")
-    _shrink_multioff(shared_datasets / "multioff", out / "multioff")
-    return {
-        "mvsa_single": out / "mvsa_single",
-        "multioff": out / "multioff",
-        "hateful_memes": make_synthetic(out / "hateful_memes", n=48, seed=0, image_size=32),
-    }
+    roots = {"hateful_memes": make_synthetic(out / "hateful_memes", n=48, seed=0, image_size=32)}
+    if SHARED_DATASETS.is_dir():
+        _shrink_mvsa(SHARED_DATASETS / "mvsa_single", out / "mvsa_single")
+        _shrink_multioff(SHARED_DATASETS / "multioff", out / "multioff")
+        roots.update(mvsa_single=out / "mvsa_single", multioff=out / "multioff")
+    return roots
 
 
 def _two_towers(path: Path) -> str | None:
@@ -146,11 +159,14 @@ def _invoke(*args: Any) -> str:
 
 def _root_for(path: Path, data_roots: dict[str, Path]) -> Path:
     preset = _preset(path)
+    if preset in REAL_PRESETS and preset not in data_roots:
+        pytest.skip(f"examples/{_id(path)} reads the real {preset} data, not found under ../shared/datasets")
     if preset not in data_roots:
         pytest.fail(f"examples/{_id(path)} reads preset {preset!r}: add a shrunk copy of that layout to data_roots")
     return data_roots[preset]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", FILES, ids=_id)
 def test_example_runs(path: Path, data_roots: dict[str, Path], tmp_path: Path, one_torch_thread: None) -> None:
     kind = _kind(path)
@@ -235,9 +251,101 @@ def _run_script(path: Path, tmp_path: Path) -> None:
     import subprocess
     import sys
 
+    from conftest import SHARED_DATASETS
+
+    if not SHARED_DATASETS.is_dir():  # the scripts read MVSA-Single from there
+        pytest.skip(f"examples/{_id(path)} reads the real data, not found under ../shared/datasets")
     sets = " ".join(a for a in _overrides(Path(".")) if not a.startswith("data.root="))
     env = {**os.environ, "MMFUSE_EXAMPLE_ROWS": str(SCRIPT_ROWS), "MMFUSE_EXAMPLE_SET": f"{sets} run.quiet=true",
            "OMP_NUM_THREADS": "1"}  # fmt: skip
     done = subprocess.run([sys.executable, str(path)], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=900, check=False)  # fmt: skip
     assert done.returncode == 0, f"python examples/{_id(path)}\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+
+
+# ------------------------------------------------------------------------- what the quick runs replace, checked apart
+
+YAML_FILES = [p for p in FILES if p.suffix in (".yaml", ".yml")]
+
+
+@pytest.mark.parametrize("path", YAML_FILES, ids=_id)
+def test_example_resolves_as_shipped(path: Path) -> None:
+    """The example's own encoders (registered names and their options; a hub id is only known once fetched, so only
+    its form is checked offline) and its head's parameters resolve, as ``mmfuse config show`` resolves them: the
+    runs above swap the encoders for tiny ones and drop their options."""
+    from mmfuse.config.describe import resolved_config
+    from mmfuse.sweep import load_sweep
+
+    if _kind(path) == "sweep":
+        spec = load_sweep(path)  # its trials, search space and baselines are validated against the base here
+        configs = [spec.base, *(sweep.base for sweep in spec.heads.values())]
+    else:
+        from mmfuse.config import load_config
+
+        configs = [load_config(path)]
+    for config in configs:
+        resolved, _ = resolved_config(config)
+        assert resolved["model"]["head"]["name"] == config.model.head.name
+
+
+def _documented_commands(path: Path) -> list[list[str]]:
+    """The ``mmfuse train`` / ``mmfuse sweep`` commands in ``path``'s comments (lines ending in ``\\`` joined;
+    ``accelerate launch -m mmfuse ...`` too), each as its arguments after ``mmfuse``."""
+    lines, joined = [], ""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            continue
+        text = line[1:].strip()
+        joined = f"{joined} {text}" if joined else text
+        if joined.endswith("\\"):
+            joined = joined[:-1]
+            continue
+        lines.append(joined)
+        joined = ""
+    commands = []
+    for line in lines:
+        if "mmfuse train " not in line and "mmfuse sweep " not in line:
+            continue  # prose, whose apostrophes are no shell quotes
+        words = shlex.split(line, comments=True)
+        for start in range(len(words) - 1):
+            if words[start] == "mmfuse" and words[start + 1] in ("train", "sweep"):
+                commands.append(words[start + 1 :])
+                break
+    return commands
+
+
+COMMANDS = [(path, command) for path in YAML_FILES for command in _documented_commands(path)]
+
+
+def test_every_yaml_example_documents_how_to_run_it() -> None:
+    """Each config and sweep says in its comments how to run it (what the test below checks)."""
+    documented = {path for path, _ in COMMANDS}
+    assert documented == set(YAML_FILES), sorted(_id(p) for p in set(YAML_FILES) - documented)
+
+
+@pytest.mark.parametrize(("path", "command"), COMMANDS, ids=[f"{_id(p)}: {' '.join(c)}" for p, c in COMMANDS])
+def test_a_command_in_an_example_gives_a_valid_config(path: Path, command: list[str]) -> None:
+    """The command's options exist (the real CLI parses it), it names this example, and its config, overrides
+    included, resolves: the variants a reader is told to try are valid too."""
+    import typer.main
+
+    from mmfuse.config.describe import resolved_config
+    from mmfuse.sweep import load_sweep
+
+    group = typer.main.get_command(app)
+    name, *args = command
+    with group.make_context("mmfuse", [name, *args], resilient_parsing=True) as parent:
+        ctx = group.get_command(parent, name).make_context(name, args)  # an unknown option raises here
+    params = ctx.params
+    given = params["config"] if name == "train" else params["file"]
+    assert (REPO / given).resolve() == path.resolve(), f"examples/{_id(path)} documents a command for {given}"
+    if name == "train":
+        from mmfuse.config import load_config
+
+        config = load_config(path, [*(params["set_"] or []), *(params["overrides"] or [])])
+        configs = [config]
+    else:
+        spec = load_sweep(path, params["overrides"] or ())
+        configs = [spec.base, *(sweep.base for sweep in spec.heads.values())]
+    for config in configs:
+        resolved_config(config)
