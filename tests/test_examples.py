@@ -41,6 +41,7 @@ from mmfuse.data import make_synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
+SHARED_DATASETS = REPO.parent / "shared" / "datasets"  # the real data beside the checkout (tests/conftest.py's too)
 FILES = sorted(p for p in EXAMPLES.rglob("*") if p.is_file())
 PER_CLASS = 4  # examples per class in each split of a shrunk real dataset
 SCRIPT_ROWS = 200  # rows of each split a Python example reads (it samples them, seeded)
@@ -112,8 +113,6 @@ REAL_PRESETS = ("mvsa_single", "multioff")
 @pytest.fixture(scope="module")
 def data_roots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A shrunk dataset per preset the examples use; the real ones only where ``../shared/datasets`` is."""
-    from conftest import SHARED_DATASETS
-
     out = tmp_path_factory.mktemp("example-data")
     roots = {"hateful_memes": make_synthetic(out / "hateful_memes", n=48, seed=0, image_size=32)}
     if SHARED_DATASETS.is_dir():
@@ -250,8 +249,6 @@ def _run_script(path: Path, tmp_path: Path) -> None:
     import os
     import subprocess
     import sys
-
-    from conftest import SHARED_DATASETS
 
     if not SHARED_DATASETS.is_dir():  # the scripts read MVSA-Single from there
         pytest.skip(f"examples/{_id(path)} reads the real data, not found under ../shared/datasets")
