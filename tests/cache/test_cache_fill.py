@@ -110,6 +110,41 @@ def test_workers_send_uint8_pixels_and_the_features_are_bit_identical(
     assert table.present is not None and table.present.tolist() == [True] * 4 + [False] + [True] * 3 + [False, True]
 
 
+class _Echo(_LiteConv):
+    """Returns a view of its input pixels as its region sequence (an encoder may: nothing forbids it)."""
+
+    name = "lite-echo"
+
+    def forward(self, pixel_values: torch.Tensor) -> EncoderOutput:  # type: ignore[override]
+        self.forwards += 1
+        return EncoderOutput(pooled=pixel_values.mean(dim=(2, 3)), sequence=pixel_values.flatten(2).transpose(1, 2))
+
+    def cache_identity(self) -> dict[str, Any]:
+        return {"encoder": "lite-echo", "pre": self._pre.identity()}
+
+
+def test_batches_are_normalised_into_one_buffer_and_outputs_never_share_it(mixed: list[Example]) -> None:
+    """Every batch's float32 pixels are written into the same buffer (no fresh 38 MB per batch to fault in), and an
+    encoder output that is a view of its input is copied before the next batch overwrites the buffer: the table
+    still holds each batch's own pixels."""
+    encoder = _Echo()
+    encoder.requires_grad_(False)
+    seen: list[int] = []
+    forward = encoder.forward
+
+    def spy(pixel_values: torch.Tensor) -> EncoderOutput:
+        seen.append(pixel_values.untyped_storage().data_ptr())
+        return forward(pixel_values)
+
+    encoder.forward = spy  # type: ignore[method-assign]
+    table = compute_features(encoder, mixed, need_sequence=True, batch_size=4, num_workers=0, backend="torch")
+    assert len(seen) == 3 and len(set(seen)) == 1  # 4 + 4 + 2 rows, one buffer
+    pixels = torch.stack([_float32_pixels(e, 32) for e in mixed])
+    assert table.values is not None
+    assert torch.equal(table.values, pixels.flatten(2).transpose(1, 2).flatten(0, 1))
+    assert torch.equal(table.pooled, pixels.mean(dim=(2, 3)))
+
+
 def test_lite_preprocessor_gives_the_float32_pixels_it_gave_before(examples: list[Example]) -> None:
     pre = LitePreprocessor(image_size=40, resize="stretch")
     for example in examples[:5]:
