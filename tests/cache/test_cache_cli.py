@@ -124,11 +124,14 @@ def test_ls_shows_each_onnx_export_with_its_encoder(with_export: Path, image_enc
     assert export["path"] == str(expected) and export["bytes"] == expected.stat().st_size > 0
     assert export["name"] == image["name"] and export["identity_sha256"] == image["identity_sha256"]
     assert export["modality"] == "image" and not export["partial"]
+    # its check against torch is recorded beside it (a later process skips the check) and listed with it
+    assert export["check_record"] == str(expected) + ".checked.json" and Path(export["check_record"]).is_file()
 
     plain = runner.invoke(app, ["cache", "ls", "--cache-dir", str(with_export)])
     assert plain.exit_code == 0, plain.output
     assert "2 encoder folder(s) and 1 ONNX export(s)" in plain.output
     assert f"ONNX export (backend onnxruntime): onnx/{expected.name}" in plain.output
+    assert "(checked against torch)" in plain.output
 
 
 def test_clear_one_encoder_takes_its_onnx_export(with_export: Path) -> None:

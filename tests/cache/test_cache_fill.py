@@ -8,6 +8,9 @@ same float32 batches, so the same features, on any CPU.
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -110,6 +113,41 @@ def test_workers_send_uint8_pixels_and_the_features_are_bit_identical(
     assert table.present is not None and table.present.tolist() == [True] * 4 + [False] + [True] * 3 + [False, True]
 
 
+class _Echo(_LiteConv):
+    """Returns a view of its input pixels as its region sequence (an encoder may: nothing forbids it)."""
+
+    name = "lite-echo"
+
+    def forward(self, pixel_values: torch.Tensor) -> EncoderOutput:  # type: ignore[override]
+        self.forwards += 1
+        return EncoderOutput(pooled=pixel_values.mean(dim=(2, 3)), sequence=pixel_values.flatten(2).transpose(1, 2))
+
+    def cache_identity(self) -> dict[str, Any]:
+        return {"encoder": "lite-echo", "pre": self._pre.identity()}
+
+
+def test_batches_are_normalised_into_one_buffer_and_outputs_never_share_it(mixed: list[Example]) -> None:
+    """Every batch's float32 pixels are written into the same buffer (no fresh 38 MB per batch to fault in), and an
+    encoder output that is a view of its input is copied before the next batch overwrites the buffer: the table
+    still holds each batch's own pixels."""
+    encoder = _Echo()
+    encoder.requires_grad_(False)
+    seen: list[int] = []
+    forward = encoder.forward
+
+    def spy(pixel_values: torch.Tensor) -> EncoderOutput:
+        seen.append(pixel_values.untyped_storage().data_ptr())
+        return forward(pixel_values)
+
+    encoder.forward = spy  # type: ignore[method-assign]
+    table = compute_features(encoder, mixed, need_sequence=True, batch_size=4, num_workers=0, backend="torch")
+    assert len(seen) == 3 and len(set(seen)) == 1  # 4 + 4 + 2 rows, one buffer
+    pixels = torch.stack([_float32_pixels(e, 32) for e in mixed])
+    assert table.values is not None
+    assert torch.equal(table.values, pixels.flatten(2).transpose(1, 2).flatten(0, 1))
+    assert torch.equal(table.pooled, pixels.mean(dim=(2, 3)))
+
+
 def test_lite_preprocessor_gives_the_float32_pixels_it_gave_before(examples: list[Example]) -> None:
     pre = LitePreprocessor(image_size=40, resize="stretch")
     for example in examples[:5]:
@@ -153,6 +191,65 @@ def test_auto_weighs_the_export_against_all_the_misses(
     cache = FeatureCache(tmp_path / "cache", shard_examples=4, encode_workers=0)
     cache.get(_LiteConv(), mixed, need_sequence=False)
     assert len(list(onnx_dir(tmp_path / "cache").glob("*.onnx"))) == 1
+
+
+def _new_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forget the backend choices made in this process, as a new process would not have them."""
+    monkeypatch.setattr(compute, "_CHOSEN", compute.weakref.WeakKeyDictionary())
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "auto"])
+def test_a_later_process_loads_a_checked_export_without_checking_it_again(
+    backend: str, mixed: list[Example], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first fill checks the export against torch and records it beside the file; a later process (the choices
+    of this one forgotten) loads the file without running the encoder on torch at all, and gets the same
+    features."""
+    pytest.importorskip("onnxruntime", reason="the onnxruntime backend needs onnxruntime (extra `export`)")
+    monkeypatch.setattr(compute, "AUTO_MIN_INPUTS", 1)
+    first = _LiteConv()
+    first.backend = backend
+    table = FeatureCache(tmp_path / "a", encode_workers=0).get(first, mixed, need_sequence=True)
+    assert first.forwards >= 1  # the check ran torch
+    (export,) = onnx_dir(tmp_path / "a").glob("*.onnx")
+    record = compute.check_record_file(export)
+    assert record.is_file()
+    _new_process(monkeypatch)
+    later = _LiteConv()
+    later.backend = backend
+    cache = FeatureCache(tmp_path / "b", encode_workers=0)
+    shutil.copytree(onnx_dir(tmp_path / "a"), onnx_dir(tmp_path / "b"), copy_function=shutil.copy2)
+    again = cache.get(later, mixed, need_sequence=True)
+    assert later.forwards == 0 and cache.stats.computed == len(mixed)
+    assert torch.equal(again.pooled, table.pooled) and again.values is not None and table.values is not None
+    assert torch.equal(again.values, table.values)
+
+
+@pytest.mark.parametrize("change", ["file", "environment", "auto after onnxruntime"])
+def test_a_check_record_counts_only_for_the_same_file_environment_and_verdict(
+    change: str, mixed: list[Example], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another file (re-exported or touched), another onnxruntime / torch / CPU, or ``auto`` with a record that
+    never timed onnxruntime against torch (made for ``backend: onnxruntime``): the check runs again."""
+    pytest.importorskip("onnxruntime", reason="the onnxruntime backend needs onnxruntime (extra `export`)")
+    monkeypatch.setattr(compute, "AUTO_MIN_INPUTS", 1)
+    first = _LiteConv()
+    first.backend = "onnxruntime"
+    FeatureCache(tmp_path / "c", encode_workers=0).get(first, mixed[:4], need_sequence=False)
+    (export,) = onnx_dir(tmp_path / "c").glob("*.onnx")
+    _new_process(monkeypatch)
+    later = _LiteConv()
+    later.backend = "auto" if change == "auto after onnxruntime" else "onnxruntime"
+    if change == "file":
+        stat = export.stat()
+        os.utime(export, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    elif change == "environment":
+        real = compute._environment
+        monkeypatch.setattr(compute, "_environment", lambda: {**(real() or {}), "onnxruntime": "0.0.0"})
+    FeatureCache(tmp_path / "c", encode_workers=0).get(later, mixed[4:], need_sequence=False)
+    assert later.forwards >= 1  # checked against torch again
+    record = json.loads(compute.check_record_file(export).read_text())
+    assert record["backend"] == later.backend  # and the new check is what the record says now
 
 
 @pytest.mark.slow

@@ -25,6 +25,9 @@ USAGE_DIR = "usage"
 ONNX_FORMAT = 1
 """``mmfuse.features.compute.ONNX_FORMAT``, repeated here so that listing needs no torch import (that module
 imports torch); ``tests/cache/test_cache_cli.py`` checks that a real export is attributed to its encoder."""
+CHECK_RECORD_SUFFIX = ".checked.json"
+"""What ``mmfuse.features.compute.check_record_file`` adds to an export's name: the record of its last check
+against torch, listed and removed with its export."""
 
 
 @dataclass
@@ -94,6 +97,8 @@ class CachedExport:
         modified: when it was written (seconds since the epoch), or ``None``.
         partial: a half-written temporary left by an export that was killed (never loaded; ``cache clear`` removes
             it). Any other file that is not ``*.onnx`` is listed too (unmatched), as ``cache clear`` removes it.
+        check_record: the record of the export's last check against torch (``<name>.checked.json``, which lets a
+            later process skip the check), or ``None``; removed with the export.
     """
 
     path: Path
@@ -103,10 +108,12 @@ class CachedExport:
     modality: str = "?"
     modified: float | None = None
     partial: bool = False
+    check_record: Path | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = dict(self.__dict__)
         out["path"] = str(self.path)
+        out["check_record"] = None if self.check_record is None else str(self.check_record)
         return out
 
 
@@ -143,7 +150,11 @@ def list_exports(root: Path, encoders: list[CachedEncoder] | None = None) -> lis
         if enc.identity and version is not None:
             by_stem[export_stem(enc.identity, version)] = enc
     found = []
-    for file in sorted(p for p in folder.iterdir() if p.is_file()):
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    names = {p.name for p in files}
+    for file in files:
+        if file.name.endswith(CHECK_RECORD_SUFFIX) and file.name[: -len(CHECK_RECORD_SUFFIX)] in names:
+            continue  # listed with its export, below
         try:
             modified: float | None = file.stat().st_mtime
         except OSError:
@@ -153,6 +164,8 @@ def list_exports(root: Path, encoders: list[CachedEncoder] | None = None) -> lis
         enc = by_stem.get(file.name.split(".", 1)[0])
         if enc is not None and file.suffix == ".onnx":
             export.name, export.identity_sha256, export.modality = enc.name, enc.identity_sha256, enc.modality
+        if file.name + CHECK_RECORD_SUFFIX in names:
+            export.check_record = file.with_name(file.name + CHECK_RECORD_SUFFIX)
         found.append(export)
     return sorted(found, key=lambda e: e.bytes, reverse=True)
 
@@ -283,6 +296,8 @@ def clear_cache(root: Path, encoder: str | None = None) -> list[CachedEncoder]:
         for leftover in base.glob(".trash-*"):
             shutil.rmtree(leftover, ignore_errors=True)
     for export in exports:  # a run loading one meanwhile keeps its open file (POSIX) or exports it again
+        if export.check_record is not None:  # first: a record never outlives the file it vouches for
+            export.check_record.unlink(missing_ok=True)
         export.path.unlink(missing_ok=True)
     if encoder is None:
         shutil.rmtree(onnx_dir(root), ignore_errors=True)

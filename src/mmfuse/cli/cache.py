@@ -131,7 +131,9 @@ def _print_listing(root: Path, cached: list[CachedEncoder], exports: list[Cached
             typer.echo(f"  dataset {d['dataset']}: {d['examples']} examples asked for ({kind})")
         for e in exports:
             if e.identity_sha256 == c.identity_sha256:
-                typer.echo(f"  ONNX export (backend onnxruntime): {e.path.parent.name}/{e.path.name}, {_size(e.bytes)}")
+                where = f"{e.path.parent.name}/{e.path.name}"
+                checked = " (checked against torch)" if e.check_record else ""
+                typer.echo(f"  ONNX export (backend onnxruntime): {where}, {_size(e.bytes)}{checked}")
         if c.unusable:
             typer.echo(f"  {c.unusable} unusable file(s) set aside (damaged or foreign); `cache clear` removes them")
     others = [e for e in exports if e.identity_sha256 is None]

@@ -102,6 +102,9 @@ class OnnxEncoder:
             encoder is exported there (written to a temporary name, then renamed, so concurrent runs are safe).
         threads: onnxruntime intra-op threads (default: :func:`available_cores`).
         reference: ``encoder(example)``, where the caller has it (saves running the encoder here).
+        outputs: the names of the encoder's outputs (``pooled``, ``sequence``, ``mask``) and ``grid`` its grid,
+            where the caller knows them from an earlier run of this file (what ``reference`` would give): then the
+            encoder does not run here at all.
 
     Raises:
         BackendError: onnxruntime is not installed, or the encoder does not export or does not load.
@@ -115,6 +118,8 @@ class OnnxEncoder:
         *,
         threads: int | None = None,
         reference: EncoderOutput | None = None,
+        outputs: list[str] | None = None,
+        grid: tuple[int, int] | None = None,
     ) -> None:
         try:
             import onnxruntime as ort
@@ -123,11 +128,14 @@ class OnnxEncoder:
         self.path = Path(path)
         named = _named(example)
         self.input_names = list(named)
-        if reference is None:
-            with torch.inference_mode():
-                reference = encoder(example)
-        self.output_names = [n for n in _OUTPUTS if getattr(reference, n) is not None]
-        self.grid = reference.grid
+        if outputs is not None and reference is None:
+            self.output_names, self.grid = [n for n in _OUTPUTS if n in outputs], grid
+        else:
+            if reference is None:
+                with torch.inference_mode():
+                    reference = encoder(example)
+            self.output_names = [n for n in _OUTPUTS if getattr(reference, n) is not None]
+            self.grid = reference.grid
         self.exported = False
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or available_cores()

@@ -23,7 +23,9 @@ shards of one job could come out of different backends.
 Images travel from the DataLoader workers as they are decoded and resized, before normalisation, where the
 encoder's preprocessor can split the two (``to_uint8`` / ``from_uint8``, as
 :class:`~mmfuse.encoders._preprocess.LitePreprocessor` does): ``uint8`` pixels are a quarter of the float32 bytes
-through shared memory, and normalising a batch in this process gives bit-identical inputs.
+through shared memory, and normalising a batch in this process gives bit-identical inputs. Every batch is
+normalised into the same float32 buffer (a fresh 38 MB one per batch of 64 faulted its pages in again: ~0.7 s of
+kernel time over 2,592 images), so an encoder output that is a view of its input is copied before the next batch.
 """
 
 from __future__ import annotations
@@ -32,16 +34,20 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
+import platform
 import tempfile
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
+from mmfuse._writable import UnwritableError, write_atomic
 from mmfuse.data.dataset import MultimodalDataset, collate_examples
 from mmfuse.data.example import Example
 from mmfuse.encoders.base import Encoder, EncoderOutput, ImageEncoder, TextEncoder
@@ -168,7 +174,8 @@ def compute_feature_chunks(
             done = start
             while done < end:
                 inputs, batch_present, n = next(stream)
-                outputs.append(forward(inputs))
+                # image pixels come in one buffer that the next batch overwrites: keep no output that shares it
+                outputs.append(_unshared(forward(inputs), inputs) if image else forward(inputs))
                 if batch_present is not None:
                     present.append(batch_present)
                 if progress is not None:
@@ -202,12 +209,30 @@ def _batches(
     loader = DataLoader(
         dataset, batch_sampler=[list(rows) for rows in batches], num_workers=num_workers, collate_fn=collate_examples
     )
+    buffer: torch.Tensor | None = None  # the float32 pixels of every batch, normalised into one buffer
     for batch in loader:
         pixels, present = batch["pixel_values"], batch["image_present"]
         if finish is not None:
-            pixels = finish(pixels)
-            pixels[~present] = 0.0  # a missing or unreadable image: the float blank the dataset gives (zeros)
+            n = pixels.shape[0]
+            if buffer is None or buffer.shape[0] < n or buffer.shape[1:] != pixels.shape[1:]:
+                buffer = torch.empty(pixels.shape, dtype=torch.float32)
+            pixels = finish(pixels, out=buffer[:n])
+            if not bool(present.all()):  # (masking a whole batch costs ~12 ms: only where an image is missing)
+                pixels[~present] = 0.0  # a missing or unreadable image: the float blank the dataset gives (zeros)
         yield pixels.to(device), present, len(batch["ids"])
+
+
+def _unshared(out: EncoderOutput, inputs: torch.Tensor) -> EncoderOutput:
+    """``out``, with a copy of any tensor of it that shares memory with ``inputs`` (an encoder may return a view of
+    its pixels; the pixel buffer is written again by the next batch)."""
+    held = inputs.untyped_storage().data_ptr()
+
+    def own(t: torch.Tensor | None) -> torch.Tensor | None:
+        return t.clone() if t is not None and t.untyped_storage().data_ptr() == held else t
+
+    pooled = own(out.pooled)
+    assert pooled is not None
+    return EncoderOutput(pooled=pooled, sequence=own(out.sequence), mask=own(out.mask), grid=out.grid)
 
 
 class _Forward:
@@ -285,13 +310,26 @@ class _Forward:
 
     def _onnx(self, inputs: Any) -> OnnxEncoder:
         """The encoder on onnxruntime, checked against torch on the first :data:`CHECK_ROWS` inputs (and, for
-        ``auto``, faster there)."""
+        ``auto``, faster there), or loaded without a check where an earlier process checked this very file in this
+        environment (:func:`check_record_file`)."""
         assert self.onnx_dir is not None
         rows = (
             inputs[:CHECK_ROWS] if isinstance(inputs, torch.Tensor) else {k: v[:CHECK_ROWS] for k, v in inputs.items()}
         )
+        path = onnx_file(self.encoder, self.onnx_dir)
+        record = _recorded_check(path, self.backend)
+        if record is not None:
+            grid = tuple(record["grid"]) if record["grid"] is not None else None
+            known = OnnxEncoder(self.encoder, rows, path, outputs=record["outputs"], grid=grid)  # type: ignore[arg-type]
+            if not known.exported:  # (a file that no longer loaded was exported again: that one is checked below)
+                logger.info(
+                    "%s runs on onnxruntime (loaded %s; checked against torch on %s: max |onnxruntime - torch| %.1e "
+                    "on %d inputs; delete %s to check again)", self._name, path, record["checked"],
+                    record["max_abs_diff"], record["rows"], check_record_file(path).name,
+                )  # fmt: skip
+                return known
         reference = self.encoder(rows)
-        runner = OnnxEncoder(self.encoder, rows, onnx_file(self.encoder, self.onnx_dir), reference=reference)
+        runner = OnnxEncoder(self.encoder, rows, path, reference=reference)
         diff = check_close(self.encoder.name, runner(rows), reference)  # also onnxruntime's warm-up run
         ort_seconds = _seconds(runner, rows)
         # auto: which is faster, each on its second run (the first of each pays one-off set-up)
@@ -304,7 +342,97 @@ class _Forward:
             self._name, ("exported to " if runner.exported else "loaded ") + str(runner.path), diff, CHECK_ROWS,
             ort_seconds, torch_seconds,
         )  # fmt: skip
+        if self.keep:
+            _record_check(path, runner, self.backend, diff, ort_seconds, torch_seconds)
         return runner
+
+
+CHECK_RECORD_FORMAT = 1
+
+
+def check_record_file(onnx: Path) -> Path:
+    """Where the record of the last passed check of the ONNX file ``onnx`` is kept: beside it, ``<name>.checked.json``.
+
+    Checking an export against torch runs the encoder on torch twice and loads a session (~0.9 CPU-seconds for
+    EfficientNet-Lite0 on 2 cores, ~2 % of a 2,592-image fill), in every process. The record lets a later process
+    load the file without it, as long as the file (its size and modification time), onnxruntime's and torch's
+    versions and the CPU (model and the instruction set torch's kernels use) are those it was checked with; and for
+    ``auto`` only a check that also found onnxruntime faster counts (a failed or slower check is never recorded, so
+    it is made again by the next process). ``mmfuse cache clear`` removes it with the exports.
+    """
+    return onnx.with_name(onnx.name + ".checked.json")
+
+
+def _environment() -> dict[str, str] | None:
+    """What a check's verdict depends on besides the file; ``None`` without onnxruntime."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    cpu = platform.processor()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    return {
+        "onnxruntime": ort.__version__,
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "cpu": cpu,
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
+
+
+def _file_state(path: Path) -> dict[str, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _recorded_check(path: Path, backend: str) -> dict[str, Any] | None:
+    """The record of a check that vouches for ``path`` here and for ``backend``, or ``None``."""
+    try:
+        record = json.loads(check_record_file(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if (
+        not isinstance(record, dict)
+        or record.get("format") != CHECK_RECORD_FORMAT
+        or record.get("file") != _file_state(path)
+        or record.get("environment") != _environment()
+        or (backend == "auto" and record.get("faster") is not True)
+        or not isinstance(record.get("outputs"), list)
+        or "pooled" not in record["outputs"]
+        or not (record.get("grid") is None or (isinstance(record["grid"], list) and len(record["grid"]) == 2))
+    ):
+        return None
+    return record
+
+
+def _record_check(path: Path, runner: OnnxEncoder, backend: str, diff: float, ort_s: float, torch_s: float) -> None:
+    """Keeps the passed check of ``path`` for later processes (see :func:`check_record_file`); a folder that takes
+    no record only costs the next process the check."""
+    record = {
+        "format": CHECK_RECORD_FORMAT,
+        "file": _file_state(path),
+        "environment": _environment(),
+        "backend": backend,
+        "faster": None if backend != "auto" else True,  # (a slower onnxruntime raised before this)
+        "rows": CHECK_ROWS,
+        "max_abs_diff": diff,
+        "onnxruntime_s": round(ort_s, 6),
+        "torch_s": None if math.isnan(torch_s) else round(torch_s, 6),
+        "outputs": runner.output_names,
+        "grid": list(runner.grid) if runner.grid is not None else None,
+        "checked": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    try:
+        write_atomic(
+            check_record_file(path), json.dumps(record, indent=1) + "\n", what="onnxruntime check record",
+            fix="make the feature cache's onnx/ folder writable",
+        )  # fmt: skip
+    except UnwritableError as e:
+        logger.info("%s (the next process checks %s against torch again)", e, path.name)
 
 
 def _seconds(run: Callable[[Any], EncoderOutput], inputs: Any) -> float:
