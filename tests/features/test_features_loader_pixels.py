@@ -153,3 +153,18 @@ def test_finish_uint8_blanks_only_the_absent_rows() -> None:
     out = finish_uint8(pre.from_uint8, pixels, torch.tensor([True, False]))
     assert torch.equal(_bits(out[0]), _bits((pixels[0].float() - 127) / 128))
     assert torch.equal(_bits(out[1]), torch.zeros(3, 4, 4, dtype=torch.int32))
+
+
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU"))],
+)
+def test_uint8_pixels_are_normalised_on_the_batch_device(device: str, examples: list[Example]) -> None:
+    """uint8 crosses to the device (a quarter of the float32 copy) and is normalised there, to the same bits."""
+    encoder, reference = _Lite(split=True), _Lite(split=False)
+    batch = next(iter(make_loader(examples, label_map=None, plan=RAW_IMAGE, image_encoder=encoder, batch_size=9)))
+    want = next(iter(make_loader(examples, label_map=None, plan=RAW_IMAGE, image_encoder=reference, batch_size=9)))
+    assert batch["pixel_values"].dtype == torch.uint8
+    pixels = InputMaker(RAW_IMAGE, Tables(), None, encoder)(batch, device).pixel_values
+    assert pixels is not None and pixels.device.type == device and pixels.dtype == torch.float32
+    assert torch.equal(_bits(pixels.cpu()), _bits(want["pixel_values"]))
