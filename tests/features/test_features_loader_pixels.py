@@ -168,3 +168,22 @@ def test_uint8_pixels_are_normalised_on_the_batch_device(device: str, examples: 
     pixels = InputMaker(RAW_IMAGE, Tables(), None, encoder)(batch, device).pixel_values
     assert pixels is not None and pixels.device.type == device and pixels.dtype == torch.float32
     assert torch.equal(_bits(pixels.cpu()), _bits(want["pixel_values"]))
+
+
+@pytest.mark.slow
+def test_the_real_efficientnet_lite0_reads_the_same_features_from_uint8_batches(examples: list[Example]) -> None:
+    """The packaged EfficientNet-Lite0 (224 px): uint8 through 2 workers, the same pixel bits and features as its
+    float32 preprocessing."""
+    from types import SimpleNamespace
+
+    from _tiny import real_image_encoder
+
+    encoder = real_image_encoder()
+    unsplit = SimpleNamespace(preprocess=_FloatOnly(encoder.preprocess))  # the same preprocessing, all in the workers
+    dtypes, pixels = _model_pixels(encoder, examples, 2)
+    float_dtypes, float_pixels = _model_pixels(unsplit, examples, 2)  # type: ignore[arg-type]
+    assert dtypes == [torch.uint8] * 3 and float_dtypes == [torch.float32] * 3
+    with torch.no_grad():
+        for got, want in zip(pixels, float_pixels, strict=True):
+            assert torch.equal(_bits(got), _bits(want))
+            assert torch.equal(encoder(got).pooled, encoder(want).pooled)
