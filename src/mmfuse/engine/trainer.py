@@ -228,7 +228,9 @@ class Trainer:
                     self.model, self.plan, examples, source, device=device, batch_size=eval_bs,
                     num_workers=cfg.train.num_workers, progress=bar.update,
                 )  # fmt: skip
-            makers[split] = InputMaker(self.plan, tables, getattr(self.model, "text_encoder", None))
+            makers[split] = InputMaker(
+                self.plan, tables, getattr(self.model, "text_encoder", None), getattr(self.model, "image_encoder", None)
+            )
         if source is not self.source:
             self._report_shares(_encoded(self.source) - encoded_before, time.perf_counter() - start)
         self.make_train_inputs, self.make_val_inputs = makers["train"], makers["val"]

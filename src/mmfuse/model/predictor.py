@@ -607,7 +607,7 @@ class TorchPredictor(Predictor):
             items, label_map=LabelMap(self.classes) if labeled else None, plan=plan, batch_size=cfg.train.eval_batch,
             image_encoder=getattr(model, "image_encoder", None), num_workers=cfg.train.num_workers,
         )  # fmt: skip
-        maker = InputMaker(plan, tables, getattr(model, "text_encoder", None))
+        maker = InputMaker(plan, tables, getattr(model, "text_encoder", None), getattr(model, "image_encoder", None))
         with reporter.bar(len(items), task) as bar:
             yield loader, maker, bar
 
