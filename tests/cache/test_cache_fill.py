@@ -225,7 +225,7 @@ def test_a_later_process_loads_a_checked_export_without_checking_it_again(
     assert torch.equal(again.values, table.values)
 
 
-@pytest.mark.parametrize("change", ["file", "environment", "auto after onnxruntime"])
+@pytest.mark.parametrize("change", ["file", "environment", "auto after onnxruntime", "damaged record", "odd grid"])
 def test_a_check_record_counts_only_for_the_same_file_environment_and_verdict(
     change: str, mixed: list[Example], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -246,6 +246,11 @@ def test_a_check_record_counts_only_for_the_same_file_environment_and_verdict(
     elif change == "environment":
         real = compute._environment
         monkeypatch.setattr(compute, "_environment", lambda: {**(real() or {}), "onnxruntime": "0.0.0"})
+    elif change == "damaged record":
+        compute.check_record_file(export).write_text('{"format": 1, "file": ')
+    elif change == "odd grid":
+        kept = json.loads(compute.check_record_file(export).read_text())
+        compute.check_record_file(export).write_text(json.dumps({**kept, "grid": ["8", 8]}))
     FeatureCache(tmp_path / "c", encode_workers=0).get(later, mixed[4:], need_sequence=False)
     assert later.forwards >= 1  # checked against torch again
     record = json.loads(compute.check_record_file(export).read_text())

@@ -403,10 +403,14 @@ def _recorded_check(path: Path, backend: str) -> dict[str, Any] | None:
         or (backend == "auto" and record.get("faster") is not True)
         or not isinstance(record.get("outputs"), list)
         or "pooled" not in record["outputs"]
-        or not (record.get("grid") is None or (isinstance(record["grid"], list) and len(record["grid"]) == 2))
+        or not (record.get("grid") is None or _is_grid(record["grid"]))
     ):
         return None
     return record
+
+
+def _is_grid(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 2 and all(type(v) is int and v > 0 for v in value)
 
 
 def _record_check(path: Path, runner: OnnxEncoder, backend: str, diff: float, ort_s: float, torch_s: float) -> None:
