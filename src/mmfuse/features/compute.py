@@ -31,6 +31,7 @@ kernel time over 2,592 images), so an encoder output that is a view of its input
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -52,6 +53,7 @@ from mmfuse.data.dataset import MultimodalDataset, collate_examples
 from mmfuse.data.example import Example
 from mmfuse.encoders.base import Encoder, EncoderOutput, ImageEncoder, TextEncoder
 from mmfuse.encoders.runtime import BACKENDS, BackendError, OnnxEncoder, check_close, retained_heap
+from mmfuse.features.batches import finish_uint8, uint8_stages
 from mmfuse.features.table import FeatureTable
 
 logger = logging.getLogger("mmfuse.features")
@@ -202,23 +204,21 @@ def _batches(
             yield {k: v.to(device) for k, v in encoder.tokenize([e.text for e in chunk]).items()}, None, len(chunk)
         return
     assert isinstance(encoder, ImageEncoder), f"not a text or image encoder: {type(encoder).__name__}"
-    preprocess, finish = encoder.preprocess, None
-    if hasattr(preprocess, "to_uint8") and hasattr(preprocess, "from_uint8"):  # see the module docstring
-        preprocess, finish = preprocess.to_uint8, preprocess.from_uint8
-    dataset = MultimodalDataset(examples, label_map=None, image_preprocess=preprocess)
+    stages = uint8_stages(encoder.preprocess)  # see the module docstring
+    dataset = MultimodalDataset(
+        examples, label_map=None, image_preprocess=encoder.preprocess if stages is None else stages[0]
+    )
     loader = DataLoader(
         dataset, batch_sampler=[list(rows) for rows in batches], num_workers=num_workers, collate_fn=collate_examples
     )
     buffer: torch.Tensor | None = None  # the float32 pixels of every batch, normalised into one buffer
     for batch in loader:
         pixels, present = batch["pixel_values"], batch["image_present"]
-        if finish is not None:
+        if stages is not None:
             n = pixels.shape[0]
             if buffer is None or buffer.shape[0] < n or buffer.shape[1:] != pixels.shape[1:]:
                 buffer = torch.empty(pixels.shape, dtype=torch.float32)
-            pixels = finish(pixels, out=buffer[:n])
-            if not bool(present.all()):  # (masking a whole batch costs ~12 ms: only where an image is missing)
-                pixels[~present] = 0.0  # a missing or unreadable image: the float blank the dataset gives (zeros)
+            pixels = finish_uint8(functools.partial(stages[1], out=buffer[:n]), pixels, present)
         yield pixels.to(device), present, len(batch["ids"])
 
 
