@@ -67,7 +67,7 @@ from mmfuse._writable import free_bytes, reason_of
 from mmfuse.cache.inventory import IDENTITY_FILE, USAGE_DIR, stale_temporaries
 from mmfuse.cache.keys import ContentHasher, canonical_identity, identity_hash, request_key
 from mmfuse.cache.location import features_dir, onnx_dir, resolve_cache_dir
-from mmfuse.cache.peers import Peers
+from mmfuse.cache.peers import PeerError, Peers
 from mmfuse.cache.shards import (
     CorruptShardError,
     ShardHeader,
@@ -82,7 +82,14 @@ from mmfuse.cache.shards import (
 from mmfuse.data.example import Example
 from mmfuse.encoders.base import Encoder, ImageEncoder, TextEncoder
 from mmfuse.features import FeatureSource, FeatureTable, compute_features, default_store
-from mmfuse.features.compute import compute_feature_chunks
+from mmfuse.features.compute import (
+    CHECK_ROWS,
+    choose_backend,
+    compute_feature_chunks,
+    onnx_export_due,
+    onnx_file,
+    refuse_onnx,
+)
 
 logger = logging.getLogger("mmfuse.cache")
 
@@ -400,22 +407,42 @@ class FeatureCache:
         """Encodes and writes the inputs this process owns (:meth:`Peers.owns`) that no shard holds, one shard per
         round, every process meeting after each round (so a dead or stuck one is noticed within one shard's time,
         not the whole dataset's); returns the tables with their keys (kept, so a failed write costs no second
-        encoding here). Every process makes the same number of rounds: the most any of them needs."""
+        encoding here). Every process makes the same number of rounds: the most any of them needs.
+
+        At each meeting every process says which request it is at (:meth:`Peers.meet`), so processes that asked
+        for different features stop at once. The backend is chosen for the whole job (all processes' misses, what
+        ``auto`` weighs the ONNX export against), and where the encoder is to be exported, process 0 exports it
+        while the others wait (:meth:`_export_once`)."""
         peers = self.peers
         assert peers is not None
         held = {key for header in self._usable(folder, need_sequence) for key in header.keys}
         first = _first_rows(keys)
-        todo = [k for k in first if k not in held and peers.owns(k)]
+        unheld = [k for k in first if k not in held]
+        todo = [k for k in unheld if peers.owns(k)]
         size = self.shard_examples
         modality = "text" if isinstance(encoder, TextEncoder) else "image"
         what = f"{len(first)} {modality} inputs of {folder.path}"
-        rounds = peers.most(-(-len(todo) // size), f"the start of encoding {what}")
+        # the request in a digest (the identity's folder, the storage dtypes, sequences or not, the keys in order)
+        # and in words, for the message of processes that are not at the same one
+        request = request_key(f"{folder.path.name}{self.storage.key_suffix}/{int(need_sequence)}", keys)[:16]
+        about = (
+            f"the {modality} encoder {encoder.name!r} on {len(keys)} inputs ({len(first)} distinct), "
+            f"{'with' if need_sequence else 'without'} sequences, stored as {self.storage.dtype} (request {request})"
+        )
+        # process 0 counts the job's misses and says whether the encoder is to be exported for them
+        due = peers.rank == 0 and onnx_export_due(encoder, onnx_dir=onnx_dir(self.root), total=len(unheld),
+                                                  device=torch.device(device))  # fmt: skip
+        said = peers.meet(request, about, f"the start of encoding {what}", (len(todo), len(unheld), due))
+        rounds = max(-(-n // size) for n, _, _ in said)
+        total = said[0][1]  # one choice of backend for the job, weighed against all of its misses
+        if said[0][2]:
+            sample = [examples[first[k]] for k in unheld[:CHECK_ROWS]]
+            self._export_once(encoder, sample, device, total, request, about, what)
         own = []
-        # one pass over this process's share (one DataLoader), a table per shard; nothing starts before next().
-        # `auto` weighs the ONNX export against one shard, as when each shard was encoded by a call of its own.
+        # one pass over this process's share (one DataLoader), a table per shard; nothing starts before next()
         tables = self._encode_for_store(
             encoder, [examples[first[k]] for k in todo], need_sequence, device, batch_size, workers, progress,
-            total=min(len(todo), size),
+            total=total,
         )  # fmt: skip
         with contextlib.closing(tables):
             for r in range(rounds):
@@ -425,10 +452,53 @@ class FeatureCache:
                     self._write(folder, table, chunk, remaining=len(todo) - r * size)
                     own.append((table, chunk))
                     self.stats.computed += len(chunk)
-                peers.wait(f"the end of round {r + 1} of {rounds} encoding {what}")
+                peers.meet(f"{request}/{r}", f"{about}, round {r + 1} of {rounds}",
+                           f"the end of round {r + 1} of {rounds} encoding {what}")  # fmt: skip
         logger.debug("%r encoded %d of %d %s inputs (%d were cached)", peers, len(todo), len(first), modality,
                      len(set(first) & held))  # fmt: skip
         return own
+
+    def _export_once(
+        self,
+        encoder: Encoder,
+        sample: list[Example],
+        device: torch.device | str,
+        total: int,
+        request: str,
+        about: str,
+        what: str,
+    ) -> None:
+        """Process 0 exports ``encoder`` to ONNX for the job of ``total`` inputs (and makes its own choice of
+        backend, :func:`~mmfuse.features.compute.choose_backend`, on ``sample``) while the others wait at a meeting;
+        then each loads that one file and makes its own check. An export that failed is said to the others, which
+        run torch as process 0 does, with its reason, instead of each trying it again; a process 0 that failed
+        otherwise stops them with a :class:`PeerError`."""
+        peers = self.peers
+        assert peers is not None
+        where = onnx_dir(self.root)
+        name = f"{'text' if isinstance(encoder, TextEncoder) else 'image'} encoder {encoder.name!r}"
+        meeting = f"process 0's ONNX export of the {name} encoding {what}"
+        outcome: tuple[str, str] | None = None
+        if peers.rank == 0:
+            try:
+                reason = choose_backend(encoder, sample, onnx_dir=where, total=total, device=device)
+            except Exception as e:
+                with contextlib.suppress(PeerError):  # tell the others, then stop as this process would alone
+                    peers.meet(f"{request}/onnx", about, meeting, ("crashed", f"{type(e).__name__}: {e}"[:300]))
+                raise
+            if reason is not None and not onnx_file(encoder, where).is_file():
+                outcome = ("failed", reason)
+        told = peers.meet(f"{request}/onnx", about, meeting, outcome)[0]
+        if told is None or peers.rank == 0:
+            return
+        kind, reason = told
+        if kind == "crashed":
+            raise PeerError(
+                f"process {peers.rank} of {peers.world}: process 0 failed exporting the {name} to ONNX ({reason}); "
+                "see its output for why. The shards written so far are kept in the cache; with the encoder's "
+                "backend: torch no process exports it"
+            )
+        refuse_onnx(encoder, reason, onnx_dir=where)
 
     def _resolve_once(
         self,
