@@ -30,7 +30,10 @@ Several processes of one run (``accelerate launch --num_processes N``) fill one 
 (:meth:`FeatureCache.across`, :mod:`mmfuse.cache.peers`): each input that no shard holds is encoded by exactly one of
 them, which writes it as shards of its own (unique names, written atomically: writers never touch each other's files,
 and there is no index to update); they meet after every round of one shard each, and then each reads the complete
-table from the folder. A process that dies or hangs stops the others with a :class:`~mmfuse.cache.peers.PeerError`.
+table from the folder. A process that dies or hangs stops the others with a :class:`~mmfuse.cache.peers.PeerError`,
+and so do processes that asked for different features (each meeting compares a digest of their requests). The
+backend is chosen for the whole job: where an encoder is to be exported to ONNX, process 0 exports it while the
+others wait, and each then loads that one file.
 
 Encoders with trainable weights are never cached: their features are computed and returned, nothing is stored.
 A cache folder that cannot take new entries (read-only, no permission, a full disk, or less free space than they need,
@@ -277,7 +280,8 @@ class FeatureCache:
         (``accelerate launch --num_processes N``; see :mod:`mmfuse.cache.peers`): each input that no shard holds
         yet is encoded by exactly one process, which writes it to the shared folder; every process then reads the
         complete table from there. Every process must make the same ``get`` calls in the same order (the engine's
-        feature step does). ``None`` or a single process: this cache as it is."""
+        feature step does; processes that do not stop at once with a :class:`~mmfuse.cache.peers.PeerError` naming
+        each one's request). ``None`` or a single process: this cache as it is."""
         if peers is None or peers.world == 1:
             return self
         view = copy.copy(self)
