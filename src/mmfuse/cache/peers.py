@@ -57,7 +57,8 @@ def peer_timeout() -> float:
 class Peers:
     """The processes of one run that share a cache folder: this one's ``rank`` among ``world``.
 
-    A subclass implements the two meetings; every process must call them in the same order.
+    A subclass implements the meetings (:meth:`gather`, which :meth:`meet` and the feature cache use, and
+    :meth:`wait`, :meth:`most`); every process must call them in the same order.
 
     Raises:
         ValueError: a rank outside ``0 .. world - 1``.
