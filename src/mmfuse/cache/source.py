@@ -189,6 +189,20 @@ class CacheStorage:
         return out
 
 
+@dataclass(frozen=True)
+class _Request:
+    """One ``get`` of a frozen encoder's features that the memo did not answer: what resolving it needs."""
+
+    encoder: Encoder
+    examples: list[Example]
+    keys: list[str]  # each example's content key, in row order
+    need_sequence: bool
+    device: torch.device | str
+    batch_size: int
+    workers: int
+    progress: Callable[[int], None] | None
+
+
 @dataclass
 class _Folder:
     """One encoder identity's folder, with the headers of its shards read so far."""
@@ -353,7 +367,8 @@ class FeatureCache:
             return memo if need_sequence else memo.pooled_only()
         self.stats.requests += 1
         folder = self._folder(ident_hex, identity, encoder, modality)
-        table = self._resolve(folder, encoder, examples, keys, need_sequence, device, batch_size, workers, progress)
+        wanted = _Request(encoder, examples, keys, need_sequence, device, batch_size, workers, progress)
+        table = self._resolve(folder, wanted)
         if table.has_sequence and table.grid is None and isinstance(encoder, ImageEncoder):
             # every row came from shards written before the grid was stored with them: the same encoder (same
             # identity) gives the same grid, so it is read from the encoder (one blank image), not guessed
@@ -371,43 +386,19 @@ class FeatureCache:
 
     # ----------------------------------------------------------------------------------------------- resolution
 
-    def _resolve(
-        self,
-        folder: _Folder,
-        encoder: Encoder,
-        examples: list[Example],
-        keys: list[str],
-        need_sequence: bool,
-        device: torch.device | str,
-        batch_size: int,
-        workers: int,
-        progress: Callable[[int], None] | None,
-    ) -> FeatureTable:
+    def _resolve(self, folder: _Folder, wanted: _Request) -> FeatureTable:
         own: list[tuple[FeatureTable, list[str]]] = []
         if self.peers is not None:  # this process's share first, with the others; then the table, as alone
-            own = self._encode_share(folder, encoder, examples, keys, need_sequence, device, batch_size, workers,
-                                     progress)  # fmt: skip
-            progress = _after(progress, sum(len(chunk) for _, chunk in own))
-        args = (need_sequence, device, batch_size, workers, progress)
+            own = self._encode_share(folder, wanted)
+            wanted = replace(wanted, progress=_after(wanted.progress, sum(len(chunk) for _, chunk in own)))
         for _ in range(3):
             try:
-                return self._resolve_once(folder, encoder, examples, keys, *args, own=own)
+                return self._resolve_once(folder, wanted, own=own)
             except CorruptShardError as e:  # a shard failed its checksum mid-way: set it aside and start over
                 self._discard(folder, e.path, e)
-        return self._resolve_once(folder, encoder, examples, keys, *args, own=own)
+        return self._resolve_once(folder, wanted, own=own)
 
-    def _encode_share(
-        self,
-        folder: _Folder,
-        encoder: Encoder,
-        examples: list[Example],
-        keys: list[str],
-        need_sequence: bool,
-        device: torch.device | str,
-        batch_size: int,
-        workers: int,
-        progress: Callable[[int], None] | None,
-    ) -> list[tuple[FeatureTable, list[str]]]:
+    def _encode_share(self, folder: _Folder, wanted: _Request) -> list[tuple[FeatureTable, list[str]]]:
         """Encodes and writes the inputs this process owns (:meth:`Peers.owns`) that no shard holds, one shard per
         round, every process meeting after each round (so a dead or stuck one is noticed within one shard's time,
         not the whole dataset's); returns the tables with their keys (kept, so a failed write costs no second
@@ -419,6 +410,9 @@ class FeatureCache:
         while the others wait (:meth:`_export_once`)."""
         peers = self.peers
         assert peers is not None
+        encoder, examples, keys, need_sequence, device = (
+            wanted.encoder, wanted.examples, wanted.keys, wanted.need_sequence, wanted.device
+        )  # fmt: skip
         held = {key for header in self._usable(folder, need_sequence) for key in header.keys}
         first = _first_rows(keys)
         unheld = [k for k in first if k not in held]
@@ -444,10 +438,7 @@ class FeatureCache:
             self._export_once(encoder, sample, device, total, request, about, what)
         own = []
         # one pass over this process's share (one DataLoader), a table per shard; nothing starts before next()
-        tables = self._encode_for_store(
-            encoder, [examples[first[k]] for k in todo], need_sequence, device, batch_size, workers, progress,
-            total=total,
-        )  # fmt: skip
+        tables = self._encode_for_store(wanted, [examples[first[k]] for k in todo], total=total)
         with contextlib.closing(tables):
             for r in range(rounds):
                 chunk = todo[r * size : (r + 1) * size]
@@ -505,18 +496,9 @@ class FeatureCache:
         refuse_onnx(encoder, reason, onnx_dir=where)
 
     def _resolve_once(
-        self,
-        folder: _Folder,
-        encoder: Encoder,
-        examples: list[Example],
-        keys: list[str],
-        need_sequence: bool,
-        device: torch.device | str,
-        batch_size: int,
-        workers: int,
-        progress: Callable[[int], None] | None,
-        own: Sequence[tuple[FeatureTable, list[str]]] = (),
+        self, folder: _Folder, wanted: _Request, own: Sequence[tuple[FeatureTable, list[str]]] = ()
     ) -> FeatureTable:
+        keys, need_sequence, progress = wanted.keys, wanted.need_sequence, wanted.progress
         first = _first_rows(keys)
         parts = [_Part(table) for table, _ in own]  # what this process encoded with its peers: in memory already
         where = {k: (p, j) for p, (_, chunk) in enumerate(own) for j, k in enumerate(chunk)}  # key -> (part, row)
@@ -534,7 +516,7 @@ class FeatureCache:
                 len(missing), len(first), folder.path, self.peers.rank,
             )  # fmt: skip
         tables = self._encode_for_store(
-            encoder, [examples[first[k]] for k in missing], need_sequence, device, batch_size, workers, progress
+            wanted, [wanted.examples[first[k]] for k in missing]
         )  # one pass over all the misses (one DataLoader), a table per shard; nothing starts before next()
         with contextlib.closing(tables):
             for start in range(0, len(missing), self.shard_examples):
@@ -639,25 +621,19 @@ class FeatureCache:
     # ----------------------------------------------------------------------------------------------- encoding, writing
 
     def _encode_for_store(
-        self,
-        encoder: Encoder,
-        examples: list[Example],
-        need_sequence: bool,
-        device: torch.device | str,
-        batch_size: int,
-        workers: int,
-        progress: Callable[[int], None] | None,
-        *,
-        total: int | None = None,
+        self, wanted: _Request, examples: list[Example], *, total: int | None = None
     ) -> Iterator[FeatureTable]:
         """Encodes new entries in one pass (:func:`~mmfuse.features.compute.compute_feature_chunks`: one DataLoader,
         its workers started once), a table per :attr:`shard_examples` inputs, each yielded as soon as it is encoded
         so that it is written before the next is encoded (an interrupted fill keeps the shards it finished). With
         their sequences when asked or when :attr:`CacheStorage.store_sequences` names the encoder's modality (see
         the module docstring); an encoder that has none (found on the first shard) stores what there is. ``total``:
-        what ``auto`` weighs the ONNX export against (default: all of ``examples``)."""
+        what ``auto`` weighs the ONNX export against (default: all of ``examples``), which are some of ``wanted``'s
+        (its encoder, device, batches and progress)."""
+        encoder, need_sequence = wanted.encoder, wanted.need_sequence
         modality = "text" if isinstance(encoder, TextEncoder) else "image"
-        args = (encoder, examples, device, batch_size, workers, progress, len(examples) if total is None else total)
+        total = len(examples) if total is None else total
+        args = (encoder, examples, wanted.device, wanted.batch_size, wanted.workers, wanted.progress, total)
         if need_sequence or not self.storage.stores_sequence(modality):
             yield from self._encode_chunks(*args, need_sequence=need_sequence)
             return
