@@ -13,7 +13,8 @@ the others must stop with a ``PeerError`` (exit status 5, the message on stderr)
 others' inputs too, and say so. ``onnx``: the encoders' default backend ``auto`` with ``AUTO_MIN_INPUTS`` lowered to
 30 (the job's 40-odd distinct inputs reach it, one process's share does not) and onnxruntime counted as the faster
 (the speed check on 4 inputs is not what this mode tests), the ``mmfuse.features`` log on stderr (debug lines
-too); ``onnx-fail``: the same, but process 0's exports fail (process 1's would not). ``mismatch``:
+too); ``onnx-fail``: the same, but process 0's exports fail (process 1's would not); ``onnx-crash``: process 0's
+export raises an error that is not the backend's (a bug). ``mismatch``:
 process 1 asks for the validation split instead of the training split.
 """
 
@@ -36,7 +37,7 @@ def main(out: str, cache: str, data_root: str, text_dir: str, image_dir: str, mo
     from mmfuse.encoders import build_image_encoder, build_text_encoder
 
     torch.set_num_threads(1)
-    if mode in ("onnx", "onnx-fail"):
+    if mode in ("onnx", "onnx-fail", "onnx-crash"):
         import logging
 
         from mmfuse.encoders.runtime import BackendError, OnnxEncoder
@@ -46,9 +47,11 @@ def main(out: str, cache: str, data_root: str, text_dir: str, image_dir: str, mo
         logging.getLogger("mmfuse.features").setLevel(logging.DEBUG)
         compute.AUTO_MIN_INPUTS = 30
         compute._seconds = lambda run, inputs: 0.0 if isinstance(run, OnnxEncoder) else 1.0
-        if mode == "onnx-fail" and int(os.environ["RANK"]) == 0:
+        if mode in ("onnx-fail", "onnx-crash") and int(os.environ["RANK"]) == 0:
 
             def refuse(self, encoder, named) -> None:
+                if mode == "onnx-crash":
+                    raise RuntimeError("a bug in the export (a test)")
                 raise BackendError(f"the export of {encoder.name} was refused (a test)")
 
             OnnxEncoder._export = refuse

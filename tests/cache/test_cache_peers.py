@@ -288,6 +288,18 @@ def test_a_failed_export_on_process_0_is_said_to_the_others_which_run_torch(tmp_
     assert "exported to" not in results[0].stderr + results[1].stderr
 
 
+@pytest.mark.slow
+def test_an_export_that_crashes_process_0_stops_the_others_saying_so(tmp_path: Path, synth_root: Path) -> None:
+    crashed, other = _start_two(tmp_path, synth_root, "onnx-crash", timeout="120")
+    assert crashed.returncode not in (0, 5) and "RuntimeError: a bug in the export (a test)" in crashed.stderr
+    assert other.returncode == 5, other.stderr[-3000:]
+    message = other.stderr.split("PeerError: ", 1)[1]
+    name = build_text().name
+    assert f"process 1 of 2: process 0 failed exporting the text encoder {name!r} to ONNX" in message
+    assert "a bug in the export (a test)" in message and "see its output for why" in message
+    assert "did not reach" not in message  # told at the meeting, not found dead or late
+
+
 class _Said(Peers):
     """Process 0 of 2 whose partner said ``other`` at every meeting."""
 
