@@ -10,7 +10,12 @@ folder ``CACHE`` (shards of 8 inputs), then writes to ``OUT``: ``rank<r>-<modali
 ``MODE`` (default ``fill``): ``die`` / ``hang``: process 1 exits / sleeps 15 s at its second encoder batch, and
 the others must stop with a ``PeerError`` (exit status 5, the message on stderr) within ``MMFUSE_PEER_TIMEOUT``;
 ``apart``: each process has a cache folder of its own (``CACHE-<rank>``: not shared), so each must encode the
-others' inputs too, and say so.
+others' inputs too, and say so. ``onnx``: the encoders' default backend ``auto`` with ``AUTO_MIN_INPUTS`` lowered to
+30 (the job's 40-odd distinct inputs reach it, one process's share does not) and onnxruntime counted as the faster
+(the speed check on 4 inputs is not what this mode tests), the ``mmfuse.features`` log on stderr (debug lines
+too); ``onnx-fail``: the same, but process 0's exports fail (process 1's would not); ``onnx-crash``: process 0's
+export raises an error that is not the backend's (a bug). ``mismatch``:
+process 1 asks for the validation split instead of the training split.
 """
 
 from __future__ import annotations
@@ -32,9 +37,28 @@ def main(out: str, cache: str, data_root: str, text_dir: str, image_dir: str, mo
     from mmfuse.encoders import build_image_encoder, build_text_encoder
 
     torch.set_num_threads(1)
+    if mode in ("onnx", "onnx-fail", "onnx-crash"):
+        import logging
+
+        from mmfuse.encoders.runtime import BackendError, OnnxEncoder
+        from mmfuse.features import compute
+
+        logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s: %(message)s")
+        logging.getLogger("mmfuse.features").setLevel(logging.DEBUG)
+        compute.AUTO_MIN_INPUTS = 30
+        compute._seconds = lambda run, inputs: 0.0 if isinstance(run, OnnxEncoder) else 1.0
+        if mode in ("onnx-fail", "onnx-crash") and int(os.environ["RANK"]) == 0:
+
+            def refuse(self, encoder, named) -> None:
+                if mode == "onnx-crash":
+                    raise RuntimeError("a bug in the export (a test)")
+                raise BackendError(f"the export of {encoder.name} was refused (a test)")
+
+            OnnxEncoder._export = refuse
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
-    examples = load_splits(DataConfig(root=data_root, preset="hateful_memes"))["train"].examples
+    split = "val" if mode == "mismatch" and rank == 1 else "train"
+    examples = load_splits(DataConfig(root=data_root, preset="hateful_memes"))[split].examples
     encoders = {"text": build_text_encoder(text_dir), "image": build_image_encoder(image_dir)}
     ran: dict[str, int] = {"text": 0, "image": 0}  # inputs each encoder ran on in this process
     for modality, encoder in encoders.items():

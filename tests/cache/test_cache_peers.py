@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from test_cache_source import assert_tables_close
 
 from _tiny import tiny_bert_dir, tiny_resnet_dir
-from mmfuse.cache import FeatureCache, Peers
+from mmfuse.cache import FeatureCache, PeerError, Peers
 from mmfuse.cache.keys import ContentHasher, text_key
 from mmfuse.cache.peers import TIMEOUT_ENV, peer_timeout
 from mmfuse.cache.shards import SUFFIX, read_header
@@ -213,3 +213,113 @@ def test_peers_over_torch_distributed_need_it_initialised() -> None:
     assert not dist.is_initialized()
     with pytest.raises(ValueError, match=r"torch\.distributed is not initialised; start them with accelerate launch"):
         TorchPeers(0, 2)
+
+
+@pytest.mark.slow
+@pytest.mark.numerics
+def test_a_cold_fill_over_two_processes_exports_once_and_both_run_onnxruntime(
+    tmp_path: Path, synth_root: Path, examples: list[Example], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the job's 40-odd distinct inputs per encoder reach the (lowered) AUTO_MIN_INPUTS, one process's share does not:
+    # the choice is the job's, so process 0 exports each encoder once and both processes run onnxruntime
+    results = _start_two(tmp_path, synth_root, "onnx", timeout="120")
+    assert [r.returncode for r in results] == [0, 0], results[0].stderr[-3000:] + results[1].stderr[-3000:]
+    files = sorted((tmp_path / "cache" / "onnx").iterdir())
+    assert len(files) == 2 and all(f.suffix == ".onnx" for f in files), files  # one per encoder, no temporaries
+    exported = [line for r in results for line in r.stderr.splitlines() if "exported to " in line]
+    assert len(exported) == 2 and all(line in results[0].stderr for line in exported), exported
+    for result in results:
+        for encoder in (build_text(), build_image()):
+            assert f"encoder {encoder.name!r} runs on onnxruntime" in result.stderr, result.stderr[-3000:]
+        assert "runs torch" not in result.stderr and "running it on torch" not in result.stderr
+    assert "loaded " in results[1].stderr  # process 1 loaded process 0's files and made its own check
+
+    # one process alone, on onnxruntime from the same files: the same features, in other batches
+    from mmfuse.encoders.runtime import OnnxEncoder
+    from mmfuse.features import FeatureTable, compute
+
+    monkeypatch.setattr(compute, "AUTO_MIN_INPUTS", 30)
+    monkeypatch.setattr(compute, "_seconds", lambda run, inputs: 0.0 if isinstance(run, OnnxEncoder) else 1.0)
+    (tmp_path / "one" / "onnx").mkdir(parents=True)
+    for f in files:
+        (tmp_path / "one" / "onnx" / f.name).write_bytes(f.read_bytes())
+    one = FeatureCache(tmp_path / "one", encode_workers=0)
+    out = tmp_path / "out"
+    for modality, encoder in (("text", build_text()), ("image", build_image())):
+        tables = [load_file(str(out / f"rank{r}-{modality}.safetensors")) for r in (0, 1)]
+        for name in tables[0]:  # read back from the same shards by both
+            assert torch.equal(tables[0][name], tables[1][name]), name
+        want = one.get(encoder, examples, need_sequence=True, batch_size=8)
+        got = tables[0]
+        table = FeatureTable(pooled=got["pooled"], values=got["values"], valid=got["valid"], offsets=got["offsets"],
+                             present=got.get("present"), grid=want.grid)  # fmt: skip
+        assert_tables_close(table, want)  # other batches than one process's: see its tolerance
+
+
+@pytest.mark.slow
+def test_processes_that_ask_for_different_features_stop_at_once_saying_which(
+    tmp_path: Path, synth_root: Path, synth_splits: dict
+) -> None:
+    # process 1 asks for the validation split: both stop at their first meeting, not after the (long) timeout
+    results = _start_two(tmp_path, synth_root, "mismatch", timeout="120")
+    train, val = len(synth_splits["train"].examples), len(synth_splits["val"].examples)
+    assert train != val
+    name = build_text().name
+    for rank, result in enumerate(results):
+        assert result.returncode == 5, result.stderr[-3000:]
+        message = result.stderr.split("PeerError: ", 1)[1]
+        assert f"process {rank} of 2: the processes asked the feature cache for different features" in message
+        assert f"process 0: the text encoder {name!r} on {train} inputs" in message
+        assert f"process 1: the text encoder {name!r} on {val} inputs" in message
+        assert "start them all with the same command, config and overrides" in message
+        assert "did not reach" not in message  # not the timeout's message
+    assert not (tmp_path / "out" / "rank0-text.safetensors").exists()  # nothing was encoded for the mixed request
+
+
+@pytest.mark.slow
+def test_a_failed_export_on_process_0_is_said_to_the_others_which_run_torch(tmp_path: Path, synth_root: Path) -> None:
+    results = _start_two(tmp_path, synth_root, "onnx-fail", timeout="120")
+    assert [r.returncode for r in results] == [0, 0], results[0].stderr[-3000:] + results[1].stderr[-3000:]
+    assert not list((tmp_path / "cache" / "onnx").glob("*.onnx"))  # process 1 did not export it after all
+    for encoder in (build_text(), build_image()):
+        # process 1 was told process 0's reason, and runs torch saying it as process 0 does
+        line = f"encoder {encoder.name!r}: backend auto runs torch (the export of {encoder.name} was refused (a test))"
+        assert all(line in r.stderr for r in results), results[1].stderr[-3000:]
+    assert "exported to" not in results[0].stderr + results[1].stderr
+
+
+@pytest.mark.slow
+def test_an_export_that_crashes_process_0_stops_the_others_saying_so(tmp_path: Path, synth_root: Path) -> None:
+    crashed, other = _start_two(tmp_path, synth_root, "onnx-crash", timeout="120")
+    assert crashed.returncode not in (0, 5) and "RuntimeError: a bug in the export (a test)" in crashed.stderr
+    assert other.returncode == 5, other.stderr[-3000:]
+    message = other.stderr.split("PeerError: ", 1)[1]
+    name = build_text().name
+    assert f"process 1 of 2: process 0 failed exporting the text encoder {name!r} to ONNX" in message
+    assert "a bug in the export (a test)" in message and "see its output for why" in message
+    assert "did not reach" not in message  # told at the meeting, not found dead or late
+
+
+class _Said(Peers):
+    """Process 0 of 2 whose partner said ``other`` at every meeting."""
+
+    def __init__(self, other: tuple) -> None:
+        super().__init__(0, 2)
+        self.other = other
+
+    def gather(self, item: object, what: str) -> list[object]:
+        return [item, self.other]
+
+
+def test_a_meeting_of_processes_at_different_requests_names_each() -> None:
+    same = _Said(("abc", "the text encoder 'm' on 10 inputs", 7))
+    assert same.meet("abc", "the text encoder 'm' on 10 inputs", "the start", 3) == [3, 7]
+    other = _Said(("def", "the image encoder 'n' on 4 inputs", 7))
+    with pytest.raises(PeerError) as e:
+        other.meet("abc", "the text encoder 'm' on 10 inputs", "the start of encoding", 3)
+    message = str(e.value)
+    assert "process 0 of 2: the processes asked the feature cache for different features at the start of encoding" in (
+        message
+    )
+    assert "process 0: the text encoder 'm' on 10 inputs; process 1: the image encoder 'n' on 4 inputs" in message
+    assert "start them all with the same command, config and overrides" in message

@@ -3,7 +3,10 @@ they meet.
 
 :meth:`FeatureCache.across(peers) <mmfuse.cache.FeatureCache.across>` splits the inputs no shard holds yet among the
 processes (each content key belongs to one process, by its hash), each process encodes and writes its own, and all
-of them meet after every round of one shard per process (:meth:`Peers.wait`) before reading the complete cache.
+of them meet after every round of one shard per process (:meth:`Peers.meet`) before reading the complete cache.
+At each meeting every process says which request it is at (a digest of the encoder's cache identity and the
+request's content keys): processes that asked for different features (another split, encoder or cache setting) stop
+at once with a :class:`PeerError` naming each one's request, instead of waiting for the timeout.
 
 :class:`TorchPeers` meets over ``torch.distributed`` (the process group ``accelerate launch`` or ``torchrun`` set
 up): on a CPU-side gloo group of its own, so it works under NCCL too, whose every wait ends after ``timeout``
@@ -29,7 +32,8 @@ TIMEOUT_ENV = "MMFUSE_PEER_TIMEOUT"
 
 
 class PeerError(RuntimeError):
-    """Another process of the run died or did not reach a meeting in time; this process stops instead of hanging."""
+    """Another process of the run died or did not reach a meeting in time, or the processes asked for different
+    features; this process stops instead of hanging."""
 
 
 def peer_timeout() -> float:
@@ -53,7 +57,8 @@ def peer_timeout() -> float:
 class Peers:
     """The processes of one run that share a cache folder: this one's ``rank`` among ``world``.
 
-    A subclass implements the two meetings; every process must call them in the same order.
+    A subclass implements the meetings (:meth:`gather`, which :meth:`meet` and the feature cache use, and
+    :meth:`wait`, :meth:`most`); every process must call them in the same order.
 
     Raises:
         ValueError: a rank outside ``0 .. world - 1``.
@@ -85,6 +90,40 @@ class Peers:
             PeerError: as :meth:`wait`.
         """
         raise NotImplementedError
+
+    def gather(self, item: Any, what: str) -> list[Any]:
+        """Every process's ``item`` (small and picklable), in rank order: a meeting too.
+
+        Raises:
+            PeerError: as :meth:`wait`.
+        """
+        raise NotImplementedError
+
+    def meet(self, request: str, about: str, what: str, item: Any = None) -> list[Any]:
+        """A meeting (:meth:`gather`) at which each process also says which cache request it is at: ``request``, a
+        short digest of it (the encoder's cache identity and the request's content keys), and ``about``, the same
+        in words; returns every process's ``item``, in rank order.
+
+        Raises:
+            PeerError: as :meth:`wait`; or, at once, the processes are not at the same request (a process asked for
+                another split, encoder or cache setting than the others): the message names each process's.
+        """
+        said = self.gather((request, about, item), what)
+        if any(r != request for r, _, _ in said):
+            ranks: dict[tuple[str, str], list[int]] = {}
+            for rank, (r, a, _) in enumerate(said):
+                ranks.setdefault((r, a), []).append(rank)
+            each = "; ".join(
+                f"process{'es' if len(rs) > 1 else ''} {', '.join(map(str, rs))}: {a}" for (_, a), rs in ranks.items()
+            )
+            raise PeerError(
+                f"process {self.rank} of {self.world}: the processes asked the feature cache for different features "
+                f"at {what} ({each}). Every process must make the same feature requests in the same order: start "
+                f"them all with the same command, config and overrides (a script of its own that calls "
+                f"FeatureCache.get under accelerate launch must make the same calls, with the same examples, in "
+                f"every process). The shards written so far are kept in the cache"
+            )
+        return [i for _, _, i in said]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(rank={self.rank}, world={self.world})"
@@ -144,6 +183,16 @@ class TorchPeers(Peers):
         except RuntimeError as e:
             raise self._error(what, e) from e
         return int(value)
+
+    def gather(self, item: Any, what: str) -> list[Any]:
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world
+        try:
+            dist.all_gather_object(out, item, group=self._group)
+        except RuntimeError as e:
+            raise self._error(what, e) from e
+        return out
 
     def _error(self, what: str, error: RuntimeError) -> PeerError:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

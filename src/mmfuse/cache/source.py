@@ -30,7 +30,10 @@ Several processes of one run (``accelerate launch --num_processes N``) fill one 
 (:meth:`FeatureCache.across`, :mod:`mmfuse.cache.peers`): each input that no shard holds is encoded by exactly one of
 them, which writes it as shards of its own (unique names, written atomically: writers never touch each other's files,
 and there is no index to update); they meet after every round of one shard each, and then each reads the complete
-table from the folder. A process that dies or hangs stops the others with a :class:`~mmfuse.cache.peers.PeerError`.
+table from the folder. A process that dies or hangs stops the others with a :class:`~mmfuse.cache.peers.PeerError`,
+and so do processes that asked for different features (each meeting compares a digest of their requests). The
+backend is chosen for the whole job: where an encoder is to be exported to ONNX, process 0 exports it while the
+others wait, and each then loads that one file.
 
 Encoders with trainable weights are never cached: their features are computed and returned, nothing is stored.
 A cache folder that cannot take new entries (read-only, no permission, a full disk, or less free space than they need,
@@ -67,7 +70,7 @@ from mmfuse._writable import free_bytes, reason_of
 from mmfuse.cache.inventory import IDENTITY_FILE, USAGE_DIR, stale_temporaries
 from mmfuse.cache.keys import ContentHasher, canonical_identity, identity_hash, request_key
 from mmfuse.cache.location import features_dir, onnx_dir, resolve_cache_dir
-from mmfuse.cache.peers import Peers
+from mmfuse.cache.peers import PeerError, Peers
 from mmfuse.cache.shards import (
     CorruptShardError,
     ShardHeader,
@@ -82,7 +85,14 @@ from mmfuse.cache.shards import (
 from mmfuse.data.example import Example
 from mmfuse.encoders.base import Encoder, ImageEncoder, TextEncoder
 from mmfuse.features import FeatureSource, FeatureTable, compute_features, default_store
-from mmfuse.features.compute import compute_feature_chunks
+from mmfuse.features.compute import (
+    CHECK_ROWS,
+    choose_backend,
+    compute_feature_chunks,
+    onnx_export_due,
+    onnx_file,
+    refuse_onnx,
+)
 
 logger = logging.getLogger("mmfuse.cache")
 
@@ -179,6 +189,20 @@ class CacheStorage:
         return out
 
 
+@dataclass(frozen=True)
+class _Request:
+    """One ``get`` of a frozen encoder's features that the memo did not answer: what resolving it needs."""
+
+    encoder: Encoder
+    examples: list[Example]
+    keys: list[str]  # each example's content key, in row order
+    need_sequence: bool
+    device: torch.device | str
+    batch_size: int
+    workers: int
+    progress: Callable[[int], None] | None
+
+
 @dataclass
 class _Folder:
     """One encoder identity's folder, with the headers of its shards read so far."""
@@ -270,7 +294,8 @@ class FeatureCache:
         (``accelerate launch --num_processes N``; see :mod:`mmfuse.cache.peers`): each input that no shard holds
         yet is encoded by exactly one process, which writes it to the shared folder; every process then reads the
         complete table from there. Every process must make the same ``get`` calls in the same order (the engine's
-        feature step does). ``None`` or a single process: this cache as it is."""
+        feature step does; processes that do not stop at once with a :class:`~mmfuse.cache.peers.PeerError` naming
+        each one's request). ``None`` or a single process: this cache as it is."""
         if peers is None or peers.world == 1:
             return self
         view = copy.copy(self)
@@ -342,7 +367,8 @@ class FeatureCache:
             return memo if need_sequence else memo.pooled_only()
         self.stats.requests += 1
         folder = self._folder(ident_hex, identity, encoder, modality)
-        table = self._resolve(folder, encoder, examples, keys, need_sequence, device, batch_size, workers, progress)
+        wanted = _Request(encoder, examples, keys, need_sequence, device, batch_size, workers, progress)
+        table = self._resolve(folder, wanted)
         if table.has_sequence and table.grid is None and isinstance(encoder, ImageEncoder):
             # every row came from shards written before the grid was stored with them: the same encoder (same
             # identity) gives the same grid, so it is read from the encoder (one blank image), not guessed
@@ -360,63 +386,59 @@ class FeatureCache:
 
     # ----------------------------------------------------------------------------------------------- resolution
 
-    def _resolve(
-        self,
-        folder: _Folder,
-        encoder: Encoder,
-        examples: list[Example],
-        keys: list[str],
-        need_sequence: bool,
-        device: torch.device | str,
-        batch_size: int,
-        workers: int,
-        progress: Callable[[int], None] | None,
-    ) -> FeatureTable:
+    def _resolve(self, folder: _Folder, wanted: _Request) -> FeatureTable:
         own: list[tuple[FeatureTable, list[str]]] = []
         if self.peers is not None:  # this process's share first, with the others; then the table, as alone
-            own = self._encode_share(folder, encoder, examples, keys, need_sequence, device, batch_size, workers,
-                                     progress)  # fmt: skip
-            progress = _after(progress, sum(len(chunk) for _, chunk in own))
-        args = (need_sequence, device, batch_size, workers, progress)
+            own = self._encode_share(folder, wanted)
+            wanted = replace(wanted, progress=_after(wanted.progress, sum(len(chunk) for _, chunk in own)))
         for _ in range(3):
             try:
-                return self._resolve_once(folder, encoder, examples, keys, *args, own=own)
+                return self._resolve_once(folder, wanted, own=own)
             except CorruptShardError as e:  # a shard failed its checksum mid-way: set it aside and start over
                 self._discard(folder, e.path, e)
-        return self._resolve_once(folder, encoder, examples, keys, *args, own=own)
+        return self._resolve_once(folder, wanted, own=own)
 
-    def _encode_share(
-        self,
-        folder: _Folder,
-        encoder: Encoder,
-        examples: list[Example],
-        keys: list[str],
-        need_sequence: bool,
-        device: torch.device | str,
-        batch_size: int,
-        workers: int,
-        progress: Callable[[int], None] | None,
-    ) -> list[tuple[FeatureTable, list[str]]]:
+    def _encode_share(self, folder: _Folder, wanted: _Request) -> list[tuple[FeatureTable, list[str]]]:
         """Encodes and writes the inputs this process owns (:meth:`Peers.owns`) that no shard holds, one shard per
         round, every process meeting after each round (so a dead or stuck one is noticed within one shard's time,
         not the whole dataset's); returns the tables with their keys (kept, so a failed write costs no second
-        encoding here). Every process makes the same number of rounds: the most any of them needs."""
+        encoding here). Every process makes the same number of rounds: the most any of them needs.
+
+        At each meeting every process says which request it is at (:meth:`Peers.meet`), so processes that asked
+        for different features stop at once. The backend is chosen for the whole job (all processes' misses, what
+        ``auto`` weighs the ONNX export against), and where the encoder is to be exported, process 0 exports it
+        while the others wait (:meth:`_export_once`)."""
         peers = self.peers
         assert peers is not None
+        encoder, examples, keys, need_sequence, device = (
+            wanted.encoder, wanted.examples, wanted.keys, wanted.need_sequence, wanted.device
+        )  # fmt: skip
         held = {key for header in self._usable(folder, need_sequence) for key in header.keys}
         first = _first_rows(keys)
-        todo = [k for k in first if k not in held and peers.owns(k)]
+        unheld = [k for k in first if k not in held]
+        todo = [k for k in unheld if peers.owns(k)]
         size = self.shard_examples
         modality = "text" if isinstance(encoder, TextEncoder) else "image"
         what = f"{len(first)} {modality} inputs of {folder.path}"
-        rounds = peers.most(-(-len(todo) // size), f"the start of encoding {what}")
+        # the request in a digest (the identity's folder, the storage dtypes, sequences or not, the keys in order)
+        # and in words, for the message of processes that are not at the same one
+        request = request_key(f"{folder.path.name}{self.storage.key_suffix}/{int(need_sequence)}", keys)[:16]
+        about = (
+            f"the {modality} encoder {encoder.name!r} on {len(keys)} inputs ({len(first)} distinct), "
+            f"{'with' if need_sequence else 'without'} sequences, stored as {self.storage.dtype} (request {request})"
+        )
+        # process 0 counts the job's misses and says whether the encoder is to be exported for them
+        due = peers.rank == 0 and onnx_export_due(encoder, onnx_dir=onnx_dir(self.root), total=len(unheld),
+                                                  device=torch.device(device))  # fmt: skip
+        said = peers.meet(request, about, f"the start of encoding {what}", (len(todo), len(unheld), due))
+        rounds = max(-(-n // size) for n, _, _ in said)
+        total = said[0][1]  # one choice of backend for the job, weighed against all of its misses
+        if said[0][2]:
+            sample = [examples[first[k]] for k in unheld[:CHECK_ROWS]]
+            self._export_once(encoder, sample, device, total, request, about, what)
         own = []
-        # one pass over this process's share (one DataLoader), a table per shard; nothing starts before next().
-        # `auto` weighs the ONNX export against one shard, as when each shard was encoded by a call of its own.
-        tables = self._encode_for_store(
-            encoder, [examples[first[k]] for k in todo], need_sequence, device, batch_size, workers, progress,
-            total=min(len(todo), size),
-        )  # fmt: skip
+        # one pass over this process's share (one DataLoader), a table per shard; nothing starts before next()
+        tables = self._encode_for_store(wanted, [examples[first[k]] for k in todo], total=total)
         with contextlib.closing(tables):
             for r in range(rounds):
                 chunk = todo[r * size : (r + 1) * size]
@@ -425,24 +447,58 @@ class FeatureCache:
                     self._write(folder, table, chunk, remaining=len(todo) - r * size)
                     own.append((table, chunk))
                     self.stats.computed += len(chunk)
-                peers.wait(f"the end of round {r + 1} of {rounds} encoding {what}")
+                peers.meet(f"{request}/{r}", f"{about}, round {r + 1} of {rounds}",
+                           f"the end of round {r + 1} of {rounds} encoding {what}")  # fmt: skip
         logger.debug("%r encoded %d of %d %s inputs (%d were cached)", peers, len(todo), len(first), modality,
                      len(set(first) & held))  # fmt: skip
         return own
 
-    def _resolve_once(
+    def _export_once(
         self,
-        folder: _Folder,
         encoder: Encoder,
-        examples: list[Example],
-        keys: list[str],
-        need_sequence: bool,
+        sample: list[Example],
         device: torch.device | str,
-        batch_size: int,
-        workers: int,
-        progress: Callable[[int], None] | None,
-        own: Sequence[tuple[FeatureTable, list[str]]] = (),
+        total: int,
+        request: str,
+        about: str,
+        what: str,
+    ) -> None:
+        """Process 0 exports ``encoder`` to ONNX for the job of ``total`` inputs (and makes its own choice of
+        backend, :func:`~mmfuse.features.compute.choose_backend`, on ``sample``) while the others wait at a meeting;
+        then each loads that one file and makes its own check. An export that failed is said to the others, which
+        run torch as process 0 does, with its reason, instead of each trying it again; a process 0 that failed
+        otherwise stops them with a :class:`PeerError`."""
+        peers = self.peers
+        assert peers is not None
+        where = onnx_dir(self.root)
+        name = f"{'text' if isinstance(encoder, TextEncoder) else 'image'} encoder {encoder.name!r}"
+        meeting = f"process 0's ONNX export of the {name} encoding {what}"
+        outcome: tuple[str, str] | None = None
+        if peers.rank == 0:
+            try:
+                reason = choose_backend(encoder, sample, onnx_dir=where, total=total, device=device)
+            except Exception as e:
+                with contextlib.suppress(PeerError):  # tell the others, then stop as this process would alone
+                    peers.meet(f"{request}/onnx", about, meeting, ("crashed", f"{type(e).__name__}: {e}"[:300]))
+                raise
+            if reason is not None and not onnx_file(encoder, where).is_file():
+                outcome = ("failed", reason)
+        told = peers.meet(f"{request}/onnx", about, meeting, outcome)[0]
+        if told is None or peers.rank == 0:
+            return
+        kind, reason = told
+        if kind == "crashed":
+            raise PeerError(
+                f"process {peers.rank} of {peers.world}: process 0 failed exporting the {name} to ONNX ({reason}); "
+                "see its output for why. The shards written so far are kept in the cache; with the encoder's "
+                "backend: torch no process exports it"
+            )
+        refuse_onnx(encoder, reason, onnx_dir=where)
+
+    def _resolve_once(
+        self, folder: _Folder, wanted: _Request, own: Sequence[tuple[FeatureTable, list[str]]] = ()
     ) -> FeatureTable:
+        keys, need_sequence, progress = wanted.keys, wanted.need_sequence, wanted.progress
         first = _first_rows(keys)
         parts = [_Part(table) for table, _ in own]  # what this process encoded with its peers: in memory already
         where = {k: (p, j) for p, (_, chunk) in enumerate(own) for j, k in enumerate(chunk)}  # key -> (part, row)
@@ -460,7 +516,7 @@ class FeatureCache:
                 len(missing), len(first), folder.path, self.peers.rank,
             )  # fmt: skip
         tables = self._encode_for_store(
-            encoder, [examples[first[k]] for k in missing], need_sequence, device, batch_size, workers, progress
+            wanted, [wanted.examples[first[k]] for k in missing]
         )  # one pass over all the misses (one DataLoader), a table per shard; nothing starts before next()
         with contextlib.closing(tables):
             for start in range(0, len(missing), self.shard_examples):
@@ -565,25 +621,19 @@ class FeatureCache:
     # ----------------------------------------------------------------------------------------------- encoding, writing
 
     def _encode_for_store(
-        self,
-        encoder: Encoder,
-        examples: list[Example],
-        need_sequence: bool,
-        device: torch.device | str,
-        batch_size: int,
-        workers: int,
-        progress: Callable[[int], None] | None,
-        *,
-        total: int | None = None,
+        self, wanted: _Request, examples: list[Example], *, total: int | None = None
     ) -> Iterator[FeatureTable]:
         """Encodes new entries in one pass (:func:`~mmfuse.features.compute.compute_feature_chunks`: one DataLoader,
         its workers started once), a table per :attr:`shard_examples` inputs, each yielded as soon as it is encoded
         so that it is written before the next is encoded (an interrupted fill keeps the shards it finished). With
         their sequences when asked or when :attr:`CacheStorage.store_sequences` names the encoder's modality (see
         the module docstring); an encoder that has none (found on the first shard) stores what there is. ``total``:
-        what ``auto`` weighs the ONNX export against (default: all of ``examples``)."""
+        what ``auto`` weighs the ONNX export against (default: all of ``examples``), which are some of ``wanted``'s
+        (its encoder, device, batches and progress)."""
+        encoder, need_sequence = wanted.encoder, wanted.need_sequence
         modality = "text" if isinstance(encoder, TextEncoder) else "image"
-        args = (encoder, examples, device, batch_size, workers, progress, len(examples) if total is None else total)
+        total = len(examples) if total is None else total
+        args = (encoder, examples, wanted.device, wanted.batch_size, wanted.workers, wanted.progress, total)
         if need_sequence or not self.storage.stores_sequence(modality):
             yield from self._encode_chunks(*args, need_sequence=need_sequence)
             return

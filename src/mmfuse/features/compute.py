@@ -12,7 +12,10 @@ installed, the device is the CPU, the encoder exports, its outputs on the first 
 within the tolerance of torch's and it ran them faster, and the export pays for itself (an ONNX file of this
 encoder is already in ``onnx_dir``, or at least :data:`AUTO_MIN_INPUTS` inputs are to be encoded in this job,
 ``total``); else torch.
-A backend that cannot run the encoder falls back to torch with a warning naming why.
+A backend that cannot run the encoder falls back to torch with a warning naming why. Several processes that
+encode one job together (a feature cache under ``accelerate launch``) export once: one of them asks
+:func:`onnx_export_due` of the job's ``total`` and exports (:func:`choose_backend`) while the others wait, then each
+loads the file and makes its own check (or, where the export failed, is told why: :func:`refuse_onnx`).
 
 The choice, and the onnxruntime session, are made once per process for an encoder object and its ONNX file (the
 file is named by a hash of the encoder's weights and preprocessing, so changed weights mean another file and a new
@@ -189,6 +192,66 @@ def compute_feature_chunks(
                 yield FeatureTable.from_outputs(outputs, keep_sequence=need_sequence, present=torch.cat(present))
 
 
+def onnx_export_due(
+    encoder: Encoder,
+    *,
+    onnx_dir: str | Path,
+    total: int,
+    device: torch.device | str = "cpu",
+    backend: str | None = None,
+) -> bool:
+    """Whether :func:`compute_feature_chunks` of ``total`` inputs, with this ``onnx_dir`` (and ``backend``, default
+    the encoder's), would try onnxruntime and first export the encoder: its ONNX file is not in ``onnx_dir`` yet.
+    What several processes of one job ask before one of them exports for all (:func:`choose_backend`)."""
+    backend = backend or getattr(encoder, "backend", "auto")
+    if encoder.reads_example_ids or backend not in BACKENDS or total < 1:
+        return False
+    forward = _Forward(encoder, backend, onnx_dir, torch.device(device), total)
+    return forward._skip_onnx() is None and not onnx_file(encoder, onnx_dir).is_file()
+
+
+def choose_backend(
+    encoder: Encoder,
+    examples: Sequence[Example],
+    *,
+    onnx_dir: str | Path,
+    total: int,
+    device: torch.device | str = "cpu",
+    backend: str | None = None,
+) -> str | None:
+    """Makes now, on the first :data:`CHECK_ROWS` of ``examples``, the choice of backend that
+    :func:`compute_feature_chunks` of ``total`` inputs makes on its first batch (exporting the ONNX file to
+    ``onnx_dir`` where onnxruntime is tried and the file is not there yet), and keeps it for this process's later
+    passes over ``encoder``. Only an export is said here (as on a first batch); the choice itself is said by
+    the later passes, as they say a choice made by an earlier pass.
+
+    Returns:
+        ``None`` where onnxruntime will run the encoder, else why not (a failed export, a check that failed).
+    """
+    backend = backend or getattr(encoder, "backend", "auto")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+    forward = _Forward(encoder, backend, onnx_dir, torch.device(device), total)
+    if (reason := forward._skip_onnx()) is not None:
+        return reason
+    with torch.inference_mode(False):  # as compute_feature_chunks moves it
+        encoder.eval().to(device)
+    rows = range(min(CHECK_ROWS, len(examples)))
+    with torch.inference_mode(), contextlib.closing(_batches(encoder, examples, device, [rows], 0)) as stream:
+        inputs, _, _ = next(stream)
+        chosen = forward._decide(inputs)
+    return None if isinstance(chosen, OnnxEncoder) else chosen
+
+
+def refuse_onnx(encoder: Encoder, reason: str, *, onnx_dir: str | Path, backend: str | None = None) -> None:
+    """Keeps, for this process's later passes over ``encoder`` with ``onnx_dir``, that onnxruntime cannot run it
+    (``reason``), as if this process had tried it: what the other processes of a job are told when the one that
+    exported for all of them failed (:func:`choose_backend`), so that they run torch, saying the same ``reason``,
+    instead of each trying the export again."""
+    backend = backend or getattr(encoder, "backend", "auto")
+    _CHOSEN.setdefault(encoder, {})[(backend, onnx_file(encoder, onnx_dir))] = reason
+
+
 def _batches(
     encoder: Encoder,
     examples: Sequence[Example],
@@ -265,28 +328,34 @@ class _Forward:
     def _choose(self, inputs: Any) -> Callable[[Any], EncoderOutput]:
         """The encoder itself or its :class:`OnnxEncoder`, decided on the first rows of the first batch (or by an
         earlier call in this process, for this encoder and its ONNX file)."""
-        reason = self._skip_onnx()
-        if reason is None:
-            assert self.onnx_dir is not None
-            key = (self.backend, onnx_file(self.encoder, self.onnx_dir))
-            chosen = _CHOSEN.get(self.encoder, {}).get(key)
-            if chosen is None:
-                try:
-                    chosen = self._onnx(inputs)
-                except BackendError as e:
-                    chosen = str(e)
-                if self.keep:
-                    _CHOSEN.setdefault(self.encoder, {})[key] = chosen
-            elif isinstance(chosen, OnnxEncoder):
-                logger.info("%s runs on onnxruntime (loaded %s, checked earlier in this process)", self._name, key[1])
-            if isinstance(chosen, OnnxEncoder):
-                return chosen
-            reason = chosen
+        chosen = self._decide(inputs)
+        if isinstance(chosen, OnnxEncoder):
+            return chosen
+        reason = chosen
         if self.backend == "onnxruntime":
             logger.warning("%s: backend onnxruntime cannot run it (%s); running it on torch", self._name, reason)
         else:
             logger.debug("%s: backend %s runs torch (%s)", self._name, self.backend, reason)
         return self.encoder
+
+    def _decide(self, inputs: Any) -> OnnxEncoder | str:
+        """:meth:`_choose`'s choice, without saying it: the :class:`OnnxEncoder`, or why onnxruntime is not used."""
+        reason = self._skip_onnx()
+        if reason is not None:
+            return reason
+        assert self.onnx_dir is not None
+        key = (self.backend, onnx_file(self.encoder, self.onnx_dir))
+        chosen = _CHOSEN.get(self.encoder, {}).get(key)
+        if chosen is None:
+            try:
+                chosen = self._onnx(inputs)
+            except BackendError as e:
+                chosen = str(e)
+            if self.keep:
+                _CHOSEN.setdefault(self.encoder, {})[key] = chosen
+        elif isinstance(chosen, OnnxEncoder):
+            logger.info("%s runs on onnxruntime (loaded %s, checked earlier in this process)", self._name, key[1])
+        return chosen
 
     @property
     def _name(self) -> str:
