@@ -70,8 +70,9 @@ HEAD_SETTINGS: dict[str, dict[str, Any]] = {
 
 CACHE_DTYPE = "float32"
 """The demo stores sequences and grids as float32, not the library's float16 default: the README's table was made
-that way, and its early_fusion row could not be regenerated with float16 grids yet (a run at float16 may differ
-from it: float16's rounding sends early_fusion's training elsewhere, as another seed does)."""
+that way. Its cross_attention row comes out the same with float16 (seed 0: every column but the seconds), but its
+early_fusion row was not regenerated with float16 grids (float16's rounding may send early_fusion's training
+elsewhere, as another seed does); switching this means regenerating the table with ``make demo``."""
 
 TEXT_ENCODER = "minilm"
 IMAGE_ENCODER = "efficientnet-lite0"
