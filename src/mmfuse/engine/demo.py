@@ -71,8 +71,8 @@ HEAD_SETTINGS: dict[str, dict[str, Any]] = {
 CACHE_DTYPE = "float32"
 """The demo stores sequences and grids as float32, not the library's float16 default: the README's table was made
 that way. Its cross_attention row comes out the same with float16 (seed 0: every column but the seconds); its
-early_fusion row does not (the same scores, but best epoch 16 instead of 12): switching this means regenerating the
-table with ``make demo``."""
+early_fusion row does not (the same scores, but best epoch 16 instead of 12; float32 today picks 20, so that row
+needs regenerating either way): switching this means regenerating the table with ``make demo``."""
 
 TEXT_ENCODER = "minilm"
 IMAGE_ENCODER = "efficientnet-lite0"
