@@ -311,7 +311,7 @@ def test_a_multi_shard_fill_runs_one_dataloader_and_each_shard_is_bit_identical(
 
     monkeypatch.setattr(compute, "DataLoader", Counting)
     encoder = _LiteConv()
-    cache = FeatureCache(tmp_path / "cache", shard_examples=4, encode_workers=workers)
+    cache = FeatureCache(tmp_path / "cache", shard_examples=4, encode_workers=workers, dtype="float32")
     table = cache.get(encoder, mixed, need_sequence=True, batch_size=3, num_workers=workers)
     assert len(loaders) == 1 and cache.stats.computed == len(mixed)
     (folder,) = cache._folders.values()

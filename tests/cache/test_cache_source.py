@@ -1,4 +1,7 @@
-"""FeatureCache: what it stores, what it reuses, and what it refuses (other encoders, damaged files)."""
+"""FeatureCache: what it stores, what it reuses, and what it refuses (other encoders, damaged files).
+
+Tests that compare the cache's tables with the encoder's own numbers store ``dtype="float32"``; the float16 default
+and its rounding are tested in test_cache_storage.py."""
 
 from __future__ import annotations
 
@@ -52,12 +55,13 @@ def test_cold_and_warm_give_the_encoders_features(
     encoder = text_encoder if modality == "text" else image_encoder
     want = compute_features(encoder, examples, need_sequence=need_sequence, batch_size=16)
     workers = 2 if modality == "image" and need_sequence else 0  # once through DataLoader workers, else quick
-    cold = FeatureCache(tmp_path / "c", shard_examples=10, encode_workers=workers)  # several shards: rows gathered
+    # several shards: rows gathered
+    cold = FeatureCache(tmp_path / "c", shard_examples=10, encode_workers=workers, dtype="float32")
     assert_tables_close(cold.get(encoder, examples, need_sequence=need_sequence, batch_size=16), want)
     assert 0 < cold.stats.computed <= len(examples)
     assert len(shards(tmp_path / "c")) >= 2
 
-    warm = FeatureCache(tmp_path / "c", encode_workers=0)
+    warm = FeatureCache(tmp_path / "c", encode_workers=0, dtype="float32")
     got = warm.get(encoder, examples, need_sequence=need_sequence)
     assert warm.stats.computed == 0 and warm.stats.loaded == cold.stats.computed
     assert_tables_close(got, want)
@@ -68,10 +72,10 @@ def test_cold_and_warm_give_the_encoders_features(
 
 @pytest.mark.numerics
 def test_only_missing_inputs_are_encoded(tmp_path: Path, examples: list[Example], image_encoder: Encoder) -> None:
-    cache = FeatureCache(tmp_path / "c", encode_workers=0)
+    cache = FeatureCache(tmp_path / "c", encode_workers=0, dtype="float32")
     cache.get(image_encoder, examples[:20], need_sequence=True)
     assert cache.stats.computed == 20
-    fresh = FeatureCache(tmp_path / "c", encode_workers=0)
+    fresh = FeatureCache(tmp_path / "c", encode_workers=0, dtype="float32")
     table = fresh.get(image_encoder, examples, need_sequence=True)
     assert (fresh.stats.loaded, fresh.stats.computed) == (20, len(examples) - 20)
     assert_tables_close(table, compute_features(image_encoder, examples, need_sequence=True))
@@ -124,7 +128,7 @@ def test_duplicate_and_missing_inputs_are_encoded_once(
 ) -> None:
     rows = [examples[0], examples[1], examples[0], dataclasses.replace(examples[2], image=None),
             dataclasses.replace(examples[3], image=tmp_path / "no-such.png")]  # fmt: skip
-    cache = FeatureCache(tmp_path / "c", encode_workers=0)
+    cache = FeatureCache(tmp_path / "c", encode_workers=0, dtype="float32")
     done: list[int] = []
     table = cache.get(image_encoder, rows, need_sequence=True, progress=done.append)
     assert cache.stats.computed == 3 and sum(done) == len(rows)  # ex0, ex1, one blank for both absent images
@@ -222,16 +226,18 @@ def _garbage_header(path: Path) -> None:
 def test_damaged_shards_are_detected_and_recomputed(
     tmp_path: Path, examples: list[Example], image_encoder: Encoder, damage
 ) -> None:
-    FeatureCache(tmp_path / "c", shard_examples=15, encode_workers=0).get(image_encoder, examples, need_sequence=True)
+    FeatureCache(tmp_path / "c", shard_examples=15, encode_workers=0, dtype="float32").get(
+        image_encoder, examples, need_sequence=True
+    )
     victim = shards(tmp_path / "c")[0]
     rows = read_header(victim).rows
     damage(victim)
-    cache = FeatureCache(tmp_path / "c", encode_workers=0)
+    cache = FeatureCache(tmp_path / "c", encode_workers=0, dtype="float32")
     table = cache.get(image_encoder, examples, need_sequence=True)
     assert cache.stats.corrupt == 1 and cache.stats.computed == rows
     assert_tables_close(table, compute_features(image_encoder, examples, need_sequence=True))
     assert victim.with_name(victim.name + ".corrupt").exists()
-    again = FeatureCache(tmp_path / "c", encode_workers=0)  # the recomputed entries were written back
+    again = FeatureCache(tmp_path / "c", encode_workers=0, dtype="float32")  # the recomputed entries were written back
     again.get(image_encoder, examples, need_sequence=True)
     assert again.stats.computed == 0 and again.stats.corrupt == 0
 
@@ -248,7 +254,7 @@ def test_a_failed_write_leaves_no_file_and_still_returns_features(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(safetensors.torch, "save_file", half_written)
-    cache = FeatureCache(tmp_path / "c", encode_workers=0)
+    cache = FeatureCache(tmp_path / "c", encode_workers=0, dtype="float32")
     with caplog.at_level(logging.WARNING, logger="mmfuse.cache"):
         table = cache.get(text_encoder, examples, need_sequence=True)
     assert "No space left" in caplog.text
@@ -289,17 +295,17 @@ def test_a_pooled_request_stores_the_sequence_so_a_later_sequence_request_encode
 ) -> None:
     """With ``store_sequences`` (``cache.store_sequences: true``); by default only what is asked is stored."""
     want = compute_features(image_encoder, examples, need_sequence=True, batch_size=16)
-    cache = FeatureCache(tmp_path / "c", encode_workers=0, store_sequences=True)
+    cache = FeatureCache(tmp_path / "c", encode_workers=0, store_sequences=True, dtype="float32")
     pooled = cache.get(image_encoder, examples, need_sequence=False)
     assert not pooled.has_sequence and cache.stats.computed == len(examples)
-    reader = FeatureCache(tmp_path / "c", encode_workers=0)
+    reader = FeatureCache(tmp_path / "c", encode_workers=0, dtype="float32")
     later = reader.get(image_encoder, examples, need_sequence=True)
     assert reader.stats.computed == 0
     assert_tables_close(later, want)
 
-    lean = FeatureCache(tmp_path / "lean", encode_workers=0)  # the default: stores only what is asked
+    lean = FeatureCache(tmp_path / "lean", encode_workers=0, dtype="float32")  # the default: stores only what is asked
     lean.get(image_encoder, examples, need_sequence=False)
-    again = FeatureCache(tmp_path / "lean", encode_workers=0)
+    again = FeatureCache(tmp_path / "lean", encode_workers=0, dtype="float32")
     again.get(image_encoder, examples, need_sequence=True)
     assert again.stats.computed == len(examples)  # pooled-only entries cannot serve a grid: encoded again
 
@@ -321,17 +327,17 @@ def test_the_image_grid_is_stored_with_the_features_and_old_entries_get_it_from_
 ) -> None:
     """The tiny ResNet's 2×2 grid travels through the shards to each batch; shards written before the grid was stored
     (same cache key) are still read, with the grid taken from the encoder itself."""
-    cold = FeatureCache(tmp_path / "c", shard_examples=15, encode_workers=0)
+    cold = FeatureCache(tmp_path / "c", shard_examples=15, encode_workers=0, dtype="float32")
     assert cold.get(image_encoder, examples, need_sequence=True).grid == (2, 2)
     assert {read_header(p).grid for p in shards(tmp_path / "c")} == {(2, 2)}
-    warm = FeatureCache(tmp_path / "c", encode_workers=0)
+    warm = FeatureCache(tmp_path / "c", encode_workers=0, dtype="float32")
     table = warm.get(image_encoder, examples, need_sequence=True)
     assert warm.stats.computed == 0 and table.grid == (2, 2) and table.batch([0, 3]).grid == (2, 2)
 
     for shard in shards(tmp_path / "c"):
         _strip_grid(shard)
     assert {read_header(p).grid for p in shards(tmp_path / "c")} == {None}
-    old = FeatureCache(tmp_path / "c", encode_workers=0)
+    old = FeatureCache(tmp_path / "c", encode_workers=0, dtype="float32")
     table = old.get(image_encoder, examples, need_sequence=True)
     assert old.stats.computed == 0 and old.stats.corrupt == 0  # read, not recomputed
     assert table.grid == (2, 2) and table.batch([1]).grid == (2, 2)

@@ -16,11 +16,14 @@ sequence of the modalities :attr:`CacheStorage.store_sequences` names (``cache.s
 heads names those any of its heads reads, so the encoder runs once per input for the whole sweep). An EfficientNet-
 Lite0 grid is 50x its pooled vector, so storing it only where a head needs it is most of the cache's size.
 
-Sequences and grids are stored as :attr:`CacheStorage.dtype` (``cache.dtype``: ``float32`` or ``float16``, half
-the bytes), pooled vectors as :attr:`CacheStorage.pooled_dtype`; whatever is stored is read back as float32. The
-storage dtype is part of each entry's key: a request reads only shards of its own dtypes (float32 and float16
-entries never mix in one table; shards written before float16 existed are float32), and a table computed on a miss
-is rounded to the storage dtype before it is returned, so a cold and a warm run train on the same numbers.
+Sequences and grids are stored as :attr:`CacheStorage.dtype` (``cache.dtype``: :data:`DEFAULT_DTYPE` ``float16``,
+half the bytes of ``float32``), pooled vectors as :attr:`CacheStorage.pooled_dtype` (``float32``); whatever is stored
+is read back as float32. The storage dtype is part of each entry's key: a request reads only shards of its own
+dtypes (float32 and float16 entries never mix in one table; shards written before float16 existed, or while float32
+was the default, are float32), and a table computed on a miss is rounded to the storage dtype before it is returned,
+so a cold and a warm run train on the same numbers. Inputs that must be encoded although the folder holds them in
+other dtypes are counted in :attr:`CacheStats.other_dtype` and said (a warning the first time per folder, with the
+setting that would reuse them).
 
 An image grid's ``(h, w)`` is stored with its entries; entries written before it was (same cache key: the encoder
 identity did not change) stay readable, and their grid is read from the encoder itself
@@ -99,6 +102,12 @@ logger = logging.getLogger("mmfuse.cache")
 _KEY_BYTES = 70  # a content key in a shard's header: 64 hex digits, quotes and a comma
 _STALE_TMP_S = 24 * 3600  # a half-written shard this old belongs to a writer that was killed
 
+DEFAULT_DTYPE = "float16"
+"""Storage dtype of sequences and grids unless ``cache.dtype`` says otherwise (the config's default is the same).
+float32 was the default until float16 was measured within the seed spread of the quality benchmark's rows (see
+docs/performance.md, "Quality with cache.dtype: float16"); entries written then stay readable with
+``cache.dtype: float32``."""
+
 
 @dataclass
 class CacheStats:
@@ -116,6 +125,9 @@ class CacheStats:
         peer_gaps: inputs another process was to encode (:meth:`FeatureCache.across`) that were not in the cache
             folder when it said it was done (the folder is not shared by every process, or could not be written),
             encoded by this process too (said as a warning).
+        other_dtype: inputs encoded although the folder holds them stored in other dtypes (float32 grids written
+            before float16 became the default, say), which this cache's :class:`CacheStorage` does not read (said
+            with the setting that would reuse them).
         seconds: time spent inside ``get`` (hashing, reading, encoding, writing).
         encode_seconds: of which encoding.
     """
@@ -128,6 +140,7 @@ class CacheStats:
     uncached: int = 0
     corrupt: int = 0
     peer_gaps: int = 0
+    other_dtype: int = 0
     seconds: float = 0.0
     encode_seconds: float = 0.0
 
@@ -141,8 +154,8 @@ class CacheStorage:
     ``store_sequences``) and which stored entries it may read.
 
     Attributes:
-        dtype: storage dtype of sequences and grids: ``float32``, or ``float16`` (half the bytes; each value
-            rounded to 11 significant bits, a relative error <= 2**-11 ~ 4.9e-4).
+        dtype: storage dtype of sequences and grids: ``float16`` (:data:`DEFAULT_DTYPE`: half the bytes; each
+            value rounded to 11 significant bits, a relative error <= 2**-11 ~ 4.9e-4), or ``float32``.
         pooled_dtype: storage dtype of pooled vectors (``float32`` unless asked: they are small).
         store_sequences: also store the token sequence / region grid of new entries when only the pooled vector
             was asked for: ``True`` (every modality), ``False`` (only what a request asks), or the modalities
@@ -152,7 +165,7 @@ class CacheStorage:
         ValueError: an unknown dtype or modality.
     """
 
-    dtype: str = "float32"
+    dtype: str = DEFAULT_DTYPE
     pooled_dtype: str = "float32"
     store_sequences: bool | frozenset[str] = False
 
@@ -211,6 +224,7 @@ class _Folder:
     identity: str
     headers: dict[str, tuple[tuple[int, int], ShardHeader]] = field(default_factory=dict)
     bad: set[tuple[str, int, int]] = field(default_factory=set)
+    said_other_dtypes: bool = False  # the warning of _say_other_dtypes was given for this folder
 
 
 class FeatureCache:
@@ -227,7 +241,8 @@ class FeatureCache:
             was asked for, so a later sequence request (``cross_attention`` after ``concat``) does not encode again:
             ``True``, the modalities (``["image"]``), or ``False`` (the default: only what was asked; an
             EfficientNet-Lite0 grid is 50x its pooled vector).
-        dtype: storage dtype of sequences and grids, ``float32`` or ``float16`` (see :class:`CacheStorage`).
+        dtype: storage dtype of sequences and grids, ``float16`` (the default) or ``float32`` (see
+            :class:`CacheStorage`).
         pooled_dtype: storage dtype of pooled vectors.
 
     Raises:
@@ -242,7 +257,7 @@ class FeatureCache:
         max_tables: int = 16,
         encode_workers: int | None = None,
         store_sequences: bool | Sequence[str] = False,
-        dtype: str = "float32",
+        dtype: str = DEFAULT_DTYPE,
         pooled_dtype: str = "float32",
     ) -> None:
         resolved = resolve_cache_dir(root)
@@ -356,7 +371,7 @@ class FeatureCache:
         ident_hex = identity_hash(identity)
         keys = self._hasher.keys(examples, modality=modality)
         # the storage dtypes key the memo as they key the shards: float32 and float16 tables never stand in for
-        # each other (all-float32 keeps the key it had before float16 existed: it also names the usage records)
+        # each other (all-float32 keeps the key it had before float16 existed)
         request = request_key(ident_hex + self.storage.key_suffix, keys)
         memo = self._memo.get(request)
         if memo is not None and (memo.has_sequence or not need_sequence):
@@ -377,7 +392,9 @@ class FeatureCache:
         self._memo.move_to_end(request)
         while len(self._memo) > self.max_tables:
             self._memo.popitem(last=False)
-        self._record_use(folder, request, examples, keys, need_sequence)
+        # one usage record per dataset request whatever the dtypes (named as before float16 existed), so that
+        # `cache ls` does not count a dataset twice after cache.dtype changed
+        self._record_use(folder, request_key(ident_hex, keys), examples, keys, need_sequence)
         return table
 
     def clear_memo(self) -> None:
@@ -419,6 +436,7 @@ class FeatureCache:
         todo = [k for k in unheld if peers.owns(k)]
         size = self.shard_examples
         modality = "text" if isinstance(encoder, TextEncoder) else "image"
+        self._say_other_dtypes(folder, todo, need_sequence, modality)
         what = f"{len(first)} {modality} inputs of {folder.path}"
         # the request in a digest (the identity's folder, the storage dtypes, sequences or not, the keys in order)
         # and in words, for the message of processes that are not at the same one
@@ -507,6 +525,9 @@ class FeatureCache:
         if progress is not None and loaded:
             progress(loaded)
         missing = [k for k in first if k not in where]
+        if missing and self.peers is None:
+            modality = "text" if isinstance(encoder, TextEncoder) else "image"
+            self._say_other_dtypes(folder, missing, need_sequence, modality)
         if missing and self.peers is not None:
             self.stats.peer_gaps += len(missing)
             logger.warning(
@@ -560,6 +581,45 @@ class FeatureCache:
             where.update((k, (len(parts) - 1, j)) for k, j in rows)
             if len(where) == len(wanted):
                 return
+
+    def _say_other_dtypes(self, folder: _Folder, missing: list[str], need_sequence: bool, modality: str) -> None:
+        """Counts the ``missing`` inputs (about to be encoded) that the folder holds in other storage dtypes, which
+        this request may not read (float32 grids written before float16 became the default, say), and says so with
+        the setting that would reuse them: a warning (on a run's console) the first time per folder and process,
+        then a line in the log. Reads only the shard headers already scanned."""
+        want, wanted = self.storage, set(missing)
+        found: dict[tuple[str, str | None], set[str]] = {}  # (pooled dtype, sequence dtype or None) -> keys
+        for header in self._scan(folder):
+            if need_sequence and not header.sequence:
+                continue
+            pooled, values = header.dtype_of("pooled"), header.dtype_of("values") if need_sequence else None
+            if pooled is None or (pooled, values) == (want.pooled_dtype, want.dtype if need_sequence else None):
+                continue
+            held = wanted.intersection(header.keys)
+            if held:
+                found.setdefault((pooled, values), set()).update(held)
+        if not found:
+            return
+        count = len(set().union(*found.values()))
+        self.stats.other_dtype += count
+        stored = ", ".join(
+            f"{len(keys)} with pooled vectors {pooled}" + (f" and sequences {values}" if values else "")
+            for (pooled, values), keys in sorted(found.items(), key=lambda item: str(item[0]))
+        )
+        (pooled, values), _ = max(found.items(), key=lambda item: len(item[1]))
+        fix = [f"cache.dtype: {values}"] if values not in (None, want.dtype) else []
+        fix += [f"cache.pooled_dtype: {pooled}"] if pooled != want.pooled_dtype else []
+        why = ""
+        if want.dtype == DEFAULT_DTYPE and any(v == "float32" for _, v in found):
+            why = f" ({DEFAULT_DTYPE} sequences and grids are the default now, half the bytes; float32 was before)"
+        level = logging.INFO if folder.said_other_dtypes else logging.WARNING
+        folder.said_other_dtypes = True
+        logger.log(
+            level,
+            "feature cache %s: %d of the %d %s inputs to encode are stored there in other dtypes (%s), which this "
+            "run's cache.dtype: %s, cache.pooled_dtype: %s does not read%s: encoding them again. Set %s to reuse them",
+            folder.path, count, len(missing), modality, stored, want.dtype, want.pooled_dtype, why, " and ".join(fix),
+        )  # fmt: skip
 
     def _usable(self, folder: _Folder, need_sequence: bool) -> list[ShardHeader]:
         """Headers of the folder's shards that can serve this request in this cache's storage dtypes."""
@@ -728,7 +788,7 @@ class FeatureCache:
         if self._write_failed:
             self.stats.unstored += len(keys)
             return
-        need = remaining * _bytes_per_input(table)
+        need = remaining * _bytes_per_input(table, self.storage)
         free = free_bytes(folder.path)
         if free is not None and need > free:
             self._stop_writing(
@@ -838,13 +898,14 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
         logger.debug("cannot write %s: %s", path, e)
 
 
-def _bytes_per_input(table: FeatureTable) -> int:
-    """Bytes one input of ``table`` takes in a shard: its tensors as stored (float32 features, bool masks, int64
-    offsets) and its content key in the header."""
-    stored = table.pooled.numel() * 4 + (table.present.numel() if table.present is not None else 0)
+def _bytes_per_input(table: FeatureTable, storage: CacheStorage) -> int:
+    """Bytes one input of ``table`` takes in a shard: its tensors as stored (features in ``storage``'s dtypes, bool
+    masks, int64 offsets) and its content key in the header."""
+    pooled_size, values_size = (torch_dtype(d).itemsize for d in (storage.pooled_dtype, storage.dtype))
+    stored = table.pooled.numel() * pooled_size + (table.present.numel() if table.present is not None else 0)
     if table.has_sequence:
         assert table.values is not None and table.valid is not None and table.offsets is not None
-        stored += table.values.numel() * 4 + table.valid.numel() + table.offsets.numel() * 8
+        stored += table.values.numel() * values_size + table.valid.numel() + table.offsets.numel() * 8
     return -(-stored // len(table)) + _KEY_BYTES
 
 
@@ -984,7 +1045,7 @@ def source_for(
     enabled: bool,
     folder: str | None,
     *,
-    dtype: str = "float32",
+    dtype: str = DEFAULT_DTYPE,
     pooled_dtype: str = "float32",
     store_sequences: bool | Sequence[str] = False,
 ) -> FeatureSource:

@@ -401,9 +401,11 @@ class CacheConfig(StrictSection):
         dir: folder of the persistent feature cache shared by every run, head and sweep trial (relative to the
             working directory). ``null``: ``$MMFUSE_CACHE_DIR``, else ``$XDG_CACHE_HOME/mmfuse`` (``~/.cache/mmfuse``).
             ``off``: features live in this process only.
-        dtype: how the persistent cache stores token sequences and image grids: ``float32``, or ``float16`` (half
-            the bytes: an EfficientNet-Lite0 grid takes 123 KiB instead of 245 KiB per image; values are read back
-            as float32, each rounded to 11 significant bits). float32 and float16 entries are kept apart.
+        dtype: how the persistent cache stores token sequences and image grids: ``float16`` (the default: half
+            the bytes of ``float32``, an EfficientNet-Lite0 grid takes 123 KiB instead of 245 KiB per image; values
+            are read back as float32, each rounded to 11 significant bits; measured within the seed spread of the
+            quality benchmark, docs/performance.md), or ``float32``. float32 and float16 entries are kept apart:
+            entries written while float32 was the default are read again only with ``float32``.
         pooled_dtype: how it stores pooled vectors (``float32``; ``float16`` halves these small vectors too).
         store_sequences: also store sequences / grids of inputs when the head reads only pooled vectors, so a
             later head that reads them does not run the encoder again: ``true``, ``false`` (store what the head
@@ -412,7 +414,7 @@ class CacheConfig(StrictSection):
 
     enabled: bool = True
     dir: str | None = None
-    dtype: Literal["float32", "float16"] = "float32"
+    dtype: Literal["float32", "float16"] = "float16"  # mmfuse.cache.source.DEFAULT_DTYPE (config imports no cache)
     pooled_dtype: Literal["float32", "float16"] = "float32"
     store_sequences: bool | list[Literal["text", "image"]] = False
 
