@@ -526,7 +526,7 @@ class FeatureCache:
             progress(loaded)
         missing = [k for k in first if k not in where]
         if missing and self.peers is None:
-            modality = "text" if isinstance(encoder, TextEncoder) else "image"
+            modality = "text" if isinstance(wanted.encoder, TextEncoder) else "image"
             self._say_other_dtypes(folder, missing, need_sequence, modality)
         if missing and self.peers is not None:
             self.stats.peer_gaps += len(missing)

@@ -68,12 +68,6 @@ HEAD_SETTINGS: dict[str, dict[str, Any]] = {
     },
 }
 
-CACHE_DTYPE = "float32"
-"""The demo stores sequences and grids as float32, not the library's float16 default: the README's table was made
-that way. Its cross_attention row comes out the same with float16 (seed 0: every column but the seconds); its
-early_fusion row does not (the same scores, but best epoch 16 instead of 12; float32 today picks 20, so that row
-needs regenerating either way): switching this means regenerating the table with ``make demo``."""
-
 TEXT_ENCODER = "minilm"
 IMAGE_ENCODER = "efficientnet-lite0"
 IMAGE_SIZE = 112
@@ -127,7 +121,7 @@ def demo_config(
             "model": {**encoders, "head": {"name": head, "params": settings.get("head", {})}},
             "optim": {"lr": 1e-3, "schedule": "cosine", "warmup_ratio": 0.05, **settings.get("optim", {})},
             "train": train,
-            "cache": {"store_sequences": sorted(store_sequences), "dtype": CACHE_DTYPE},
+            "cache": {"store_sequences": sorted(store_sequences)},
             "run": {"out_dir": str(runs), "name": head, "quiet": quiet, "overwrite": True},
         }
     )
