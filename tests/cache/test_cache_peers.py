@@ -224,15 +224,19 @@ def test_a_cold_fill_over_two_processes_exports_once_and_both_run_onnxruntime(
     # the choice is the job's, so process 0 exports each encoder once and both processes run onnxruntime
     results = _start_two(tmp_path, synth_root, "onnx", timeout="120")
     assert [r.returncode for r in results] == [0, 0], results[0].stderr[-3000:] + results[1].stderr[-3000:]
-    files = sorted((tmp_path / "cache" / "onnx").iterdir())
-    assert len(files) == 2 and all(f.suffix == ".onnx" for f in files), files  # one per encoder, no temporaries
+    everything = sorted((tmp_path / "cache" / "onnx").iterdir())
+    files = [f for f in everything if f.suffix == ".onnx"]
+    # one export per encoder and the record of its check against torch beside it, no temporaries
+    assert len(files) == 2 and len(everything) == 4, everything
+    assert all(f.with_name(f.name + ".checked.json") in everything for f in files), everything
     exported = [line for r in results for line in r.stderr.splitlines() if "exported to " in line]
     assert len(exported) == 2 and all(line in results[0].stderr for line in exported), exported
     for result in results:
         for encoder in (build_text(), build_image()):
             assert f"encoder {encoder.name!r} runs on onnxruntime" in result.stderr, result.stderr[-3000:]
         assert "runs torch" not in result.stderr and "running it on torch" not in result.stderr
-    assert "loaded " in results[1].stderr  # process 1 loaded process 0's files and made its own check
+    # process 1 loaded process 0's files, which process 0 had checked against torch on this machine just before
+    assert "loaded " in results[1].stderr and "checked against torch on" in results[1].stderr
 
     # one process alone, on onnxruntime from the same files: the same features, in other batches
     from mmfuse.encoders.runtime import OnnxEncoder
