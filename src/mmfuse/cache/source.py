@@ -592,8 +592,10 @@ class FeatureCache:
         for header in self._scan(folder):
             if need_sequence and not header.sequence:
                 continue
+            if header.serves(need_sequence=need_sequence, dtype=want.dtype, pooled_dtype=want.pooled_dtype):
+                continue
             pooled, values = header.dtype_of("pooled"), header.dtype_of("values") if need_sequence else None
-            if pooled is None or (pooled, values) == (want.pooled_dtype, want.dtype if need_sequence else None):
+            if pooled is None:
                 continue
             held = wanted.intersection(header.keys)
             if held:
