@@ -12,12 +12,15 @@ at once with a :class:`PeerError` naming each one's request, instead of waiting 
 up): on a CPU-side gloo group of its own, so it works under NCCL too, whose every wait ends after ``timeout``
 seconds. A process that dies is noticed by the others at once (its sockets close); one that hangs, after the
 timeout. Either way the others stop with a :class:`PeerError` that says which meeting failed, instead of waiting
-forever. The cache layer does not import accelerate (``docs/architecture.md``): the engine, which does, says the
-rank and the process count.
+forever. The gloo groups made here are destroyed when the process exits (:func:`_end_groups`): a group left with
+a timed-out send would otherwise abort the process at exit. The cache layer does not import accelerate
+(``docs/architecture.md``): the engine, which does, says the rank and the process count.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import datetime
 import os
 import zlib
@@ -132,6 +135,25 @@ class Peers:
 _GROUPS: dict[tuple[int, float], Any] = {}
 
 
+def _end_groups() -> None:
+    """Destroys the gloo groups :class:`TorchPeers` made, when the process exits (registered with ``atexit`` at
+    the first one), before the interpreter tears down what they hold.
+
+    A group whose meeting timed out keeps the send it could not finish. Left to the interpreter's own teardown,
+    gloo then ended the process with ``terminate called without an active exception`` (SIGABRT, exit status
+    134) after our :class:`PeerError` was said, in about half the runs while the late peer still lived (a minimal
+    two-process script: 2 runs of 4; its test in ``test_cache_peers``, four tries a run: both runs failed; two slow
+    peers tests failed so in CI). Destroyed here first: 22 of 22 runs of that script and the 20 tries of 5 runs of
+    its test ended with their own status. The process group the caller made (``accelerate launch``'s) is theirs
+    to destroy, and is left alone."""
+    import torch.distributed as dist
+
+    while _GROUPS:
+        _, group = _GROUPS.popitem()
+        with contextlib.suppress(Exception):  # the process is ending: a group already gone is no news
+            dist.destroy_process_group(group)
+
+
 class TorchPeers(Peers):
     """:class:`Peers` over the initialised ``torch.distributed`` process group, meeting on a gloo group of their
     own whose waits end after ``timeout`` seconds (default :func:`peer_timeout`).
@@ -160,6 +182,8 @@ class TorchPeers(Peers):
         self.timeout = peer_timeout() if timeout is None else float(timeout)
         key = (id(dist.group.WORLD), self.timeout)  # a group per process group (a test may make several)
         if key not in _GROUPS:
+            if not _GROUPS:
+                atexit.register(_end_groups)
             _GROUPS[key] = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=self.timeout))
         self._group = _GROUPS[key]
 
