@@ -108,3 +108,35 @@ def test_fine_tuning_on_uint8_pixels_gives_the_float32_numbers(
     assert new[1] == old[1]  # every epoch's record: losses, validation metrics, learning rates, best epoch
     assert np.array_equal(new[2], old[2])
     assert len(set(new[0])) == 2  # it trained: the loss moved between epochs
+
+
+def test_images_that_fail_in_the_loader_workers_are_said_each_epoch(
+    synthetic_splits: dict, synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # each worker logs its first unreadable image only, and counted the rest for nobody to see: the trainer says
+    # the count of each epoch, from the dataset's count shared with its workers
+    monkeypatch.setattr(mmfuse.encoders, "build_text_encoder", build_fake_text, raising=False)
+    monkeypatch.setattr(mmfuse.encoders, "build_image_encoder", lambda name, **_: _FakeLite(name, True), raising=False)
+    config = make_config(
+        synthetic_root, tmp_path, model={"image_encoder": {"name": "fake-lite", "freeze": False}, "head": "concat"},
+        train={"epochs": 2, "batch_size": 16, "num_workers": 2},
+    )  # fmt: skip
+    train, val = (list(synthetic_splits[s].examples) for s in ("train", "val"))
+    changed = tmp_path / "changed"
+    changed.mkdir()
+    for i, split in ((2, train), (7, train), (0, val)):  # checked when loaded, changed on disk since
+        copy = changed / f"{len(list(changed.iterdir()))}.png"
+        copy.write_bytes(split[i].image.read_bytes())
+        split[i] = replace(split[i], image=copy)
+    clf = MultimodalClassifier(config)
+    for path in changed.iterdir():
+        path.write_bytes(b"truncated")
+    clf.fit(train, val)
+    log = (tmp_path / "run" / "train.log").read_text(encoding="utf-8")
+    for epoch, so_far in ((1, 2), (2, 4)):
+        assert (
+            f"epoch {epoch}: 2 training image(s) could not be opened (changed on disk since the data was "
+            f"checked?), {so_far} so far; a blank image stood in for each" in log
+        ), log
+    assert "epoch 1: 1 validation image(s) could not be opened" in log and "epoch 2: 1 validation" in log
+    assert len(clf.history) == 2

@@ -242,6 +242,8 @@ class Trainer:
             sampler=self.sampler, **common,
         )  # fmt: skip
         val_loader = make_loader(self.val_examples, batch_size=eval_bs, num_workers=cfg.train.num_workers, **common)
+        self.datasets = {"training": train_loader.dataset, "validation": val_loader.dataset}
+        self.blanked = dict.fromkeys(self.datasets, 0)  # images that failed to open in the loaders, said so far
         self.model.to(device)
         if self.trains_nothing:  # no optimizer, nothing to synchronise: the model as it is, the loaders prepared
             self.ddp_model, self.optimizer, self.scheduler = self.model, None, None
@@ -337,6 +339,7 @@ class Trainer:
         self.reporter.info(note)
         started = time.perf_counter()
         val, _ = self._validate(1)
+        self._say_blanked(1)
         self.state.epoch, self.state.best_epoch, self.state.bad_epochs = 1, 1, 0
         self.state.best_value, self.state.best_loss = val[self.metric], val.get("loss")
         seconds = time.perf_counter() - started
@@ -362,6 +365,7 @@ class Trainer:
             epoch = self.state.epoch + 1
             train_stats = self._train_epoch(epoch)
             val, _ = self._validate(epoch)
+            self._say_blanked(epoch)
             improved = improves(self.metric, val, self.state.best_value, self.state.best_loss)
             self.state.epoch = epoch
             if improved:
@@ -380,6 +384,20 @@ class Trainer:
             if self._patience_spent():
                 return "early_stopped"
         return "completed"
+
+    def _say_blanked(self, epoch: int) -> None:
+        """Warns of the images that failed to open in this epoch's loaders, for which a blank stood in: files
+        changed on disk since the data was checked. Each worker process logs only its first; the dataset counts
+        them all, across its workers."""
+        for split, dataset in self.datasets.items():
+            count = dataset.unreadable_count
+            if count > self.blanked[split]:
+                self.reporter.warning(
+                    f"epoch {epoch}: {count - self.blanked[split]} {split} image(s) could not be opened (changed on "
+                    f"disk since the data was checked?), {count} so far; a blank image stood in for each, marked "
+                    "missing. Check the files with: mmfuse data check <config>"
+                )
+                self.blanked[split] = count
 
     def _patience_spent(self) -> bool:
         patience = self.cfg.train.early_stopping_patience
