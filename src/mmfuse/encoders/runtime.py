@@ -244,20 +244,31 @@ def retained_heap() -> Iterator[None]:
     the heap is trimmed (``malloc_trim``) and mmap is allowed again, at the thresholds glibc's own adaptive ones
     reach in a process that allocates large tensors (mmap from 32 MiB, trim above 64 MiB; any mallopt call fixes
     them, so they no longer adapt).
+
+    Blocks nest (a caller's own block around a fill, which holds one): only the outermost one sets and restores.
     """
     libc = _glibc()
-    if libc is None:
-        yield
+    if libc is None or _HELD[0]:
+        _HELD[0] += 1
+        try:
+            yield
+        finally:
+            _HELD[0] -= 1
         return
     libc.mallopt(_M_MMAP_MAX, 0)
     libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+    _HELD[0] += 1
     try:
         yield
     finally:
+        _HELD[0] -= 1
         libc.mallopt(_M_MMAP_MAX, 65536)
         libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
         libc.mallopt(_M_TRIM_THRESHOLD, 64 << 20)
         libc.malloc_trim(0)
+
+
+_HELD = [0]  # retained_heap blocks open in this process (main thread's: the fill and training run there)
 
 
 def _glibc() -> ctypes.CDLL | None:
