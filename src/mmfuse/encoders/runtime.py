@@ -248,27 +248,23 @@ def retained_heap() -> Iterator[None]:
     Blocks nest (a caller's own block around a fill, which holds one): only the outermost one sets and restores.
     """
     libc = _glibc()
-    if libc is None or _HELD[0]:
-        _HELD[0] += 1
-        try:
-            yield
-        finally:
-            _HELD[0] -= 1
-        return
-    libc.mallopt(_M_MMAP_MAX, 0)
-    libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+    outermost = libc is not None and not _HELD[0]
+    if outermost:
+        libc.mallopt(_M_MMAP_MAX, 0)
+        libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
     _HELD[0] += 1
     try:
         yield
     finally:
         _HELD[0] -= 1
-        libc.mallopt(_M_MMAP_MAX, 65536)
-        libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
-        libc.mallopt(_M_TRIM_THRESHOLD, 64 << 20)
-        libc.malloc_trim(0)
+        if outermost:
+            libc.mallopt(_M_MMAP_MAX, 65536)
+            libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+            libc.mallopt(_M_TRIM_THRESHOLD, 64 << 20)
+            libc.malloc_trim(0)
 
 
-_HELD = [0]  # retained_heap blocks open in this process (main thread's: the fill and training run there)
+_HELD = [0]  # retained_heap blocks open in this process (the fill runs in the main thread)
 
 
 def _glibc() -> ctypes.CDLL | None:
